@@ -1,0 +1,326 @@
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/goleak"
+
+	"github.com/shoal-dev/shoal/node/store"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeOrigin serves blobs from memory and can misbehave on request.
+type fakeOrigin struct {
+	mu      sync.Mutex
+	blobs   map[digest.Digest][]byte
+	calls   []int64 // offsets asked for
+	cutOnce int64   // if > 0, the first transfer breaks after this many bytes
+	tamper  bool    // flip a byte in the middle
+	down    bool
+	gate    chan struct{} // if set, bodies wait for it before the first byte
+}
+
+func newFakeOrigin(blobs ...[]byte) *fakeOrigin {
+	o := &fakeOrigin{blobs: map[digest.Digest][]byte{}}
+	for _, b := range blobs {
+		o.blobs[digest.FromBytes(b)] = b
+	}
+	return o
+}
+
+var errDown = errors.New("origin down")
+
+func (o *fakeOrigin) GetBlob(ctx context.Context, registry, repo string, d digest.Digest, offset, length int64) (io.ReadCloser, int64, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.calls = append(o.calls, offset)
+	if o.down {
+		return nil, 0, errDown
+	}
+	data, ok := o.blobs[d]
+	if !ok {
+		return nil, 0, fmt.Errorf("blob %s: not found", d)
+	}
+	if o.tamper {
+		data = bytes.Clone(data)
+		data[len(data)/2] ^= 0xff
+	}
+	body := data[offset:]
+	if length >= 0 {
+		body = body[:length]
+	}
+	var r io.Reader = bytes.NewReader(body)
+	if o.cutOnce > 0 {
+		r = io.MultiReader(io.LimitReader(r, o.cutOnce), errReader{io.ErrUnexpectedEOF})
+		o.cutOnce = 0
+	}
+	if o.gate != nil {
+		r = &gatedReader{r: r, gate: o.gate}
+	}
+	return io.NopCloser(r), int64(len(data)), nil
+}
+
+func (o *fakeOrigin) offsets() []int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]int64(nil), o.calls...)
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+type gatedReader struct {
+	r    io.Reader
+	gate chan struct{}
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	<-g.gate
+	return g.r.Read(p)
+}
+
+func randomBlob(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// harness runs a Downloader over a fresh store until the test ends.
+func harness(t *testing.T, o Origin, dir string) (*Downloader, *store.Store) {
+	t.Helper()
+	st, err := store.Open(store.Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("store.Open: %v", err)
+	}
+	dl := New(Options{Store: st, Origin: o, ChunkSize: 64 << 10})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		dl.Run(ctx)
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		st.Close()
+	})
+	return dl, st
+}
+
+func readAll(t *testing.T, dl *Downloader, d digest.Digest) ([]byte, error) {
+	t.Helper()
+	r, err := dl.Open(context.Background(), "reg", "repo", d)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(io.NewSectionReader(r, 0, r.Size()))
+}
+
+// waitCommitted polls the store until d is committed or the deadline passes.
+func waitCommitted(t *testing.T, st *store.Store, d digest.Digest) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := st.Stat(d); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("blob %s not committed", d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestConcurrentReadersShareOneDownload(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 1<<20+123)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	o.gate = make(chan struct{})
+	dl, st := harness(t, o, t.TempDir())
+
+	const readers = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	opened := make(chan struct{}, readers)
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := dl.Open(context.Background(), "reg", "repo", d)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer r.Close()
+			opened <- struct{}{}
+			got, err := io.ReadAll(io.NewSectionReader(r, 0, r.Size()))
+			if err == nil && !bytes.Equal(got, data) {
+				err = errors.New("wrong bytes")
+			}
+			errs <- err
+		}()
+	}
+	for range readers {
+		<-opened
+	}
+	close(o.gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("reader: %v", err)
+		}
+	}
+	if got := o.offsets(); len(got) != 1 {
+		t.Errorf("origin requests = %v, want exactly one", got)
+	}
+	waitCommitted(t, st, d)
+}
+
+func TestTamperedOriginNeverCompletes(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 300<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	o.tamper = true
+	dl, st := harness(t, o, t.TempDir())
+
+	got, err := readAll(t, dl, d)
+	if err == nil {
+		t.Fatalf("read of tampered blob = %d bytes, nil error; want an error", len(got))
+	}
+	if !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("read error = %v, want ErrDigestMismatch", err)
+	}
+	if _, err := st.Stat(d); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Stat after mismatch = %v, want ErrNotFound", err)
+	}
+
+	// The next request fetches again and, with an honest origin, succeeds.
+	o.mu.Lock()
+	o.tamper = false
+	o.mu.Unlock()
+	got, err = readAll(t, dl, d)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("second read = %d bytes, %v; want the blob", len(got), err)
+	}
+	if n := len(o.offsets()); n != 2 {
+		t.Errorf("origin requests = %d, want 2", n)
+	}
+}
+
+func TestBrokenTransferResumesWithRange(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 500<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	o.cutOnce = 200 << 10
+	dl, _ := harness(t, o, t.TempDir())
+
+	got, err := readAll(t, dl, d)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read = %d bytes, %v; want the blob", len(got), err)
+	}
+	if offs := o.offsets(); len(offs) != 2 || offs[1] != 200<<10 {
+		t.Errorf("origin offsets = %v, want [0 %d]", offs, 200<<10)
+	}
+}
+
+func TestReaderLeavingDoesNotCancel(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 1<<20)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	o.gate = make(chan struct{})
+	dl, st := harness(t, o, t.TempDir())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := dl.Open(ctx, "reg", "repo", d)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	cancel()
+	if _, err := r.ReadAt(make([]byte, 10), 0); err == nil {
+		t.Errorf("ReadAt after the client left = nil error, want one")
+	}
+	r.Close()
+	close(o.gate)
+	waitCommitted(t, st, d)
+}
+
+func TestResumeAfterRestart(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 640<<10)
+	d := digest.FromBytes(data)
+	dir := t.TempDir()
+
+	// A previous run left 3 complete chunks (64 KiB each) behind.
+	st, err := store.Open(store.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.CreatePartial(d, int64(len(data)), 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.WriteAt(data[:3*64<<10], 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := p.MarkChunk(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	st.Close()
+
+	o := newFakeOrigin(data)
+	dl, _ := harness(t, o, dir)
+	got, err := readAll(t, dl, d)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read = %d bytes, %v; want the blob", len(got), err)
+	}
+	// One request learns the size, the next asks only for the rest.
+	if offs := o.offsets(); len(offs) != 2 || offs[1] != 3*64<<10 {
+		t.Errorf("origin offsets = %v, want [0 %d]", offs, 3*64<<10)
+	}
+}
+
+func TestOriginDown(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 1000)
+	o := newFakeOrigin(data)
+	o.down = true
+	dl, _ := harness(t, o, t.TempDir())
+	if _, err := readAll(t, dl, digest.FromBytes(data)); !errors.Is(err, errDown) {
+		t.Errorf("Open with origin down = %v, want %v", err, errDown)
+	}
+	if n := dl.Len(); n != 0 {
+		t.Errorf("Len after failure = %d, want 0", n)
+	}
+}
+
+func TestEmptyBlob(t *testing.T) {
+	t.Parallel()
+	o := newFakeOrigin([]byte{})
+	dl, st := harness(t, o, t.TempDir())
+	got, err := readAll(t, dl, digest.FromBytes(nil))
+	if err != nil || len(got) != 0 {
+		t.Fatalf("read empty blob = %d bytes, %v", len(got), err)
+	}
+	waitCommitted(t, st, digest.FromBytes(nil))
+}

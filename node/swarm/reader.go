@@ -1,0 +1,47 @@
+package swarm
+
+import (
+	"context"
+	"sync"
+)
+
+// Reader reads a blob while its Download runs. It satisfies registryapi.Blob.
+type Reader struct {
+	download *Download
+	size     int64
+	abort    chan struct{}
+	stop     func() bool
+	once     sync.Once
+	closed   sync.Once
+}
+
+// newReader attaches a reader that gives up waiting when ctx ends (the client went away).
+func newReader(ctx context.Context, d *Download) *Reader {
+	r := &Reader{download: d, size: d.size, abort: make(chan struct{})}
+	r.stop = context.AfterFunc(ctx, r.closeAbort)
+	return r
+}
+
+func (r *Reader) closeAbort() { r.once.Do(func() { close(r.abort) }) }
+
+// Size is the blob's length in bytes.
+func (r *Reader) Size() int64 { return r.size }
+
+// Source names where the bytes come from, for metrics.
+func (r *Reader) Source() string { return "origin" }
+
+// ReadAt blocks until the bytes are present; it fails if the download fails, including a
+// digest mismatch found after the last byte.
+func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
+	return r.download.readAt(p, off, r.abort, true)
+}
+
+// Close detaches the reader; the download goes on.
+func (r *Reader) Close() error {
+	r.closed.Do(func() {
+		r.stop()
+		r.closeAbort()
+		r.download.release()
+	})
+	return nil
+}
