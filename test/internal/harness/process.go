@@ -1,0 +1,145 @@
+package harness
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Process is a child program whose stdout and stderr go to a log file.
+type Process struct {
+	Name    string // for messages: "registry", "containerd", "shoal node"
+	LogPath string
+	cmd     *exec.Cmd
+	logFile *os.File
+	done    chan struct{}
+	err     error // the result of cmd.Wait, readable once done is closed
+}
+
+// startProcess starts path with args and env added to the current environment.
+func startProcess(name, logPath string, env []string, path string, args ...string) (*Process, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout = f
+	cmd.Stderr = f
+	// The child dies with the test binary even when it is killed by a timeout.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &Process{Name: name, LogPath: logPath, cmd: cmd, logFile: f, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid is the process ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Exited reports whether the process has exited, and its exit error (nil for status 0).
+func (p *Process) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// ErrKilled is returned by Stop when the process ignored SIGTERM and had to be killed.
+var ErrKilled = errors.New("did not exit after SIGTERM, killed")
+
+// Stop sends SIGTERM and waits up to grace for the process to exit, then kills it. It returns
+// ErrKilled if it had to kill, the exit error if the process exited with a non-zero status,
+// and nil after a clean exit (or if the process had already exited cleanly).
+func (p *Process) Stop(grace time.Duration) error {
+	select {
+	case <-p.done:
+		return p.exitErr()
+	default:
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("stop %s: %w", p.Name, err)
+	}
+	select {
+	case <-p.done:
+		return p.exitErr()
+	case <-time.After(grace):
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+	return fmt.Errorf("stop %s (pid %d) within %v: %w", p.Name, p.Pid(), grace, ErrKilled)
+}
+
+// Kill stops the process at once with SIGKILL.
+func (p *Process) Kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (p *Process) exitErr() error {
+	if p.err != nil {
+		return fmt.Errorf("%s (pid %d) exited: %w", p.Name, p.Pid(), p.err)
+	}
+	return nil
+}
+
+// Log returns the whole log.
+func (p *Process) Log() string {
+	b, _ := os.ReadFile(p.LogPath)
+	return string(b)
+}
+
+// LogTail returns the last n lines of the log.
+func (p *Process) LogTail(n int) string {
+	b, _ := os.ReadFile(p.LogPath)
+	b = bytes.TrimRight(b, "\n")
+	lines := strings.Split(string(b), "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("... (%d earlier lines in %s)", len(lines)-n, p.LogPath)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// logOnFailure shows the tail of p's log when tb has failed. It must be registered after
+// the TempDir that holds the log, so that it runs before the directory is removed.
+func logOnFailure(tb testing.TB, p *Process) {
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("--- log of %s (%s) ---\n%s\n--- end of %s log ---", p.Name, p.LogPath, p.LogTail(logTailLines), p.Name)
+		}
+	})
+}
+
+// logTailLines is how much of a child's log a failing test shows; SHOAL_E2E_LOG_LINES
+// changes it.
+var logTailLines = func() int {
+	var n int
+	if _, err := fmt.Sscan(os.Getenv("SHOAL_E2E_LOG_LINES"), &n); err == nil && n > 0 {
+		return n
+	}
+	return 60
+}()
+
+// addrInUse reports whether a process that exited during start-up did so because its port
+// was taken, so the caller can retry with another.
+func addrInUse(p *Process) bool {
+	return strings.Contains(p.Log(), "address already in use")
+}

@@ -1,0 +1,126 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Registry is a running CNCF distribution registry (`registry serve`) with filesystem
+// storage, used as the origin.
+type Registry struct {
+	*Process
+	Addr string // host:port on 127.0.0.1
+	URL  string // http://Addr
+	Dir  string // storage root, config and log
+}
+
+// registryConfig is a minimal config: filesystem storage, deletes on, plain HTTP.
+const registryConfig = `version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %q
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %q
+`
+
+// RunRegistry starts `registry serve` with its storage, config and log under dir and waits
+// until GET /v2/ answers. The caller stops it with Close.
+func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
+	bin, err := ToolPath("registry")
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for attempt := range 3 {
+		addr, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
+		cfg := filepath.Join(dir, "config.yml")
+		storage := filepath.Join(dir, "storage")
+		if err := os.WriteFile(cfg, fmt.Appendf(nil, registryConfig, storage, addr), 0o644); err != nil {
+			return nil, fmt.Errorf("write registry config: %w", err)
+		}
+		logPath := filepath.Join(dir, fmt.Sprintf("registry-%d.log", attempt))
+		// Without OTEL_TRACES_EXPORTER=none, v3 tries to export traces to localhost:4318.
+		p, err := startProcess("registry", logPath, []string{"OTEL_TRACES_EXPORTER=none"}, bin, "serve", cfg)
+		if err != nil {
+			return nil, err
+		}
+		r := &Registry{Process: p, Addr: addr, URL: "http://" + addr, Dir: dir}
+		err = waitHTTP(ctx, p, r.URL+"/v2/", http.StatusOK, 30*time.Second)
+		if err == nil {
+			return r, nil
+		}
+		p.Kill()
+		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(20))
+		if !addrInUse(p) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("start registry: %w", lastErr)
+}
+
+// StartRegistry is RunRegistry for tests: storage in a temp dir, stopped on cleanup, its
+// log shown if the test fails.
+func StartRegistry(tb testing.TB) *Registry {
+	tb.Helper()
+	RequireTools(tb, "registry")
+	dir := tb.TempDir()
+	r, err := RunRegistry(context.Background(), dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	logOnFailure(tb, r.Process)
+	tb.Cleanup(func() { r.Close() })
+	return r
+}
+
+// Close stops the registry: SIGTERM, then SIGKILL after 5 s.
+func (r *Registry) Close() error {
+	err := r.Stop(5 * time.Second)
+	if errors.Is(err, ErrKilled) {
+		return err
+	}
+	// registry exits non-zero on SIGTERM in some versions; that is not a failure here.
+	return nil
+}
+
+// waitHTTP polls url until it answers with status, p exits, or timeout passes.
+func waitHTTP(ctx context.Context, p *Process, url string, status int, timeout time.Duration) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	defer client.CloseIdleConnections()
+	return poll(ctx, fmt.Sprintf("%s to answer GET %s with %d", p.Name, url, status), timeout, func() error {
+		if exited, err := p.Exited(); exited {
+			return fmt.Errorf("%s exited during start-up (%v): %w", p.Name, err, errGiveUp)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return fmt.Errorf("%w: %w", err, errGiveUp)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != status {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
+}

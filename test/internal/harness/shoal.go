@@ -1,0 +1,380 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+const shoalModule = "github.com/shoal-dev/shoal"
+
+var shoalBuild struct {
+	once sync.Once
+	path string
+	dir  string
+	err  error
+}
+
+// ShoalBinary builds cmd/shoal once per process and returns the binary's path. SHOAL_BIN,
+// when set, names a binary to use instead.
+func ShoalBinary() (string, error) {
+	b := &shoalBuild
+	b.once.Do(func() {
+		if p := os.Getenv("SHOAL_BIN"); p != "" {
+			b.path, b.err = filepath.Abs(p)
+			return
+		}
+		root, err := ModuleRoot()
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.dir, err = os.MkdirTemp("", "shoal-bin-")
+		if err != nil {
+			b.err = err
+			return
+		}
+		out := filepath.Join(b.dir, "shoal")
+		cmd := exec.Command("go", "build", "-buildvcs=false", "-o", out, "./cmd/shoal")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "GOWORK=off")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build ./cmd/shoal in %s: %w\n%s", root, err, msg)
+			return
+		}
+		b.path = out
+	})
+	return b.path, b.err
+}
+
+// BuildShoal is ShoalBinary for tests: it fails tb when the build failed.
+func BuildShoal(tb testing.TB) string {
+	tb.Helper()
+	p, err := ShoalBinary()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// RemoveBuilds deletes what ShoalBinary built. TestMain calls it after the tests.
+func RemoveBuilds() {
+	if shoalBuild.dir != "" {
+		os.RemoveAll(shoalBuild.dir)
+	}
+}
+
+// ModuleRoot finds the shoal repository: the nearest parent of the working directory whose
+// go.mod declares module github.com/shoal-dev/shoal.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if f, err := os.Open(filepath.Join(dir, "go.mod")); err == nil {
+			sc := bufio.NewScanner(f)
+			for sc.Scan() {
+				if mod, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module "); ok {
+					if strings.Trim(strings.TrimSpace(mod), `"`) == shoalModule {
+						f.Close()
+						return dir, nil
+					}
+					break
+				}
+			}
+			f.Close()
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod of %s above the working directory", shoalModule)
+		}
+		dir = parent
+	}
+}
+
+// NodeOptions configures `shoal node`.
+type NodeOptions struct {
+	Binary       string   // default: ShoalBinary
+	DataDir      string   // --data-dir; StartNode defaults to a temp dir
+	Origin       string   // --origin URL, used for requests without ns
+	Upstreams    []string // --upstream HOST=URL, repeatable
+	CacheSize    string   // --cache-size, e.g. "64MiB"; empty leaves the default
+	Args         []string // more flags
+	RegistryAddr string   // --registry-addr; default a free loopback address
+	AdminAddr    string   // --admin-addr; default a free loopback address
+	LogPath      string   // where stdout and stderr go; StartNode defaults to a temp dir
+	ReadyTimeout time.Duration
+}
+
+// Node is a running `shoal node`.
+type Node struct {
+	*Process
+	RegistryAddr string
+	AdminAddr    string
+	URL          string // http://RegistryAddr, the /v2 mirror
+	AdminURL     string // http://AdminAddr
+	DataDir      string
+
+	client    *http.Client
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NodeStopTimeout is how long a node may take to exit after SIGTERM.
+const NodeStopTimeout = 10 * time.Second
+
+// RunNode starts `shoal node` and waits until GET /readyz on its admin address answers
+// 200. The caller stops it with Close.
+func RunNode(ctx context.Context, o NodeOptions) (*Node, error) {
+	if o.Binary == "" {
+		p, err := ShoalBinary()
+		if err != nil {
+			return nil, err
+		}
+		o.Binary = p
+	}
+	if o.DataDir == "" || o.LogPath == "" {
+		return nil, errors.New("start shoal node: DataDir and LogPath are required")
+	}
+	if o.ReadyTimeout == 0 {
+		o.ReadyTimeout = 30 * time.Second
+	}
+	pickRegistry, pickAdmin := o.RegistryAddr == "", o.AdminAddr == ""
+	var lastErr error
+	for range 3 {
+		var err error
+		if pickRegistry {
+			if o.RegistryAddr, err = FreeAddr(); err != nil {
+				return nil, err
+			}
+		}
+		if pickAdmin {
+			if o.AdminAddr, err = FreeAddr(); err != nil {
+				return nil, err
+			}
+		}
+		args := []string{"node",
+			"--registry-addr", o.RegistryAddr,
+			"--admin-addr", o.AdminAddr,
+			"--data-dir", o.DataDir,
+			"--log-format", "json",
+			"--log-level", "debug",
+		}
+		if o.Origin != "" {
+			args = append(args, "--origin", o.Origin)
+		}
+		for _, u := range o.Upstreams {
+			args = append(args, "--upstream", u)
+		}
+		if o.CacheSize != "" {
+			args = append(args, "--cache-size", o.CacheSize)
+		}
+		args = append(args, o.Args...)
+		p, err := startProcess("shoal node", o.LogPath, nil, o.Binary, args...)
+		if err != nil {
+			return nil, err
+		}
+		n := &Node{
+			Process:      p,
+			RegistryAddr: o.RegistryAddr,
+			AdminAddr:    o.AdminAddr,
+			URL:          "http://" + o.RegistryAddr,
+			AdminURL:     "http://" + o.AdminAddr,
+			DataDir:      o.DataDir,
+			client:       &http.Client{Timeout: 10 * time.Second},
+		}
+		err = waitHTTP(ctx, p, n.AdminURL+"/readyz", http.StatusOK, o.ReadyTimeout)
+		if err == nil {
+			return n, nil
+		}
+		p.Kill()
+		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(30))
+		if !addrInUse(p) || (!pickRegistry && !pickAdmin) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("start shoal node: %w", lastErr)
+}
+
+// StartNode is RunNode for tests. The data dir defaults to a temp dir and the log goes to
+// another. On cleanup the node gets SIGTERM and the test fails unless it exits cleanly
+// within NodeStopTimeout; its log is shown if the test failed.
+func StartNode(tb testing.TB, o NodeOptions) *Node {
+	tb.Helper()
+	if o.Binary == "" {
+		o.Binary = BuildShoal(tb)
+	}
+	if o.LogPath == "" {
+		o.LogPath = filepath.Join(tb.TempDir(), "shoal-node.log")
+	}
+	if o.DataDir == "" {
+		o.DataDir = tb.TempDir()
+	}
+	n, err := RunNode(context.Background(), o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	logOnFailure(tb, n.Process)
+	tb.Cleanup(func() {
+		closed := false
+		n.closeOnce.Do(func() {
+			closed = true
+			n.closeErr = n.stop()
+		})
+		if closed && n.closeErr != nil {
+			tb.Errorf("shoal node shutdown: %v", n.closeErr)
+		}
+	})
+	return n
+}
+
+// Close sends SIGTERM and waits up to NodeStopTimeout. It returns an error if the node had
+// to be killed or exited with a non-zero status. Calling it again returns the same result.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() { n.closeErr = n.stop() })
+	return n.closeErr
+}
+
+func (n *Node) stop() error {
+	defer n.client.CloseIdleConnections()
+	return n.Stop(NodeStopTimeout)
+}
+
+// Metrics are the node's Prometheus metric families by name.
+type Metrics map[string]*dto.MetricFamily
+
+// Metrics reads and parses GET /metrics on the admin address.
+func (n *Node) Metrics(ctx context.Context) (Metrics, error) {
+	body, err := n.adminGet(ctx, "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(body)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s/metrics: %w", n.AdminURL, err)
+	}
+	return Metrics(fams), nil
+}
+
+// Labels selects samples: each given label must have the given value.
+type Labels map[string]string
+
+// Sum adds up the samples of family name whose labels match (counters, gauges and untyped
+// samples; the sample sum for summaries and histograms). A missing family sums to 0.
+func (m Metrics) Sum(name string, match Labels) float64 {
+	fam := m[name]
+	if fam == nil {
+		return 0
+	}
+	var sum float64
+	for _, s := range fam.GetMetric() {
+		if !labelsMatch(s.GetLabel(), match) {
+			continue
+		}
+		switch {
+		case s.Counter != nil:
+			sum += s.GetCounter().GetValue()
+		case s.Gauge != nil:
+			sum += s.GetGauge().GetValue()
+		case s.Untyped != nil:
+			sum += s.GetUntyped().GetValue()
+		case s.Summary != nil:
+			sum += s.GetSummary().GetSampleSum()
+		case s.Histogram != nil:
+			sum += s.GetHistogram().GetSampleSum()
+		}
+	}
+	return sum
+}
+
+// Has reports whether family name exists.
+func (m Metrics) Has(name string) bool { return m[name] != nil }
+
+func labelsMatch(have []*dto.LabelPair, want Labels) bool {
+	for k, v := range want {
+		found := false
+		for _, l := range have {
+			if l.GetName() == k && l.GetValue() == v {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// NodeStatus is the JSON of GET /status. Raw keeps every field, named here or not.
+type NodeStatus struct {
+	Version      string   `json:"version"`
+	PeerID       string   `json:"peerID"`
+	Addrs        []string `json:"addrs"`
+	Peers        int      `json:"peers"`
+	RegistryAddr string   `json:"registryAddr"`
+	Upstreams    []string `json:"upstreams"`
+	Cache        struct {
+		Bytes         int64 `json:"bytes"`
+		Blobs         int   `json:"blobs"`
+		CapacityBytes int64 `json:"capacityBytes"`
+		Evictions     int64 `json:"evictions"`
+	} `json:"cache"`
+	Downloads int            `json:"downloads"`
+	Raw       map[string]any `json:"-"`
+}
+
+// Status reads GET /status on the admin address.
+func (n *Node) Status(ctx context.Context) (NodeStatus, error) {
+	body, err := n.adminGet(ctx, "/status")
+	if err != nil {
+		return NodeStatus{}, err
+	}
+	defer body.Close()
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return NodeStatus{}, fmt.Errorf("read %s/status: %w", n.AdminURL, err)
+	}
+	var st NodeStatus
+	if err := json.Unmarshal(b, &st); err != nil {
+		return NodeStatus{}, fmt.Errorf("decode %s/status: %w", n.AdminURL, err)
+	}
+	if err := json.Unmarshal(b, &st.Raw); err != nil {
+		return NodeStatus{}, fmt.Errorf("decode %s/status: %w", n.AdminURL, err)
+	}
+	return st, nil
+}
+
+func (n *Node) adminGet(ctx context.Context, path string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.AdminURL+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s%s: status %d", n.AdminURL, path, resp.StatusCode)
+	}
+	return resp.Body, nil
+}
