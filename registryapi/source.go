@@ -75,6 +75,13 @@ type Descriptor struct {
 	Size      int64
 }
 
+// Sourced may be implemented by a Blob to say where its bytes come from: "cache", "peer"
+// or "origin". The edge uses it only to label the served-bytes metric; a FileBlob without
+// it counts as "cache", any other Blob as "origin".
+type Sourced interface {
+	Source() string
+}
+
 // BlobSource supplies blobs by digest.
 type BlobSource interface {
 	// OpenBlob returns the blob; the caller closes it. The blob's bytes are verified
