@@ -1,0 +1,185 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// newFlagSet returns a flag set that reports errors in one line instead of printing usage.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+// parseFlags parses args; with --config FILE it also applies the YAML file's keys (named
+// like the flags) for every flag not given on the command line. On --help it prints usage
+// to w and returns flag.ErrHelp.
+func parseFlags(fs *flag.FlagSet, args []string, configPath *string, w io.Writer, summary string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(w, fs, summary)
+			return err
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *configPath == "" {
+		return nil
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return applyConfigFile(fs, *configPath, set)
+}
+
+// applyConfigFile sets flags from a YAML mapping of flag name to value (a list for
+// repeatable flags). Unknown keys are errors, so a typo does not pass silently.
+func applyConfigFile(fs *flag.FlagSet, path string, skip map[string]bool) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var doc map[string]yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	keys := make([]string, 0, len(doc))
+	for k := range doc {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		node := doc[key]
+		f := fs.Lookup(key)
+		if f == nil || key == "config" {
+			return fmt.Errorf("config %s: unknown key %q", path, key)
+		}
+		if skip[key] {
+			continue
+		}
+		var values []string
+		switch node.Kind {
+		case yaml.ScalarNode:
+			values = []string{node.Value}
+		case yaml.SequenceNode:
+			if _, ok := f.Value.(*listFlag); !ok {
+				return fmt.Errorf("config %s: %q takes one value, not a list", path, key)
+			}
+			for _, item := range node.Content {
+				if item.Kind != yaml.ScalarNode {
+					return fmt.Errorf("config %s: %q: list items must be plain values", path, key)
+				}
+				values = append(values, item.Value)
+			}
+		default:
+			return fmt.Errorf("config %s: %q must be a value or a list", path, key)
+		}
+		for _, v := range values {
+			if err := fs.Set(key, v); err != nil {
+				return fmt.Errorf("config %s: %s: %w", path, key, err)
+			}
+		}
+	}
+	return nil
+}
+
+func printUsage(w io.Writer, fs *flag.FlagSet, summary string) {
+	fmt.Fprintln(w, summary)
+	fmt.Fprintln(w, "\nFlags:")
+	fs.VisitAll(func(f *flag.Flag) {
+		name, help := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if name != "" {
+			line += " " + name
+		}
+		fmt.Fprintln(w, line)
+		def := ""
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && f.DefValue != "[]" {
+			def = " (default " + f.DefValue + ")"
+		}
+		fmt.Fprintf(w, "        %s%s\n", help, def)
+	})
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	if v == "" {
+		return errors.New("empty value")
+	}
+	*l = append(*l, v)
+	return nil
+}
+
+// sizeFlag is a byte count written with an optional unit: 512MiB, 10GiB, 1.5GB, 4096.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string { return formatSize(int64(*s)) }
+func (s *sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
+var sizeUnits = []struct {
+	suffix string
+	mult   float64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40},
+	{"B", 1},
+}
+
+// parseSize reads a non-negative byte count with an optional unit suffix (case-insensitive).
+func parseSize(v string) (int64, error) {
+	s := strings.TrimSpace(v)
+	mult := 1.0
+	for _, u := range sizeUnits {
+		if len(s) > len(u.suffix) && strings.EqualFold(s[len(s)-len(u.suffix):], u.suffix) {
+			mult = u.mult
+			s = strings.TrimSpace(s[:len(s)-len(u.suffix)])
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f != f {
+		return 0, fmt.Errorf("%q is not a size (examples: 4096, 512MiB, 10GiB)", v)
+	}
+	bytes := f * mult
+	if bytes >= 1<<62 {
+		return 0, fmt.Errorf("%q is too large", v)
+	}
+	return int64(bytes), nil
+}
+
+func formatSize(n int64) string {
+	switch {
+	case n == 0:
+		return "0"
+	case n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + "GiB"
+	case n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + "MiB"
+	case n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + "KiB"
+	}
+	return strconv.FormatInt(n, 10)
+}

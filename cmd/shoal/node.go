@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/shoal-dev/shoal/node"
+)
+
+const nodeSummary = `Usage: shoal node [flags]
+
+Runs a node: a /v2 registry mirror for the local containerd or Docker that serves blobs from
+its cache or downloads them once from the upstream registry, verifying every digest. Every
+flag can also be set in a YAML file given with --config (keys are flag names; repeatable
+flags take a list); flags on the command line win.`
+
+func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("node")
+	var (
+		configPath   = fs.String("config", "", "YAML `file` with flag values")
+		registryAddr = fs.String("registry-addr", "127.0.0.1:5080", "`address` of the /v2 mirror")
+		adminAddr    = fs.String("admin-addr", "127.0.0.1:5081", "`address` of /metrics, /healthz, /readyz and /status (empty: off)")
+		originURL    = fs.String("origin", "", "registry `URL` used for requests that carry no ns")
+		dataDir      = fs.String("data-dir", "/var/lib/shoal", "`directory` of the blob cache")
+		dockerConfig = fs.String("docker-config", "", "docker config.json `file` with upstream credentials")
+		tagTTL       = fs.Duration("tag-ttl", node.DefaultTagTTL, "how long a tag resolution is reused before asking the origin again")
+		tagMaxStale  = fs.Duration("tag-max-stale", node.DefaultTagMaxStale, "how long a resolved tag is served while the origin is unreachable")
+		logLevel     = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
+		logFormat    = fs.String("log-format", "text", "log `format`: text or json")
+		upstreams    listFlag
+		cacheSize    sizeFlag
+		chunkSize    sizeFlag = 4 << 20
+	)
+	fs.Var(&upstreams, "upstream", "registry this node mirrors, `HOST[=URL]` (repeatable; docker.io means https://registry-1.docker.io)")
+	fs.Var(&cacheSize, "cache-size", "cache capacity, e.g. 20GiB (0: unlimited)")
+	fs.Var(&chunkSize, "chunk-size", "unit of resumable transfer")
+	if err := parseFlags(fs, args, configPath, stdout, nodeSummary); err != nil {
+		return err
+	}
+
+	logger, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	ups := make(map[string]string, len(upstreams))
+	for _, u := range upstreams {
+		host, url, _ := strings.Cut(u, "=")
+		if host == "" || strings.ContainsAny(host, "/@ ") {
+			return fmt.Errorf("--upstream %q: want HOST or HOST=URL", u)
+		}
+		ups[host] = url
+	}
+	if chunkSize < 64<<10 || chunkSize > 64<<20 {
+		return fmt.Errorf("--chunk-size %s: must be between 64KiB and 64MiB", chunkSize.String())
+	}
+	if *tagTTL < 0 || *tagMaxStale < 0 {
+		return fmt.Errorf("--tag-ttl and --tag-max-stale must not be negative")
+	}
+	n, err := node.New(node.Config{
+		RegistryAddr: *registryAddr,
+		AdminAddr:    *adminAddr,
+		DataDir:      *dataDir,
+		CacheSize:    int64(cacheSize),
+		ChunkSize:    int64(chunkSize),
+		Origin:       *originURL,
+		Upstreams:    ups,
+		DockerConfig: *dockerConfig,
+		TagTTL:       *tagTTL,
+		TagMaxStale:  *tagMaxStale,
+		Version:      buildVersion(),
+		Logger:       logger,
+	})
+	if err != nil {
+		return err
+	}
+	return n.Run(ctx)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

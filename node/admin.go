@@ -1,0 +1,82 @@
+package node
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Status is what /status reports.
+type Status struct {
+	Version      string      `json:"version"`
+	RegistryAddr string      `json:"registryAddr"`
+	Upstreams    []string    `json:"upstreams"`
+	Cache        CacheStatus `json:"cache"`
+	Downloads    int         `json:"downloads"`
+}
+
+// CacheStatus describes the disk cache.
+type CacheStatus struct {
+	Bytes         int64 `json:"bytes"`
+	Blobs         int   `json:"blobs"`
+	CapacityBytes int64 `json:"capacityBytes"`
+	Evictions     int64 `json:"evictions"`
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	st := n.store.Stats()
+	ups := append([]string(nil), n.registries...)
+	sort.Strings(ups)
+	return Status{
+		Version:      n.cfg.Version,
+		RegistryAddr: n.RegistryAddr(),
+		Upstreams:    ups,
+		Cache:        CacheStatus{Bytes: st.Bytes, Blobs: st.Blobs, CapacityBytes: st.Capacity, Evictions: st.Evictions},
+		Downloads:    n.downloader.Len(),
+	}
+}
+
+func (n *Node) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-n.ready:
+			w.Write([]byte("ok\n"))
+		default:
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		}
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(n.Status())
+	})
+	return mux
+}
+
+func (n *Node) registerStoreMetrics() {
+	stats := n.store.Stats
+	n.metrics.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shoal_store_bytes", Help: "Bytes of committed blobs in the cache.",
+		}, func() float64 { return float64(stats().Bytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shoal_store_blobs", Help: "Committed blobs in the cache.",
+		}, func() float64 { return float64(stats().Blobs) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shoal_store_capacity_bytes", Help: "Cache capacity in bytes (0: unlimited).",
+		}, func() float64 { return float64(stats().Capacity) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "shoal_store_evictions_total", Help: "Blobs evicted from the cache.",
+		}, func() float64 { return float64(stats().Evictions) }),
+	)
+}

@@ -1,0 +1,263 @@
+// Package node composes a shoal node: the disk store, the downloader, the upstream client,
+// the /v2 mirror and the admin endpoints. It owns their lifecycle.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/shoal-dev/shoal/node/store"
+	"github.com/shoal-dev/shoal/node/swarm"
+	"github.com/shoal-dev/shoal/registryapi"
+	"github.com/shoal-dev/shoal/registryapi/origin"
+)
+
+// Config is everything a node needs; cmd/shoal fills it from flags and the config file.
+type Config struct {
+	// RegistryAddr is where the /v2 mirror listens (host:port; port 0 picks one).
+	RegistryAddr string
+	// AdminAddr is where /metrics, /healthz, /readyz and /status listen; "" disables them.
+	AdminAddr string
+	// DataDir holds the blob cache.
+	DataDir string
+	// CacheSize caps the cache in bytes; 0 means unlimited.
+	CacheSize int64
+	// ChunkSize is the unit of resumable transfer; 0 means the default (4 MiB).
+	ChunkSize int64
+	// Origin is the registry URL used for requests that carry no ns.
+	Origin string
+	// Upstreams maps registry hosts (as containerd sends them in ns) to their URLs.
+	Upstreams map[string]string
+	// DockerConfig is a docker config.json with credentials for upstreams; "" is anonymous.
+	DockerConfig string
+	// TagTTL is how long a tag's resolution is reused before asking the origin again.
+	TagTTL time.Duration
+	// TagMaxStale is how long a resolved tag may still be served while the origin is down.
+	TagMaxStale time.Duration
+	// Version is reported by /status.
+	Version string
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultTagTTL      = 5 * time.Second
+	DefaultTagMaxStale = 24 * time.Hour
+)
+
+// Node is a running shoal node.
+type Node struct {
+	cfg        Config
+	log        *slog.Logger
+	metrics    *prometheus.Registry
+	store      *store.Store
+	origin     *origin.Client
+	downloader *swarm.Downloader
+	tags       *tagCache
+	flight     singleflight.Group
+	registries []string
+
+	registryLn net.Listener
+	adminLn    net.Listener
+	registry   *http.Server
+	admin      *http.Server
+	ready      chan struct{}
+}
+
+// New checks cfg, opens the store and binds the listeners; Run serves.
+func New(cfg Config) (*Node, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TagTTL == 0 {
+		cfg.TagTTL = DefaultTagTTL
+	}
+	if cfg.TagMaxStale == 0 {
+		cfg.TagMaxStale = DefaultTagMaxStale
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("no data directory configured")
+	}
+	upstreams, def, err := upstreamTable(cfg.Origin, cfg.Upstreams)
+	if err != nil {
+		return nil, err
+	}
+
+	n := &Node{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), ready: make(chan struct{})}
+	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	n.store, err = store.Open(store.Options{Dir: cfg.DataDir, Capacity: cfg.CacheSize, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	n.registerStoreMetrics()
+	n.origin, err = origin.New(origin.Options{
+		Upstreams:    upstreams,
+		DockerConfig: cfg.DockerConfig,
+		Logger:       log,
+		UserAgent:    "shoal/" + cfg.Version,
+	})
+	if err != nil {
+		n.store.Close()
+		return nil, fmt.Errorf("upstream client: %w", err)
+	}
+	n.downloader = swarm.New(swarm.Options{
+		Store:      n.store,
+		Origin:     n.origin,
+		ChunkSize:  cfg.ChunkSize,
+		Logger:     log,
+		Registerer: n.metrics,
+	})
+	n.tags = newTagCache(4096)
+	for key := range upstreams {
+		n.registries = append(n.registries, key)
+	}
+	api, err := registryapi.NewServer(registryapi.Options{
+		Blobs:      n,
+		Manifests:  n,
+		Registries: n.registries,
+		Default:    def,
+		Logger:     log,
+		Registerer: n.metrics,
+	})
+	if err != nil {
+		n.store.Close()
+		return nil, err
+	}
+	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+
+	if n.registryLn, err = net.Listen("tcp", cfg.RegistryAddr); err != nil {
+		n.store.Close()
+		return nil, fmt.Errorf("registry listener: %w", err)
+	}
+	if cfg.AdminAddr != "" {
+		if n.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			n.registryLn.Close()
+			n.store.Close()
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// RegistryAddr is the address the /v2 mirror listens on.
+func (n *Node) RegistryAddr() string { return n.registryLn.Addr().String() }
+
+// AdminAddr is the address of the admin endpoints, or "" when they are off.
+func (n *Node) AdminAddr() string {
+	if n.adminLn == nil {
+		return ""
+	}
+	return n.adminLn.Addr().String()
+}
+
+// Run serves until ctx ends, then shuts down gracefully and closes the store.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.store.Close()
+	defer n.origin.CloseIdleConnections()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return n.downloader.Run(ctx) })
+	g.Go(func() error { return serve(ctx, n.registry, n.registryLn) })
+	if n.adminLn != nil {
+		g.Go(func() error { return serve(ctx, n.admin, n.adminLn) })
+	}
+	n.log.Info("node started", "registry", n.RegistryAddr(), "admin", n.AdminAddr(), "upstreams", strings.Join(n.registries, ","))
+	close(n.ready)
+	err := g.Wait()
+	n.log.Info("node stopped")
+	return err
+}
+
+// serve runs srv on ln until ctx ends, then drains it for a bounded time.
+func serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		srv.Close()
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// dockerHub is the registry key containerd sends for Docker Hub, and dockerHubURL its
+// real endpoint.
+const (
+	dockerHub    = registryapi.DockerHub
+	dockerHubURL = "https://registry-1.docker.io"
+)
+
+// upstreamTable turns --origin and --upstream into registry key -> URL, and picks the key
+// used for requests without ns.
+func upstreamTable(originURL string, upstreams map[string]string) (map[string]string, string, error) {
+	table := make(map[string]string)
+	for host, raw := range upstreams {
+		key, err := registryapi.NormalizeNamespace(host)
+		if err != nil {
+			return nil, "", fmt.Errorf("upstream %q: not a registry host", host)
+		}
+		if raw == "" {
+			raw = "https://" + host
+			if key == dockerHub {
+				raw = dockerHubURL
+			}
+		}
+		u, err := parseUpstreamURL(raw)
+		if err != nil {
+			return nil, "", fmt.Errorf("upstream %s: %w", host, err)
+		}
+		table[key] = u
+	}
+	def := ""
+	if originURL != "" {
+		u, err := parseUpstreamURL(originURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("origin: %w", err)
+		}
+		parsed, _ := url.Parse(u)
+		if def, err = registryapi.NormalizeNamespace(parsed.Host); err != nil {
+			return nil, "", fmt.Errorf("origin %q: not a registry host", originURL)
+		}
+		table[def] = u
+	} else if _, ok := table[dockerHub]; ok {
+		def = dockerHub
+	}
+	if len(table) == 0 {
+		return nil, "", errors.New("no upstream configured: set --origin or --upstream")
+	}
+	return table, def, nil
+}
+
+func parseUpstreamURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "" {
+		return "", fmt.Errorf("%q is not a registry URL (want http[s]://host[:port])", raw)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
