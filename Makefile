@@ -1,0 +1,47 @@
+# shoal: build, test, demo and benchmark targets.
+GO      ?= go
+GOBIN   := $(shell $(GO) env GOPATH)/bin
+export PATH := $(GOBIN):$(PATH)
+BIN     := bin/shoal
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/shoal
+
+# tools installs the third-party programs the end-to-end tests, the demo and the benchmarks
+# run for real: the distribution registry, crane, containerd/ctr and the OCI conformance suite.
+tools:
+	scripts/install-tools.sh
+
+# test runs everything but the benchmarks: unit tests (with the race detector), short fuzz
+# runs of the parsers, and the end-to-end tests with real processes.
+test: lint test-unit fuzz test-e2e
+
+test-unit:
+	$(GO) test -race -count=1 ./...
+
+test-e2e: tools
+	cd test && $(GO) test -count=1 -timeout 20m ./...
+
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./registryapi
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRange$$' -fuzztime $(FUZZTIME) ./registryapi
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	cd test && $(GO) vet ./...
+
+demo: tools
+	cd test && $(GO) run ./cmd/demo
+
+bench: tools
+	cd test && $(GO) run ./cmd/bench
+
+clean:
+	rm -rf bin
