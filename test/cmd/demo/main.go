@@ -1,0 +1,384 @@
+// Command demo shows what shoal does, end to end, with the real programs: the distribution
+// registry as the origin (behind a proxy that counts what it sends), a generated image pushed
+// with crane, a shoal node pulling through from that origin, and containerd fetching the image
+// through the node twice, each time with a fresh containerd so nothing is reused client-side.
+// It then reports where the bytes of each pull came from. Run it as root with `make demo`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/shoal-dev/shoal/test/internal/harness"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	interrupted := ctx.Err() != nil
+	stop()
+	switch {
+	case err == nil || errors.Is(err, flag.ErrHelp):
+	case interrupted:
+		fmt.Fprintln(os.Stderr, "demo: interrupted; everything was stopped")
+		os.Exit(130)
+	default:
+		msg, rest, more := strings.Cut(err.Error(), "\n")
+		if more && verbose {
+			msg += "\n" + rest
+		} else if more {
+			msg += " (-v for details)"
+		}
+		fmt.Fprintln(os.Stderr, "demo:", msg)
+		os.Exit(1)
+	}
+}
+
+// verbose makes a failure print the whole error, with the tails of the programs' logs.
+var verbose bool
+
+// fleetSize is how many nodes the demo runs. Pull i goes through node i%fleetSize, so once
+// nodes find each other the second pull shows bytes from peers.
+const fleetSize = 1
+
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	layers := fs.Int("layers", 3, "layers in the generated image")
+	layerSize := fs.String("layer-size", "8MiB", "random bytes per layer (B, KiB, MiB, GiB)")
+	keep := fs.Bool("keep", false, "keep the temp dir with data, configs and logs")
+	fs.BoolVar(&verbose, "v", false, "on failure, print the whole error with log tails")
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stdout, "Usage: go run ./cmd/demo [flags]  (as root; make demo installs the tools first)")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+		}
+		return err
+	}
+	size, err := parseSize(*layerSize)
+	if err != nil || size < 1 || size > 1<<30 || *layers < 1 || *layers > 100 {
+		return fmt.Errorf("want --layers from 1 to 100 and --layer-size from 1B to 1GiB, got %d and %q", *layers, *layerSize)
+	}
+	if err := checkTools(); err != nil {
+		return err
+	}
+
+	dir, err := os.MkdirTemp("", "shoal-demo-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if *keep {
+			fmt.Fprintf(stdout, "kept %s (data, configs and logs)\n", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
+
+	plural := map[bool]string{true: "s"}[fleetSize > 1]
+	fmt.Fprintf(stdout, "shoal demo: a real registry as the origin, %d shoal node%s, containerd pulling through it\n\n", fleetSize, plural)
+	bin, err := step(ctx, stdout, "build shoal", 3*time.Minute, func(ctx context.Context) (string, error) {
+		return buildShoal(ctx, dir)
+	})
+	if err != nil {
+		return err
+	}
+	reg, err := step(ctx, stdout, "start the origin registry", 30*time.Second, func(ctx context.Context) (*harness.Registry, error) {
+		return harness.RunRegistry(ctx, mkdir(dir, "registry"))
+	})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	proxy, err := harness.NewCountingProxy(reg.URL)
+	if err != nil {
+		return err
+	}
+	defer proxy.Close()
+	fmt.Fprintf(stdout, "  origin: registry at %s, counted by a proxy at %s\n", reg.URL, proxy.URL)
+
+	what := fmt.Sprintf("push demo/app:v1 with crane (%d random layers of %s)", *layers, human(size))
+	im, err := step(ctx, stdout, what, time.Minute, func(ctx context.Context) (harness.Image, error) {
+		return harness.PushRandomImage(ctx, reg.Addr, "demo/app", "v1", *layers, size)
+	})
+	if err != nil {
+		return err
+	}
+
+	var nodes []*harness.Node
+	defer func() {
+		for _, n := range nodes {
+			n.Close()
+		}
+	}()
+	for i := range fleetSize {
+		what := fmt.Sprintf("start shoal node %d (origin: the proxy)", i+1)
+		nodeDir := mkdir(dir, fmt.Sprintf("node-%d", i+1))
+		n, err := step(ctx, stdout, what, 30*time.Second, func(ctx context.Context) (*harness.Node, error) {
+			// The node mirrors the registry under its own name (containerd's ns) and sends
+			// requests without ns there too, always through the counting proxy.
+			return harness.RunNode(ctx, harness.NodeOptions{
+				Binary:    bin,
+				DataDir:   mkdir(nodeDir, "data"),
+				LogPath:   filepath.Join(nodeDir, "node.log"),
+				Origin:    proxy.URL,
+				Upstreams: []string{reg.Addr + "=" + proxy.URL},
+			})
+		})
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+		fmt.Fprintf(stdout, "  node %d: mirror at %s, metrics at %s/metrics\n", i+1, n.URL, n.AdminURL)
+	}
+
+	var pulls []pullResult
+	for i, cache := range []string{"empty", "warm"} {
+		via := nodes[i%len(nodes)]
+		what := fmt.Sprintf("pull %d with a fresh containerd through node %d (%s cache), verify", i+1, i%len(nodes)+1, cache)
+		p, err := step(ctx, stdout, what, 2*time.Minute, func(ctx context.Context) (pullResult, error) {
+			return pull(ctx, mkdir(dir, fmt.Sprintf("pull-%d", i+1)), im, proxy, nodes, via)
+		})
+		if err != nil {
+			return err
+		}
+		pulls = append(pulls, p)
+	}
+
+	report(stdout, im, pulls)
+	if n := pulls[1].originBlobs; n > 0 {
+		return fmt.Errorf("second pull: the origin sent %s of blobs, want none once a node holds the image", human(n))
+	}
+	for _, n := range nodes {
+		if err := n.Close(); err != nil {
+			return fmt.Errorf("shoal node did not shut down cleanly: %w", err)
+		}
+	}
+	return nil
+}
+
+// pullResult is where the bytes of one pull came from.
+type pullResult struct {
+	duration                     time.Duration
+	originBlobs, originManifests int64   // response bytes the origin sent
+	cache, origin, peer          float64 // blob bytes the nodes served, by source
+	verified                     int     // digests checked in containerd's content store
+}
+
+// pull starts a containerd in dir, fetches im through the node via and verifies every
+// digest containerd stored.
+func pull(ctx context.Context, dir string, im harness.Image, proxy *harness.CountingProxy, nodes []*harness.Node, via *harness.Node) (pullResult, error) {
+	hosts := filepath.Join(dir, "hosts")
+	if err := harness.WriteHostsTOML(hosts, im.Registry, proxy.URL, via.URL); err != nil {
+		return pullResult{}, err
+	}
+	ctd, err := harness.RunContainerd(ctx, mkdir(dir, "containerd"))
+	if err != nil {
+		return pullResult{}, err
+	}
+	defer ctd.Close()
+	ctr := ctd.Ctr()
+
+	before, err := served(ctx, nodes)
+	if err != nil {
+		return pullResult{}, err
+	}
+	proxy.Reset()
+	start := time.Now()
+	if err := ctr.Fetch(ctx, im.Ref(), hosts); err != nil {
+		return pullResult{}, err
+	}
+	res := pullResult{duration: time.Since(start)}
+	if err := ctr.VerifyContent(ctx, im.Contents()); err != nil {
+		return pullResult{}, fmt.Errorf("containerd content after the pull: %w", err)
+	}
+	res.verified = len(im.Contents())
+	res.originBlobs = proxy.Total(harness.KindBlob).Bytes
+	res.originManifests = proxy.Total(harness.KindManifest).Bytes
+
+	// A node counts a blob once its response is done, which may be a moment after ctr has
+	// read the last byte.
+	want := float64(im.BlobBytes())
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		after, err := served(ctx, nodes)
+		if err != nil {
+			return pullResult{}, err
+		}
+		res.cache = after["cache"] - before["cache"]
+		res.origin = after["origin"] - before["origin"]
+		res.peer = after["peer"] - before["peer"]
+		total := res.cache + res.origin + res.peer
+		if total >= want {
+			return res, nil
+		}
+		if time.Now().After(deadline) {
+			return res, fmt.Errorf("the nodes served %s of the image's %s of blobs: containerd went around them",
+				human(int64(total)), human(im.BlobBytes()))
+		}
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// served sums shoal_blob_served_bytes_total over the nodes, by source; a source a node
+// does not report counts as 0.
+func served(ctx context.Context, nodes []*harness.Node) (map[string]float64, error) {
+	sum := map[string]float64{}
+	for _, n := range nodes {
+		m, err := n.Metrics(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, src := range []string{"cache", "origin", "peer"} {
+			sum[src] += m.Sum("shoal_blob_served_bytes_total", harness.Labels{"source": src})
+		}
+	}
+	return sum, nil
+}
+
+func report(w io.Writer, im harness.Image, pulls []pullResult) {
+	fmt.Fprintf(w, "\nimage %s: %s (manifest, config and %d layers, %d digests)\n\n",
+		im.Ref(), human(im.TotalSize()), len(im.Layers), len(im.Contents()))
+	row := func(label string, cell func(p pullResult) string) {
+		fmt.Fprintf(w, "  %-30s", label)
+		for _, p := range pulls {
+			fmt.Fprintf(w, "%14s", cell(p))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  %-30s%14s%14s\n", "", "pull 1", "pull 2")
+	row("duration of ctr content fetch", func(p pullResult) string { return p.duration.Round(time.Millisecond).String() })
+	row("origin sent: blobs", func(p pullResult) string { return human(p.originBlobs) })
+	row("origin sent: manifests", func(p pullResult) string { return human(p.originManifests) })
+	row("node served: from its cache", func(p pullResult) string { return human(int64(p.cache)) })
+	row("node served: from the origin", func(p pullResult) string { return human(int64(p.origin)) })
+	row("node served: from peers", func(p pullResult) string { return human(int64(p.peer)) })
+	row("containerd: digests verified", func(p pullResult) string { return fmt.Sprintf("%d of %d", p.verified, len(im.Contents())) })
+
+	fmt.Fprintln(w, "  (origin, node and containerd share this machine, so durations are close; the point is")
+	fmt.Fprintln(w, "  which bytes crossed the origin's link)")
+
+	p := pulls[len(pulls)-1]
+	fromOrigin := "0 bytes from the origin"
+	if p.originBlobs > 0 {
+		fromOrigin = human(p.originBlobs) + " of blobs from the origin"
+	} else if p.originManifests > 0 {
+		fromOrigin = fmt.Sprintf("0 blob bytes from the origin (only the %s manifest, to resolve the tag)", human(p.originManifests))
+	}
+	total := max(p.cache+p.origin+p.peer, 1)
+	fromNodes := fmt.Sprintf("%.0f%% of %s from the node's cache", 100*p.cache/total, human(im.BlobBytes()))
+	if p.peer > 0 {
+		fromNodes += fmt.Sprintf(", %.0f%% from peers", 100*p.peer/total)
+	}
+	fmt.Fprintf(w, "\nsecond pull: %s, %s\n", fromOrigin, fromNodes)
+}
+
+// step runs fn with its own timeout and prints what it did and how long it took.
+func step[T any](ctx context.Context, w io.Writer, what string, timeout time.Duration, fn func(context.Context) (T, error)) (T, error) {
+	fmt.Fprintf(w, "- %s ... ", what)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	v, err := fn(ctx)
+	switch {
+	case err == nil:
+		fmt.Fprintf(w, "%v\n", time.Since(start).Round(10*time.Millisecond))
+	case errors.Is(ctx.Err(), context.Canceled):
+		fmt.Fprintln(w, "interrupted")
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		fmt.Fprintln(w, "failed")
+		err = fmt.Errorf("%s: not done within %v: %w", what, timeout, err)
+	default:
+		fmt.Fprintln(w, "failed")
+		err = fmt.Errorf("%s: %w", what, err)
+	}
+	return v, err
+}
+
+// checkTools names everything missing in one line, with what to do about it.
+func checkTools() error {
+	if os.Geteuid() != 0 {
+		return errors.New("containerd needs root: run the demo as root (sudo make demo)")
+	}
+	var missing []string
+	for _, name := range []string{"go", "registry", "crane", "containerd", "ctr"} {
+		if _, err := harness.ToolPath(name); err != nil {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("not installed: %s (run scripts/install-tools.sh, or make demo)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// buildShoal builds cmd/shoal into dir, or returns $SHOAL_BIN when it is set. Unlike
+// harness.ShoalBinary it stops the build when ctx ends.
+func buildShoal(ctx context.Context, dir string) (string, error) {
+	if p := os.Getenv("SHOAL_BIN"); p != "" {
+		return filepath.Abs(p)
+	}
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "shoal")
+	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", out, "./cmd/shoal")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/shoal in %s: %w\n%s", root, err, msg)
+	}
+	return out, nil
+}
+
+// mkdir makes dir/name (the parent exists; errors surface when the directory is used).
+func mkdir(dir, name string) string {
+	p := filepath.Join(dir, name)
+	os.MkdirAll(p, 0o755)
+	return p
+}
+
+var units = []struct {
+	suffix string
+	n      int64
+}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+// parseSize reads "8MiB", "512KiB" or a plain number of bytes.
+func parseSize(s string) (int64, error) {
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+			if err != nil || n < 0 || n > 1<<30 {
+				return 0, fmt.Errorf("size %q out of range", s)
+			}
+			return n * u.n, nil
+		}
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+func human(n int64) string {
+	for _, u := range units[:3] {
+		if n >= u.n {
+			return fmt.Sprintf("%.1f %s", float64(n)/float64(u.n), u.suffix)
+		}
+	}
+	return fmt.Sprintf("%d B", n)
+}
