@@ -33,6 +33,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Blob bytes written to clients, by where they came from.",
 		}, []string{"source"}),
 	}
+	// Dashboards see every source from the start, not after its first byte.
+	for _, source := range []string{"cache", "peer", "origin"} {
+		m.served.WithLabelValues(source)
+	}
 	if reg == nil {
 		return m, nil
 	}

@@ -21,10 +21,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "shoal:", err)
-		}
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		// Help was asked for and printed.
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "shoal:", err)
 		os.Exit(1)
 	}
 }
@@ -48,7 +49,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "node":
 		return runNode(ctx, rest, stdout, stderr)
 	case "version":
-		if len(rest) > 0 && !isHelp(rest[0]) {
+		if len(rest) > 0 {
+			if isHelp(rest[0]) {
+				fmt.Fprintln(stdout, "Usage: shoal version\n\nPrints the version of this shoal binary.")
+				return flag.ErrHelp
+			}
 			return fmt.Errorf("version takes no arguments, got %q", rest[0])
 		}
 		fmt.Fprintln(stdout, "shoal", buildVersion())

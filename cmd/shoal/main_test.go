@@ -24,6 +24,8 @@ func TestRunCommands(t *testing.T) {
 		{name: "help", args: []string{"help"}, wantOut: "shoal node"},
 		{name: "no command", args: nil, wantErr: "no command"},
 		{name: "unknown command", args: []string{"fly"}, wantErr: `unknown command "fly"`},
+		{name: "version help", args: []string{"version", "--help"}, wantErr: flag.ErrHelp.Error(), wantOut: "Usage: shoal version"},
+		{name: "version argument", args: []string{"version", "x"}, wantErr: "no arguments"},
 		{name: "node help", args: []string{"node", "--help"}, wantErr: flag.ErrHelp.Error(), wantOut: "--registry-addr"},
 		{name: "unknown flag", args: []string{"node", "--nope"}, wantErr: "flag provided but not defined: -nope"},
 		{name: "bad size", args: []string{"node", "--cache-size", "lots"}, wantErr: `"lots" is not a size`},

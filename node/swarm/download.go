@@ -24,15 +24,16 @@ type Download struct {
 	registry string
 	repo     string
 
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced whenever progress, size or state changes
-	size    int64         // -1 until known
-	partial *store.Partial
-	blob    *store.Blob // set once committed; readers switch to it
-	fill    []int64     // bytes written from the start of each chunk
-	err     error       // terminal failure
-	done    bool        // committed
-	refs    int         // open readers plus the running fetch
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced whenever progress, size or state changes
+	size     int64         // -1 until known
+	partial  *store.Partial
+	blob     *store.Blob // set once committed; readers switch to it
+	fill     []int64     // bytes written from the start of each chunk
+	err      error       // terminal failure
+	verified bool        // the whole blob matched its digest
+	done     bool        // committed
+	refs     int         // open readers plus the running fetch
 }
 
 func newDownload(d digest.Digest, registry, repo string) *Download {
@@ -67,6 +68,7 @@ func (dl *Download) startCommitted(b *store.Blob) {
 	defer dl.mu.Unlock()
 	dl.size = b.Size()
 	dl.blob = b
+	dl.verified = true
 	dl.done = true
 	dl.notifyLocked()
 }
@@ -185,7 +187,7 @@ func (dl *Download) readAt(p []byte, off int64, abort <-chan struct{}, holdLast 
 			return 0, io.EOF
 		}
 		want := min(n, dl.size-off)
-		if dl.availableLocked(off, want) && (!holdLast || dl.done || off+want < dl.size) {
+		if dl.availableLocked(off, want) && (!holdLast || dl.verified || off+want < dl.size) {
 			var src io.ReaderAt = dl.partial
 			if dl.blob != nil {
 				src = dl.blob
@@ -219,12 +221,21 @@ func (dl *Download) fail(err error) {
 	dl.notifyLocked()
 }
 
+// markVerified releases the blob's last bytes to client readers.
+func (dl *Download) markVerified() {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	dl.verified = true
+	dl.notifyLocked()
+}
+
 // commit switches readers to the committed blob.
 func (dl *Download) commit(b *store.Blob) {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	dl.blob = b
 	dl.partial = nil
+	dl.verified = true
 	dl.done = true
 	dl.notifyLocked()
 }

@@ -85,6 +85,12 @@ func New(opts Options) *Downloader {
 			Help: "Blob downloads in progress.",
 		}),
 	}
+	for _, source := range []string{"peer", "origin"} {
+		m.fetched.WithLabelValues(source)
+	}
+	for _, result := range []string{"ok", "failed", "mismatch"} {
+		m.downloads.WithLabelValues(result)
+	}
 	if opts.Registerer != nil {
 		opts.Registerer.MustRegister(m.fetched, m.downloads, m.active)
 	}
@@ -257,6 +263,8 @@ func (dl *Downloader) fetch(ctx context.Context, download *Download) error {
 		}
 		return fmt.Errorf("verify %s: %w", d, err)
 	}
+	// Clients may finish now; making the file durable need not hold them up.
+	download.markVerified()
 	blob, err := partial.Commit("")
 	if err != nil {
 		partial.Abort()
