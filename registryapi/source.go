@@ -46,7 +46,8 @@ type Blob interface {
 	Size() int64
 }
 
-// FileBlob is implemented by blobs that are fully on disk, so the edge can use sendfile.
+// FileBlob is implemented by blobs that are fully on disk: the edge reads the file directly,
+// with no waiting for bytes to arrive and no flushing between pieces.
 type FileBlob interface {
 	Blob
 	// File returns the open file holding the whole verified blob. The caller must not
@@ -54,11 +55,9 @@ type FileBlob interface {
 	File() FileHandle
 }
 
-// FileHandle is the part of *os.File the edge uses for zero-copy serving.
+// FileHandle is the part of *os.File the edge reads a committed blob through.
 type FileHandle interface {
 	io.ReaderAt
-	io.Reader
-	io.Seeker
 }
 
 // Manifest is a manifest or index body, exactly as the upstream sent it.

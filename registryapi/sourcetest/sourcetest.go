@@ -61,11 +61,7 @@ func BlobSource(t *testing.T, src registryapi.BlobSource, repo registryapi.Repo,
 			t.Fatalf("ReadAt(1 byte, size) = %d, %v, want 0 and an error", n, err)
 		}
 		if fb, ok := b.(registryapi.FileBlob); ok {
-			f := fb.File()
-			if _, err := f.Seek(0, io.SeekStart); err != nil {
-				t.Fatalf("File().Seek(0) = %v", err)
-			}
-			got, err := io.ReadAll(io.LimitReader(f, size+1))
+			got, err := io.ReadAll(io.NewSectionReader(fb.File(), 0, size+1))
 			if err != nil || !bytes.Equal(got, content) {
 				t.Fatalf("reading File() = %d bytes, %v; want the content", len(got), err)
 			}
