@@ -40,8 +40,11 @@ lint:
 demo: tools
 	cd test && $(GO) run ./cmd/demo
 
+# bench measures a node against the real registry (origin on loopback, and in a network
+# namespace behind a 1 Gbit/s link: needs root) and prints ratios against baselines from the
+# same run; docs/BENCHMARKS.md records the results.
 bench: tools
-	cd test && $(GO) run ./cmd/bench
+	cd test && $(GO) run ./cmd/bench --json ../bench/results/single-node.json
 
 clean:
 	rm -rf bin

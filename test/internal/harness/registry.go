@@ -41,15 +41,30 @@ http:
 // RunRegistry starts `registry serve` with its storage, config and log under dir and waits
 // until GET /v2/ answers. The caller stops it with Close.
 func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
+	return RunRegistryWith(ctx, dir, RegistryOptions{})
+}
+
+// RegistryOptions places a registry somewhere other than a free loopback port.
+type RegistryOptions struct {
+	// Netns runs the registry inside this network namespace (see NewLink).
+	Netns string
+	// Addr is the listen address; empty means a free loopback port.
+	Addr string
+}
+
+// RunRegistryWith is RunRegistry with options.
+func RunRegistryWith(ctx context.Context, dir string, o RegistryOptions) (*Registry, error) {
 	bin, err := ToolPath("registry")
 	if err != nil {
 		return nil, err
 	}
 	var lastErr error
 	for attempt := range 3 {
-		addr, err := FreeAddr()
-		if err != nil {
-			return nil, err
+		addr := o.Addr
+		if addr == "" {
+			if addr, err = FreeAddr(); err != nil {
+				return nil, err
+			}
 		}
 		cfg := filepath.Join(dir, "config.yml")
 		storage := filepath.Join(dir, "storage")
@@ -58,7 +73,11 @@ func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
 		}
 		logPath := filepath.Join(dir, fmt.Sprintf("registry-%d.log", attempt))
 		// Without OTEL_TRACES_EXPORTER=none, v3 tries to export traces to localhost:4318.
-		p, err := startProcess("registry", logPath, []string{"OTEL_TRACES_EXPORTER=none"}, bin, "serve", cfg)
+		path, args := bin, []string{"serve", cfg}
+		if o.Netns != "" {
+			path, args = "ip", append([]string{"netns", "exec", o.Netns, bin}, args...)
+		}
+		p, err := startProcess("registry", logPath, []string{"OTEL_TRACES_EXPORTER=none"}, path, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -69,7 +88,7 @@ func RunRegistry(ctx context.Context, dir string) (*Registry, error) {
 		}
 		p.Kill()
 		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(20))
-		if !addrInUse(p) {
+		if o.Addr != "" || !addrInUse(p) {
 			break
 		}
 	}

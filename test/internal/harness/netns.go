@@ -1,0 +1,70 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+// Link is a network namespace joined to the host by a veth pair whose two directions are
+// shaped with tc: a host on the far side of a link of known speed, on this one machine.
+// Traffic stays on the pair; nothing is routed beyond it.
+type Link struct {
+	Netns    string // namespace name, for `ip netns exec`
+	HostAddr string // the host end's address
+	PeerAddr string // the address inside the namespace
+	hostDev  string
+}
+
+// NewLink creates namespace name with a veth pair to the host, addresses 10.231.<index>.1
+// (host) and .2 (namespace), both directions limited to rate (a tc rate such as "1gbit").
+// It needs root and iproute2. Close removes everything.
+func NewLink(name string, index int, rate string) (*Link, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("network namespaces need root")
+	}
+	if _, err := exec.LookPath("tc"); err != nil {
+		return nil, errors.New("tc not found (install iproute2)")
+	}
+	if index < 0 || index > 255 {
+		return nil, fmt.Errorf("link index %d out of range", index)
+	}
+	l := &Link{
+		Netns:    name,
+		HostAddr: fmt.Sprintf("10.231.%d.1", index),
+		PeerAddr: fmt.Sprintf("10.231.%d.2", index),
+		hostDev:  fmt.Sprintf("sh%dh", index),
+	}
+	peerDev := fmt.Sprintf("sh%dp", index)
+	l.Close() // leftovers of an interrupted run
+	steps := [][]string{
+		{"ip", "netns", "add", name},
+		{"ip", "link", "add", l.hostDev, "type", "veth", "peer", "name", peerDev},
+		{"ip", "link", "set", peerDev, "netns", name},
+		{"ip", "addr", "add", l.HostAddr + "/30", "dev", l.hostDev},
+		{"ip", "link", "set", l.hostDev, "up"},
+		{"ip", "netns", "exec", name, "ip", "addr", "add", l.PeerAddr + "/30", "dev", peerDev},
+		{"ip", "netns", "exec", name, "ip", "link", "set", peerDev, "up"},
+		{"ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"},
+		{"tc", "qdisc", "add", "dev", l.hostDev, "root", "tbf", "rate", rate, "burst", "1mb", "latency", "50ms"},
+		{"ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", peerDev, "root", "tbf", "rate", rate, "burst", "1mb", "latency", "50ms"},
+	}
+	for _, step := range steps {
+		if out, err := exec.Command(step[0], step[1:]...).CombinedOutput(); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("%s: %v: %s", strings.Join(step, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return l, nil
+}
+
+// Close removes the namespace and the veth pair (deleting one end deletes both).
+func (l *Link) Close() error {
+	exec.Command("ip", "link", "del", l.hostDev).Run()
+	if out, err := exec.Command("ip", "netns", "del", l.Netns).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {
+		return fmt.Errorf("ip netns del %s: %v: %s", l.Netns, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
