@@ -6,7 +6,8 @@
 // The store does not hash multi-gigabyte blobs itself: Put verifies the small content it is
 // handed, and Partial.Commit trusts its caller to have verified the whole download.
 //
-// One Store owns its directory; two stores on the same directory at once are not supported.
+// One Store owns its directory: Open takes an exclusive lock on it, so a second node
+// pointed at the same --data-dir fails to start instead of corrupting the first one's cache.
 package store
 
 import (
@@ -21,6 +22,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -41,6 +43,8 @@ var (
 	ErrOutOfRange = errors.New("out of range")
 	// ErrClosed means the Store or Partial has been closed or finished.
 	ErrClosed = errors.New("closed")
+	// ErrLocked means another process (or Store) has the directory open.
+	ErrLocked = errors.New("directory in use by another store")
 )
 
 // fileSeq names temp and trash files. It is shared by every Store in the process so a store
@@ -88,6 +92,7 @@ type Stats struct {
 // Store is a content-addressed disk cache. All methods are safe for concurrent use.
 type Store struct {
 	dir      string
+	lock     *os.File // held for the Store's life: one Store per directory
 	capacity int64
 	log      *slog.Logger
 	onEvict  func(digest.Digest)
@@ -138,6 +143,17 @@ func Open(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
 	}
+	lock, err := lockDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s.lock = lock
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	if err := s.clearTmp(); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -170,6 +186,7 @@ func Open(opts Options) (*Store, error) {
 	s.finish(c)
 
 	s.log.Info("store opened", "bytes", committed)
+	ok = true
 	return s, nil
 }
 
@@ -192,6 +209,7 @@ func (s *Store) Close() error {
 	for _, p := range partials {
 		errs = append(errs, p.Close())
 	}
+	errs = append(errs, s.lock.Close()) // releases the directory lock
 	s.log.Info("store closed")
 	return errors.Join(errs...)
 }
@@ -527,4 +545,21 @@ func (s *Store) finish(c cleanup) {
 			s.onEvict(d)
 		}
 	}
+}
+
+// lockDir takes an exclusive advisory lock on dir/lock, so two nodes never share a cache
+// directory; the lock goes with the returned file (and with the process).
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return f, nil
 }

@@ -740,3 +740,23 @@ func TestConcurrentBlobs(t *testing.T) {
 		}
 	}
 }
+
+func TestDirectoryLock(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("Open(%s) = %v", dir, err)
+	}
+	if _, err := Open(Options{Dir: dir}); !errors.Is(err, ErrLocked) {
+		t.Errorf("second Open(%s) = %v, want ErrLocked", dir, err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	again, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("Open(%s) after Close = %v, want success", dir, err)
+	}
+	again.Close()
+}
