@@ -1,0 +1,248 @@
+package swarm
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// This file is the chunk scheduling policy: which chunk to ask of whom next. It does no I/O
+// and keeps no state; the downloader describes the swarm in a Snapshot and carries out the
+// Requests, so the policy is tested deterministically and can be simulated for large fleets.
+
+// PeerView is what the downloader knows of one peer holding (part of) the blob.
+type PeerView struct {
+	ID string
+	// Has marks the verified chunks the peer can serve now.
+	Has []bool
+	// Fetching marks chunks the peer is fetching right now, from anywhere; nil if unknown.
+	// The policy leaves such chunks to the peer instead of asking the origin for them.
+	Fetching []bool
+	// Active is the number of our requests outstanding to this peer.
+	Active int
+	// Rate is the observed bytes per second from this peer; 0 if not yet known.
+	Rate float64
+}
+
+// Inflight is one outstanding request.
+type Inflight struct {
+	Chunk int
+	Peer  string // "" is the origin
+	Age   time.Duration
+}
+
+// Snapshot is the downloader's view of one blob's swarm at an instant.
+type Snapshot struct {
+	// Have marks the chunks this node holds; its length is the blob's chunk count.
+	Have     []bool
+	Inflight []Inflight
+	// Peers are the usable peers (banned ones left out by the caller).
+	Peers []PeerView
+	// Readers holds, for each client streaming the blob in order, the chunk it needs next.
+	Readers []int
+}
+
+// Request asks for one chunk from one source.
+type Request struct {
+	Chunk int
+	Peer  string // "" is the origin
+}
+
+// Policy decides the next requests. The zero value is usable; zero fields take defaults.
+type Policy struct {
+	// PerPeer caps our outstanding requests to one peer (default 4).
+	PerPeer int
+	// Origin caps outstanding requests to the origin (default 4).
+	Origin int
+	// Window is how many chunks from each reader's position come before rarest-first
+	// (default 4), so a streaming client is never starved.
+	Window int
+	// EndgameAge: once every missing chunk is requested, a peer request older than this is
+	// asked again of another peer (default 2s).
+	EndgameAge time.Duration
+	// Rank orders chunks for origin fetches and breaks ties: a node-specific permutation of
+	// the chunk indices, so nodes fetching from the origin at once rarely pick the same
+	// chunk. Nil means index order.
+	Rank []int
+}
+
+func (p Policy) withDefaults() Policy {
+	if p.PerPeer <= 0 {
+		p.PerPeer = 4
+	}
+	if p.Origin <= 0 {
+		p.Origin = 4
+	}
+	if p.Window <= 0 {
+		p.Window = 4
+	}
+	if p.EndgameAge <= 0 {
+		p.EndgameAge = 2 * time.Second
+	}
+	return p
+}
+
+// Next returns the requests to start now, in the order to start them.
+func (p Policy) Next(s Snapshot) []Request {
+	p = p.withDefaults()
+	n := len(s.Have)
+	rank := func(c int) int {
+		if c < len(p.Rank) {
+			return p.Rank[c]
+		}
+		return c
+	}
+
+	inflight := make([]int, n) // requests outstanding per chunk
+	originBusy := 0
+	slots := make(map[string]int, len(s.Peers))
+	for _, pv := range s.Peers {
+		slots[pv.ID] = p.PerPeer - pv.Active
+	}
+	for _, f := range s.Inflight {
+		if f.Chunk >= 0 && f.Chunk < n {
+			inflight[f.Chunk]++
+		}
+		if f.Peer == "" {
+			originBusy++
+		}
+	}
+	holders := make([]int, n)   // peers that hold each chunk
+	fetching := make([]bool, n) // some peer is fetching it
+	for _, pv := range s.Peers {
+		for c := range min(n, len(pv.Has)) {
+			if pv.Has[c] {
+				holders[c]++
+			}
+		}
+		for c := range min(n, len(pv.Fetching)) {
+			if pv.Fetching[c] {
+				fetching[c] = true
+			}
+		}
+	}
+
+	// Chunks to get: reader windows first, in order; then the rest, rarest first.
+	wanted := make([]bool, n)
+	var order []int
+	for c := range n {
+		wanted[c] = !s.Have[c] && inflight[c] == 0
+	}
+	inWindow := make([]bool, n)
+	for _, r := range s.Readers {
+		for c := max(r, 0); c < min(r+p.Window, n); c++ {
+			if wanted[c] && !inWindow[c] {
+				inWindow[c] = true
+				order = append(order, c)
+			}
+		}
+	}
+	var rest []int
+	for c := range n {
+		if wanted[c] && !inWindow[c] {
+			rest = append(rest, c)
+		}
+	}
+	slices.SortStableFunc(rest, func(a, b int) int {
+		return cmp.Or(cmp.Compare(holders[a], holders[b]), cmp.Compare(rank(a), rank(b)))
+	})
+	order = append(order, rest...)
+
+	var reqs []Request
+	assigned := make(map[string]int)
+	var forOrigin []int
+	for _, c := range order {
+		if id, ok := p.bestPeer(s.Peers, c, slots, assigned); ok {
+			reqs = append(reqs, Request{Chunk: c, Peer: id})
+			slots[id]--
+			assigned[id]++
+			continue
+		}
+		// The origin is the last resort per chunk: only for what no peer has or is
+		// fetching.
+		if holders[c] == 0 && !fetching[c] {
+			forOrigin = append(forOrigin, c)
+		}
+	}
+	// Reader windows keep their order; the rest goes in the node's own random order.
+	split := 0
+	for split < len(forOrigin) && inWindow[forOrigin[split]] {
+		split++
+	}
+	slices.SortFunc(forOrigin[split:], func(a, b int) int { return cmp.Compare(rank(a), rank(b)) })
+	for _, c := range forOrigin {
+		if originBusy >= p.Origin {
+			break
+		}
+		reqs = append(reqs, Request{Chunk: c})
+		originBusy++
+	}
+
+	// Endgame: nothing left to ask for but slow requests; ask another peer too.
+	if len(order) == 0 {
+		reqs = append(reqs, p.endgame(s, slots, assigned)...)
+	}
+	return reqs
+}
+
+// bestPeer picks, among peers holding chunk c with a free slot, the one expected to deliver
+// soonest: highest rate per outstanding request, unknown rates treated as average.
+func (p Policy) bestPeer(peers []PeerView, c int, slots, assigned map[string]int) (string, bool) {
+	known, sum := 0, 0.0
+	for _, pv := range peers {
+		if pv.Rate > 0 {
+			known++
+			sum += pv.Rate
+		}
+	}
+	avg := 1.0
+	if known > 0 {
+		avg = sum / float64(known)
+	}
+	best, bestScore := "", -1.0
+	for _, pv := range peers {
+		if c >= len(pv.Has) || !pv.Has[c] || slots[pv.ID] <= 0 {
+			continue
+		}
+		rate := pv.Rate
+		if rate <= 0 {
+			rate = avg
+		}
+		score := rate / float64(pv.Active+assigned[pv.ID]+1)
+		if score > bestScore || score == bestScore && pv.ID < best {
+			best, bestScore = pv.ID, score
+		}
+	}
+	return best, best != ""
+}
+
+// endgame re-requests chunks whose only outstanding requests are old, from a different peer.
+func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
+	n := len(s.Have)
+	fresh := make([]bool, n) // has a request younger than EndgameAge
+	asked := make([][]string, n)
+	for _, f := range s.Inflight {
+		if f.Chunk < 0 || f.Chunk >= n {
+			continue
+		}
+		asked[f.Chunk] = append(asked[f.Chunk], f.Peer)
+		if f.Age < p.EndgameAge || f.Peer == "" {
+			fresh[f.Chunk] = true
+		}
+	}
+	var reqs []Request
+	for c := range n {
+		if s.Have[c] || fresh[c] || len(asked[c]) == 0 {
+			continue
+		}
+		candidates := slices.DeleteFunc(slices.Clone(s.Peers), func(pv PeerView) bool {
+			return slices.Contains(asked[c], pv.ID)
+		})
+		if id, ok := p.bestPeer(candidates, c, slots, assigned); ok {
+			reqs = append(reqs, Request{Chunk: c, Peer: id})
+			slots[id]--
+			assigned[id]++
+		}
+	}
+	return reqs
+}

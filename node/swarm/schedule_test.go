@@ -1,0 +1,200 @@
+package swarm
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+func bits(n int, set ...int) []bool {
+	b := make([]bool, n)
+	for _, i := range set {
+		b[i] = true
+	}
+	return b
+}
+
+func all(n int) []bool {
+	b := make([]bool, n)
+	for i := range b {
+		b[i] = true
+	}
+	return b
+}
+
+func TestPolicyNext(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		policy Policy
+		snap   Snapshot
+		want   []Request
+	}{
+		{
+			name: "alone, a reader at the start: origin in order",
+			snap: Snapshot{Have: bits(10), Readers: []int{0}},
+			want: []Request{{0, ""}, {1, ""}, {2, ""}, {3, ""}},
+		},
+		{
+			name:   "alone, no reader: origin in the node's own order",
+			policy: Policy{Origin: 3, Rank: []int{9, 8, 7, 6, 5, 4, 3, 2, 1, 0}},
+			snap:   Snapshot{Have: bits(10)},
+			want:   []Request{{9, ""}, {8, ""}, {7, ""}},
+		},
+		{
+			name: "origin cap counts what is in flight",
+			snap: Snapshot{Have: bits(10), Readers: []int{0}, Inflight: []Inflight{{0, "", 0}, {1, "", 0}, {2, "", 0}}},
+			want: []Request{{3, ""}},
+		},
+		{
+			name:   "peers hold everything: nothing from the origin, per-peer cap kept",
+			policy: Policy{PerPeer: 2},
+			snap:   Snapshot{Have: bits(6), Peers: []PeerView{{ID: "a", Has: all(6)}, {ID: "b", Has: all(6)}}},
+			want:   []Request{{0, "a"}, {1, "b"}, {2, "a"}, {3, "b"}},
+		},
+		{
+			name: "rarest first",
+			snap: Snapshot{Have: bits(3), Peers: []PeerView{
+				{ID: "a", Has: all(3)}, {ID: "b", Has: bits(3, 0, 2)}, {ID: "c", Has: bits(3, 0)},
+			}},
+			want: []Request{{1, "a"}, {2, "b"}, {0, "c"}},
+		},
+		{
+			name: "reader window before rarest first",
+			snap: Snapshot{Have: bits(20), Readers: []int{10}, Peers: []PeerView{{ID: "a", Has: all(20)}}},
+			want: []Request{{10, "a"}, {11, "a"}, {12, "a"}, {13, "a"}},
+		},
+		{
+			name: "a chunk a peer is fetching is left to it",
+			snap: Snapshot{Have: bits(3), Peers: []PeerView{{ID: "a", Has: bits(3), Fetching: bits(3, 0, 1)}}},
+			want: []Request{{2, ""}},
+		},
+		{
+			name: "only what no peer has goes to the origin",
+			snap: Snapshot{Have: bits(4, 0), Peers: []PeerView{{ID: "a", Has: bits(4, 1), Active: 4}}},
+			want: []Request{{2, ""}, {3, ""}},
+		},
+		{
+			name:   "faster peer preferred",
+			policy: Policy{PerPeer: 1},
+			snap: Snapshot{Have: bits(2), Peers: []PeerView{
+				{ID: "slow", Has: all(2), Rate: 1e6}, {ID: "fast", Has: all(2), Rate: 1e8},
+			}},
+			want: []Request{{0, "fast"}, {1, "slow"}},
+		},
+		{
+			name: "chunks in flight are not asked again",
+			snap: Snapshot{Have: bits(3, 0), Inflight: []Inflight{{1, "a", time.Millisecond}}, Peers: []PeerView{{ID: "a", Has: all(3), Active: 1}}},
+			want: []Request{{2, "a"}},
+		},
+		{
+			name: "endgame asks another peer for a stalled chunk",
+			snap: Snapshot{
+				Have:     bits(3, 0, 1),
+				Inflight: []Inflight{{2, "slow", 5 * time.Second}},
+				Peers:    []PeerView{{ID: "slow", Has: all(3), Active: 1}, {ID: "other", Has: all(3)}},
+			},
+			want: []Request{{2, "other"}},
+		},
+		{
+			name: "no endgame for a young request",
+			snap: Snapshot{
+				Have:     bits(3, 0, 1),
+				Inflight: []Inflight{{2, "slow", time.Millisecond}},
+				Peers:    []PeerView{{ID: "slow", Has: all(3), Active: 1}, {ID: "other", Has: all(3)}},
+			},
+		},
+		{
+			name: "complete: nothing to do",
+			snap: Snapshot{Have: all(4), Readers: []int{2}, Peers: []PeerView{{ID: "a", Has: all(4)}}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := tt.policy.Next(tt.snap); !slices.Equal(got, tt.want) {
+				t.Errorf("Next() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestPolicyInvariants checks random swarms: never a chunk we hold, never a peer that lacks
+// the chunk, caps kept, and outside the endgame never a chunk twice.
+func TestPolicyInvariants(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for iter := range 2000 {
+		n := 1 + rng.IntN(40)
+		s := Snapshot{Have: make([]bool, n)}
+		for c := range n {
+			s.Have[c] = rng.IntN(3) == 0
+		}
+		for i := range rng.IntN(6) {
+			pv := PeerView{ID: fmt.Sprint("p", i), Has: make([]bool, n), Fetching: make([]bool, n), Active: rng.IntN(5), Rate: float64(rng.IntN(3)) * 1e6}
+			for c := range n {
+				pv.Has[c] = rng.IntN(2) == 0
+				pv.Fetching[c] = rng.IntN(5) == 0
+			}
+			s.Peers = append(s.Peers, pv)
+		}
+		for range rng.IntN(4) {
+			s.Readers = append(s.Readers, rng.IntN(n+2))
+		}
+		p := Policy{PerPeer: 1 + rng.IntN(4), Origin: 1 + rng.IntN(4), Window: 1 + rng.IntN(6), Rank: rng.Perm(n)}
+		reqs := p.Next(s)
+
+		perPeer := map[string]int{}
+		seen := map[int]bool{}
+		origin := 0
+		for _, r := range reqs {
+			if r.Chunk < 0 || r.Chunk >= n || s.Have[r.Chunk] {
+				t.Fatalf("iteration %d: request %v for a chunk held or out of range", iter, r)
+			}
+			if seen[r.Chunk] {
+				t.Fatalf("iteration %d: chunk %d requested twice in %v", iter, r.Chunk, reqs)
+			}
+			seen[r.Chunk] = true
+			if r.Peer == "" {
+				origin++
+				for _, pv := range s.Peers {
+					if pv.Has[r.Chunk] || pv.Fetching[r.Chunk] {
+						t.Fatalf("iteration %d: chunk %d from the origin though %s has or fetches it", iter, r.Chunk, pv.ID)
+					}
+				}
+				continue
+			}
+			perPeer[r.Peer]++
+			i := slices.IndexFunc(s.Peers, func(pv PeerView) bool { return pv.ID == r.Peer })
+			if i < 0 || !s.Peers[i].Has[r.Chunk] {
+				t.Fatalf("iteration %d: chunk %d asked of %s, which lacks it", iter, r.Chunk, r.Peer)
+			}
+			if s.Peers[i].Active+perPeer[r.Peer] > p.PerPeer {
+				t.Fatalf("iteration %d: peer %s over its cap", iter, r.Peer)
+			}
+		}
+		if origin > p.Origin {
+			t.Fatalf("iteration %d: %d origin requests, cap %d", iter, origin, p.Origin)
+		}
+	}
+}
+
+// TestOriginOrderSpreads: nodes with different ranks starting cold at the same instant, no
+// readers, pick mostly different chunks from the origin.
+func TestOriginOrderSpreads(t *testing.T) {
+	t.Parallel()
+	const n, nodes = 256, 6
+	picked := map[int]int{}
+	for i := range nodes {
+		rng := rand.New(rand.NewPCG(uint64(i), 7))
+		p := Policy{Origin: 4, Rank: rng.Perm(n)}
+		for _, r := range p.Next(Snapshot{Have: bits(n)}) {
+			picked[r.Chunk]++
+		}
+	}
+	if len(picked) < nodes*4-2 {
+		t.Errorf("%d nodes picked only %d distinct chunks of %d requests", nodes, len(picked), nodes*4)
+	}
+}
