@@ -15,6 +15,9 @@ import (
 // client sees bytes soon after they land, large enough to keep syscalls few.
 const copyBufferSize = 256 << 10
 
+// firstReadSize is the first piece copyRange asks for; pieces double up to copyBufferSize.
+const firstReadSize = 32 << 10
+
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, q *request) outcome {
@@ -122,8 +125,12 @@ func copyRange(w http.ResponseWriter, src io.ReaderAt, start, length int64, flus
 	buf := *bp
 	rc := http.NewResponseController(w)
 	sr := io.NewSectionReader(src, start, length)
+	// Start small and grow: a blob still arriving hands over its first bytes as soon as
+	// they land instead of after a whole buffer's worth.
+	step := min(firstReadSize, len(buf))
 	for n < length {
-		m, err := sr.Read(buf)
+		m, err := sr.Read(buf[:step])
+		step = min(2*step, len(buf))
 		if m > 0 {
 			written, werr := w.Write(buf[:m])
 			n += int64(written)

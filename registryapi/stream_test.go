@@ -138,7 +138,7 @@ func TestStreamsAsItArrives(t *testing.T) {
 	fx := newFixture(t)
 	fx.src.addBlob(bigBlob)
 	blob := newMemBlob(bigBlob)
-	blob.gate, blob.gateAt = make(chan struct{}), copyBufferSize
+	blob.gate, blob.gateAt = make(chan struct{}), firstReadSize
 	fx.src.blob = func([]byte) Blob { return blob }
 	srv := httptest.NewServer(fx.srv)
 	defer srv.Close()
@@ -155,7 +155,7 @@ func TestStreamsAsItArrives(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	first := make([]byte, copyBufferSize)
+	first := make([]byte, firstReadSize)
 	if _, err := io.ReadFull(resp.Body, first); err != nil {
 		t.Fatalf("reading the bytes already present: %v", err)
 	}
@@ -173,7 +173,7 @@ func TestClientLeavesMidStream(t *testing.T) {
 	fx := newFixture(t)
 	fx.src.addBlob(bigBlob)
 	blob := newMemBlob(bigBlob)
-	blob.gate, blob.gateAt = make(chan struct{}), copyBufferSize
+	blob.gate, blob.gateAt = make(chan struct{}), firstReadSize
 	fx.src.blob = func([]byte) Blob { return blob }
 	srv := httptest.NewServer(fx.srv)
 
@@ -183,7 +183,7 @@ func TestClientLeavesMidStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := io.ReadFull(resp.Body, make([]byte, copyBufferSize)); err != nil {
+	if _, err := io.ReadFull(resp.Body, make([]byte, firstReadSize)); err != nil {
 		t.Fatal(err)
 	}
 	cancel()
