@@ -1,0 +1,344 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/opencontainers/go-digest"
+)
+
+// Defaults of RouterOptions.
+const (
+	DefaultProtocolPrefix = "/shoal"
+	DefaultFindTimeout    = 2 * time.Second
+	DefaultMaxProviders   = 20
+	DefaultCacheTTL       = 5 * time.Second
+)
+
+const (
+	// refreshPeriod is how often the routing table is refreshed. A fleet is
+	// small next to the public DHT and its members come and go with
+	// deployments, so it is refreshed far more often than kad-dht's 10 min.
+	refreshPeriod = time.Minute
+	// refreshQueryTimeout bounds each refresh lookup.
+	refreshQueryTimeout = 10 * time.Second
+	// tablePollInterval is how often Bootstrap looks whether the routing
+	// table has taken in a freshly connected peer; kad-dht adds peers
+	// asynchronously once identify has run.
+	tablePollInterval = 10 * time.Millisecond
+	// tableWait bounds that wait: a reachable peer that still is not in
+	// the table by then does not speak our DHT (another ProtocolPrefix).
+	tableWait = 10 * time.Second
+	// cacheSweepSize is the cache size above which every insertion first
+	// drops expired entries, so the cache stays bounded by what a node looks
+	// up within CacheTTL.
+	cacheSweepSize = 1024
+)
+
+// ErrNoBootstrapPeer reports that bootstrap peers were given but none of them
+// could be reached, or none that could speaks the same DHT.
+var ErrNoBootstrapPeer = errors.New("no bootstrap peer reachable")
+
+// RouterOptions configure NewRouter. Zero fields take the defaults above.
+type RouterOptions struct {
+	// Bootstrap are multiaddrs ending in /p2p/<id> of peers to join through,
+	// typically another node's Addrs. They are also where the DHT turns
+	// again if its routing table ever empties.
+	Bootstrap []string
+	// ProtocolPrefix separates shoal's DHT from any other on the same
+	// network; nodes with different prefixes do not see each other.
+	ProtocolPrefix string
+	// FindTimeout bounds one FindProviders lookup.
+	FindTimeout time.Duration
+	// MaxProviders is the most peers FindProviders returns.
+	MaxProviders int
+	// CacheTTL is how long a non-empty FindProviders result is reused.
+	CacheTTL time.Duration
+	// Logger receives lifecycle and per-lookup messages; nil discards them.
+	Logger *slog.Logger
+}
+
+// Peer is a node that holds a blob, and the addresses it can be reached at
+// (multiaddrs without the /p2p part).
+type Peer struct {
+	ID    string
+	Addrs []string
+}
+
+// Router announces and finds blobs in the fleet's Kademlia DHT.
+type Router struct {
+	h            host.Host
+	dht          *dht.IpfsDHT
+	bootstrap    []peer.AddrInfo
+	findTimeout  time.Duration
+	maxProviders int
+	cacheTTL     time.Duration
+	log          *slog.Logger
+	now          func() time.Time // replaced in tests
+	tableWait    time.Duration    // shortened in tests
+
+	mu    sync.Mutex
+	cache map[digest.Digest]cacheEntry
+}
+
+type cacheEntry struct {
+	peers   []Peer
+	expires time.Time
+}
+
+// NewRouter starts a DHT node in server mode on h. It does not connect to
+// anyone; call Bootstrap for that. The caller keeps ownership of h and closes
+// it after Router.Close.
+func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
+	r := &Router{
+		h:            h,
+		findTimeout:  o.FindTimeout,
+		maxProviders: o.MaxProviders,
+		cacheTTL:     o.CacheTTL,
+		log:          o.Logger,
+		now:          time.Now,
+		tableWait:    tableWait,
+		cache:        make(map[digest.Digest]cacheEntry),
+	}
+	if r.findTimeout <= 0 {
+		r.findTimeout = DefaultFindTimeout
+	}
+	if r.maxProviders <= 0 {
+		r.maxProviders = DefaultMaxProviders
+	}
+	if r.cacheTTL <= 0 {
+		r.cacheTTL = DefaultCacheTTL
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	prefix := o.ProtocolPrefix
+	if prefix == "" {
+		prefix = DefaultProtocolPrefix
+	}
+	bootstrap, err := parseBootstrap(o.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	r.bootstrap = slices.DeleteFunc(bootstrap, func(ai peer.AddrInfo) bool { return ai.ID == h.ID() })
+
+	// No BootstrapPeers option means kad-dht knows no peers of its own: the
+	// public IPFS bootstrappers are never contacted.
+	d, err := dht.New(h,
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(protocol.ID(prefix)),
+		dht.BootstrapPeers(r.bootstrap...),
+		dht.RoutingTableRefreshPeriod(refreshPeriod),
+		dht.RoutingTableRefreshQueryTimeout(refreshQueryTimeout),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("start dht: %w", err)
+	}
+	r.dht = d
+	r.log.Info("dht started", "peer", h.ID().String(), "protocol", prefix, "bootstrap", len(r.bootstrap))
+	return r, nil
+}
+
+func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
+	mas := make([]ma.Multiaddr, 0, len(addrs))
+	for _, s := range addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap address %q: %w", s, err)
+		}
+		if _, err := peer.AddrInfoFromP2pAddr(a); err != nil {
+			return nil, fmt.Errorf("bootstrap address %q: %w", s, err)
+		}
+		mas = append(mas, a)
+	}
+	infos, err := peer.AddrInfosFromP2pAddrs(mas...)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap addresses: %w", err)
+	}
+	return infos, nil
+}
+
+// Bootstrap connects to the bootstrap peers and fills the routing table from
+// them. A peer that cannot be reached is logged and skipped; the call fails
+// only when peers were given and none could be reached. When it returns nil
+// with peers given, the routing table holds at least one of them.
+func (r *Router) Bootstrap(ctx context.Context) error {
+	if len(r.bootstrap) == 0 {
+		return nil
+	}
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		reached int
+		errs    []error
+	)
+	for _, ai := range r.bootstrap {
+		wg.Go(func() {
+			err := r.h.Connect(ctx, ai)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("connect %s: %w", ai.ID, err))
+				r.log.Warn("bootstrap peer unreachable", "peer", ai.ID.String(), "err", err)
+				return
+			}
+			reached++
+		})
+	}
+	wg.Wait()
+	if reached == 0 {
+		return fmt.Errorf("bootstrap: %w: %w", ErrNoBootstrapPeer, errors.Join(errs...))
+	}
+	if err := r.waitForTable(ctx); err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	// The refresh looks up our own neighbourhood through the bootstrap peers,
+	// so the table also learns of nodes we did not connect to directly.
+	select {
+	case err := <-r.dht.RefreshRoutingTable():
+		if err != nil {
+			r.log.Warn("routing table refresh", "err", err)
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("bootstrap: %w", ctx.Err())
+	}
+	r.log.Info("dht bootstrapped", "peers", r.dht.RoutingTable().Size(), "reached", reached)
+	return nil
+}
+
+// waitForTable waits until the routing table holds a peer. kad-dht adds a
+// peer only after identify has confirmed it speaks the DHT protocol, which
+// happens asynchronously after Connect returns.
+func (r *Router) waitForTable(ctx context.Context) error {
+	t := time.NewTicker(tablePollInterval)
+	defer t.Stop()
+	limit := time.NewTimer(r.tableWait)
+	defer limit.Stop()
+	for r.dht.RoutingTable().Size() == 0 {
+		select {
+		case <-t.C:
+		case <-limit.C:
+			return fmt.Errorf("%w: reached peers are not in the routing table after %v", ErrNoBootstrapPeer, r.tableWait)
+		case <-ctx.Done():
+			return fmt.Errorf("wait for routing table: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Provide announces that this node holds d, or is downloading it. Records
+// expire in the DHT after 48 hours, so a node re-announces what it keeps.
+func (r *Router) Provide(ctx context.Context, d digest.Digest) error {
+	key, err := Key(d)
+	if err != nil {
+		return fmt.Errorf("provide: %w", err)
+	}
+	start := time.Now()
+	if err := r.dht.Provide(ctx, key, true); err != nil {
+		return fmt.Errorf("provide %s: %w", d, err)
+	}
+	r.log.Debug("provided", "digest", d, "duration", time.Since(start))
+	return nil
+}
+
+// FindProviders returns up to MaxProviders other peers that announced d. It
+// returns as soon as the DHT lookup completes, so a blob nobody holds is a
+// quick empty answer in a small fleet, and never waits longer than
+// FindTimeout; what was found by then is returned without an error.
+// Non-empty results are cached for CacheTTL. Empty ones are not: during a
+// rollout a provider typically appears moments after the first miss.
+func (r *Router) FindProviders(ctx context.Context, d digest.Digest) ([]Peer, error) {
+	key, err := Key(d)
+	if err != nil {
+		return nil, fmt.Errorf("find providers: %w", err)
+	}
+	if peers, ok := r.cached(d); ok {
+		r.log.Debug("providers cached", "digest", d, "peers", len(peers))
+		return peers, nil
+	}
+
+	start := time.Now()
+	qctx, cancel := context.WithTimeout(ctx, r.findTimeout)
+	defer cancel()
+	// One more than wanted, since our own record may be among them.
+	ch := r.dht.FindProvidersAsync(qctx, key, r.maxProviders+1)
+	var peers []Peer
+	for ai := range ch {
+		if ai.ID == r.h.ID() || len(peers) == r.maxProviders {
+			continue
+		}
+		p := Peer{ID: ai.ID.String(), Addrs: make([]string, len(ai.Addrs))}
+		for i, a := range ai.Addrs {
+			p.Addrs[i] = a.String()
+		}
+		peers = append(peers, p)
+		if len(peers) == r.maxProviders {
+			// Stop the lookup and keep draining: the channel closes
+			// once its goroutine has returned.
+			cancel()
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("find providers of %s: %w", d, err)
+	}
+	r.log.Debug("providers found", "digest", d, "peers", len(peers), "duration", time.Since(start))
+	if len(peers) > 0 {
+		r.store(d, peers)
+	}
+	return clonePeers(peers), nil
+}
+
+func (r *Router) cached(d digest.Digest) ([]Peer, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.cache[d]
+	if !ok {
+		return nil, false
+	}
+	if !r.now().Before(e.expires) {
+		delete(r.cache, d)
+		return nil, false
+	}
+	return clonePeers(e.peers), true
+}
+
+// clonePeers copies deeply so callers cannot alter the cache.
+func clonePeers(peers []Peer) []Peer {
+	out := make([]Peer, len(peers))
+	for i, p := range peers {
+		out[i] = Peer{ID: p.ID, Addrs: slices.Clone(p.Addrs)}
+	}
+	return out
+}
+
+func (r *Router) store(d digest.Digest, peers []Peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	if len(r.cache) >= cacheSweepSize {
+		for k, e := range r.cache {
+			if !now.Before(e.expires) {
+				delete(r.cache, k)
+			}
+		}
+	}
+	r.cache[d] = cacheEntry{peers: peers, expires: now.Add(r.cacheTTL)}
+}
+
+// Close stops the DHT. It does not close the host.
+func (r *Router) Close() error {
+	if err := r.dht.Close(); err != nil {
+		return fmt.Errorf("close dht: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,314 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/opencontainers/go-digest"
+)
+
+// newMockRouters starts n routers on a fully connected mocknet and waits
+// until every routing table holds all other peers.
+func newMockRouters(t *testing.T, n int, o RouterOptions) []*Router {
+	t.Helper()
+	mn, err := mocknet.FullMeshConnected(n)
+	if err != nil {
+		t.Fatalf("FullMeshConnected(%d) = %v", n, err)
+	}
+	t.Cleanup(func() { mn.Close() })
+	routers := make([]*Router, n)
+	for i, h := range mn.Hosts() {
+		routers[i] = newTestRouter(t, h, o)
+	}
+	for _, r := range routers {
+		waitForTableSize(t, r, n-1)
+	}
+	return routers
+}
+
+func newTestRouter(t *testing.T, h host.Host, o RouterOptions) *Router {
+	t.Helper()
+	r, err := NewRouter(h, o)
+	if err != nil {
+		t.Fatalf("NewRouter = %v", err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("Close = %v", err)
+		}
+	})
+	return r
+}
+
+func waitForTableSize(t *testing.T, r *Router, n int) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for r.dht.RoutingTable().Size() < n {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("routing table of %s has %d peers, want %d", r.h.ID(), r.dht.RoutingTable().Size(), n)
+		}
+	}
+}
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func peerIDs(peers []Peer) []string {
+	ids := make([]string, len(peers))
+	for i, p := range peers {
+		ids[i] = p.ID
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func TestRouterFindProvidersMocknet(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	routers := newMockRouters(t, 5, RouterOptions{})
+	d := digest.FromString("layer")
+	if err := routers[0].Provide(ctx, d); err != nil {
+		t.Fatalf("Provide(%s) = %v", d, err)
+	}
+	want := []string{routers[0].h.ID().String()}
+	for _, r := range routers[1:] {
+		got, err := r.FindProviders(ctx, d)
+		if err != nil {
+			t.Fatalf("FindProviders(%s) = %v", d, err)
+		}
+		if !slices.Equal(peerIDs(got), want) {
+			t.Errorf("FindProviders(%s) from %s = %v, want %v", d, r.h.ID(), peerIDs(got), want)
+		}
+		if len(got) == 1 && len(got[0].Addrs) == 0 {
+			t.Errorf("FindProviders(%s) from %s gave no addresses", d, r.h.ID())
+		}
+	}
+	// The provider itself never lists itself.
+	got, err := routers[0].FindProviders(ctx, d)
+	if err != nil || len(got) != 0 {
+		t.Errorf("FindProviders(%s) on the provider = %v, %v, want none", d, peerIDs(got), err)
+	}
+}
+
+func TestRouterMissIsFast(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	const timeout = 5 * time.Second
+	routers := newMockRouters(t, 5, RouterOptions{FindTimeout: timeout})
+	for i := range 3 {
+		d := digest.FromString(fmt.Sprintf("nobody has %d", i))
+		start := time.Now()
+		got, err := routers[i].FindProviders(ctx, d)
+		elapsed := time.Since(start)
+		if err != nil || len(got) != 0 {
+			t.Fatalf("FindProviders(%s) = %v, %v, want none", d, got, err)
+		}
+		// A completed lookup in a five-node network takes milliseconds;
+		// the bound leaves room for a loaded race-enabled run.
+		t.Logf("miss %d took %v", i, elapsed)
+		if elapsed > timeout/5 {
+			t.Errorf("FindProviders(%s) miss took %v, want well under %v", d, elapsed, timeout)
+		}
+	}
+}
+
+func TestRouterMaxProviders(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	routers := newMockRouters(t, 5, RouterOptions{MaxProviders: 2})
+	d := digest.FromString("popular")
+	for _, r := range routers[:4] {
+		if err := r.Provide(ctx, d); err != nil {
+			t.Fatalf("Provide(%s) = %v", d, err)
+		}
+	}
+	got, err := routers[4].FindProviders(ctx, d)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("FindProviders(%s) = %v, %v, want 2 peers", d, peerIDs(got), err)
+	}
+	// A provider asking drops itself and still fills its quota from others.
+	got, err = routers[0].FindProviders(ctx, d)
+	if err != nil || len(got) != 2 || slices.Contains(peerIDs(got), routers[0].h.ID().String()) {
+		t.Fatalf("FindProviders(%s) on a provider = %v, %v, want 2 other peers", d, peerIDs(got), err)
+	}
+}
+
+// fakeClock is a settable time source for cache expiry.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func TestRouterCache(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	const ttl = 5 * time.Second
+	routers := newMockRouters(t, 4, RouterOptions{CacheTTL: ttl})
+	finder := routers[3]
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	finder.now = clock.now
+	d := digest.FromString("cached")
+
+	// A miss is not cached: the first provider is seen at once.
+	if got, err := finder.FindProviders(ctx, d); err != nil || len(got) != 0 {
+		t.Fatalf("FindProviders(%s) before any provider = %v, %v, want none", d, peerIDs(got), err)
+	}
+	if err := routers[0].Provide(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	first := []string{routers[0].h.ID().String()}
+	got, err := finder.FindProviders(ctx, d)
+	if err != nil || !slices.Equal(peerIDs(got), first) {
+		t.Fatalf("FindProviders(%s) = %v, %v, want %v", d, peerIDs(got), err, first)
+	}
+	got[0].Addrs = nil // callers cannot alter the cache
+
+	// A hit is reused until the TTL passes, even when providers change.
+	if err := routers[1].Provide(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(ttl - time.Millisecond)
+	got, err = finder.FindProviders(ctx, d)
+	if err != nil || !slices.Equal(peerIDs(got), first) || len(got[0].Addrs) == 0 {
+		t.Fatalf("FindProviders(%s) within TTL = %+v, %v, want cached %v", d, got, err, first)
+	}
+
+	clock.advance(time.Millisecond)
+	both := []string{routers[0].h.ID().String(), routers[1].h.ID().String()}
+	slices.Sort(both)
+	got, err = finder.FindProviders(ctx, d)
+	if err != nil || !slices.Equal(peerIDs(got), both) {
+		t.Fatalf("FindProviders(%s) after TTL = %v, %v, want %v", d, peerIDs(got), err, both)
+	}
+}
+
+func TestRouterInvalidDigest(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	r := newMockRouters(t, 2, RouterOptions{})[0]
+	if err := r.Provide(ctx, "sha256:nope"); !errors.Is(err, ErrInvalidDigest) {
+		t.Errorf("Provide(invalid) = %v, want %v", err, ErrInvalidDigest)
+	}
+	if _, err := r.FindProviders(ctx, "md5:abc"); !errors.Is(err, ErrInvalidDigest) {
+		t.Errorf("FindProviders(invalid) = %v, want %v", err, ErrInvalidDigest)
+	}
+}
+
+func TestRouterCancelled(t *testing.T) {
+	t.Parallel()
+	r := newMockRouters(t, 3, RouterOptions{})[0]
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := r.FindProviders(ctx, digest.FromString("x")); !errors.Is(err, context.Canceled) {
+		t.Errorf("FindProviders(cancelled ctx) = %v, want %v", err, context.Canceled)
+	}
+}
+
+// TestRouterTCP joins nodes over real loopback TCP through one bootstrap
+// node: the provider and the finder know only the bootstrap node.
+func TestRouterTCP(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	psk := randomPSK(t)
+	seedHost := newTestHost(t, HostOptions{PSK: psk})
+	seed := newTestRouter(t, seedHost, RouterOptions{})
+	if err := seed.Bootstrap(ctx); err != nil {
+		t.Fatalf("Bootstrap with no peers = %v, want nil", err)
+	}
+
+	// One bootstrap address points at a closed port: it is skipped.
+	dead := newTestHost(t, HostOptions{})
+	deadAddrs := Addrs(dead)
+	dead.Close()
+	bootstrap := append(Addrs(seedHost), deadAddrs...)
+
+	nodes := make([]*Router, 3)
+	for i := range nodes {
+		h := newTestHost(t, HostOptions{PSK: psk})
+		nodes[i] = newTestRouter(t, h, RouterOptions{Bootstrap: bootstrap})
+		if err := nodes[i].Bootstrap(ctx); err != nil {
+			t.Fatalf("Bootstrap = %v", err)
+		}
+	}
+	d := digest.FromString("over tcp")
+	if err := nodes[0].Provide(ctx, d); err != nil {
+		t.Fatalf("Provide(%s) = %v", d, err)
+	}
+	want := []string{nodes[0].h.ID().String()}
+	for _, r := range append(nodes[1:], seed) {
+		got, err := r.FindProviders(ctx, d)
+		if err != nil || !slices.Equal(peerIDs(got), want) {
+			t.Fatalf("FindProviders(%s) from %s = %v, %v, want %v", d, r.h.ID(), peerIDs(got), err, want)
+		}
+	}
+}
+
+func TestRouterBootstrapErrors(t *testing.T) {
+	t.Parallel()
+	h := newTestHost(t, HostOptions{})
+	tests := []struct {
+		name      string
+		bootstrap []string
+	}{
+		{name: "not a multiaddr", bootstrap: []string{"127.0.0.1:4001"}},
+		{name: "no peer id", bootstrap: []string{"/ip4/127.0.0.1/tcp/4001"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if r, err := NewRouter(h, RouterOptions{Bootstrap: tt.bootstrap}); err == nil {
+				r.Close()
+				t.Fatalf("NewRouter(%v) = nil error, want an error", tt.bootstrap)
+			}
+		})
+	}
+
+	dead := newTestHost(t, HostOptions{})
+	addrs := Addrs(dead)
+	dead.Close()
+	r := newTestRouter(t, h, RouterOptions{Bootstrap: addrs})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := r.Bootstrap(ctx); !errors.Is(err, ErrNoBootstrapPeer) {
+		t.Errorf("Bootstrap(unreachable only) = %v, want %v", err, ErrNoBootstrapPeer)
+	}
+}
+
+func TestRouterProtocolPrefix(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	a := newTestHost(t, HostOptions{})
+	newTestRouter(t, a, RouterOptions{ProtocolPrefix: "/other"})
+	b := newTestRouter(t, newTestHost(t, HostOptions{}), RouterOptions{Bootstrap: Addrs(a)})
+	b.tableWait = 300 * time.Millisecond
+	// b reaches a, but a speaks another DHT, so b never adds it.
+	if err := b.Bootstrap(ctx); !errors.Is(err, ErrNoBootstrapPeer) {
+		t.Errorf("Bootstrap(peer with another prefix) = %v, want %v", err, ErrNoBootstrapPeer)
+	}
+}
