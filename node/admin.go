@@ -13,6 +13,10 @@ import (
 // Status is what /status reports.
 type Status struct {
 	Version      string      `json:"version"`
+	PeerID       string      `json:"peerID,omitempty"`
+	Addrs        []string    `json:"addrs,omitempty"`
+	Peers        int         `json:"peers"`
+	Joined       bool        `json:"joined"`
 	RegistryAddr string      `json:"registryAddr"`
 	Upstreams    []string    `json:"upstreams"`
 	Cache        CacheStatus `json:"cache"`
@@ -29,16 +33,23 @@ type CacheStatus struct {
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
-	st := n.store.Stats()
+	cache := n.store.Stats()
 	ups := append([]string(nil), n.registries...)
 	sort.Strings(ups)
-	return Status{
+	st := Status{
 		Version:      n.cfg.Version,
 		RegistryAddr: n.RegistryAddr(),
 		Upstreams:    ups,
-		Cache:        CacheStatus{Bytes: st.Bytes, Blobs: st.Blobs, CapacityBytes: st.Capacity, Evictions: st.Evictions},
+		Cache:        CacheStatus{Bytes: cache.Bytes, Blobs: cache.Blobs, CapacityBytes: cache.Capacity, Evictions: cache.Evictions},
 		Downloads:    n.downloader.Len(),
 	}
+	if n.fleet != nil {
+		st.PeerID = n.fleet.net.ID()
+		st.Addrs = n.fleet.net.Addrs()
+		st.Peers = n.fleet.net.Peers()
+		st.Joined = n.fleet.joined.Load()
+	}
+	return st
 }
 
 func (n *Node) adminHandler() http.Handler {
@@ -54,10 +65,15 @@ func (n *Node) adminHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-n.ready:
-			w.Write([]byte("ok\n"))
 		default:
 			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
 		}
+		if !n.fleet.ready() {
+			http.Error(w, "joining the fleet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -38,9 +38,7 @@ func (n *Node) Manifest(ctx context.Context, repo registryapi.Repo, reference st
 		if err != nil {
 			return nil, err
 		}
-		if err := n.store.Put(m.Digest, m.MediaType, m.Body); err != nil {
-			n.log.Warn("cache manifest", "digest", m.Digest, "err", err)
-		}
+		n.keepManifest(m)
 		n.tags.put(key, registryapi.Descriptor{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(m.Body))})
 		return registryapi.Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body}, nil
 	})
@@ -117,9 +115,7 @@ func (n *Node) manifestByDigest(ctx context.Context, repo registryapi.Repo, d di
 		if err != nil {
 			return nil, err
 		}
-		if err := n.store.Put(m.Digest, m.MediaType, m.Body); err != nil {
-			n.log.Warn("cache manifest", "digest", m.Digest, "err", err)
-		}
+		n.keepManifest(m)
 		return registryapi.Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body}, nil
 	})
 	if err != nil {
@@ -177,4 +173,13 @@ func tagKey(repo registryapi.Repo, tag string, accept []string) string {
 // so the others waiting on it do not fail when that one leaves.
 func flightContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+}
+
+// keepManifest caches a manifest fetched from the origin and announces it to the fleet.
+func (n *Node) keepManifest(m origin.Manifest) {
+	if err := n.store.Put(m.Digest, m.MediaType, m.Body); err != nil {
+		n.log.Warn("cache manifest", "digest", m.Digest, "err", err)
+		return
+	}
+	n.queueAnnounce(m.Digest)
 }

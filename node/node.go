@@ -46,6 +46,17 @@ type Config struct {
 	TagTTL time.Duration
 	// TagMaxStale is how long a resolved tag may still be served while the origin is down.
 	TagMaxStale time.Duration
+	// P2PListen are libp2p multiaddrs to listen on (e.g. /ip4/0.0.0.0/tcp/5082); empty
+	// keeps the node out of any fleet.
+	P2PListen []string
+	// Bootstrap are multiaddrs ending in /p2p/<id> of nodes to join the fleet through.
+	Bootstrap []string
+	// Identity is the file holding the node's libp2p key, created if absent; "" means
+	// DataDir/identity.
+	Identity string
+	// PSK is a private network key file (/key/swarm/psk/1.0.0/ format): only nodes with the
+	// same key connect. "" means none.
+	PSK string
 	// Version is reported by /status.
 	Version string
 	// Logger receives the node's logs; nil discards them.
@@ -68,6 +79,7 @@ type Node struct {
 	downloader *swarm.Downloader
 	tags       *tagCache
 	flight     singleflight.Group
+	fleet      *fleet // nil when the node is not in a fleet
 	registries []string
 
 	registryLn net.Listener
@@ -121,6 +133,7 @@ func New(cfg Config) (*Node, error) {
 		ChunkSize:  cfg.ChunkSize,
 		Logger:     log,
 		Registerer: n.metrics,
+		OnStart:    n.queueAnnounce,
 	})
 	n.tags = newTagCache(4096)
 	for key := range upstreams {
@@ -138,21 +151,35 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, err
 	}
+	if n.fleet, err = startFleet(cfg); err != nil {
+		n.store.Close()
+		return nil, err
+	}
 	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 
 	if n.registryLn, err = net.Listen("tcp", cfg.RegistryAddr); err != nil {
-		n.store.Close()
+		n.closeAll()
 		return nil, fmt.Errorf("registry listener: %w", err)
 	}
 	if cfg.AdminAddr != "" {
 		if n.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-			n.registryLn.Close()
-			n.store.Close()
+			n.closeAll()
 			return nil, fmt.Errorf("admin listener: %w", err)
 		}
 	}
 	return n, nil
+}
+
+// closeAll releases what New acquired, for a node that will not Run.
+func (n *Node) closeAll() {
+	if n.registryLn != nil {
+		n.registryLn.Close()
+	}
+	if n.fleet != nil {
+		n.fleet.net.Close()
+	}
+	n.store.Close()
 }
 
 // RegistryAddr is the address the /v2 mirror listens on.
@@ -170,8 +197,14 @@ func (n *Node) AdminAddr() string {
 func (n *Node) Run(ctx context.Context) error {
 	defer n.store.Close()
 	defer n.origin.CloseIdleConnections()
+	if n.fleet != nil {
+		defer n.fleet.net.Close()
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return n.downloader.Run(ctx) })
+	if n.fleet != nil {
+		g.Go(func() error { return n.runFleet(ctx) })
+	}
 	g.Go(func() error { return serve(ctx, n.registry, n.registryLn) })
 	if n.adminLn != nil {
 		g.Go(func() error { return serve(ctx, n.admin, n.adminLn) })

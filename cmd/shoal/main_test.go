@@ -35,6 +35,8 @@ func TestRunCommands(t *testing.T) {
 		{name: "bad origin", args: []string{"node", "--origin", "ftp://x", "--data-dir", "DATA"}, wantErr: "not a registry URL"},
 		{name: "bad log level", args: []string{"node", "--log-level", "loud"}, wantErr: "--log-level"},
 		{name: "stray argument", args: []string{"node", "extra"}, wantErr: `unexpected argument "extra"`},
+		{name: "bootstrap without listen", args: []string{"node", "--origin", "http://x", "--data-dir", "DATA", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"}, wantErr: "no p2p listen address"},
+		{name: "bad p2p listen", args: []string{"node", "--origin", "http://x", "--data-dir", "DATA", "--p2p-listen", "tcp://0.0.0.0:1"}, wantErr: "p2p"},
 		{name: "small chunk", args: []string{"node", "--chunk-size", "1KiB"}, wantErr: "--chunk-size"},
 	}
 	for _, tt := range tests {

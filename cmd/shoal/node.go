@@ -30,11 +30,17 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		tagMaxStale  = fs.Duration("tag-max-stale", node.DefaultTagMaxStale, "how long a resolved tag is served while the origin is unreachable")
 		logLevel     = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 		logFormat    = fs.String("log-format", "text", "log `format`: text or json")
+		identity     = fs.String("identity", "", "`file` holding the node's p2p key, created if absent (default DATA-DIR/identity)")
+		psk          = fs.String("psk", "", "private network key `file` (/key/swarm/psk/1.0.0/ format): only nodes with the same key connect")
 		upstreams    listFlag
+		p2pListen    listFlag
+		bootstrap    listFlag
 		cacheSize    sizeFlag
 		chunkSize    sizeFlag = 4 << 20
 	)
 	fs.Var(&upstreams, "upstream", "registry this node mirrors, `HOST[=URL]` (repeatable; docker.io means https://registry-1.docker.io)")
+	fs.Var(&p2pListen, "p2p-listen", "libp2p `multiaddr` to listen on for peers, e.g. /ip4/0.0.0.0/tcp/5082 (repeatable; none: the node stays out of any fleet)")
+	fs.Var(&bootstrap, "bootstrap", "`multiaddr` ending in /p2p/<id> of a node to join the fleet through (repeatable; see another node's /status addrs)")
 	fs.Var(&cacheSize, "cache-size", "cache capacity, e.g. 20GiB (0: unlimited)")
 	fs.Var(&chunkSize, "chunk-size", "unit of resumable transfer")
 	if err := parseFlags(fs, args, configPath, stdout, nodeSummary); err != nil {
@@ -68,6 +74,10 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Origin:       *originURL,
 		Upstreams:    ups,
 		DockerConfig: *dockerConfig,
+		P2PListen:    p2pListen,
+		Bootstrap:    bootstrap,
+		Identity:     *identity,
+		PSK:          *psk,
 		TagTTL:       *tagTTL,
 		TagMaxStale:  *tagMaxStale,
 		Version:      buildVersion(),

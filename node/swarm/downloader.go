@@ -35,6 +35,9 @@ type Options struct {
 	ChunkSize  int64 // 0 means DefaultChunkSize
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// OnStart, if set, is called when a download starts, so the node can announce that it
+	// is fetching the blob; it must not block.
+	OnStart func(digest.Digest)
 	// Attempts bounds how often a download re-requests the origin after a broken transfer
 	// before giving up; 0 means 4.
 	Attempts int
@@ -199,6 +202,9 @@ func (dl *Downloader) finish(download *Download, err error) {
 
 // run fetches, verifies and commits one blob.
 func (dl *Downloader) run(ctx context.Context, download *Download) {
+	if dl.opts.OnStart != nil {
+		dl.opts.OnStart(download.digest)
+	}
 	dl.metrics.active.Inc()
 	defer dl.metrics.active.Dec()
 	start := time.Now()

@@ -1,0 +1,133 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/node/store"
+	"github.com/shoal-dev/shoal/p2p"
+)
+
+// reprovideInterval is how often a node re-announces every blob it holds; DHT provider
+// records expire after 48 hours.
+const reprovideInterval = 12 * time.Hour
+
+// fleet is the node's membership in the fleet: the libp2p host and DHT, and the queue of
+// blobs to announce.
+type fleet struct {
+	net      *p2p.Network
+	announce chan digest.Digest
+	joined   atomic.Bool
+	needPeer bool // bootstrap peers were given: not ready until one is reached
+}
+
+// startFleet builds the p2p side from cfg, or returns nil when the node is not to join one.
+func startFleet(cfg Config) (*fleet, error) {
+	if len(cfg.P2PListen) == 0 {
+		if len(cfg.Bootstrap) > 0 {
+			return nil, errors.New("bootstrap peers given but no p2p listen address")
+		}
+		return nil, nil
+	}
+	var psk []byte
+	if cfg.PSK != "" {
+		var err error
+		if psk, err = p2p.LoadPSK(cfg.PSK); err != nil {
+			return nil, fmt.Errorf("private network key: %w", err)
+		}
+	}
+	identity := cfg.Identity
+	if identity == "" {
+		identity = filepath.Join(cfg.DataDir, "identity")
+	}
+	net, err := p2p.Start(p2p.NetworkOptions{
+		Host:   p2p.HostOptions{ListenAddrs: cfg.P2PListen, IdentityPath: identity, PSK: psk},
+		Router: p2p.RouterOptions{Bootstrap: cfg.Bootstrap},
+		Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("p2p: %w", err)
+	}
+	return &fleet{net: net, announce: make(chan digest.Digest, 1024), needPeer: len(cfg.Bootstrap) > 0}, nil
+}
+
+// ready reports whether the node can serve as a fleet member: joined, or alone by design.
+func (f *fleet) ready() bool { return f == nil || !f.needPeer || f.joined.Load() }
+
+// queueAnnounce asks for d to be announced; it never blocks a download.
+func (n *Node) queueAnnounce(d digest.Digest) {
+	if n.fleet == nil {
+		return
+	}
+	select {
+	case n.fleet.announce <- d:
+	default:
+		n.log.Debug("announce queue full, the next reprovide will cover it", "digest", d)
+	}
+}
+
+// runFleet joins the fleet (retrying until it succeeds), announces what the node holds, and
+// then announces new blobs as they come and everything held periodically.
+func (n *Node) runFleet(ctx context.Context) error {
+	f := n.fleet
+	for attempt := 0; ; attempt++ {
+		err := f.net.Router.Bootstrap(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := min(time.Second<<min(attempt, 5), 30*time.Second)
+		n.log.Warn("cannot join the fleet yet", "err", err, "retry", wait)
+		select {
+		case <-time.After(wait + rand.N(wait/4+1)):
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	f.joined.Store(true)
+	n.log.Info("joined the fleet", "peer", f.net.ID(), "peers", f.net.RoutingPeers())
+
+	reprovide := time.NewTicker(reprovideInterval)
+	defer reprovide.Stop()
+	n.reprovide(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case d := <-f.announce:
+			n.provide(ctx, d)
+		case <-reprovide.C:
+			n.reprovide(ctx)
+		}
+	}
+}
+
+// reprovide announces every blob in the store.
+func (n *Node) reprovide(ctx context.Context) {
+	var held []digest.Digest
+	n.store.Walk(func(info store.Info) bool {
+		held = append(held, info.Digest)
+		return ctx.Err() == nil
+	})
+	for _, d := range held {
+		n.provide(ctx, d)
+	}
+	n.log.Debug("announced held blobs", "blobs", len(held))
+}
+
+func (n *Node) provide(ctx context.Context, d digest.Digest) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := n.fleet.net.Router.Provide(ctx, d); err != nil && ctx.Err() == nil {
+		n.log.Debug("announce failed", "digest", d, "err", err)
+	}
+}

@@ -1,0 +1,108 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/p2p"
+)
+
+func status(t *testing.T, n *Node) Status {
+	t.Helper()
+	resp, body := get(t, "http://"+n.AdminAddr()+"/status", nil)
+	var st Status
+	if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/status = %d %s (%v)", resp.StatusCode, body, err)
+	}
+	return st
+}
+
+// eventually polls check until it returns true or the deadline passes.
+func eventually(t *testing.T, what string, check func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !check() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestFleetDiscovery: a node bootstraps from another's /status addrs, and finds through the
+// DHT the blobs the other pulled.
+func TestFleetDiscovery(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	img := o.push(t, "team/app:v1")
+	listen := []string{"/ip4/127.0.0.1/tcp/0"}
+	a := startNode(t, Config{Origin: o.URL, P2PListen: listen})
+	stA := status(t, a)
+	if stA.PeerID == "" || len(stA.Addrs) == 0 || !strings.HasSuffix(stA.Addrs[0], "/p2p/"+stA.PeerID) {
+		t.Fatalf("/status of the first node = %+v, want a peer ID and addrs ending in /p2p/<id>", stA)
+	}
+	b := startNode(t, Config{Origin: o.URL, P2PListen: listen, Bootstrap: stA.Addrs})
+	eventually(t, "the second node to join", func() bool {
+		resp, _ := get(t, "http://"+b.AdminAddr()+"/readyz", nil)
+		return resp.StatusCode == http.StatusOK
+	})
+	if st := status(t, b); !st.Joined || st.Peers < 1 {
+		t.Errorf("/status of the joined node = %+v, want joined with a peer", st)
+	}
+
+	pullImage(t, a, "team/app", "v1", "")
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	d := digest.Digest(ld.String())
+	eventually(t, "the second node to find the first as a holder", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		peers, err := b.fleet.net.Router.FindProviders(ctx, d)
+		return err == nil && slices.ContainsFunc(peers, func(p p2p.Peer) bool { return p.ID == stA.PeerID })
+	})
+}
+
+func TestFleetConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	badPSK := filepath.Join(dir, "psk")
+	if err := os.WriteFile(badPSK, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"bootstrap without listen", Config{Bootstrap: []string{"/ip4/127.0.0.1/tcp/1/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"}}, "no p2p listen address"},
+		{"bad psk", Config{P2PListen: []string{"/ip4/127.0.0.1/tcp/0"}, PSK: badPSK}, "private network key"},
+		{"bad listen", Config{P2PListen: []string{"/ip4/127.0.0.1/udp/0/quic-v1"}}, "p2p"},
+		{"bad bootstrap", Config{P2PListen: []string{"/ip4/127.0.0.1/tcp/0"}, Bootstrap: []string{"nonsense"}}, "p2p"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := tt.cfg
+			cfg.DataDir = t.TempDir()
+			cfg.Origin = "http://127.0.0.1:9"
+			cfg.RegistryAddr = "127.0.0.1:0"
+			n, err := New(cfg)
+			if err == nil {
+				n.closeAll()
+				t.Fatalf("New(%s) = nil error, want one containing %q", tt.name, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("New(%s) = %v, want an error containing %q", tt.name, err, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,75 @@
+package p2p
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+)
+
+// NetworkOptions configure Start.
+type NetworkOptions struct {
+	Host   HostOptions
+	Router RouterOptions
+	Logger *slog.Logger
+}
+
+// Network is a node's presence in the fleet: its libp2p host and the DHT router on it. It
+// lets the rest of shoal hold both without importing libp2p.
+type Network struct {
+	Host   host.Host
+	Router *Router
+}
+
+// Start builds the host and the router. Call Router.Bootstrap to join the fleet.
+func Start(o NetworkOptions) (*Network, error) {
+	if o.Host.Logger == nil {
+		o.Host.Logger = o.Logger
+	}
+	if o.Router.Logger == nil {
+		o.Router.Logger = o.Logger
+	}
+	h, err := NewHost(o.Host)
+	if err != nil {
+		return nil, err
+	}
+	r, err := NewRouter(h, o.Router)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &Network{Host: h, Router: r}, nil
+}
+
+// ID is this node's peer ID.
+func (n *Network) ID() string { return n.Host.ID().String() }
+
+// Addrs are this node's full multiaddrs, each ending in /p2p/<id>: what another node
+// bootstraps from.
+func (n *Network) Addrs() []string { return Addrs(n.Host) }
+
+// Peers is the number of peers connected now.
+func (n *Network) Peers() int {
+	count := 0
+	for _, p := range n.Host.Network().Peers() {
+		if n.Host.Network().Connectedness(p) == network.Connected {
+			count++
+		}
+	}
+	return count
+}
+
+// RoutingPeers is the number of peers in the DHT routing table.
+func (n *Network) RoutingPeers() int { return n.Router.dht.RoutingTable().Size() }
+
+// Close stops the router, then the host.
+func (n *Network) Close() error {
+	rerr := n.Router.Close()
+	herr := n.Host.Close()
+	if err := errors.Join(rerr, herr); err != nil {
+		return fmt.Errorf("close p2p: %w", err)
+	}
+	return nil
+}
