@@ -1,0 +1,461 @@
+package p2p
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/time/rate"
+)
+
+// ChunkProtocol is the libp2p protocol through which nodes ask each other
+// what they hold of a blob and fetch its chunks. message.go has the format.
+const ChunkProtocol protocol.ID = "/shoal/chunk/1.0.0"
+
+// Defaults of ExchangeOptions.
+const (
+	DefaultMaxStreams      = 4
+	DefaultExchangeTimeout = 30 * time.Second
+)
+
+// uploadBurst is the most bytes written between two waits on the upload
+// limiter, and the limiter's burst, so a limit holds over short spans too.
+const uploadBurst = 64 << 10
+
+var (
+	// ErrNotHeld reports that a peer holds nothing of a blob, or not the
+	// requested chunk. A ChunkStore may also return it from ReadChunk.
+	ErrNotHeld = errors.New("not held by peer")
+	// ErrBusy reports that a peer refused a request because it is serving
+	// as many of ours as it allows; ask another peer or later.
+	ErrBusy = errors.New("peer busy")
+	// ErrRemote reports that a peer failed a request it understood, or
+	// rejected it as invalid.
+	ErrRemote = errors.New("peer failed the request")
+	// ErrProtocol reports a malformed or oversized message from a peer,
+	// including a chunk shorter or longer than the peer announced.
+	ErrProtocol = errors.New("chunk protocol violation")
+)
+
+// Have is what a node has of a blob. Chunk i covers bytes
+// [i*ChunkSize, min((i+1)*ChunkSize, Size)).
+type Have struct {
+	Size      int64
+	ChunkSize int64
+	// Chunks has one entry per chunk, true for those the node can serve now.
+	Chunks []bool
+	// ChunkList is the SHA-256 of every chunk, set only when the node holds
+	// the whole blob verified against its digest; nil otherwise. A receiver
+	// checks chunks against it but must not trust it blindly: the final
+	// blob digest check is what proves it.
+	ChunkList []digest.Digest
+}
+
+// ChunkStore is what an Exchange serves from.
+type ChunkStore interface {
+	// Have reports what the node has of d; false when it has nothing.
+	Have(d digest.Digest) (Have, bool)
+	// ReadChunk writes exactly the bytes of chunk index of d to w. It
+	// returns an error wrapping ErrNotHeld if the chunk is gone.
+	ReadChunk(ctx context.Context, d digest.Digest, index int, w io.Writer) (int64, error)
+}
+
+// ExchangeOptions configure NewExchange. Zero fields take the defaults.
+type ExchangeOptions struct {
+	// Store serves inbound requests; required.
+	Store ChunkStore
+	// MaxStreams is how many inbound requests one peer may have in flight;
+	// more are answered busy at once rather than queued.
+	MaxStreams int
+	// UploadLimit caps the chunk bytes per second sent to all peers
+	// together; 0 means unlimited.
+	UploadLimit float64
+	// Timeout bounds every request, inbound and outbound.
+	Timeout time.Duration
+	// Logger receives per-request messages; nil discards them.
+	Logger *slog.Logger
+}
+
+// Exchange serves a node's chunks to peers over ChunkProtocol and fetches
+// chunks from them. It moves bytes only: callers verify what they receive.
+type Exchange struct {
+	h          host.Host
+	store      ChunkStore
+	maxStreams int
+	limiter    *rate.Limiter // nil when unlimited
+	timeout    time.Duration
+	log        *slog.Logger
+
+	mu       sync.Mutex
+	closed   bool
+	perPeer  map[peer.ID]int
+	inflight map[network.Stream]context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// NewExchange registers the chunk protocol handler on h. The caller keeps
+// ownership of h and closes it after Exchange.Close.
+func NewExchange(h host.Host, o ExchangeOptions) (*Exchange, error) {
+	if o.Store == nil {
+		return nil, errors.New("new exchange: no chunk store")
+	}
+	if o.UploadLimit < 0 {
+		return nil, fmt.Errorf("new exchange: upload limit %v", o.UploadLimit)
+	}
+	e := &Exchange{
+		h:          h,
+		store:      o.Store,
+		maxStreams: o.MaxStreams,
+		timeout:    o.Timeout,
+		log:        o.Logger,
+		perPeer:    make(map[peer.ID]int),
+		inflight:   make(map[network.Stream]context.CancelFunc),
+	}
+	if e.maxStreams <= 0 {
+		e.maxStreams = DefaultMaxStreams
+	}
+	if e.timeout <= 0 {
+		e.timeout = DefaultExchangeTimeout
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if o.UploadLimit > 0 {
+		e.limiter = rate.NewLimiter(rate.Limit(o.UploadLimit), uploadBurst)
+	}
+	h.SetStreamHandler(ChunkProtocol, e.handle)
+	return e, nil
+}
+
+// Close removes the handler, aborts the requests being served and waits for
+// their handlers to return. Outbound requests are not affected.
+func (e *Exchange) Close() error {
+	e.h.RemoveStreamHandler(ChunkProtocol)
+	e.mu.Lock()
+	e.closed = true
+	for s, cancel := range e.inflight {
+		cancel()
+		s.Reset()
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+	return nil
+}
+
+// Have asks peerID what it has of d. It returns ErrNotHeld when the peer has
+// nothing of it.
+func (e *Exchange) Have(ctx context.Context, peerID string, d digest.Digest) (Have, error) {
+	var h Have
+	err := e.request(ctx, peerID, request{typ: msgHave, digest: d}, func(r byteReader) error {
+		var err error
+		h, err = readHave(r)
+		return err
+	})
+	if err != nil {
+		return Have{}, fmt.Errorf("have %s from %s: %w", d, peerID, err)
+	}
+	return h, nil
+}
+
+// GetChunk fetches chunk index of d from peerID and writes it to w as it
+// arrives. It returns the bytes written. On error w may have received part
+// of the chunk, which the caller must discard.
+func (e *Exchange) GetChunk(ctx context.Context, peerID string, d digest.Digest, index int, w io.Writer) (int64, error) {
+	var n int64
+	err := e.request(ctx, peerID, request{typ: msgGet, digest: d, index: index}, func(r byteReader) error {
+		var err error
+		n, err = readChunk(r, w)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("fetch chunk %d of %s from %s: %w", index, d, peerID, err)
+	}
+	return n, nil
+}
+
+// request sends req to peerID on a fresh stream and hands the response to
+// read. The stream is reset when ctx ends, so read never outlives it.
+func (e *Exchange) request(ctx context.Context, peerID string, req request, read func(byteReader) error) (err error) {
+	if err := checkDigest(req.digest); err != nil {
+		return err
+	}
+	if req.index < 0 || req.index >= maxChunks {
+		return fmt.Errorf("chunk index %d out of range", req.index)
+	}
+	pid, err := peer.Decode(peerID)
+	if err != nil {
+		return fmt.Errorf("peer id: %w", err)
+	}
+	msg, err := appendRequest(nil, req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	start := time.Now()
+	defer func() {
+		// Failures are the caller's to log.
+		if err == nil {
+			e.log.Debug("chunk request", "digest", req.digest, "peer", peerID, "index", req.index,
+				"duration", time.Since(start))
+		}
+	}()
+
+	s, err := e.h.NewStream(ctx, pid, ChunkProtocol)
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("open stream: %w", cerr)
+		}
+		return fmt.Errorf("open stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		if err := s.SetDeadline(dl); err != nil {
+			s.Reset()
+			return fmt.Errorf("set deadline: %w", err)
+		}
+	}
+	if err := e.exchange(s, msg, read); err != nil {
+		s.Reset()
+		// A reset caused by ctx surfaces as a stream error; report the cause.
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		// The stream deadline is ctx's and may fire first.
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+		}
+		return err
+	}
+	if err := s.Close(); err != nil {
+		return fmt.Errorf("close stream: %w", err)
+	}
+	return nil
+}
+
+func (e *Exchange) exchange(s network.Stream, msg []byte, read func(byteReader) error) error {
+	if _, err := s.Write(msg); err != nil {
+		return fmt.Errorf("send request: %w", err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		return fmt.Errorf("send request: %w", err)
+	}
+	return read(bufio.NewReader(s))
+}
+
+// handle serves one inbound request. Every path ends by closing or
+// resetting s.
+func (e *Exchange) handle(s network.Stream) {
+	remote := s.Conn().RemotePeer()
+	ctx, ok := e.begin(s, remote)
+	if !ok {
+		return
+	}
+	defer e.end(s, remote)
+	start := time.Now()
+	req, n, err := e.serve(ctx, s)
+	var rf *refusal
+	switch {
+	case errors.As(err, &rf):
+		// The peer has its answer; the stream ends cleanly.
+		if cerr := s.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	case err != nil:
+		s.Reset()
+	default:
+		err = s.Close()
+	}
+	e.log.Debug("chunk served", "digest", req.digest, "peer", remote.String(), "index", req.index,
+		"bytes", n, "duration", time.Since(start), "err", err)
+}
+
+// begin admits s: it returns false, having answered or reset s, when the
+// exchange is closed or remote has too many requests in flight.
+func (e *Exchange) begin(s network.Stream, remote peer.ID) (context.Context, bool) {
+	e.mu.Lock()
+	closed, busy := e.closed, e.perPeer[remote] >= e.maxStreams
+	var ctx context.Context
+	if !closed && !busy {
+		e.perPeer[remote]++
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), e.timeout)
+		e.inflight[s] = cancel
+		e.wg.Add(1)
+	}
+	e.mu.Unlock()
+
+	switch {
+	case closed:
+		s.Reset()
+		return nil, false
+	case busy:
+		e.log.Debug("chunk request refused", "peer", remote.String())
+		// Refused at once: the stream is not tied up waiting for a slot.
+		if err := s.SetDeadline(time.Now().Add(e.timeout)); err != nil {
+			s.Reset()
+			return nil, false
+		}
+		if _, err := s.Write([]byte{statusBusy}); err != nil {
+			s.Reset()
+			return nil, false
+		}
+		s.Close()
+		return nil, false
+	}
+	if err := s.SetDeadline(time.Now().Add(e.timeout)); err != nil {
+		s.Reset()
+		e.end(s, remote)
+		return nil, false
+	}
+	return ctx, true
+}
+
+func (e *Exchange) end(s network.Stream, remote peer.ID) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.inflight[s]()
+	delete(e.inflight, s)
+	if e.perPeer[remote]--; e.perPeer[remote] <= 0 {
+		delete(e.perPeer, remote)
+	}
+	e.wg.Done()
+}
+
+// serve reads the request and writes the response. An error other than a
+// *refusal means s must be reset: the response is incomplete.
+func (e *Exchange) serve(ctx context.Context, s network.Stream) (request, int64, error) {
+	req, err := decodeRequest(bufio.NewReaderSize(io.LimitReader(s, maxRequestLen), maxRequestLen))
+	if err != nil {
+		return req, 0, err
+	}
+	if err := checkDigest(req.digest); err != nil {
+		return req, 0, refuse(s, statusError, err)
+	}
+	have, ok := e.store.Have(req.digest)
+	if !ok {
+		return req, 0, refuse(s, statusNotHeld, nil)
+	}
+	if err := checkHave(have); err != nil {
+		return req, 0, refuse(s, statusError, fmt.Errorf("store: %w", err))
+	}
+	w := bufio.NewWriter(s)
+	if req.typ == msgHave {
+		if err := w.WriteByte(statusOK); err != nil {
+			return req, 0, err
+		}
+		if err := writeHave(w, have); err != nil {
+			return req, 0, err
+		}
+		return req, 0, w.Flush()
+	}
+	if req.index >= len(have.Chunks) || !have.Chunks[req.index] {
+		return req, 0, refuse(s, statusNotHeld, nil)
+	}
+	cw := &chunkWriter{
+		ctx:     ctx,
+		w:       w,
+		limiter: e.limiter,
+		left:    chunkLen(have.Size, have.ChunkSize, req.index),
+	}
+	n, err := e.store.ReadChunk(ctx, req.digest, req.index, cw)
+	if err == nil && cw.left != 0 {
+		err = fmt.Errorf("store wrote %d bytes of chunk %d, %d short", n, req.index, cw.left)
+	}
+	if err != nil {
+		if cw.started {
+			return req, cw.sent, fmt.Errorf("read chunk %d: %w", req.index, err)
+		}
+		if errors.Is(err, ErrNotHeld) {
+			return req, 0, refuse(s, statusNotHeld, nil)
+		}
+		return req, 0, refuse(s, statusError, fmt.Errorf("read chunk %d: %w", req.index, err))
+	}
+	return req, cw.sent, w.Flush()
+}
+
+// refusal is a request answered with a status other than statusOK.
+type refusal struct {
+	status byte
+	cause  error // why, when it is more than the status says
+}
+
+func (r *refusal) Error() string {
+	msg := fmt.Sprintf("refused with status %d", r.status)
+	if r.cause != nil {
+		msg += ": " + r.cause.Error()
+	}
+	return msg
+}
+
+func (r *refusal) Unwrap() error { return r.cause }
+
+// refuse answers s with status. It returns a *refusal carrying cause, or
+// the write error when the answer could not be sent.
+func refuse(s network.Stream, status byte, cause error) error {
+	if _, err := s.Write([]byte{status}); err != nil {
+		return fmt.Errorf("write status: %w", err)
+	}
+	return &refusal{status: status, cause: cause}
+}
+
+// chunkWriter frames a chunk for the wire. The header goes out with the
+// first byte, so a store that fails before writing anything can still be
+// answered with a status. It refuses bytes past the chunk's end and paces
+// writes by the upload limiter.
+type chunkWriter struct {
+	ctx     context.Context
+	w       *bufio.Writer
+	limiter *rate.Limiter
+	left    int64 // bytes still expected from the store
+	sent    int64
+	started bool
+}
+
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		return 0, fmt.Errorf("chunk longer than its %d bytes", c.sent+c.left)
+	}
+	if !c.started && len(p) > 0 {
+		c.started = true
+		if err := c.w.WriteByte(statusOK); err != nil {
+			return 0, err
+		}
+		var b [10]byte
+		if _, err := c.w.Write(binary.AppendUvarint(b[:0], uint64(c.left))); err != nil {
+			return 0, err
+		}
+	}
+	written := 0
+	for len(p) > 0 {
+		piece := p[:min(len(p), uploadBurst)]
+		if c.limiter != nil {
+			if err := c.limiter.WaitN(c.ctx, len(piece)); err != nil {
+				return written, err
+			}
+		}
+		n, err := c.w.Write(piece)
+		written += n
+		c.sent += int64(n)
+		c.left -= int64(n)
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}

@@ -1,0 +1,531 @@
+package p2p
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	"github.com/opencontainers/go-digest"
+)
+
+// fakeStore is an in-memory ChunkStore. When gate is set, ReadChunk reports
+// on gate.entered and waits for gate.release (or its ctx) before writing.
+type fakeStore struct {
+	mu    sync.Mutex
+	blobs map[digest.Digest]fakeBlob
+	gate  *gate
+}
+
+type fakeBlob struct {
+	data []byte
+	have Have
+}
+
+type gate struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newGate() *gate {
+	return &gate{entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{blobs: make(map[digest.Digest]fakeBlob)}
+}
+
+// add stores data as a blob of chunkSize chunks, holding only the chunks in
+// held, or all of them with a chunk list when held is nil.
+func (s *fakeStore) add(data []byte, chunkSize int64, held []int) digest.Digest {
+	d := digest.FromBytes(data)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.blobs[d] = fakeBlob{data: data, have: newHave(data, chunkSize, held)}
+	return d
+}
+
+func (s *fakeStore) Have(d digest.Digest) (Have, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.blobs[d]
+	return b.have, ok
+}
+
+func (s *fakeStore) ReadChunk(ctx context.Context, d digest.Digest, index int, w io.Writer) (int64, error) {
+	s.mu.Lock()
+	b, ok := s.blobs[d]
+	g := s.gate
+	s.mu.Unlock()
+	if !ok || index >= len(b.have.Chunks) || !b.have.Chunks[index] {
+		return 0, ErrNotHeld
+	}
+	if g != nil {
+		select {
+		case g.entered <- struct{}{}:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	start := int64(index) * b.have.ChunkSize
+	n, err := w.Write(b.data[start : start+chunkLen(b.have.Size, b.have.ChunkSize, index)])
+	return int64(n), err
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// newTestExchange starts an exchange on h and closes it when the test ends,
+// before h is closed.
+func newTestExchange(t *testing.T, h host.Host, o ExchangeOptions) *Exchange {
+	t.Helper()
+	if o.Store == nil {
+		o.Store = newFakeStore()
+	}
+	e, err := NewExchange(h, o)
+	if err != nil {
+		t.Fatalf("NewExchange = %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Errorf("Close = %v", err)
+		}
+	})
+	return e
+}
+
+// connectedHosts starts two loopback TCP hosts, the first connected to the
+// second.
+func connectedHosts(t *testing.T) (client, server host.Host) {
+	t.Helper()
+	client = newTestHost(t, HostOptions{})
+	server = newTestHost(t, HostOptions{})
+	if err := client.Connect(testContext(t), addrInfo(t, server)); err != nil {
+		t.Fatalf("Connect = %v", err)
+	}
+	return client, server
+}
+
+// exchangePair serves store from one loopback host and returns an exchange
+// on another, connected host, and the serving peer's ID.
+func exchangePair(t *testing.T, o ExchangeOptions) (*Exchange, string) {
+	t.Helper()
+	ch, sh := connectedHosts(t)
+	newTestExchange(t, sh, o)
+	return newTestExchange(t, ch, ExchangeOptions{}), sh.ID().String()
+}
+
+func TestExchangeHave(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	data := randomBytes(t, 5*minChunkSize/2)
+	complete := store.add(data, minChunkSize, nil)
+	partial := store.add(data[1:], minChunkSize, []int{1})
+	empty := store.add(nil, minChunkSize, nil)
+	client, server := exchangePair(t, ExchangeOptions{Store: store})
+
+	tests := []struct {
+		name string
+		d    digest.Digest
+		want Have
+		err  error
+	}{
+		{name: "complete", d: complete, want: store.blobs[complete].have},
+		{name: "partial", d: partial, want: store.blobs[partial].have},
+		{name: "empty blob", d: empty, want: store.blobs[empty].have},
+		{name: "unknown", d: digest.FromString("unknown"), err: ErrNotHeld},
+		{name: "unknown sha512", d: testDigest512, err: ErrNotHeld},
+		{name: "invalid digest", d: "sha256:zz", err: ErrInvalidDigest},
+		{name: "sha384", d: digest.SHA384.FromString("x"), err: ErrInvalidDigest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := client.Have(testContext(t), server, tt.d)
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("Have(%s) = %v, want %v", tt.d, err, tt.err)
+				}
+				return
+			}
+			if err != nil || !equalHave(got, tt.want) {
+				t.Fatalf("Have(%s) = %+v, %v, want %+v", tt.d, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestExchangeGetChunk(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	data := randomBytes(t, 5*minChunkSize/2)
+	complete := store.add(data, minChunkSize, nil)
+	partial := store.add(data[1:], minChunkSize, []int{1})
+	client, server := exchangePair(t, ExchangeOptions{Store: store})
+
+	tests := []struct {
+		name  string
+		d     digest.Digest
+		index int
+		want  []byte
+		err   error
+	}{
+		{name: "first", d: complete, index: 0, want: data[:minChunkSize]},
+		{name: "middle", d: complete, index: 1, want: data[minChunkSize : 2*minChunkSize]},
+		{name: "last short", d: complete, index: 2, want: data[2*minChunkSize:]},
+		{name: "partial held", d: partial, index: 1, want: data[1+minChunkSize : 1+2*minChunkSize]},
+		{name: "partial missing", d: partial, index: 0, err: ErrNotHeld},
+		{name: "past the end", d: complete, index: 3, err: ErrNotHeld},
+		{name: "unknown digest", d: digest.FromString("unknown"), err: ErrNotHeld},
+		{name: "invalid digest", d: "sha256:", err: ErrInvalidDigest},
+		{name: "negative index", d: complete, index: -1, err: errAny},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var buf bytes.Buffer
+			n, err := client.GetChunk(testContext(t), server, tt.d, tt.index, &buf)
+			if tt.err != nil {
+				if err == nil || (tt.err != errAny && !errors.Is(err, tt.err)) {
+					t.Fatalf("GetChunk(%s, %d) = %d, %v, want %v", tt.name, tt.index, n, err, tt.err)
+				}
+				return
+			}
+			if err != nil || n != int64(len(tt.want)) || !bytes.Equal(buf.Bytes(), tt.want) {
+				t.Fatalf("GetChunk(%s, %d) = %d, %v, want %d bytes", tt.name, tt.index, n, err, len(tt.want))
+			}
+		})
+	}
+}
+
+// errAny marks a test case that wants some error, whatever it is.
+var errAny = errors.New("any error")
+
+// TestExchangeRejectsInvalidRequests sends raw requests that a well-behaved
+// client never sends.
+func TestExchangeRejectsInvalidRequests(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	d := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+	ch, sh := connectedHosts(t)
+	newTestExchange(t, sh, ExchangeOptions{Store: store})
+
+	valid, err := appendRequest(nil, request{typ: msgGet, digest: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	encode := func(req request) []byte {
+		b, err := appendRequest(nil, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tests := []struct {
+		name string
+		req  []byte
+		want []byte // nil: the server resets the stream
+	}{
+		{name: "invalid hex", req: encode(request{typ: msgGet, digest: "sha256:zz"}), want: []byte{statusError}},
+		{name: "md5", req: encode(request{typ: msgHave, digest: "md5:d41d8cd98f00b204e9800998ecf8427e"}), want: []byte{statusError}},
+		{name: "upper case", req: encode(request{typ: msgHave, digest: digest.Digest(bytes.ToUpper([]byte(d)))}), want: []byte{statusError}},
+		{name: "unknown type", req: append([]byte{9}, valid[1:]...)},
+		{name: "truncated", req: valid[:10]},
+		{name: "garbage", req: bytes.Repeat([]byte{0xff}, 4096)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			s, err := ch.NewStream(ctx, sh.ID(), ChunkProtocol)
+			if err != nil {
+				t.Fatalf("NewStream = %v", err)
+			}
+			defer s.Reset()
+			s.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := s.Write(tt.req); err != nil {
+				if tt.want == nil {
+					return // reset while still writing
+				}
+				t.Fatalf("Write = %v", err)
+			}
+			s.CloseWrite()
+			got, err := io.ReadAll(s)
+			if tt.want == nil {
+				if err == nil {
+					t.Fatalf("response to %s = %x, want a reset stream", tt.name, got)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(got, tt.want) {
+				t.Fatalf("response to %s = %x, %v, want %x", tt.name, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestExchangeBusy(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	data := randomBytes(t, minChunkSize)
+	d := store.add(data, minChunkSize, nil)
+	store.gate = newGate()
+	const maxStreams = 2
+	client, server := exchangePair(t, ExchangeOptions{Store: store, MaxStreams: maxStreams})
+	ctx := testContext(t)
+
+	type result struct {
+		n   int64
+		err error
+	}
+	results := make(chan result, maxStreams)
+	for range maxStreams {
+		go func() {
+			n, err := client.GetChunk(ctx, server, d, 0, io.Discard)
+			results <- result{n, err}
+		}()
+	}
+	for range maxStreams {
+		select {
+		case <-store.gate.entered:
+		case <-ctx.Done():
+			t.Fatal("requests did not reach the store")
+		}
+	}
+	if _, err := client.GetChunk(ctx, server, d, 0, io.Discard); !errors.Is(err, ErrBusy) {
+		t.Errorf("GetChunk beyond MaxStreams = %v, want %v", err, ErrBusy)
+	}
+	if _, err := client.Have(ctx, server, d); !errors.Is(err, ErrBusy) {
+		t.Errorf("Have beyond MaxStreams = %v, want %v", err, ErrBusy)
+	}
+	close(store.gate.release)
+	for range maxStreams {
+		if r := <-results; r.err != nil || r.n != int64(len(data)) {
+			t.Errorf("GetChunk held open = %d, %v, want %d bytes", r.n, r.err, len(data))
+		}
+	}
+	// The slots are free again.
+	if _, err := client.Have(ctx, server, d); err != nil {
+		t.Errorf("Have after the slots freed = %v", err)
+	}
+}
+
+func TestExchangeUploadLimit(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	data := randomBytes(t, 1<<20)
+	d := store.add(data, 1<<20, nil)
+	const limit = 4 << 20
+	client, server := exchangePair(t, ExchangeOptions{Store: store, UploadLimit: limit})
+
+	start := time.Now()
+	n, err := client.GetChunk(testContext(t), server, d, 0, io.Discard)
+	elapsed := time.Since(start)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("GetChunk = %d, %v, want %d bytes", n, err, len(data))
+	}
+	// 1 MiB at 4 MiB/s less the initial burst is 234 ms; the bound leaves
+	// room for timer slack but not for an unlimited transfer.
+	if want := 150 * time.Millisecond; elapsed < want {
+		t.Errorf("GetChunk of 1 MiB at %d B/s took %v, want at least %v", limit, elapsed, want)
+	}
+}
+
+// TestExchangeHostilePeer answers requests with hand-made responses.
+func TestExchangeHostilePeer(t *testing.T) {
+	t.Parallel()
+	chunk := randomBytes(t, 200<<10)
+	tests := []struct {
+		name  string
+		have  bool   // send a HAVE request rather than a GET
+		resp  []byte // written by the server
+		reset bool   // reset rather than close after resp
+		err   error
+	}{
+		{name: "shorter than announced", resp: chunkResponse(uint64(len(chunk)), chunk[:len(chunk)/2]), err: ErrProtocol},
+		{name: "longer than announced", resp: chunkResponse(uint64(len(chunk)/2), chunk), err: ErrProtocol},
+		{name: "oversized length", resp: chunkResponse(maxChunkSize+1, chunk), err: ErrProtocol},
+		{name: "unknown status", resp: []byte{200}, err: ErrProtocol},
+		{name: "nothing", resp: nil, err: ErrProtocol},
+		{name: "dies mid-chunk", resp: chunkResponse(uint64(len(chunk)), chunk[:len(chunk)/2]), reset: true, err: errAny},
+		{name: "error status", resp: []byte{statusError}, err: ErrRemote},
+		{name: "have with tiny chunks", have: true, resp: []byte{statusOK, 10, 1, 0xff, 0xff, 0}, err: ErrProtocol},
+		{name: "have with trailing data", have: true, resp: append(encodeHave(t, newHave(chunk, minChunkSize, nil)), 0), err: ErrProtocol},
+		{name: "have truncated list", have: true, resp: encodeHave(t, newHave(chunk, minChunkSize, nil))[:50], err: ErrProtocol},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ch, sh := connectedHosts(t)
+			handled := make(chan struct{})
+			sh.SetStreamHandler(ChunkProtocol, func(s network.Stream) {
+				defer close(handled)
+				s.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadAll(s); err != nil {
+					s.Reset()
+					return
+				}
+				s.Write(tt.resp)
+				if tt.reset {
+					s.Reset()
+				} else {
+					s.Close()
+				}
+			})
+			client := newTestExchange(t, ch, ExchangeOptions{})
+			ctx := testContext(t)
+			d := digest.FromBytes(chunk)
+			var err error
+			var n int64
+			if tt.have {
+				_, err = client.Have(ctx, sh.ID().String(), d)
+			} else {
+				n, err = client.GetChunk(ctx, sh.ID().String(), d, 0, io.Discard)
+			}
+			if err == nil || (tt.err != errAny && !errors.Is(err, tt.err)) {
+				t.Errorf("request answered by %s = %d, %v, want %v", tt.name, n, err, tt.err)
+			}
+			select {
+			case <-handled:
+			case <-ctx.Done():
+				t.Fatal("server handler did not return")
+			}
+		})
+	}
+}
+
+func TestExchangeContext(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		timeout time.Duration // client's ExchangeOptions.Timeout
+		cancel  bool          // cancel the request once the store holds it
+		err     error
+	}{
+		{name: "cancelled", cancel: true, err: context.Canceled},
+		{name: "timeout", timeout: 200 * time.Millisecond, err: context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			store := newFakeStore()
+			d := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+			store.gate = newGate()
+			ch, sh := connectedHosts(t)
+			newTestExchange(t, sh, ExchangeOptions{Store: store})
+			client := newTestExchange(t, ch, ExchangeOptions{Timeout: tt.timeout})
+
+			ctx, cancel := context.WithCancel(testContext(t))
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := client.GetChunk(ctx, sh.ID().String(), d, 0, io.Discard)
+				done <- err
+			}()
+			select {
+			case <-store.gate.entered:
+			case <-testContext(t).Done():
+				t.Fatal("request did not reach the store")
+			}
+			if tt.cancel {
+				cancel()
+			}
+			select {
+			case err := <-done:
+				if !errors.Is(err, tt.err) {
+					t.Errorf("GetChunk = %v, want %v", err, tt.err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("GetChunk did not return")
+			}
+		})
+	}
+}
+
+func TestExchangeClose(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	d := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+	store.gate = newGate()
+	ch, sh := connectedHosts(t)
+	server, err := NewExchange(sh, ExchangeOptions{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := newTestExchange(t, ch, ExchangeOptions{})
+	ctx := testContext(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := client.GetChunk(ctx, sh.ID().String(), d, 0, io.Discard)
+		done <- err
+	}()
+	select {
+	case <-store.gate.entered:
+	case <-ctx.Done():
+		t.Fatal("request did not reach the store")
+	}
+	// Close must abort the request held in the store, not wait for it.
+	if err := server.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	if err := <-done; err == nil {
+		t.Error("GetChunk aborted by Close = nil error, want an error")
+	}
+	if _, err := client.Have(ctx, sh.ID().String(), d); err == nil {
+		t.Error("Have after Close = nil error, want an error")
+	}
+}
+
+func TestExchangeMocknet(t *testing.T) {
+	t.Parallel()
+	mn, err := mocknet.FullMeshConnected(2)
+	if err != nil {
+		t.Fatalf("FullMeshConnected(2) = %v", err)
+	}
+	t.Cleanup(func() { mn.Close() })
+	hosts := mn.Hosts()
+	store := newFakeStore()
+	data := randomBytes(t, 3*minChunkSize)
+	d := store.add(data, minChunkSize, nil)
+	newTestExchange(t, hosts[1], ExchangeOptions{Store: store})
+	client := newTestExchange(t, hosts[0], ExchangeOptions{})
+	ctx := testContext(t)
+	server := hosts[1].ID().String()
+
+	h, err := client.Have(ctx, server, d)
+	if err != nil || !equalHave(h, store.blobs[d].have) {
+		t.Fatalf("Have = %+v, %v, want %+v", h, err, store.blobs[d].have)
+	}
+	var got bytes.Buffer
+	for i := range h.Chunks {
+		var chunk bytes.Buffer
+		if _, err := client.GetChunk(ctx, server, d, i, &chunk); err != nil {
+			t.Fatalf("GetChunk(%d) = %v", i, err)
+		}
+		if cd := digest.FromBytes(chunk.Bytes()); cd != h.ChunkList[i] {
+			t.Fatalf("chunk %d has digest %s, want %s", i, cd, h.ChunkList[i])
+		}
+		got.Write(chunk.Bytes())
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("reassembled %d bytes differ from the blob", got.Len())
+	}
+}

@@ -1,0 +1,437 @@
+package p2p
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// The chunk protocol carries one request per stream. The client writes the
+// request and closes its write side; the server answers and closes the stream.
+// Integers are unsigned varints (encoding/binary) in their shortest form,
+// each read with a cap. Statuses: statusOK 0, statusNotHeld 1, statusBusy 2,
+// statusError 3 (the request was invalid or the store failed). A server
+// resets the stream on a malformed request, and when it fails after the first
+// byte of a chunk, so a truncated chunk is never mistaken for a whole one.
+//
+// Request:
+//
+//	type    byte     msgHave (1) or msgGet (2)
+//	dlen    uvarint  length of the digest string, 1..maxDigestLen
+//	digest  dlen bytes, e.g. "sha256:0123..."; only sha256 and sha512
+//	index   uvarint  chunk index, < maxChunks; always 0 for msgHave
+//
+// Response: a status byte. Only statusOK has a body, and nothing may follow
+// the body.
+//
+// HAVE body:
+//
+//	size       uvarint  blob size in bytes, <= math.MaxInt64
+//	chunkSize  uvarint  minChunkSize..maxChunkSize
+//	bitmap     ceil(count/8) bytes, count = ceil(size/chunkSize) <= maxChunks;
+//	           bit i (byte i/8, bit i%8 from the least significant) set when
+//	           chunk i can be served; unused high bits of the last byte are 0
+//	hasList    byte     0, or 1 when the chunk list follows (all bits set)
+//	chunkList  count*32 bytes, the raw SHA-256 of every chunk in order
+//
+// GET body:
+//
+//	length  uvarint  chunk length, 1..maxChunkSize
+//	data    exactly length bytes
+const (
+	msgHave byte = 1
+	msgGet  byte = 2
+)
+
+const (
+	statusOK      byte = 0
+	statusNotHeld byte = 1
+	statusBusy    byte = 2
+	statusError   byte = 3
+)
+
+// Limits of the wire format. Every length read from a peer is checked
+// against them before it is used.
+const (
+	// maxDigestLen is the length of the longest digest accepted:
+	// "sha512:" and 128 hex digits.
+	maxDigestLen = 7 + 128
+	// minChunkSize and maxChunkSize bound a blob's chunk size; together with
+	// maxChunks they cap a blob at 64 TiB and a chunk list at 32 MiB.
+	minChunkSize = 64 << 10
+	maxChunkSize = 64 << 20
+	maxChunks    = 1 << 20
+	// maxRequestLen is the longest valid request: type, digest length,
+	// digest and index.
+	maxRequestLen = 1 + binary.MaxVarintLen64 + maxDigestLen + binary.MaxVarintLen64
+	// readBatch is how much of a bitmap or chunk list is read at a time, so
+	// memory grows with the bytes a peer actually sends, not with the counts
+	// it claims.
+	readBatch = 4 << 10
+)
+
+// byteReader is what the decoders read from: a bufio.Reader in practice.
+type byteReader interface {
+	io.Reader
+	io.ByteReader
+}
+
+// request is one chunk protocol request.
+type request struct {
+	typ    byte
+	digest digest.Digest
+	index  int
+}
+
+// checkDigest accepts only digests that have a DHT key: valid sha256 or sha512.
+func checkDigest(d digest.Digest) error {
+	if len(d) > maxDigestLen {
+		return fmt.Errorf("%w: digest of %d bytes", ErrInvalidDigest, len(d))
+	}
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidDigest, err)
+	}
+	if a := d.Algorithm(); a != digest.SHA256 && a != digest.SHA512 {
+		return fmt.Errorf("%w: algorithm %s", ErrInvalidDigest, a)
+	}
+	return nil
+}
+
+// appendRequest encodes req. It checks only what the wire format needs;
+// the digest's validity is the caller's concern, so that tests can send
+// invalid ones.
+func appendRequest(b []byte, req request) ([]byte, error) {
+	if req.typ != msgHave && req.typ != msgGet {
+		return nil, fmt.Errorf("encode request: unknown type %d", req.typ)
+	}
+	if len(req.digest) == 0 || len(req.digest) > maxDigestLen {
+		return nil, fmt.Errorf("encode request: digest of %d bytes", len(req.digest))
+	}
+	if req.index < 0 || req.index >= maxChunks || (req.typ == msgHave && req.index != 0) {
+		return nil, fmt.Errorf("encode request: chunk index %d", req.index)
+	}
+	b = append(b, req.typ)
+	b = binary.AppendUvarint(b, uint64(len(req.digest)))
+	b = append(b, req.digest...)
+	b = binary.AppendUvarint(b, uint64(req.index))
+	return b, nil
+}
+
+// decodeRequest reads a request. It checks the frame only; the server
+// validates the digest itself so that it can answer statusError.
+func decodeRequest(r byteReader) (request, error) {
+	typ, err := r.ReadByte()
+	if err != nil {
+		return request{}, truncated("request type", err)
+	}
+	if typ != msgHave && typ != msgGet {
+		return request{}, fmt.Errorf("%w: request type %d", ErrProtocol, typ)
+	}
+	n, err := readUvarint(r, "digest length", maxDigestLen)
+	if err != nil {
+		return request{}, err
+	}
+	if n == 0 {
+		return request{}, fmt.Errorf("%w: empty digest", ErrProtocol)
+	}
+	var buf [maxDigestLen]byte
+	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+		return request{}, truncated("digest", err)
+	}
+	index, err := readUvarint(r, "chunk index", maxChunks-1)
+	if err != nil {
+		return request{}, err
+	}
+	if typ == msgHave && index != 0 {
+		return request{}, fmt.Errorf("%w: have request with chunk index %d", ErrProtocol, index)
+	}
+	return request{typ: typ, digest: digest.Digest(buf[:n]), index: int(index)}, nil
+}
+
+// chunkCount is the number of chunks of a blob, or an error when the
+// size and chunk size are out of the wire format's bounds.
+func chunkCount(size, chunkSize int64) (int, error) {
+	if size < 0 {
+		return 0, fmt.Errorf("size %d", size)
+	}
+	if chunkSize < minChunkSize || chunkSize > maxChunkSize {
+		return 0, fmt.Errorf("chunk size %d, want %d..%d", chunkSize, minChunkSize, maxChunkSize)
+	}
+	count := size / chunkSize
+	if size%chunkSize != 0 {
+		count++
+	}
+	if count > maxChunks {
+		return 0, fmt.Errorf("%d chunks, want at most %d", count, maxChunks)
+	}
+	return int(count), nil
+}
+
+// chunkLen is the length of chunk index of a blob; index must be in range.
+func chunkLen(size, chunkSize int64, index int) int64 {
+	start := int64(index) * chunkSize
+	return min(chunkSize, size-start)
+}
+
+// checkHave reports whether h is something the wire format can carry.
+func checkHave(h Have) error {
+	count, err := chunkCount(h.Size, h.ChunkSize)
+	if err != nil {
+		return err
+	}
+	if len(h.Chunks) != count {
+		return fmt.Errorf("bitmap of %d chunks, want %d", len(h.Chunks), count)
+	}
+	if h.ChunkList == nil {
+		return nil
+	}
+	if len(h.ChunkList) != count {
+		return fmt.Errorf("chunk list of %d digests, want %d", len(h.ChunkList), count)
+	}
+	for i, held := range h.Chunks {
+		if !held {
+			return fmt.Errorf("chunk list without chunk %d", i)
+		}
+	}
+	for i, d := range h.ChunkList {
+		if d.Algorithm() != digest.SHA256 || d.Validate() != nil {
+			return fmt.Errorf("chunk list entry %d: %q is not a sha256 digest", i, d)
+		}
+	}
+	return nil
+}
+
+// writeHave writes a HAVE body. A chunk list can reach 32 MiB, so it is
+// streamed through w rather than built in memory.
+func writeHave(w *bufio.Writer, h Have) error {
+	if err := checkHave(h); err != nil {
+		return fmt.Errorf("encode have: %w", err)
+	}
+	var b []byte
+	b = binary.AppendUvarint(b, uint64(h.Size))
+	b = binary.AppendUvarint(b, uint64(h.ChunkSize))
+	if _, err := w.Write(b); err != nil {
+		return err
+	}
+	for i := 0; i < len(h.Chunks); i += 8 {
+		var c byte
+		for j := 0; j < 8 && i+j < len(h.Chunks); j++ {
+			if h.Chunks[i+j] {
+				c |= 1 << j
+			}
+		}
+		if err := w.WriteByte(c); err != nil {
+			return err
+		}
+	}
+	if h.ChunkList == nil {
+		return w.WriteByte(0)
+	}
+	if err := w.WriteByte(1); err != nil {
+		return err
+	}
+	var raw [32]byte
+	for _, d := range h.ChunkList {
+		// checkHave validated the hex, so this cannot fail.
+		if _, err := hex.Decode(raw[:], []byte(d.Encoded())); err != nil {
+			return fmt.Errorf("encode have: %w", err)
+		}
+		if _, err := w.Write(raw[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeHave reads a HAVE body up to the end of the stream.
+func decodeHave(r byteReader) (Have, error) {
+	size, err := readUvarint(r, "size", math.MaxInt64)
+	if err != nil {
+		return Have{}, err
+	}
+	chunkSize, err := readUvarint(r, "chunk size", maxChunkSize)
+	if err != nil {
+		return Have{}, err
+	}
+	count, err := chunkCount(int64(size), int64(chunkSize))
+	if err != nil {
+		return Have{}, fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	h := Have{Size: int64(size), ChunkSize: int64(chunkSize)}
+
+	h.Chunks = make([]bool, 0, min(count, 8*readBatch))
+	buf := make([]byte, min((count+7)/8, readBatch))
+	for len(h.Chunks) < count {
+		n := min((count-len(h.Chunks)+7)/8, len(buf))
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			return Have{}, truncated("bitmap", err)
+		}
+		for _, c := range buf[:n] {
+			for j := 0; j < 8; j++ {
+				if len(h.Chunks) == count {
+					if c>>j != 0 {
+						return Have{}, fmt.Errorf("%w: bitmap has bits past chunk %d", ErrProtocol, count)
+					}
+					break
+				}
+				h.Chunks = append(h.Chunks, c&(1<<j) != 0)
+			}
+		}
+	}
+
+	flag, err := r.ReadByte()
+	if err != nil {
+		return Have{}, truncated("chunk list flag", err)
+	}
+	switch flag {
+	case 0:
+	case 1:
+		for i, held := range h.Chunks {
+			if !held {
+				return Have{}, fmt.Errorf("%w: chunk list but chunk %d not held", ErrProtocol, i)
+			}
+		}
+		h.ChunkList = make([]digest.Digest, 0, min(count, readBatch/32))
+		var raw [32]byte
+		for range count {
+			if _, err := io.ReadFull(r, raw[:]); err != nil {
+				return Have{}, truncated("chunk list", err)
+			}
+			h.ChunkList = append(h.ChunkList, digest.NewDigestFromBytes(digest.SHA256, raw[:]))
+		}
+	default:
+		return Have{}, fmt.Errorf("%w: chunk list flag %d", ErrProtocol, flag)
+	}
+	if err := expectEOF(r); err != nil {
+		return Have{}, err
+	}
+	return h, nil
+}
+
+// decodeStatus reads the status byte and maps the refusals to errors.
+func decodeStatus(r byteReader) error {
+	s, err := r.ReadByte()
+	if err != nil {
+		return truncated("status", err)
+	}
+	switch s {
+	case statusOK:
+		return nil
+	case statusNotHeld:
+		return ErrNotHeld
+	case statusBusy:
+		return ErrBusy
+	case statusError:
+		return ErrRemote
+	default:
+		return fmt.Errorf("%w: status %d", ErrProtocol, s)
+	}
+}
+
+// readHave reads a complete HAVE response.
+func readHave(r byteReader) (Have, error) {
+	if err := decodeStatus(r); err != nil {
+		return Have{}, err
+	}
+	return decodeHave(r)
+}
+
+// readChunk reads a complete GET response, copying the chunk to w as it
+// arrives. A chunk shorter or longer than announced is an ErrProtocol.
+// On any error w may have received part of the chunk.
+func readChunk(r byteReader, w io.Writer) (int64, error) {
+	if err := decodeStatus(r); err != nil {
+		return 0, err
+	}
+	n, err := readUvarint(r, "chunk length", maxChunkSize)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("%w: empty chunk", ErrProtocol)
+	}
+	// io.CopyN would not tell the peer's errors from w's.
+	buf := make([]byte, min(n, 32<<10))
+	var done int64
+	for done < int64(n) {
+		m, rerr := r.Read(buf[:min(int64(len(buf)), int64(n)-done)])
+		if m > 0 {
+			if _, err := w.Write(buf[:m]); err != nil {
+				return done, fmt.Errorf("write chunk: %w", err)
+			}
+			done += int64(m)
+		}
+		if rerr != nil && done < int64(n) {
+			return done, truncated(fmt.Sprintf("chunk at byte %d of %d", done, n), rerr)
+		}
+	}
+	if err := expectEOF(r); err != nil {
+		return done, err
+	}
+	return done, nil
+}
+
+// readUvarint reads an unsigned varint no larger than limit.
+func readUvarint(r io.ByteReader, what string, limit uint64) (uint64, error) {
+	rr := &recordingReader{r: r}
+	v, err := binary.ReadUvarint(rr)
+	switch {
+	case rr.err != nil:
+		return 0, truncated(what, rr.err)
+	case err != nil:
+		// Only the varint itself can be wrong here: too long or too large.
+		return 0, fmt.Errorf("%w: %s: %w", ErrProtocol, what, err)
+	case rr.n != len(binary.AppendUvarint(nil, v)):
+		// One encoding per value keeps messages comparable byte for byte.
+		return 0, fmt.Errorf("%w: %s: non-minimal varint", ErrProtocol, what)
+	case v > limit:
+		return 0, fmt.Errorf("%w: %s %d exceeds %d", ErrProtocol, what, v, limit)
+	}
+	return v, nil
+}
+
+// recordingReader keeps the error of the underlying reader, which
+// binary.ReadUvarint would otherwise mix with its own overflow error.
+type recordingReader struct {
+	r   io.ByteReader
+	n   int
+	err error
+}
+
+func (r *recordingReader) ReadByte() (byte, error) {
+	c, err := r.r.ReadByte()
+	if err != nil {
+		r.err = err
+		return c, err
+	}
+	r.n++
+	return c, nil
+}
+
+// truncated describes a failed read: a message cut short by the peer is a
+// protocol violation, anything else (reset, deadline) a transport error.
+func truncated(what string, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %s truncated", ErrProtocol, what)
+	}
+	return fmt.Errorf("read %s: %w", what, err)
+}
+
+// expectEOF checks that the peer closed the stream after its message.
+func expectEOF(r io.ByteReader) error {
+	_, err := r.ReadByte()
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w: data after the message", ErrProtocol)
+	case errors.Is(err, io.EOF):
+		return nil
+	default:
+		return fmt.Errorf("read end of message: %w", err)
+	}
+}

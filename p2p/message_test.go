@@ -1,0 +1,414 @@
+package p2p
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+var (
+	testDigest    = digest.FromString("blob")
+	testDigest512 = digest.SHA512.FromString("blob")
+)
+
+func reader(b []byte) byteReader { return bufio.NewReader(bytes.NewReader(b)) }
+
+func TestRequestRoundTrip(t *testing.T) {
+	t.Parallel()
+	tests := []request{
+		{typ: msgHave, digest: testDigest},
+		{typ: msgHave, digest: testDigest512},
+		{typ: msgGet, digest: testDigest, index: 0},
+		{typ: msgGet, digest: testDigest, index: 300},
+		{typ: msgGet, digest: testDigest512, index: maxChunks - 1},
+	}
+	for _, want := range tests {
+		b, err := appendRequest(nil, want)
+		if err != nil {
+			t.Fatalf("appendRequest(%+v) = %v", want, err)
+		}
+		if len(b) > maxRequestLen {
+			t.Errorf("appendRequest(%+v) is %d bytes, want at most %d", want, len(b), maxRequestLen)
+		}
+		got, err := decodeRequest(reader(b))
+		if err != nil || got != want {
+			t.Errorf("decodeRequest(appendRequest(%+v)) = %+v, %v", want, got, err)
+		}
+	}
+}
+
+func TestAppendRequestInvalid(t *testing.T) {
+	t.Parallel()
+	tests := []request{
+		{typ: 9, digest: testDigest},
+		{typ: msgGet, digest: ""},
+		{typ: msgGet, digest: digest.Digest(strings.Repeat("a", maxDigestLen+1))},
+		{typ: msgGet, digest: testDigest, index: -1},
+		{typ: msgGet, digest: testDigest, index: maxChunks},
+		{typ: msgHave, digest: testDigest, index: 1},
+	}
+	for _, req := range tests {
+		if b, err := appendRequest(nil, req); err == nil {
+			t.Errorf("appendRequest(%+v) = %x, want an error", req, b)
+		}
+	}
+}
+
+func TestDecodeRequestInvalid(t *testing.T) {
+	t.Parallel()
+	d := []byte(testDigest)
+	frame := func(typ byte, dlen uint64, body []byte, index uint64) []byte {
+		b := []byte{typ}
+		b = binary.AppendUvarint(b, dlen)
+		b = append(b, body...)
+		return binary.AppendUvarint(b, index)
+	}
+	tests := []struct {
+		name string
+		in   []byte
+	}{
+		{name: "empty", in: nil},
+		{name: "unknown type", in: frame(7, uint64(len(d)), d, 0)},
+		{name: "empty digest", in: frame(msgGet, 0, nil, 0)},
+		{name: "digest too long", in: frame(msgGet, maxDigestLen+1, bytes.Repeat([]byte("a"), maxDigestLen+1), 0)},
+		{name: "huge digest length", in: frame(msgGet, 1<<62, d, 0)},
+		{name: "truncated digest", in: frame(msgGet, uint64(len(d)), d, 0)[:20]},
+		{name: "missing index", in: frame(msgGet, uint64(len(d)), d, 0)[:1+1+len(d)]},
+		{name: "index too large", in: frame(msgGet, uint64(len(d)), d, maxChunks)},
+		{name: "have with index", in: frame(msgHave, uint64(len(d)), d, 3)},
+		{name: "overlong varint", in: append([]byte{msgGet}, bytes.Repeat([]byte{0xff}, 11)...)},
+		{name: "non-minimal varint", in: append([]byte{msgGet, 0x80 | byte(len(d)), 0x00}, d...)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := decodeRequest(reader(tt.in))
+			if !errors.Is(err, ErrProtocol) {
+				t.Errorf("decodeRequest(%x) = %+v, %v, want %v", tt.in, got, err, ErrProtocol)
+			}
+		})
+	}
+}
+
+// newHave describes a blob of size bytes holding the chunks in held, or
+// every chunk with its chunk list when held is nil.
+func newHave(data []byte, chunkSize int64, held []int) Have {
+	size := int64(len(data))
+	count, err := chunkCount(size, chunkSize)
+	if err != nil {
+		panic(err)
+	}
+	h := Have{Size: size, ChunkSize: chunkSize, Chunks: make([]bool, count)}
+	if held != nil {
+		for _, i := range held {
+			h.Chunks[i] = true
+		}
+		return h
+	}
+	h.ChunkList = make([]digest.Digest, count)
+	for i := range count {
+		h.Chunks[i] = true
+		start := int64(i) * chunkSize
+		h.ChunkList[i] = digest.FromBytes(data[start : start+chunkLen(size, chunkSize, i)])
+	}
+	return h
+}
+
+func encodeHave(t testing.TB, h Have) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	w.WriteByte(statusOK)
+	if err := writeHave(w, h); err != nil {
+		t.Fatalf("writeHave(%d bytes, %d chunks) = %v", h.Size, len(h.Chunks), err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func equalHave(a, b Have) bool {
+	return a.Size == b.Size && a.ChunkSize == b.ChunkSize &&
+		slices.Equal(a.Chunks, b.Chunks) && slices.Equal(a.ChunkList, b.ChunkList) &&
+		(a.ChunkList == nil) == (b.ChunkList == nil)
+}
+
+func TestHaveRoundTrip(t *testing.T) {
+	t.Parallel()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 20<<10) // 320 KiB
+	tests := []struct {
+		name string
+		have Have
+	}{
+		{name: "complete", have: newHave(data, minChunkSize, nil)},
+		{name: "complete one chunk", have: newHave(data, maxChunkSize, nil)},
+		{name: "empty blob", have: newHave(nil, minChunkSize, nil)},
+		{name: "partial", have: newHave(data, minChunkSize, []int{0, 2, 4})},
+		{name: "none yet", have: newHave(data, minChunkSize, []int{})},
+		{name: "nine chunks", have: newHave(make([]byte, 9*minChunkSize), minChunkSize, []int{8})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := readHave(reader(encodeHave(t, tt.have)))
+			if err != nil || !equalHave(got, tt.have) {
+				t.Errorf("readHave(encoded %s) = %+v, %v, want %+v", tt.name, got, err, tt.have)
+			}
+		})
+	}
+}
+
+func TestWriteHaveInvalid(t *testing.T) {
+	t.Parallel()
+	good := newHave(make([]byte, 3*minChunkSize), minChunkSize, nil)
+	tests := []struct {
+		name string
+		edit func(h *Have)
+	}{
+		{name: "small chunk size", edit: func(h *Have) { h.ChunkSize = minChunkSize - 1 }},
+		{name: "large chunk size", edit: func(h *Have) { h.ChunkSize = maxChunkSize + 1 }},
+		{name: "negative size", edit: func(h *Have) { h.Size = -1 }},
+		{name: "too many chunks", edit: func(h *Have) { h.Size = minChunkSize*maxChunks + 1 }},
+		{name: "short bitmap", edit: func(h *Have) { h.Chunks = h.Chunks[:2] }},
+		{name: "short chunk list", edit: func(h *Have) { h.ChunkList = h.ChunkList[:2] }},
+		{name: "list with missing chunk", edit: func(h *Have) { h.Chunks[1] = false }},
+		{name: "list of sha512", edit: func(h *Have) { h.ChunkList[0] = testDigest512 }},
+		{name: "list with junk", edit: func(h *Have) { h.ChunkList[0] = "sha256:zz" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := good
+			h.Chunks = slices.Clone(good.Chunks)
+			h.ChunkList = slices.Clone(good.ChunkList)
+			tt.edit(&h)
+			if err := writeHave(bufio.NewWriter(io.Discard), h); err == nil {
+				t.Errorf("writeHave(%s) = nil, want an error", tt.name)
+			}
+		})
+	}
+}
+
+func TestReadHaveInvalid(t *testing.T) {
+	t.Parallel()
+	header := func(size, chunkSize uint64) []byte {
+		b := binary.AppendUvarint([]byte{statusOK}, size)
+		return binary.AppendUvarint(b, chunkSize)
+	}
+	three := header(3*minChunkSize, minChunkSize) // three chunks, one bitmap byte
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{name: "empty", in: nil, want: ErrProtocol},
+		{name: "not held", in: []byte{statusNotHeld}, want: ErrNotHeld},
+		{name: "busy", in: []byte{statusBusy}, want: ErrBusy},
+		{name: "error", in: []byte{statusError}, want: ErrRemote},
+		{name: "unknown status", in: []byte{42}, want: ErrProtocol},
+		{name: "size overflows int64", in: header(1<<63, minChunkSize), want: ErrProtocol},
+		{name: "small chunk size", in: append(header(10, minChunkSize-1), 0xff, 0), want: ErrProtocol},
+		{name: "large chunk size", in: header(10, maxChunkSize+1), want: ErrProtocol},
+		{name: "too many chunks", in: header(minChunkSize*maxChunks+1, minChunkSize), want: ErrProtocol},
+		{name: "missing bitmap", in: three, want: ErrProtocol},
+		{name: "bits past the end", in: append(slices.Clone(three), 0x0f, 0), want: ErrProtocol},
+		{name: "missing flag", in: append(slices.Clone(three), 0x07), want: ErrProtocol},
+		{name: "bad flag", in: append(slices.Clone(three), 0x07, 2), want: ErrProtocol},
+		{name: "list with missing chunk", in: append(append(slices.Clone(three), 0x05, 1), make([]byte, 96)...), want: ErrProtocol},
+		{name: "short list", in: append(append(slices.Clone(three), 0x07, 1), make([]byte, 95)...), want: ErrProtocol},
+		{name: "trailing data", in: append(slices.Clone(three), 0x07, 0, 0), want: ErrProtocol},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := readHave(reader(tt.in))
+			if !errors.Is(err, tt.want) {
+				t.Errorf("readHave(%x) = %+v, %v, want %v", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func chunkResponse(announced uint64, data []byte) []byte {
+	b := binary.AppendUvarint([]byte{statusOK}, announced)
+	return append(b, data...)
+}
+
+func TestReadChunk(t *testing.T) {
+	t.Parallel()
+	data := bytes.Repeat([]byte("chunk"), 30000)
+	tests := []struct {
+		name string
+		in   []byte
+		want []byte
+		err  error
+	}{
+		{name: "ok", in: chunkResponse(uint64(len(data)), data), want: data},
+		{name: "one byte", in: chunkResponse(1, []byte{7}), want: []byte{7}},
+		{name: "not held", in: []byte{statusNotHeld}, err: ErrNotHeld},
+		{name: "busy", in: []byte{statusBusy}, err: ErrBusy},
+		{name: "short", in: chunkResponse(uint64(len(data))+1, data), err: ErrProtocol},
+		{name: "long", in: chunkResponse(uint64(len(data))-1, data), err: ErrProtocol},
+		{name: "empty chunk", in: chunkResponse(0, nil), err: ErrProtocol},
+		{name: "oversized", in: chunkResponse(maxChunkSize+1, data), err: ErrProtocol},
+		{name: "no length", in: []byte{statusOK}, err: ErrProtocol},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var got bytes.Buffer
+			n, err := readChunk(reader(tt.in), &got)
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Errorf("readChunk(%s) = %d, %v, want %v", tt.name, n, err, tt.err)
+				}
+				return
+			}
+			if err != nil || n != int64(len(tt.want)) || !bytes.Equal(got.Bytes(), tt.want) {
+				t.Errorf("readChunk(%s) = %d, %v, want %d bytes", tt.name, n, err, len(tt.want))
+			}
+		})
+	}
+}
+
+// TestReadHaveClaimsCostNothing checks that a peer claiming the largest blob
+// but sending a few bytes makes the decoder allocate little. It measures the
+// process's allocations, so it does not run in parallel.
+func TestReadHaveClaimsCostNothing(t *testing.T) {
+	header := binary.AppendUvarint([]byte{statusOK}, maxChunkSize*maxChunks)
+	header = binary.AppendUvarint(header, maxChunkSize)
+	fullBitmap := append(bytes.Repeat([]byte{0xff}, maxChunks/8), 1)
+	tests := []struct {
+		name     string
+		in       []byte
+		maxAlloc uint64
+	}{
+		{name: "short bitmap", in: append(slices.Clone(header), 0xff, 0xff), maxAlloc: 256 << 10},
+		// The bitmap itself costs a byte per chunk; the 32 MiB list it
+		// announces must not be reserved up front.
+		{name: "short chunk list", in: append(append(slices.Clone(header), fullBitmap...), make([]byte, 100)...), maxAlloc: 8 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			alloc := allocated(func() { _, err = readHave(reader(tt.in)) })
+			if !errors.Is(err, ErrProtocol) {
+				t.Errorf("readHave(%s) = %v, want %v", tt.name, err, ErrProtocol)
+			}
+			if alloc > tt.maxAlloc {
+				t.Errorf("readHave(%s) allocated %d bytes, want at most %d", tt.name, alloc, tt.maxAlloc)
+			}
+		})
+	}
+}
+
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// checkAllocs fails a fuzz input that makes f allocate out of proportion to
+// its length. It measures only while fuzzing, when nothing else runs in the
+// process; the seed corpus runs alongside parallel tests.
+func checkAllocs(t *testing.T, in []byte, f func()) {
+	t.Helper()
+	if fl := flag.Lookup("test.fuzz"); fl == nil || fl.Value.String() == "" {
+		f()
+		return
+	}
+	limit := uint64(64*len(in) + 1<<20)
+	if alloc := allocated(f); alloc > limit {
+		t.Errorf("decoding %d bytes allocated %d, want at most %d", len(in), alloc, limit)
+	}
+}
+
+func FuzzDecodeRequest(f *testing.F) {
+	for _, req := range []request{
+		{typ: msgHave, digest: testDigest},
+		{typ: msgGet, digest: testDigest512, index: 77},
+		{typ: msgGet, digest: "sha256:zz", index: maxChunks - 1},
+	} {
+		b, err := appendRequest(nil, req)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{msgGet, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var req request
+		var err error
+		checkAllocs(t, in, func() { req, err = decodeRequest(reader(in)) })
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("decodeRequest(%x) = %v, want only %v errors", in, err, ErrProtocol)
+			}
+			return
+		}
+		b, err := appendRequest(nil, req)
+		if err != nil {
+			t.Fatalf("appendRequest(decodeRequest(%x)) = %v", in, err)
+		}
+		again, err := decodeRequest(reader(b))
+		if err != nil || again != req {
+			t.Fatalf("request %+v does not round trip: %+v, %v", req, again, err)
+		}
+	})
+}
+
+func FuzzReadHave(f *testing.F) {
+	data := make([]byte, 5*minChunkSize/2)
+	f.Add(encodeHave(f, newHave(data, minChunkSize, nil)))
+	f.Add(encodeHave(f, newHave(data, minChunkSize, []int{1})))
+	f.Add(encodeHave(f, newHave(nil, maxChunkSize, nil)))
+	f.Add([]byte{statusBusy})
+	big := binary.AppendUvarint([]byte{statusOK}, maxChunkSize*maxChunks)
+	f.Add(binary.AppendUvarint(big, maxChunkSize))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var h Have
+		var err error
+		checkAllocs(t, in, func() { h, err = readHave(reader(in)) })
+		if err != nil {
+			return
+		}
+		if err := checkHave(h); err != nil {
+			t.Fatalf("readHave(%x) accepted an invalid Have: %v", in, err)
+		}
+		if got := encodeHave(t, h); !bytes.Equal(got, in) {
+			t.Fatalf("readHave(%x) re-encodes to %x", in, got)
+		}
+	})
+}
+
+func FuzzReadChunk(f *testing.F) {
+	f.Add(chunkResponse(5, []byte("hello")))
+	f.Add(chunkResponse(6, []byte("hello")))
+	f.Add(chunkResponse(maxChunkSize, []byte("hello")))
+	f.Add([]byte{statusNotHeld})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		h := sha256.New()
+		var n int64
+		var err error
+		checkAllocs(t, in, func() { n, err = readChunk(reader(in), h) })
+		if err != nil {
+			return
+		}
+		if n <= 0 || n > int64(len(in)) {
+			t.Fatalf("readChunk(%x) = %d bytes, want 1..%d", in, n, len(in))
+		}
+	})
+}
