@@ -28,8 +28,9 @@ type fleet struct {
 	needPeer bool // bootstrap peers were given: not ready until one is reached
 }
 
-// startFleet builds the p2p side from cfg, or returns nil when the node is not to join one.
-func startFleet(cfg Config) (*fleet, error) {
+// startFleet builds the p2p side from cfg, serving chunks through cs, or returns nil when the
+// node is not to join a fleet.
+func startFleet(cfg Config, cs p2p.ChunkStore) (*fleet, error) {
 	if len(cfg.P2PListen) == 0 {
 		if len(cfg.Bootstrap) > 0 {
 			return nil, errors.New("bootstrap peers given but no p2p listen address")
@@ -48,9 +49,10 @@ func startFleet(cfg Config) (*fleet, error) {
 		identity = filepath.Join(cfg.DataDir, "identity")
 	}
 	net, err := p2p.Start(p2p.NetworkOptions{
-		Host:   p2p.HostOptions{ListenAddrs: cfg.P2PListen, IdentityPath: identity, PSK: psk},
-		Router: p2p.RouterOptions{Bootstrap: cfg.Bootstrap},
-		Logger: cfg.Logger,
+		Host:     p2p.HostOptions{ListenAddrs: cfg.P2PListen, IdentityPath: identity, PSK: psk},
+		Router:   p2p.RouterOptions{Bootstrap: cfg.Bootstrap},
+		Exchange: p2p.ExchangeOptions{Store: cs, UploadLimit: float64(cfg.UploadLimit)},
+		Logger:   cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("p2p: %w", err)

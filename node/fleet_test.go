@@ -1,8 +1,11 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -104,5 +107,64 @@ func TestFleetConfig(t *testing.T) {
 				t.Errorf("New(%s) = %v, want an error containing %q", tt.name, err, tt.want)
 			}
 		})
+	}
+}
+
+// emptyStore is a chunk store that holds nothing, for a client-only peer.
+type emptyStore struct{}
+
+func (emptyStore) Have(digest.Digest) (p2p.Have, bool) { return p2p.Have{}, false }
+func (emptyStore) ReadChunk(context.Context, digest.Digest, int, io.Writer) (int64, error) {
+	return 0, p2p.ErrNotHeld
+}
+
+// TestServesChunksToPeers: a peer asks a node what it has of a blob it pulled and fetches
+// every chunk; the chunks reassemble into the blob.
+func TestServesChunksToPeers(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	img := o.push(t, "team/app:v1")
+	a := startNode(t, Config{Origin: o.URL, P2PListen: []string{"/ip4/127.0.0.1/tcp/0"}, ChunkSize: 64 << 10})
+	pullImage(t, a, "team/app", "v1", "")
+	st := status(t, a)
+
+	peer, err := p2p.Start(p2p.NetworkOptions{
+		Host:     p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}},
+		Router:   p2p.RouterOptions{Bootstrap: st.Addrs},
+		Exchange: p2p.ExchangeOptions{Store: emptyStore{}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := peer.Router.Bootstrap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	d := digest.Digest(ld.String())
+	have, err := peer.Exchange.Have(ctx, st.PeerID, d)
+	if err != nil {
+		t.Fatalf("Have(%s) = %v", d, err)
+	}
+	if have.ChunkSize != 64<<10 || len(have.Chunks) != numChunks(have.Size, have.ChunkSize) || slices.Contains(have.Chunks, false) {
+		t.Fatalf("Have(%s) = size %d chunk size %d chunks %v, want every chunk", d, have.Size, have.ChunkSize, have.Chunks)
+	}
+	var blob bytes.Buffer
+	for i := range have.Chunks {
+		if _, err := peer.Exchange.GetChunk(ctx, st.PeerID, d, i, &blob); err != nil {
+			t.Fatalf("GetChunk(%d) = %v", i, err)
+		}
+	}
+	if got := digest.FromBytes(blob.Bytes()); got != d {
+		t.Errorf("reassembled chunks have digest %s, want %s", got, d)
+	}
+	if _, err := peer.Exchange.Have(ctx, st.PeerID, digest.FromString("nobody has this")); !errors.Is(err, p2p.ErrNotHeld) {
+		t.Errorf("Have(unknown) = %v, want ErrNotHeld", err)
+	}
+	if _, err := peer.Exchange.GetChunk(ctx, st.PeerID, d, len(have.Chunks), io.Discard); err == nil {
+		t.Errorf("GetChunk past the end = nil error")
 	}
 }

@@ -54,6 +54,8 @@ type Config struct {
 	// Identity is the file holding the node's libp2p key, created if absent; "" means
 	// DataDir/identity.
 	Identity string
+	// UploadLimit caps the bytes per second the node sends to peers; 0 is unlimited.
+	UploadLimit int64
 	// PSK is a private network key file (/key/swarm/psk/1.0.0/ format): only nodes with the
 	// same key connect. "" means none.
 	PSK string
@@ -151,7 +153,11 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, err
 	}
-	if n.fleet, err = startFleet(cfg); err != nil {
+	chunkSize := cfg.ChunkSize
+	if chunkSize <= 0 {
+		chunkSize = swarm.DefaultChunkSize
+	}
+	if n.fleet, err = startFleet(cfg, chunkServer{store: n.store, downloader: n.downloader, chunkSize: chunkSize}); err != nil {
 		n.store.Close()
 		return nil, err
 	}

@@ -13,23 +13,31 @@ import (
 type NetworkOptions struct {
 	Host   HostOptions
 	Router RouterOptions
-	Logger *slog.Logger
+	// Exchange serves this node's chunks to peers; its Store is required.
+	Exchange ExchangeOptions
+	Logger   *slog.Logger
 }
 
-// Network is a node's presence in the fleet: its libp2p host and the DHT router on it. It
-// lets the rest of shoal hold both without importing libp2p.
+// Network is a node's presence in the fleet: its libp2p host, the DHT router on it and the
+// chunk exchange serving its blobs. It lets the rest of shoal hold them without importing
+// libp2p.
 type Network struct {
-	Host   host.Host
-	Router *Router
+	Host     host.Host
+	Router   *Router
+	Exchange *Exchange
 }
 
-// Start builds the host and the router. Call Router.Bootstrap to join the fleet.
+// Start builds the host, the router and the exchange. Call Router.Bootstrap to join the
+// fleet.
 func Start(o NetworkOptions) (*Network, error) {
 	if o.Host.Logger == nil {
 		o.Host.Logger = o.Logger
 	}
 	if o.Router.Logger == nil {
 		o.Router.Logger = o.Logger
+	}
+	if o.Exchange.Logger == nil {
+		o.Exchange.Logger = o.Logger
 	}
 	h, err := NewHost(o.Host)
 	if err != nil {
@@ -40,7 +48,13 @@ func Start(o NetworkOptions) (*Network, error) {
 		h.Close()
 		return nil, err
 	}
-	return &Network{Host: h, Router: r}, nil
+	x, err := NewExchange(h, o.Exchange)
+	if err != nil {
+		r.Close()
+		h.Close()
+		return nil, err
+	}
+	return &Network{Host: h, Router: r, Exchange: x}, nil
 }
 
 // ID is this node's peer ID.
@@ -64,11 +78,12 @@ func (n *Network) Peers() int {
 // RoutingPeers is the number of peers in the DHT routing table.
 func (n *Network) RoutingPeers() int { return n.Router.dht.RoutingTable().Size() }
 
-// Close stops the router, then the host.
+// Close stops serving chunks, then the router, then the host.
 func (n *Network) Close() error {
+	xerr := n.Exchange.Close()
 	rerr := n.Router.Close()
 	herr := n.Host.Close()
-	if err := errors.Join(rerr, herr); err != nil {
+	if err := errors.Join(xerr, rerr, herr); err != nil {
 		return fmt.Errorf("close p2p: %w", err)
 	}
 	return nil

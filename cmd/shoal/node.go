@@ -36,13 +36,15 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		p2pListen    listFlag
 		bootstrap    listFlag
 		cacheSize    sizeFlag
+		uploadLimit  sizeFlag
 		chunkSize    sizeFlag = 4 << 20
 	)
 	fs.Var(&upstreams, "upstream", "registry this node mirrors, `HOST[=URL]` (repeatable; docker.io means https://registry-1.docker.io)")
 	fs.Var(&p2pListen, "p2p-listen", "libp2p `multiaddr` to listen on for peers, e.g. /ip4/0.0.0.0/tcp/5082 (repeatable; none: the node stays out of any fleet)")
 	fs.Var(&bootstrap, "bootstrap", "`multiaddr` ending in /p2p/<id> of a node to join the fleet through (repeatable; see another node's /status addrs)")
 	fs.Var(&cacheSize, "cache-size", "cache capacity, e.g. 20GiB (0: unlimited)")
-	fs.Var(&chunkSize, "chunk-size", "unit of resumable transfer")
+	fs.Var(&chunkSize, "chunk-size", "unit of resumable transfer and of exchange between peers")
+	fs.Var(&uploadLimit, "upload-limit", "bytes per second this node sends to peers, e.g. 100MiB (0: unlimited)")
 	if err := parseFlags(fs, args, configPath, stdout, nodeSummary); err != nil {
 		return err
 	}
@@ -78,6 +80,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Bootstrap:    bootstrap,
 		Identity:     *identity,
 		PSK:          *psk,
+		UploadLimit:  int64(uploadLimit),
 		TagTTL:       *tagTTL,
 		TagMaxStale:  *tagMaxStale,
 		Version:      buildVersion(),

@@ -337,7 +337,9 @@ func (dl *Downloader) copyBody(download *Download, body io.Reader, off int64, bu
 	partial := download.partial
 	var total int64
 	for {
-		n, rerr := io.ReadFull(body, buf)
+		// Whatever has arrived is written at once, so clients and peers see it without
+		// waiting for a full buffer from a slow origin.
+		n, rerr := body.Read(buf)
 		if n > 0 {
 			if int64(n) > download.size-off {
 				return total, fmt.Errorf("origin sent more than %d bytes", download.size)
@@ -355,7 +357,7 @@ func (dl *Downloader) copyBody(download *Download, body io.Reader, off int64, bu
 			total += int64(n)
 		}
 		switch {
-		case rerr == io.EOF || rerr == io.ErrUnexpectedEOF && off == download.size:
+		case rerr == io.EOF:
 			return total, nil
 		case rerr != nil:
 			return total, rerr
@@ -384,4 +386,58 @@ func (dl *Downloader) Len() int {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	return len(dl.active)
+}
+
+// ErrChunkMissing means a running download does not hold the chunk asked for (yet).
+var ErrChunkMissing = errors.New("chunk not held")
+
+// Progress reports what a running download holds, for peers asking: the blob's size, the
+// chunk size and the chunks completely written. ok is false when no download of d is running
+// or its size is not known yet. Those chunks are not verified until the whole blob is;
+// peers check what they receive.
+func (dl *Downloader) Progress(d digest.Digest) (size, chunkSize int64, chunks []bool, ok bool) {
+	dl.mu.Lock()
+	download := dl.active[d]
+	dl.mu.Unlock()
+	if download == nil {
+		return 0, 0, nil, false
+	}
+	download.mu.Lock()
+	defer download.mu.Unlock()
+	if download.size < 0 || download.err != nil || download.partial == nil && download.blob == nil {
+		return 0, 0, nil, false
+	}
+	chunkSize = dl.opts.ChunkSize
+	chunks = make([]bool, len(download.fill))
+	for i, f := range download.fill {
+		chunks[i] = download.done || f == chunkLen(download.size, chunkSize, i)
+	}
+	return download.size, chunkSize, chunks, true
+}
+
+// ReadChunk copies chunk i of a running download of d to w, if that chunk is complete.
+func (dl *Downloader) ReadChunk(d digest.Digest, i int, w io.Writer) (int64, error) {
+	dl.mu.Lock()
+	download := dl.active[d]
+	dl.mu.Unlock()
+	if download == nil {
+		return 0, fmt.Errorf("chunk %d of %s: %w", i, d, ErrChunkMissing)
+	}
+	download.mu.Lock()
+	if download.size < 0 || download.err != nil || i < 0 || i >= len(download.fill) {
+		download.mu.Unlock()
+		return 0, fmt.Errorf("chunk %d of %s: %w", i, d, ErrChunkMissing)
+	}
+	cs := dl.opts.ChunkSize
+	n := chunkLen(download.size, cs, i)
+	if !download.done && download.fill[i] < n {
+		download.mu.Unlock()
+		return 0, fmt.Errorf("chunk %d of %s: %w", i, d, ErrChunkMissing)
+	}
+	var src io.ReaderAt = download.partial
+	if download.blob != nil {
+		src = download.blob
+	}
+	download.mu.Unlock()
+	return io.Copy(w, io.NewSectionReader(src, int64(i)*cs, n))
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -27,7 +28,8 @@ type fakeOrigin struct {
 	cutOnce int64   // if > 0, the first transfer breaks after this many bytes
 	tamper  bool    // flip a byte in the middle
 	down    bool
-	gate    chan struct{} // if set, bodies wait for it before the first byte
+	gate    chan struct{} // if set, bodies wait for it before the first byte...
+	holdAt  int64         // ...or, if set, after this many bytes
 }
 
 func newFakeOrigin(blobs ...[]byte) *fakeOrigin {
@@ -65,7 +67,7 @@ func (o *fakeOrigin) GetBlob(ctx context.Context, registry, repo string, d diges
 		o.cutOnce = 0
 	}
 	if o.gate != nil {
-		r = &gatedReader{r: r, gate: o.gate}
+		r = io.MultiReader(io.LimitReader(r, o.holdAt), &gatedReader{r: r, gate: o.gate})
 	}
 	return io.NopCloser(r), int64(len(data)), nil
 }
@@ -323,4 +325,44 @@ func TestEmptyBlob(t *testing.T) {
 		t.Fatalf("read empty blob = %d bytes, %v", len(got), err)
 	}
 	waitCommitted(t, st, digest.FromBytes(nil))
+}
+
+// TestServeChunksWhileDownloading: peers can read the chunks a running download has
+// completely written, and only those.
+func TestServeChunksWhileDownloading(t *testing.T) {
+	t.Parallel()
+	const cs = 64 << 10
+	data := randomBlob(t, 5*cs+100)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	o.gate, o.holdAt = make(chan struct{}), 2*cs+10
+	dl, st := harness(t, o, t.TempDir())
+
+	r, err := dl.Open(context.Background(), "reg", "repo", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.ReadAt(make([]byte, 2*cs), 0); err != nil {
+		t.Fatalf("ReadAt of the first chunks: %v", err)
+	}
+	size, chunkSize, chunks, ok := dl.Progress(d)
+	if !ok || size != int64(len(data)) || chunkSize != cs || !slices.Equal(chunks, []bool{true, true, false, false, false, false}) {
+		t.Fatalf("Progress = %d, %d, %v, %v; want the first two of six chunks", size, chunkSize, chunks, ok)
+	}
+	var buf bytes.Buffer
+	if n, err := dl.ReadChunk(d, 1, &buf); err != nil || n != cs || !bytes.Equal(buf.Bytes(), data[cs:2*cs]) {
+		t.Errorf("ReadChunk(1) = %d, %v; want chunk 1", n, err)
+	}
+	if _, err := dl.ReadChunk(d, 2, io.Discard); !errors.Is(err, ErrChunkMissing) {
+		t.Errorf("ReadChunk(2) of a partly written chunk = %v, want ErrChunkMissing", err)
+	}
+	if _, err := dl.ReadChunk(d, 9, io.Discard); !errors.Is(err, ErrChunkMissing) {
+		t.Errorf("ReadChunk(9) = %v, want ErrChunkMissing", err)
+	}
+	if _, _, _, ok := dl.Progress(digest.FromString("other")); ok {
+		t.Errorf("Progress of a blob not downloading = ok")
+	}
+	close(o.gate)
+	waitCommitted(t, st, d)
 }

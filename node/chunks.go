@@ -1,0 +1,66 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/node/store"
+	"github.com/shoal-dev/shoal/node/swarm"
+	"github.com/shoal-dev/shoal/p2p"
+)
+
+var _ p2p.ChunkStore = chunkServer{}
+
+// chunkServer answers peers from the node's cache and its running downloads.
+type chunkServer struct {
+	store      *store.Store
+	downloader *swarm.Downloader
+	chunkSize  int64
+}
+
+// Have describes what the node holds of d. Committed blobs have every chunk; running
+// downloads the chunks written so far. Chunk lists are not offered yet: receivers rely on
+// the whole-blob digest.
+func (c chunkServer) Have(d digest.Digest) (p2p.Have, bool) {
+	if info, err := c.store.Stat(d); err == nil {
+		chunks := make([]bool, numChunks(info.Size, c.chunkSize))
+		for i := range chunks {
+			chunks[i] = true
+		}
+		return p2p.Have{Size: info.Size, ChunkSize: c.chunkSize, Chunks: chunks}, true
+	}
+	size, chunkSize, chunks, ok := c.downloader.Progress(d)
+	if !ok {
+		return p2p.Have{}, false
+	}
+	return p2p.Have{Size: size, ChunkSize: chunkSize, Chunks: chunks}, true
+}
+
+// ReadChunk writes chunk index of d to w.
+func (c chunkServer) ReadChunk(ctx context.Context, d digest.Digest, index int, w io.Writer) (int64, error) {
+	b, err := c.store.Open(d)
+	if errors.Is(err, store.ErrNotFound) {
+		n, err := c.downloader.ReadChunk(d, index, w)
+		if errors.Is(err, swarm.ErrChunkMissing) {
+			return n, fmt.Errorf("%w: %w", p2p.ErrNotHeld, err)
+		}
+		return n, err
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer b.Close()
+	off := int64(index) * c.chunkSize
+	if index < 0 || off >= b.Size() && b.Size() > 0 {
+		return 0, fmt.Errorf("chunk %d of %s: %w", index, d, p2p.ErrNotHeld)
+	}
+	return io.Copy(w, io.NewSectionReader(b, off, min(c.chunkSize, b.Size()-off)))
+}
+
+func numChunks(size, chunkSize int64) int {
+	return int((size + chunkSize - 1) / chunkSize)
+}
