@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -142,7 +141,7 @@ func (n *Node) cachedManifest(d digest.Digest) (registryapi.Manifest, error) {
 	}
 	mt := b.MediaType()
 	if mt == "" {
-		mt = sniffMediaType(body)
+		mt = registryapi.EmbeddedMediaType(body)
 		if mt == "" {
 			return registryapi.Manifest{}, store.ErrNotFound
 		}
@@ -152,16 +151,6 @@ func (n *Node) cachedManifest(d digest.Digest) (registryapi.Manifest, error) {
 
 func describe(m registryapi.Manifest) registryapi.Descriptor {
 	return registryapi.Descriptor{Digest: m.Digest, MediaType: m.MediaType, Size: int64(len(m.Body))}
-}
-
-func sniffMediaType(body []byte) string {
-	var v struct {
-		MediaType string `json:"mediaType"`
-	}
-	if json.Unmarshal(body, &v) != nil {
-		return ""
-	}
-	return v.MediaType
 }
 
 // tagKey identifies one resolution of a tag: the answer depends on what the client accepts.

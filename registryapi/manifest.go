@@ -44,7 +44,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, q *reques
 	}
 	mediaType := m.MediaType
 	if mediaType == "" {
-		mediaType = embeddedMediaType(m.Body)
+		mediaType = EmbeddedMediaType(m.Body)
 	}
 	if mediaType == "" {
 		// Left empty, net/http would sniff "text/plain", which containerd takes for a
@@ -108,8 +108,9 @@ func describedDigest(want, got digest.Digest) (digest.Digest, error) {
 	return got, nil
 }
 
-// embeddedMediaType reads the mediaType field that OCI and Docker manifests carry.
-func embeddedMediaType(body []byte) string {
+// EmbeddedMediaType reads the mediaType field that OCI and Docker manifests carry; "" when
+// the body has none or is not JSON.
+func EmbeddedMediaType(body []byte) string {
 	var v struct {
 		MediaType string `json:"mediaType"`
 	}
