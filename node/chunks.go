@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/node/store"
 	"github.com/shoal-dev/shoal/node/swarm"
@@ -20,6 +21,7 @@ type chunkServer struct {
 	store      *store.Store
 	downloader *swarm.Downloader
 	chunkSize  int64
+	uploaded   prometheus.Counter
 }
 
 // Have describes what the node holds of d. Committed blobs have every chunk; running
@@ -40,8 +42,14 @@ func (c chunkServer) Have(d digest.Digest) (p2p.Have, bool) {
 	return p2p.Have{Size: size, ChunkSize: chunkSize, Chunks: chunks}, true
 }
 
-// ReadChunk writes chunk index of d to w.
+// ReadChunk writes chunk index of d to w, counting the bytes sent to peers.
 func (c chunkServer) ReadChunk(ctx context.Context, d digest.Digest, index int, w io.Writer) (int64, error) {
+	n, err := c.readChunk(d, index, w)
+	c.uploaded.Add(float64(n))
+	return n, err
+}
+
+func (c chunkServer) readChunk(d digest.Digest, index int, w io.Writer) (int64, error) {
 	b, err := c.store.Open(d)
 	if errors.Is(err, store.ErrNotFound) {
 		n, err := c.downloader.ReadChunk(d, index, w)

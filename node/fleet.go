@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/node/store"
 	"github.com/shoal-dev/shoal/p2p"
@@ -30,7 +31,7 @@ type fleet struct {
 
 // startFleet builds the p2p side from cfg, serving chunks through cs, or returns nil when the
 // node is not to join a fleet.
-func startFleet(cfg Config, cs p2p.ChunkStore) (*fleet, error) {
+func startFleet(cfg Config, cs p2p.ChunkStore, reg prometheus.Registerer) (*fleet, error) {
 	if len(cfg.P2PListen) == 0 {
 		if len(cfg.Bootstrap) > 0 {
 			return nil, errors.New("bootstrap peers given but no p2p listen address")
@@ -50,13 +51,16 @@ func startFleet(cfg Config, cs p2p.ChunkStore) (*fleet, error) {
 	}
 	net, err := p2p.Start(p2p.NetworkOptions{
 		Host:     p2p.HostOptions{ListenAddrs: cfg.P2PListen, IdentityPath: identity, PSK: psk},
-		Router:   p2p.RouterOptions{Bootstrap: cfg.Bootstrap},
+		Router:   p2p.RouterOptions{Bootstrap: cfg.Bootstrap, Registerer: reg},
 		Exchange: p2p.ExchangeOptions{Store: cs, UploadLimit: float64(cfg.UploadLimit)},
 		Logger:   cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("p2p: %w", err)
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "shoal_p2p_peers", Help: "Peers connected now.",
+	}, func() float64 { return float64(net.Peers()) }))
 	return &fleet{net: net, announce: make(chan digest.Digest, 1024), needPeer: len(cfg.Bootstrap) > 0}, nil
 }
 

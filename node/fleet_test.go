@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -72,6 +73,12 @@ func TestFleetDiscovery(t *testing.T) {
 		peers, err := b.fleet.net.Router.FindProviders(ctx, d)
 		return err == nil && slices.ContainsFunc(peers, func(p p2p.Peer) bool { return p.ID == stA.PeerID })
 	})
+	_, metrics := get(t, "http://"+b.AdminAddr()+"/metrics", nil)
+	for _, want := range []string{`shoal_dht_find_duration_seconds_count{result="found"}`, "shoal_p2p_peers 1"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics of the second node lacks %s", want)
+		}
+	}
 }
 
 func TestFleetConfig(t *testing.T) {
@@ -166,5 +173,9 @@ func TestServesChunksToPeers(t *testing.T) {
 	}
 	if _, err := peer.Exchange.GetChunk(ctx, st.PeerID, d, len(have.Chunks), io.Discard); err == nil {
 		t.Errorf("GetChunk past the end = nil error")
+	}
+	_, metrics := get(t, "http://"+a.AdminAddr()+"/metrics", nil)
+	if want := fmt.Sprintf("shoal_chunk_uploaded_bytes_total %d", blob.Len()); !strings.Contains(string(metrics), want) {
+		t.Errorf("/metrics lacks %q", want)
 	}
 }

@@ -157,7 +157,12 @@ func New(cfg Config) (*Node, error) {
 	if chunkSize <= 0 {
 		chunkSize = swarm.DefaultChunkSize
 	}
-	if n.fleet, err = startFleet(cfg, chunkServer{store: n.store, downloader: n.downloader, chunkSize: chunkSize}); err != nil {
+	uploaded := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "shoal_chunk_uploaded_bytes_total", Help: "Chunk bytes sent to peers.",
+	})
+	n.metrics.MustRegister(uploaded)
+	cs := chunkServer{store: n.store, downloader: n.downloader, chunkSize: chunkSize, uploaded: uploaded}
+	if n.fleet, err = startFleet(cfg, cs, n.metrics); err != nil {
 		n.store.Close()
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of RouterOptions.
@@ -66,6 +67,8 @@ type RouterOptions struct {
 	CacheTTL time.Duration
 	// Logger receives lifecycle and per-lookup messages; nil discards them.
 	Logger *slog.Logger
+	// Registerer receives the router's metrics; nil means none are exported.
+	Registerer prometheus.Registerer
 }
 
 // Peer is a node that holds a blob, and the addresses it can be reached at
@@ -86,6 +89,7 @@ type Router struct {
 	log          *slog.Logger
 	now          func() time.Time // replaced in tests
 	tableWait    time.Duration    // shortened in tests
+	findSeconds  *prometheus.HistogramVec
 
 	mu    sync.Mutex
 	cache map[digest.Digest]cacheEntry
@@ -121,6 +125,16 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
+	}
+	r.findSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "shoal_dht_find_duration_seconds",
+		Help:    "Time of DHT provider lookups that reached the network, by whether they found a holder.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"result"})
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(r.findSeconds); err != nil {
+			return nil, fmt.Errorf("register dht metrics: %w", err)
+		}
 	}
 	prefix := o.ProtocolPrefix
 	if prefix == "" {
@@ -291,6 +305,11 @@ func (r *Router) FindProviders(ctx context.Context, d digest.Digest) ([]Peer, er
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("find providers of %s: %w", d, err)
 	}
+	result := "found"
+	if len(peers) == 0 {
+		result = "none"
+	}
+	r.findSeconds.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	r.log.Debug("providers found", "digest", d, "peers", len(peers), "duration", time.Since(start))
 	if len(peers) > 0 {
 		r.store(d, peers)
