@@ -255,6 +255,8 @@ func (dl *Downloader) fetch(ctx context.Context, download *Download) error {
 
 	err = dl.copyFromOrigin(ctx, download, body)
 	if err != nil {
+		// Readers learn why before the file goes away under them.
+		download.fail(err)
 		close(abort)
 		<-verified
 		// What was written came from the origin in good faith: keep it for a resume.
@@ -264,17 +266,21 @@ func (dl *Downloader) fetch(ctx context.Context, download *Download) error {
 		return err
 	}
 	if err := <-verified; err != nil {
+		err = fmt.Errorf("verify %s: %w", d, err)
+		download.fail(err)
 		if aerr := partial.Abort(); aerr != nil {
 			dl.log.Warn("discard partial", "digest", d, "err", aerr)
 		}
-		return fmt.Errorf("verify %s: %w", d, err)
+		return err
 	}
 	// Clients may finish now; making the file durable need not hold them up.
 	download.markVerified()
 	blob, err := partial.Commit("")
 	if err != nil {
+		err = fmt.Errorf("commit %s: %w", d, err)
+		download.fail(err)
 		partial.Abort()
-		return fmt.Errorf("commit %s: %w", d, err)
+		return err
 	}
 	download.commit(blob)
 	return nil
