@@ -62,10 +62,10 @@ func (c chunkServer) readChunk(d digest.Digest, index int, w io.Writer) (int64, 
 		return 0, err
 	}
 	defer b.Close()
-	off := int64(index) * c.chunkSize
-	if index < 0 || off >= b.Size() && b.Size() > 0 {
+	if index < 0 || index >= numChunks(b.Size(), c.chunkSize) {
 		return 0, fmt.Errorf("chunk %d of %s: %w", index, d, p2p.ErrNotHeld)
 	}
+	off := int64(index) * c.chunkSize
 	return io.Copy(w, io.NewSectionReader(b, off, min(c.chunkSize, b.Size()-off)))
 }
 

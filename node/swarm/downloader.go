@@ -131,11 +131,16 @@ func (dl *Downloader) Run(ctx context.Context) error {
 	}
 }
 
+// lookup returns the running download of d, or nil.
+func (dl *Downloader) lookup(d digest.Digest) *Download {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.active[d]
+}
+
 // Active returns the size of the blob if a download for it is running and knows it.
 func (dl *Downloader) Active(d digest.Digest) (int64, bool) {
-	dl.mu.Lock()
-	download := dl.active[d]
-	dl.mu.Unlock()
+	download := dl.lookup(d)
 	if download == nil {
 		return 0, false
 	}
@@ -402,9 +407,7 @@ var ErrChunkMissing = errors.New("chunk not held")
 // or its size is not known yet. Those chunks are not verified until the whole blob is;
 // peers check what they receive.
 func (dl *Downloader) Progress(d digest.Digest) (size, chunkSize int64, chunks []bool, ok bool) {
-	dl.mu.Lock()
-	download := dl.active[d]
-	dl.mu.Unlock()
+	download := dl.lookup(d)
 	if download == nil {
 		return 0, 0, nil, false
 	}
@@ -423,9 +426,7 @@ func (dl *Downloader) Progress(d digest.Digest) (size, chunkSize int64, chunks [
 
 // ReadChunk copies chunk i of a running download of d to w, if that chunk is complete.
 func (dl *Downloader) ReadChunk(d digest.Digest, i int, w io.Writer) (int64, error) {
-	dl.mu.Lock()
-	download := dl.active[d]
-	dl.mu.Unlock()
+	download := dl.lookup(d)
 	if download == nil {
 		return 0, fmt.Errorf("chunk %d of %s: %w", i, d, ErrChunkMissing)
 	}
