@@ -26,7 +26,9 @@ const ChunkProtocol protocol.ID = "/shoal/chunk/1.0.0"
 
 // Defaults of ExchangeOptions.
 const (
-	DefaultMaxStreams      = 4
+	// DefaultMaxStreams lets a peer fetch several blobs (an image's layers) at once with a
+	// few chunks in flight each.
+	DefaultMaxStreams      = 16
 	DefaultExchangeTimeout = 30 * time.Second
 )
 
@@ -56,6 +58,12 @@ type Have struct {
 	ChunkSize int64
 	// Chunks has one entry per chunk, true for those the node can serve now.
 	Chunks []bool
+	// Fetching marks the chunks the node is fetching from the origin
+	// registry right now, so that a peer can wait for them rather than
+	// fetch them from the origin too. It is nil or all false when there are
+	// none, and then arrives as nil; otherwise it has one entry per chunk,
+	// never true for a chunk in Chunks. It is a hint: the fetch may fail.
+	Fetching []bool
 	// ChunkList is the SHA-256 of every chunk, set only when the node holds
 	// the whole blob verified against its digest; nil otherwise. A receiver
 	// checks chunks against it but must not trust it blindly: the final
@@ -86,6 +94,12 @@ type ExchangeOptions struct {
 	Timeout time.Duration
 	// Logger receives per-request messages; nil discards them.
 	Logger *slog.Logger
+	// OnHave, if set, is called with the remote peer's ID for every
+	// well-formed inbound HAVE request (valid frame and digest, whether or
+	// not the blob is held) before it is answered, so the node learns which
+	// peers are after a blob it is downloading too. It runs on the
+	// request's goroutine and must not block: the answer waits for it.
+	OnHave func(peerID string, d digest.Digest)
 }
 
 // Exchange serves a node's chunks to peers over ChunkProtocol and fetches
@@ -97,6 +111,7 @@ type Exchange struct {
 	limiter    *rate.Limiter // nil when unlimited
 	timeout    time.Duration
 	log        *slog.Logger
+	onHave     func(peerID string, d digest.Digest) // nil when unset
 
 	mu       sync.Mutex
 	closed   bool
@@ -120,6 +135,7 @@ func NewExchange(h host.Host, o ExchangeOptions) (*Exchange, error) {
 		maxStreams: o.MaxStreams,
 		timeout:    o.Timeout,
 		log:        o.Logger,
+		onHave:     o.OnHave,
 		perPeer:    make(map[peer.ID]int),
 		inflight:   make(map[network.Stream]context.CancelFunc),
 	}
@@ -267,7 +283,7 @@ func (e *Exchange) handle(s network.Stream) {
 	}
 	defer e.end(s, remote)
 	start := time.Now()
-	req, n, err := e.serve(ctx, s)
+	req, n, err := e.serve(ctx, s, remote)
 	var rf *refusal
 	switch {
 	case errors.As(err, &rf):
@@ -338,13 +354,16 @@ func (e *Exchange) end(s network.Stream, remote peer.ID) {
 
 // serve reads the request and writes the response. An error other than a
 // *refusal means s must be reset: the response is incomplete.
-func (e *Exchange) serve(ctx context.Context, s network.Stream) (request, int64, error) {
+func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) (request, int64, error) {
 	req, err := decodeRequest(bufio.NewReaderSize(io.LimitReader(s, maxRequestLen), maxRequestLen))
 	if err != nil {
 		return req, 0, err
 	}
 	if err := checkDigest(req.digest); err != nil {
 		return req, 0, refuse(s, statusError, err)
+	}
+	if req.typ == msgHave && e.onHave != nil {
+		e.onHave(remote.String(), req.digest)
 	}
 	have, ok := e.store.Have(req.digest)
 	if !ok {

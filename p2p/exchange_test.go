@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -50,6 +51,16 @@ func (s *fakeStore) add(data []byte, chunkSize int64, held []int) digest.Digest 
 	defer s.mu.Unlock()
 	s.blobs[d] = fakeBlob{data: data, have: newHave(data, chunkSize, held)}
 	return d
+}
+
+// setFetching marks the chunks in fetching of blob d as being fetched, even
+// ones held, which makes an inconsistent store.
+func (s *fakeStore) setFetching(d digest.Digest, fetching ...int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.blobs[d]
+	b.have = withFetching(b.have, fetching...)
+	s.blobs[d] = b
 }
 
 func (s *fakeStore) Have(d digest.Digest) (Have, bool) {
@@ -140,6 +151,10 @@ func TestExchangeHave(t *testing.T) {
 	complete := store.add(data, minChunkSize, nil)
 	partial := store.add(data[1:], minChunkSize, []int{1})
 	empty := store.add(nil, minChunkSize, nil)
+	fetching := store.add(data[2:], minChunkSize, []int{0})
+	store.setFetching(fetching, 2)
+	inconsistent := store.add(data[3:], minChunkSize, []int{0})
+	store.setFetching(inconsistent, 0)
 	client, server := exchangePair(t, ExchangeOptions{Store: store})
 
 	tests := []struct {
@@ -151,6 +166,8 @@ func TestExchangeHave(t *testing.T) {
 		{name: "complete", d: complete, want: store.blobs[complete].have},
 		{name: "partial", d: partial, want: store.blobs[partial].have},
 		{name: "empty blob", d: empty, want: store.blobs[empty].have},
+		{name: "fetching", d: fetching, want: store.blobs[fetching].have},
+		{name: "held and fetching", d: inconsistent, err: ErrRemote},
 		{name: "unknown", d: digest.FromString("unknown"), err: ErrNotHeld},
 		{name: "unknown sha512", d: testDigest512, err: ErrNotHeld},
 		{name: "invalid digest", d: "sha256:zz", err: ErrInvalidDigest},
@@ -179,6 +196,7 @@ func TestExchangeGetChunk(t *testing.T) {
 	data := randomBytes(t, 5*minChunkSize/2)
 	complete := store.add(data, minChunkSize, nil)
 	partial := store.add(data[1:], minChunkSize, []int{1})
+	store.setFetching(partial, 0)
 	client, server := exchangePair(t, ExchangeOptions{Store: store})
 
 	tests := []struct {
@@ -192,7 +210,8 @@ func TestExchangeGetChunk(t *testing.T) {
 		{name: "middle", d: complete, index: 1, want: data[minChunkSize : 2*minChunkSize]},
 		{name: "last short", d: complete, index: 2, want: data[2*minChunkSize:]},
 		{name: "partial held", d: partial, index: 1, want: data[1+minChunkSize : 1+2*minChunkSize]},
-		{name: "partial missing", d: partial, index: 0, err: ErrNotHeld},
+		{name: "partial fetching", d: partial, index: 0, err: ErrNotHeld},
+		{name: "partial missing", d: partial, index: 2, err: ErrNotHeld},
 		{name: "past the end", d: complete, index: 3, err: ErrNotHeld},
 		{name: "unknown digest", d: digest.FromString("unknown"), err: ErrNotHeld},
 		{name: "invalid digest", d: "sha256:", err: ErrInvalidDigest},
@@ -213,6 +232,69 @@ func TestExchangeGetChunk(t *testing.T) {
 				t.Fatalf("GetChunk(%s, %d) = %d, %v, want %d bytes", tt.name, tt.index, n, err, len(tt.want))
 			}
 		})
+	}
+}
+
+func TestExchangeOnHave(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	held := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+	type call struct {
+		peer string
+		d    digest.Digest
+	}
+	var (
+		mu    sync.Mutex
+		calls []call
+	)
+	onHave := func(peerID string, d digest.Digest) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, call{peerID, d})
+	}
+	ch, sh := connectedHosts(t)
+	newTestExchange(t, sh, ExchangeOptions{Store: store, OnHave: onHave})
+	client := newTestExchange(t, ch, ExchangeOptions{})
+	ctx := testContext(t)
+	server, self := sh.ID().String(), ch.ID().String()
+	unknown := digest.FromString("unknown")
+
+	// Each request is answered after the hook returns, so the calls are
+	// recorded, in order, by the time the client has its answer.
+	if _, err := client.Have(ctx, server, held); err != nil {
+		t.Fatalf("Have(held) = %v", err)
+	}
+	if _, err := client.Have(ctx, server, unknown); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("Have(unknown) = %v, want %v", err, ErrNotHeld)
+	}
+	if _, err := client.GetChunk(ctx, server, held, 0, io.Discard); err != nil {
+		t.Fatalf("GetChunk = %v", err)
+	}
+	// An invalid digest never reaches the hook; it must be sent raw, as
+	// Have checks digests before sending.
+	s, err := ch.NewStream(ctx, sh.ID(), ChunkProtocol)
+	if err != nil {
+		t.Fatalf("NewStream = %v", err)
+	}
+	defer s.Reset()
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	req, err := appendRequest(nil, request{typ: msgHave, digest: "sha256:zz"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(req); err != nil {
+		t.Fatalf("Write = %v", err)
+	}
+	s.CloseWrite()
+	if got, err := io.ReadAll(s); err != nil || !bytes.Equal(got, []byte{statusError}) {
+		t.Fatalf("response to an invalid digest = %x, %v, want %x", got, err, []byte{statusError})
+	}
+
+	want := []call{{self, held}, {self, unknown}}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(calls, want) {
+		t.Errorf("OnHave calls = %v, want %v", calls, want)
 	}
 }
 

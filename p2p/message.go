@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -37,8 +38,16 @@ import (
 //	bitmap     ceil(count/8) bytes, count = ceil(size/chunkSize) <= maxChunks;
 //	           bit i (byte i/8, bit i%8 from the least significant) set when
 //	           chunk i can be served; unused high bits of the last byte are 0
-//	hasList    byte     0, or 1 when the chunk list follows (all bits set)
-//	chunkList  count*32 bytes, the raw SHA-256 of every chunk in order
+//	flags      byte     bit 0 (flagChunkList) when chunkList follows, bit 1
+//	           (flagFetching) when fetching follows; any other bit, or both
+//	           together (a complete holder fetches nothing), is an error
+//	fetching   ceil(count/8) bytes, only with flagFetching, laid out like
+//	           bitmap: bit i set when the node is fetching chunk i from the
+//	           origin registry now; never set for a chunk set in bitmap, and
+//	           at least one bit set, since no bit set is said by leaving
+//	           flagFetching clear
+//	chunkList  count*32 bytes, only with flagChunkList (every bit of bitmap
+//	           set): the raw SHA-256 of every chunk in order
 //
 // GET body:
 //
@@ -47,6 +56,12 @@ import (
 const (
 	msgHave byte = 1
 	msgGet  byte = 2
+)
+
+// Bits of the HAVE body's flags byte.
+const (
+	flagChunkList byte = 1 << 0
+	flagFetching  byte = 1 << 1
 )
 
 const (
@@ -188,6 +203,16 @@ func checkHave(h Have) error {
 	if len(h.Chunks) != count {
 		return fmt.Errorf("bitmap of %d chunks, want %d", len(h.Chunks), count)
 	}
+	if h.Fetching != nil {
+		if len(h.Fetching) != count {
+			return fmt.Errorf("fetching bitmap of %d chunks, want %d", len(h.Fetching), count)
+		}
+		for i, fetching := range h.Fetching {
+			if fetching && h.Chunks[i] {
+				return fmt.Errorf("chunk %d both held and fetching", i)
+			}
+		}
+	}
 	if h.ChunkList == nil {
 		return nil
 	}
@@ -219,22 +244,28 @@ func writeHave(w *bufio.Writer, h Have) error {
 	if _, err := w.Write(b); err != nil {
 		return err
 	}
-	for i := 0; i < len(h.Chunks); i += 8 {
-		var c byte
-		for j := 0; j < 8 && i+j < len(h.Chunks); j++ {
-			if h.Chunks[i+j] {
-				c |= 1 << j
-			}
-		}
-		if err := w.WriteByte(c); err != nil {
+	if err := writeBitmap(w, h.Chunks); err != nil {
+		return err
+	}
+	// A chunk list means every chunk is held, and checkHave rejects a chunk
+	// both held and fetching, so at most one flag is set.
+	var flags byte
+	if h.ChunkList != nil {
+		flags |= flagChunkList
+	}
+	if slices.Contains(h.Fetching, true) {
+		flags |= flagFetching
+	}
+	if err := w.WriteByte(flags); err != nil {
+		return err
+	}
+	if flags&flagFetching != 0 {
+		if err := writeBitmap(w, h.Fetching); err != nil {
 			return err
 		}
 	}
 	if h.ChunkList == nil {
-		return w.WriteByte(0)
-	}
-	if err := w.WriteByte(1); err != nil {
-		return err
+		return nil
 	}
 	var raw [32]byte
 	for _, d := range h.ChunkList {
@@ -265,33 +296,35 @@ func decodeHave(r byteReader) (Have, error) {
 	}
 	h := Have{Size: int64(size), ChunkSize: int64(chunkSize)}
 
-	h.Chunks = make([]bool, 0, min(count, 8*readBatch))
-	buf := make([]byte, min((count+7)/8, readBatch))
-	for len(h.Chunks) < count {
-		n := min((count-len(h.Chunks)+7)/8, len(buf))
-		if _, err := io.ReadFull(r, buf[:n]); err != nil {
-			return Have{}, truncated("bitmap", err)
-		}
-		for _, c := range buf[:n] {
-			for j := 0; j < 8; j++ {
-				if len(h.Chunks) == count {
-					if c>>j != 0 {
-						return Have{}, fmt.Errorf("%w: bitmap has bits past chunk %d", ErrProtocol, count)
-					}
-					break
-				}
-				h.Chunks = append(h.Chunks, c&(1<<j) != 0)
-			}
-		}
+	if h.Chunks, err = readBitmap(r, count, "bitmap"); err != nil {
+		return Have{}, err
 	}
 
-	flag, err := r.ReadByte()
+	flags, err := r.ReadByte()
 	if err != nil {
-		return Have{}, truncated("chunk list flag", err)
+		return Have{}, truncated("flags", err)
 	}
-	switch flag {
-	case 0:
-	case 1:
+	switch {
+	case flags&^(flagChunkList|flagFetching) != 0:
+		return Have{}, fmt.Errorf("%w: flags %#02x", ErrProtocol, flags)
+	case flags == flagChunkList|flagFetching:
+		return Have{}, fmt.Errorf("%w: chunk list and fetching bitmap together", ErrProtocol)
+	}
+	if flags&flagFetching != 0 {
+		if h.Fetching, err = readBitmap(r, count, "fetching bitmap"); err != nil {
+			return Have{}, err
+		}
+		for i, fetching := range h.Fetching {
+			if fetching && h.Chunks[i] {
+				return Have{}, fmt.Errorf("%w: chunk %d both held and fetching", ErrProtocol, i)
+			}
+		}
+		// One encoding per value: nothing fetching has no bitmap.
+		if !slices.Contains(h.Fetching, true) {
+			return Have{}, fmt.Errorf("%w: fetching bitmap without a chunk", ErrProtocol)
+		}
+	}
+	if flags&flagChunkList != 0 {
 		for i, held := range h.Chunks {
 			if !held {
 				return Have{}, fmt.Errorf("%w: chunk list but chunk %d not held", ErrProtocol, i)
@@ -305,13 +338,53 @@ func decodeHave(r byteReader) (Have, error) {
 			}
 			h.ChunkList = append(h.ChunkList, digest.NewDigestFromBytes(digest.SHA256, raw[:]))
 		}
-	default:
-		return Have{}, fmt.Errorf("%w: chunk list flag %d", ErrProtocol, flag)
 	}
 	if err := expectEOF(r); err != nil {
 		return Have{}, err
 	}
 	return h, nil
+}
+
+// writeBitmap writes bit i of bits as bit i%8 of byte i/8, counting from the
+// least significant bit.
+func writeBitmap(w *bufio.Writer, bits []bool) error {
+	for i := 0; i < len(bits); i += 8 {
+		var c byte
+		for j := 0; j < 8 && i+j < len(bits); j++ {
+			if bits[i+j] {
+				c |= 1 << j
+			}
+		}
+		if err := w.WriteByte(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readBitmap reads a bitmap of count bits written by writeBitmap, rejecting
+// set bits past the last. It reads readBatch bytes at a time.
+func readBitmap(r io.Reader, count int, what string) ([]bool, error) {
+	bits := make([]bool, 0, min(count, 8*readBatch))
+	buf := make([]byte, min((count+7)/8, readBatch))
+	for len(bits) < count {
+		n := min((count-len(bits)+7)/8, len(buf))
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			return nil, truncated(what, err)
+		}
+		for _, c := range buf[:n] {
+			for j := 0; j < 8; j++ {
+				if len(bits) == count {
+					if c>>j != 0 {
+						return nil, fmt.Errorf("%w: %s has bits past chunk %d", ErrProtocol, what, count)
+					}
+					break
+				}
+				bits = append(bits, c&(1<<j) != 0)
+			}
+		}
+	}
+	return bits, nil
 }
 
 // decodeStatus reads the status byte and maps the refusals to errors.

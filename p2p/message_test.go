@@ -124,6 +124,15 @@ func newHave(data []byte, chunkSize int64, held []int) Have {
 	return h
 }
 
+// withFetching returns a copy of h fetching the chunks in fetching.
+func withFetching(h Have, fetching ...int) Have {
+	h.Fetching = make([]bool, len(h.Chunks))
+	for _, i := range fetching {
+		h.Fetching[i] = true
+	}
+	return h
+}
+
 func encodeHave(t testing.TB, h Have) []byte {
 	t.Helper()
 	var buf bytes.Buffer
@@ -141,7 +150,8 @@ func encodeHave(t testing.TB, h Have) []byte {
 func equalHave(a, b Have) bool {
 	return a.Size == b.Size && a.ChunkSize == b.ChunkSize &&
 		slices.Equal(a.Chunks, b.Chunks) && slices.Equal(a.ChunkList, b.ChunkList) &&
-		(a.ChunkList == nil) == (b.ChunkList == nil)
+		(a.ChunkList == nil) == (b.ChunkList == nil) &&
+		slices.Equal(a.Fetching, b.Fetching) && (a.Fetching == nil) == (b.Fetching == nil)
 }
 
 func TestHaveRoundTrip(t *testing.T) {
@@ -157,6 +167,9 @@ func TestHaveRoundTrip(t *testing.T) {
 		{name: "partial", have: newHave(data, minChunkSize, []int{0, 2, 4})},
 		{name: "none yet", have: newHave(data, minChunkSize, []int{})},
 		{name: "nine chunks", have: newHave(make([]byte, 9*minChunkSize), minChunkSize, []int{8})},
+		{name: "fetching", have: withFetching(newHave(data, minChunkSize, []int{0, 2}), 1, 3)},
+		{name: "fetching all", have: withFetching(newHave(data, minChunkSize, []int{}), 0, 1, 2, 3, 4)},
+		{name: "nine chunks fetching", have: withFetching(newHave(make([]byte, 9*minChunkSize), minChunkSize, []int{0}), 8)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,6 +179,25 @@ func TestHaveRoundTrip(t *testing.T) {
 				t.Errorf("readHave(encoded %s) = %+v, %v, want %+v", tt.name, got, err, tt.have)
 			}
 		})
+	}
+}
+
+// TestHaveNoneFetching checks that nothing fetching has one encoding, with
+// no fetching bitmap, and arrives as nil.
+func TestHaveNoneFetching(t *testing.T) {
+	t.Parallel()
+	h := newHave(make([]byte, 3*minChunkSize), minChunkSize, []int{1})
+	none := withFetching(h)
+	if got, want := encodeHave(t, none), encodeHave(t, h); !bytes.Equal(got, want) {
+		t.Fatalf("writeHave(all false Fetching) = %x, want %x", got, want)
+	}
+	got, err := readHave(reader(encodeHave(t, none)))
+	if err != nil || got.Fetching != nil || !equalHave(got, h) {
+		t.Errorf("readHave(encoded all false Fetching) = %+v, %v, want %+v", got, err, h)
+	}
+	complete := withFetching(newHave(make([]byte, 3*minChunkSize), minChunkSize, nil))
+	if got, err := readHave(reader(encodeHave(t, complete))); err != nil || got.Fetching != nil {
+		t.Errorf("readHave(encoded complete, all false Fetching) = %+v, %v, want nil Fetching", got, err)
 	}
 }
 
@@ -185,6 +217,10 @@ func TestWriteHaveInvalid(t *testing.T) {
 		{name: "list with missing chunk", edit: func(h *Have) { h.Chunks[1] = false }},
 		{name: "list of sha512", edit: func(h *Have) { h.ChunkList[0] = testDigest512 }},
 		{name: "list with junk", edit: func(h *Have) { h.ChunkList[0] = "sha256:zz" }},
+		{name: "short fetching bitmap", edit: func(h *Have) { h.ChunkList = nil; h.Chunks[1] = false; h.Fetching = []bool{false, true} }},
+		{name: "long fetching bitmap", edit: func(h *Have) { h.ChunkList = nil; h.Fetching = make([]bool, 4) }},
+		{name: "held and fetching", edit: func(h *Have) { h.ChunkList = nil; h.Chunks[1] = false; h.Fetching = []bool{true, true, false} }},
+		{name: "list and fetching", edit: func(h *Have) { h.Fetching = []bool{false, false, true} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,11 +259,20 @@ func TestReadHaveInvalid(t *testing.T) {
 		{name: "too many chunks", in: header(minChunkSize*maxChunks+1, minChunkSize), want: ErrProtocol},
 		{name: "missing bitmap", in: three, want: ErrProtocol},
 		{name: "bits past the end", in: append(slices.Clone(three), 0x0f, 0), want: ErrProtocol},
-		{name: "missing flag", in: append(slices.Clone(three), 0x07), want: ErrProtocol},
-		{name: "bad flag", in: append(slices.Clone(three), 0x07, 2), want: ErrProtocol},
+		{name: "missing flags", in: append(slices.Clone(three), 0x07), want: ErrProtocol},
+		{name: "unknown flag", in: append(slices.Clone(three), 0x07, 4), want: ErrProtocol},
+		{name: "high flag", in: append(slices.Clone(three), 0x03, 0x80), want: ErrProtocol},
+		{name: "list and fetching", in: append(append(slices.Clone(three), 0x07, 3), make([]byte, 96)...), want: ErrProtocol},
+		{name: "list and fetching bitmap", in: append(append(slices.Clone(three), 0x03, 3, 0x04), make([]byte, 96)...), want: ErrProtocol},
 		{name: "list with missing chunk", in: append(append(slices.Clone(three), 0x05, 1), make([]byte, 96)...), want: ErrProtocol},
 		{name: "short list", in: append(append(slices.Clone(three), 0x07, 1), make([]byte, 95)...), want: ErrProtocol},
 		{name: "trailing data", in: append(slices.Clone(three), 0x07, 0, 0), want: ErrProtocol},
+		{name: "missing fetching bitmap", in: append(slices.Clone(three), 0x03, 2), want: ErrProtocol},
+		{name: "fetching a held chunk", in: append(slices.Clone(three), 0x03, 2, 0x06), want: ErrProtocol},
+		{name: "fetching bits past the end", in: append(slices.Clone(three), 0x03, 2, 0x0c), want: ErrProtocol},
+		{name: "fetching nothing", in: append(slices.Clone(three), 0x03, 2, 0x00), want: ErrProtocol},
+		{name: "fetching in an empty blob", in: append(header(0, minChunkSize), 2), want: ErrProtocol},
+		{name: "trailing data after fetching", in: append(slices.Clone(three), 0x03, 2, 0x04, 0), want: ErrProtocol},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -288,7 +333,8 @@ func TestReadChunk(t *testing.T) {
 func TestReadHaveClaimsCostNothing(t *testing.T) {
 	header := binary.AppendUvarint([]byte{statusOK}, maxChunkSize*maxChunks)
 	header = binary.AppendUvarint(header, maxChunkSize)
-	fullBitmap := append(bytes.Repeat([]byte{0xff}, maxChunks/8), 1)
+	fullBitmap := append(bytes.Repeat([]byte{0xff}, maxChunks/8), flagChunkList)
+	emptyBitmap := append(make([]byte, maxChunks/8), flagFetching)
 	tests := []struct {
 		name     string
 		in       []byte
@@ -298,6 +344,8 @@ func TestReadHaveClaimsCostNothing(t *testing.T) {
 		// The bitmap itself costs a byte per chunk; the 32 MiB list it
 		// announces must not be reserved up front.
 		{name: "short chunk list", in: append(append(slices.Clone(header), fullBitmap...), make([]byte, 100)...), maxAlloc: 8 << 20},
+		// As for the bitmap: the second bitmap costs only what arrives of it.
+		{name: "short fetching bitmap", in: append(append(slices.Clone(header), emptyBitmap...), 0xff, 0xff), maxAlloc: 8 << 20},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -375,6 +423,12 @@ func FuzzReadHave(f *testing.F) {
 	f.Add(encodeHave(f, newHave(data, minChunkSize, nil)))
 	f.Add(encodeHave(f, newHave(data, minChunkSize, []int{1})))
 	f.Add(encodeHave(f, newHave(nil, maxChunkSize, nil)))
+	f.Add(encodeHave(f, withFetching(newHave(data, minChunkSize, []int{0}), 2)))
+	f.Add(encodeHave(f, withFetching(newHave(make([]byte, 17*minChunkSize), minChunkSize, []int{}), 3, 8, 16)))
+	// Three chunks, chunk 0 held, with invalid flags and fetching bitmaps.
+	three := binary.AppendUvarint(binary.AppendUvarint([]byte{statusOK}, 3*minChunkSize), minChunkSize)
+	f.Add(append(slices.Clone(three), 0x01, flagChunkList|flagFetching, 0x06))
+	f.Add(append(slices.Clone(three), 0x01, flagFetching, 0x03))
 	f.Add([]byte{statusBusy})
 	big := binary.AppendUvarint([]byte{statusOK}, maxChunkSize*maxChunks)
 	f.Add(binary.AppendUvarint(big, maxChunkSize))

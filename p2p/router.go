@@ -182,12 +182,25 @@ func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 	return infos, nil
 }
 
-// Bootstrap connects to the bootstrap peers and fills the routing table from
-// them. A peer that cannot be reached is logged and skipped; the call fails
-// only when peers were given and none could be reached. When it returns nil
-// with peers given, the routing table holds at least one of them.
-func (r *Router) Bootstrap(ctx context.Context) error {
-	if len(r.bootstrap) == 0 {
+// Bootstrap connects to the bootstrap peers, and to extra (multiaddrs ending
+// in /p2p/<id>, such as those learned through DNS; malformed ones are
+// skipped), and fills the routing table from them. A peer that cannot be
+// reached is logged and skipped; the call fails only when peers were given
+// and none could be reached. When it returns nil with peers given, the
+// routing table holds at least one of them.
+func (r *Router) Bootstrap(ctx context.Context, extra ...string) error {
+	peers := slices.Clone(r.bootstrap)
+	for _, s := range extra {
+		infos, err := parseBootstrap([]string{s})
+		if err != nil {
+			r.log.Warn("bootstrap address skipped", "err", err)
+			continue
+		}
+		if infos[0].ID != r.h.ID() {
+			peers = append(peers, infos[0])
+		}
+	}
+	if len(peers) == 0 {
 		return nil
 	}
 	var (
@@ -196,7 +209,7 @@ func (r *Router) Bootstrap(ctx context.Context) error {
 		reached int
 		errs    []error
 	)
-	for _, ai := range r.bootstrap {
+	for _, ai := range peers {
 		wg.Go(func() {
 			err := r.h.Connect(ctx, ai)
 			mu.Lock()
@@ -272,13 +285,29 @@ func (r *Router) Provide(ctx context.Context, d digest.Digest) error {
 // Non-empty results are cached for CacheTTL. Empty ones are not: during a
 // rollout a provider typically appears moments after the first miss.
 func (r *Router) FindProviders(ctx context.Context, d digest.Digest) ([]Peer, error) {
+	return r.find(ctx, d, true)
+}
+
+// FindProvidersFresh is FindProviders without the cache: it always looks d
+// up in the DHT, for a caller that must not miss a provider that appeared
+// within CacheTTL. Its result replaces the cached one, which an empty result
+// drops.
+func (r *Router) FindProvidersFresh(ctx context.Context, d digest.Digest) ([]Peer, error) {
+	return r.find(ctx, d, false)
+}
+
+// find looks d up, first in the cache when useCache is set, and caches what
+// the DHT lookup returns.
+func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Peer, error) {
 	key, err := Key(d)
 	if err != nil {
 		return nil, fmt.Errorf("find providers: %w", err)
 	}
-	if peers, ok := r.cached(d); ok {
-		r.log.Debug("providers cached", "digest", d, "peers", len(peers))
-		return peers, nil
+	if useCache {
+		if peers, ok := r.cached(d); ok {
+			r.log.Debug("providers cached", "digest", d, "peers", len(peers))
+			return peers, nil
+		}
 	}
 
 	start := time.Now()
@@ -311,9 +340,7 @@ func (r *Router) FindProviders(ctx context.Context, d digest.Digest) ([]Peer, er
 	}
 	r.findSeconds.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	r.log.Debug("providers found", "digest", d, "peers", len(peers), "duration", time.Since(start))
-	if len(peers) > 0 {
-		r.store(d, peers)
-	}
+	r.store(d, peers)
 	return clonePeers(peers), nil
 }
 
@@ -340,9 +367,16 @@ func clonePeers(peers []Peer) []Peer {
 	return out
 }
 
+// store caches the result of a lookup of d. An empty one is not cached, and
+// drops whatever was: the cache never answers with peers the DHT no longer
+// gave.
 func (r *Router) store(d digest.Digest, peers []Peer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if len(peers) == 0 {
+		delete(r.cache, d)
+		return
+	}
 	now := r.now()
 	if len(r.cache) >= cacheSweepSize {
 		for k, e := range r.cache {

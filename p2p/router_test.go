@@ -209,6 +209,63 @@ func TestRouterCache(t *testing.T) {
 	}
 }
 
+func TestRouterFindProvidersFresh(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	const ttl = 5 * time.Second
+	routers := newMockRouters(t, 5, RouterOptions{CacheTTL: ttl})
+	finder := routers[4]
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	finder.now = clock.now
+	d := digest.FromString("fresh")
+	ids := func(rs ...*Router) []string {
+		out := make([]string, len(rs))
+		for i, r := range rs {
+			out[i] = r.h.ID().String()
+		}
+		slices.Sort(out)
+		return out
+	}
+	find := func(name string, f func(context.Context, digest.Digest) ([]Peer, error), want []string) {
+		t.Helper()
+		got, err := f(ctx, d)
+		if err != nil || !slices.Equal(peerIDs(got), want) {
+			t.Fatalf("%s(%s) = %v, %v, want %v", name, d, peerIDs(got), err, want)
+		}
+	}
+
+	if err := routers[0].Provide(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	find("FindProviders", finder.FindProviders, ids(routers[0]))
+	if err := routers[1].Provide(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(ttl / 2)
+	find("FindProviders within TTL", finder.FindProviders, ids(routers[0]))
+	// A fresh lookup skips the cache...
+	find("FindProvidersFresh", finder.FindProvidersFresh, ids(routers[0], routers[1]))
+
+	// ...and refreshes it: past the first entry's expiry, FindProviders
+	// still answers from the cache, not seeing the third provider.
+	if err := routers[2].Provide(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(ttl / 2)
+	find("FindProviders after refresh", finder.FindProviders, ids(routers[0], routers[1]))
+	find("FindProvidersFresh again", finder.FindProvidersFresh, ids(routers[0], routers[1], routers[2]))
+
+	// An empty fresh result drops the cached one.
+	gone := digest.FromString("gone")
+	finder.store(gone, []Peer{{ID: routers[3].h.ID().String()}})
+	if got, err := finder.FindProvidersFresh(ctx, gone); err != nil || len(got) != 0 {
+		t.Fatalf("FindProvidersFresh(%s) = %v, %v, want none", gone, peerIDs(got), err)
+	}
+	if got, ok := finder.cached(gone); ok {
+		t.Errorf("cache after an empty fresh lookup of %s = %v, want no entry", gone, peerIDs(got))
+	}
+}
+
 func TestRouterInvalidDigest(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
@@ -219,6 +276,9 @@ func TestRouterInvalidDigest(t *testing.T) {
 	if _, err := r.FindProviders(ctx, "md5:abc"); !errors.Is(err, ErrInvalidDigest) {
 		t.Errorf("FindProviders(invalid) = %v, want %v", err, ErrInvalidDigest)
 	}
+	if _, err := r.FindProvidersFresh(ctx, "md5:abc"); !errors.Is(err, ErrInvalidDigest) {
+		t.Errorf("FindProvidersFresh(invalid) = %v, want %v", err, ErrInvalidDigest)
+	}
 }
 
 func TestRouterCancelled(t *testing.T) {
@@ -228,6 +288,9 @@ func TestRouterCancelled(t *testing.T) {
 	cancel()
 	if _, err := r.FindProviders(ctx, digest.FromString("x")); !errors.Is(err, context.Canceled) {
 		t.Errorf("FindProviders(cancelled ctx) = %v, want %v", err, context.Canceled)
+	}
+	if _, err := r.FindProvidersFresh(ctx, digest.FromString("x")); !errors.Is(err, context.Canceled) {
+		t.Errorf("FindProvidersFresh(cancelled ctx) = %v, want %v", err, context.Canceled)
 	}
 }
 
