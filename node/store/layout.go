@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 //
 //	blobs/<alg>/<hex>              committed blob
 //	blobs/<alg>/<hex>.mediatype    its media type, only when non-empty
+//	blobs/<alg>/<hex>.chunks-<cs>  its chunk list for chunk size cs (see chunklist.go)
 //	partial/<alg>-<hex>            partial download, full size, written at any offset
 //	partial/<alg>-<hex>.chunks     its chunk bitmap (see bitmap.go)
 //	tmp/                           Put temp files and dropped files awaiting unlink
@@ -29,6 +31,7 @@ const (
 	tmpDir       = "tmp"
 	typeSuffix   = ".mediatype"
 	chunksSuffix = ".chunks"
+	listSuffix   = ".chunks-" // followed by the chunk size in decimal
 )
 
 func (s *Store) blobPath(d digest.Digest) string {
@@ -36,6 +39,23 @@ func (s *Store) blobPath(d digest.Digest) string {
 }
 
 func (s *Store) typePath(d digest.Digest) string { return s.blobPath(d) + typeSuffix }
+
+func (s *Store) listPath(d digest.Digest, chunkSize int64) string {
+	return s.blobPath(d) + listSuffix + strconv.FormatInt(chunkSize, 10)
+}
+
+// parseListName recognises the name of a chunk list sidecar in the directory of alg.
+func parseListName(alg digest.Algorithm, name string) (hex string, chunkSize int64, ok bool) {
+	hex, num, ok := strings.Cut(name, listSuffix)
+	if !ok || digest.NewDigestFromEncoded(alg, hex).Validate() != nil {
+		return "", 0, false
+	}
+	cs, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || strconv.FormatInt(cs, 10) != num || checkChunkSize(cs) != nil {
+		return "", 0, false
+	}
+	return hex, cs, true
+}
 
 func (s *Store) partialPath(d digest.Digest) string {
 	return filepath.Join(s.dir, partialDir, string(d.Algorithm())+"-"+d.Encoded())
@@ -92,7 +112,9 @@ type found struct {
 }
 
 // scanBlobs indexes the committed blobs. Files it does not recognise are left alone with a
-// warning; orphaned media type sidecars (a crash between the two renames of a Put) go.
+// warning; orphaned sidecars (a crash between the two renames of a Put, or while a dropped
+// blob's sidecars were removed) go. Chunk lists are attributed to their blob by name only:
+// ChunkList checks their content when it reads them, which keeps a restart cheap.
 func (s *Store) scanBlobs() ([]found, error) {
 	root := filepath.Join(s.dir, blobsDir)
 	algs, err := os.ReadDir(root)
@@ -113,10 +135,19 @@ func (s *Store) scanBlobs() ([]found, error) {
 		}
 		byHex := make(map[string]*entry)
 		var sidecars []string
+		type list struct {
+			hex       string
+			chunkSize int64
+		}
+		var lists []list
 		for _, f := range files {
 			name := f.Name()
 			if hex, ok := strings.CutSuffix(name, typeSuffix); ok {
 				sidecars = append(sidecars, hex)
+				continue
+			}
+			if hex, cs, ok := parseListName(alg, name); ok && f.Type().IsRegular() {
+				lists = append(lists, list{hex, cs})
 				continue
 			}
 			d := digest.NewDigestFromEncoded(alg, name)
@@ -148,6 +179,16 @@ func (s *Store) scanBlobs() ([]found, error) {
 				continue
 			}
 			e.mediaType = string(mt)
+		}
+		for _, l := range lists {
+			e := byHex[l.hex]
+			if e == nil {
+				if err := os.Remove(filepath.Join(dir, l.hex+listSuffix+strconv.FormatInt(l.chunkSize, 10))); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			e.chunkLists = append(e.chunkLists, l.chunkSize)
 		}
 	}
 	return blobs, nil

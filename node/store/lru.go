@@ -15,6 +15,9 @@ type entry struct {
 	mediaType string
 	partial   bool
 
+	// chunkLists are the chunk sizes with a chunk list sidecar on disk, oldest first.
+	chunkLists []int64
+
 	pins  int    // open Blobs; a pinned blob is never evicted
 	trash string // where a deleted but still pinned blob waits for its last pin
 	elem  *list.Element

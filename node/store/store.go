@@ -3,8 +3,9 @@
 // a restart, and evicts least-recently-used blobs to stay within a byte capacity, never
 // removing a blob that somebody is reading.
 //
-// The store does not hash multi-gigabyte blobs itself: Put verifies the small content it is
-// handed, and Partial.Commit trusts its caller to have verified the whole download.
+// The store does not hash multi-gigabyte blobs on its own: Put verifies the small content it
+// is handed, and Partial.Commit trusts its caller to have verified the whole download. Only
+// ComputeChunkList, called on purpose, reads a whole blob, and it re-verifies it on the way.
 //
 // One Store owns its directory: Open takes an exclusive lock on it, so a second node
 // pointed at the same --data-dir fails to start instead of corrupting the first one's cache.
@@ -45,6 +46,11 @@ var (
 	ErrClosed = errors.New("closed")
 	// ErrLocked means another process (or Store) has the directory open.
 	ErrLocked = errors.New("directory in use by another store")
+	// ErrNoChunkList means no chunk list is stored for the blob and chunk size.
+	ErrNoChunkList = errors.New("no chunk list")
+	// ErrCorrupt means a committed blob on disk no longer hashes to its digest; the store has
+	// removed it.
+	ErrCorrupt = errors.New("stored blob corrupt")
 )
 
 // fileSeq names temp and trash files. It is shared by every Store in the process so a store
@@ -66,7 +72,8 @@ type Options struct {
 	// the index through eviction or Delete, so the node can stop announcing it.
 	OnEvict func(digest.Digest)
 
-	now func() time.Time // tests fix the clock so recency order on disk is deterministic
+	now        func() time.Time // tests fix the clock so recency order on disk is deterministic
+	beforeHash func()           // tests hold a chunk list computation to make callers meet
 }
 
 // Info describes a committed blob.
@@ -110,6 +117,12 @@ type Store struct {
 	reserved  int64
 	idleBytes int64
 	evictions int64
+
+	// flights are the chunk list computations running, so concurrent callers share one.
+	flightMu sync.Mutex
+	flights  map[flightKey]*flight
+	// beforeHash, if set, runs before a chunk list computation reads the blob (tests).
+	beforeHash func()
 }
 
 // Open opens the store rooted at opts.Dir. It indexes the committed blobs with their recency
@@ -131,6 +144,9 @@ func Open(opts Options) (*Store, error) {
 		blobs:    make(map[digest.Digest]*entry),
 		idle:     make(map[digest.Digest]*entry),
 		open:     make(map[digest.Digest]*Partial),
+		flights:  make(map[flightKey]*flight),
+
+		beforeHash: opts.beforeHash,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -234,19 +250,26 @@ func (s *Store) Stat(d digest.Digest) (Info, error) {
 // Open opens the committed blob d, pinning it against eviction until the Blob is closed, and
 // marks it most recently used.
 func (s *Store) Open(d digest.Digest) (*Blob, error) {
+	return s.openBlob("open", d, true)
+}
+
+// openBlob pins and opens the committed blob d for op, which prefixes its errors; touch marks
+// it most recently used, which a read for the store's own purposes (ComputeChunkList) should
+// not do.
+func (s *Store) openBlob(op string, d digest.Digest, touch bool) (*Blob, error) {
 	if err := validate(d); err != nil {
-		return nil, fmt.Errorf("open: %w", err)
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	path := s.blobPath(d)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("open %s: %w", d, ErrClosed)
+		return nil, fmt.Errorf("%s %s: %w", op, d, ErrClosed)
 	}
 	e := s.blobs[d]
 	if e == nil {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("open %s: %w", d, ErrNotFound)
+		return nil, fmt.Errorf("%s %s: %w", op, d, ErrNotFound)
 	}
 	// Opened under the lock so Delete cannot move the file aside between lookup and open.
 	f, err := os.Open(path)
@@ -259,16 +282,20 @@ func (s *Store) Open(d digest.Digest) (*Blob, error) {
 		}
 		s.mu.Unlock()
 		s.finish(c)
-		return nil, fmt.Errorf("open %s: %w", d, err)
+		return nil, fmt.Errorf("%s %s: %w", op, d, err)
 	}
 	e.pins++
-	s.lru.touch(e)
+	if touch {
+		s.lru.touch(e)
+	}
 	s.mu.Unlock()
 
-	// The mtime carries recency across a restart. A lost update (say, a concurrent Delete
-	// moved the file) only blurs that order, so the error is not worth reporting.
-	now := s.now()
-	_ = os.Chtimes(path, now, now)
+	if touch {
+		// The mtime carries recency across a restart. A lost update (say, a concurrent Delete
+		// moved the file) only blurs that order, so the error is not worth reporting.
+		now := s.now()
+		_ = os.Chtimes(path, now, now)
+	}
 	return &Blob{s: s, e: e, f: f}, nil
 }
 
@@ -473,6 +500,10 @@ func (s *Store) dropLocked(e *entry, c *cleanup) {
 			s.log.Warn("remove media type of dropped blob", "digest", e.digest, "err", err)
 		}
 	}
+	for _, cs := range e.chunkLists {
+		s.removeListLocked(e.digest, cs)
+	}
+	e.chunkLists = nil
 	if trash != "" {
 		if e.pins > 0 {
 			e.trash = trash
