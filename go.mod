@@ -11,7 +11,10 @@ require (
 	golang.org/x/sync v0.25.0
 )
 
-require github.com/opencontainers/image-spec v1.1.1 // indirect
+require (
+	github.com/kylelemons/godebug v1.1.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+)
 
 require (
 	filippo.io/bigmod v0.1.1-0.20260103110540-f8a47775ebe5 // indirect

@@ -32,7 +32,8 @@ func (n *Node) OpenBlob(ctx context.Context, repo registryapi.Repo, d digest.Dig
 	return r, nil
 }
 
-// StatBlob answers HEAD: from the cache, a running download, or the origin.
+// StatBlob answers HEAD: from the cache, a running download, the origin, or peers when the
+// origin cannot answer.
 func (n *Node) StatBlob(ctx context.Context, repo registryapi.Repo, d digest.Digest) (int64, error) {
 	if info, err := n.store.Stat(d); err == nil {
 		return info.Size, nil
@@ -42,6 +43,9 @@ func (n *Node) StatBlob(ctx context.Context, repo registryapi.Repo, d digest.Dig
 	}
 	size, err := n.origin.HeadBlob(ctx, repo.Registry, repo.Name, d)
 	if err != nil {
+		if size, ok := n.peerBlobSize(ctx, d); ok {
+			return size, nil
+		}
 		return 0, edgeError(err)
 	}
 	return size, nil

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,24 +24,41 @@ type chunkServer struct {
 	downloader *swarm.Downloader
 	chunkSize  int64
 	uploaded   prometheus.Counter
+	log        *slog.Logger
 }
 
-// Have describes what the node holds of d. Committed blobs have every chunk; running
-// downloads the chunks written so far. Chunk lists are not offered yet: receivers rely on
-// the whole-blob digest.
+// chunkListTimeout bounds computing a blob's chunk list, which reads the whole blob.
+const chunkListTimeout = time.Minute
+
+// Have describes what the node holds of d. Committed blobs have every chunk and their chunk
+// list; running downloads the chunks written so far and those being fetched from the origin.
 func (c chunkServer) Have(d digest.Digest) (p2p.Have, bool) {
 	if info, err := c.store.Stat(d); err == nil {
+		list, err := c.chunkList(d)
+		if err != nil {
+			// Corrupt on disk (and dropped now), or unreadable: offer nothing.
+			c.log.Warn("cannot serve blob to peers", "digest", d, "err", err)
+			return p2p.Have{}, false
+		}
 		chunks := make([]bool, numChunks(info.Size, c.chunkSize))
 		for i := range chunks {
 			chunks[i] = true
 		}
-		return p2p.Have{Size: info.Size, ChunkSize: c.chunkSize, Chunks: chunks}, true
+		return p2p.Have{Size: info.Size, ChunkSize: c.chunkSize, Chunks: chunks, ChunkList: list}, true
 	}
-	size, chunkSize, chunks, ok := c.downloader.Progress(d)
-	if !ok {
-		return p2p.Have{}, false
+	return c.downloader.Progress(d)
+}
+
+// chunkList returns the stored chunk list of a committed blob, computing it (and checking the
+// blob's digest on the way) the first time.
+func (c chunkServer) chunkList(d digest.Digest) ([]digest.Digest, error) {
+	list, err := c.store.ChunkList(d, c.chunkSize)
+	if !errors.Is(err, store.ErrNoChunkList) {
+		return list, err
 	}
-	return p2p.Have{Size: size, ChunkSize: chunkSize, Chunks: chunks}, true
+	ctx, cancel := context.WithTimeout(context.Background(), chunkListTimeout)
+	defer cancel()
+	return c.store.ComputeChunkList(ctx, d, c.chunkSize)
 }
 
 // ReadChunk writes chunk index of d to w, counting the bytes sent to peers.

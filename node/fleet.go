@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -27,16 +28,23 @@ type fleet struct {
 	announce chan digest.Digest
 	joined   atomic.Bool
 	needPeer bool // bootstrap peers were given: not ready until one is reached
+	// bootstrapDNS names the fleet's nodes in DNS; "" for none.
+	bootstrapDNS string
 }
 
-// startFleet builds the p2p side from cfg, serving chunks through cs, or returns nil when the
-// node is not to join a fleet.
-func startFleet(cfg Config, cs p2p.ChunkStore, reg prometheus.Registerer) (*fleet, error) {
+// startFleet builds the p2p side from cfg, serving chunks through cs and telling onHave of
+// every peer asking about a blob, or returns nil when the node is not to join a fleet.
+func startFleet(cfg Config, cs p2p.ChunkStore, onHave func(peer string, d digest.Digest), reg prometheus.Registerer) (*fleet, error) {
 	if len(cfg.P2PListen) == 0 {
-		if len(cfg.Bootstrap) > 0 {
+		if len(cfg.Bootstrap) > 0 || cfg.BootstrapDNS != "" {
 			return nil, errors.New("bootstrap peers given but no p2p listen address")
 		}
 		return nil, nil
+	}
+	if cfg.BootstrapDNS != "" {
+		if _, _, err := splitBootstrapTarget(cfg.BootstrapDNS); err != nil {
+			return nil, fmt.Errorf("bootstrap dns: %w", err)
+		}
 	}
 	var psk []byte
 	if cfg.PSK != "" {
@@ -52,7 +60,7 @@ func startFleet(cfg Config, cs p2p.ChunkStore, reg prometheus.Registerer) (*flee
 	net, err := p2p.Start(p2p.NetworkOptions{
 		Host:     p2p.HostOptions{ListenAddrs: cfg.P2PListen, IdentityPath: identity, PSK: psk},
 		Router:   p2p.RouterOptions{Bootstrap: cfg.Bootstrap, Registerer: reg},
-		Exchange: p2p.ExchangeOptions{Store: cs, UploadLimit: float64(cfg.UploadLimit)},
+		Exchange: p2p.ExchangeOptions{Store: cs, UploadLimit: float64(cfg.UploadLimit), OnHave: onHave},
 		Logger:   cfg.Logger,
 	})
 	if err != nil {
@@ -61,7 +69,10 @@ func startFleet(cfg Config, cs p2p.ChunkStore, reg prometheus.Registerer) (*flee
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "shoal_p2p_peers", Help: "Peers connected now.",
 	}, func() float64 { return float64(net.Peers()) }))
-	return &fleet{net: net, announce: make(chan digest.Digest, 1024), needPeer: len(cfg.Bootstrap) > 0}, nil
+	return &fleet{
+		net: net, announce: make(chan digest.Digest, 1024), bootstrapDNS: cfg.BootstrapDNS,
+		needPeer: len(cfg.Bootstrap) > 0 || cfg.BootstrapDNS != "",
+	}, nil
 }
 
 // ready reports whether the node can serve as a fleet member: joined, or alone by design.
@@ -84,7 +95,7 @@ func (n *Node) queueAnnounce(d digest.Digest) {
 func (n *Node) runFleet(ctx context.Context) error {
 	f := n.fleet
 	for attempt := 0; ; attempt++ {
-		err := f.net.Router.Bootstrap(ctx)
+		err := n.join(ctx)
 		if err == nil {
 			break
 		}
@@ -104,6 +115,12 @@ func (n *Node) runFleet(ctx context.Context) error {
 
 	reprovide := time.NewTicker(reprovideInterval)
 	defer reprovide.Stop()
+	// A node alone cannot announce anything: when its first peer arrives (it started first,
+	// or the fleet around it restarted), everything it holds is announced again.
+	watch := time.NewTicker(time.Second)
+	defer watch.Stop()
+	alone := f.net.RoutingPeers() == 0
+	lastJoin := time.Now()
 	n.reprovide(ctx)
 	for {
 		select {
@@ -111,10 +128,50 @@ func (n *Node) runFleet(ctx context.Context) error {
 			return nil
 		case d := <-f.announce:
 			n.provide(ctx, d)
+		case <-watch.C:
+			now := f.net.RoutingPeers() == 0
+			if alone && !now {
+				n.log.Info("fleet peers found, announcing held blobs", "peers", f.net.RoutingPeers())
+				n.reprovide(ctx)
+			}
+			alone = now
+			if alone && time.Since(lastJoin) > rejoinEvery {
+				// Started first, or the fleet went away: look for it again.
+				lastJoin = time.Now()
+				if err := n.join(ctx); err != nil && ctx.Err() == nil {
+					n.log.Debug("still alone in the fleet", "err", err)
+				}
+			}
 		case <-reprovide.C:
 			n.reprovide(ctx)
 		}
 	}
+}
+
+// rejoinEvery is how often a node without fleet peers tries its bootstrap peers again.
+const rejoinEvery = 10 * time.Second
+
+// join connects to the bootstrap peers, those given and those DNS names. A name whose records
+// are only this node (the first node of a fleet) means it is alone by design: that is no
+// error, and the node looks again later.
+func (n *Node) join(ctx context.Context) error {
+	f := n.fleet
+	var extra []string
+	if f.bootstrapDNS != "" {
+		addrs, err := resolveBootstrapDNS(ctx, f.bootstrapDNS, net.DefaultResolver.LookupHost, nil, f.net.ID())
+		switch {
+		case err == nil:
+			extra = addrs
+		case errors.Is(err, errAlone) && len(n.cfg.Bootstrap) == 0:
+			n.log.Info("no other fleet node in DNS yet, starting alone", "name", f.bootstrapDNS)
+			return nil
+		case len(n.cfg.Bootstrap) == 0:
+			return err
+		default:
+			n.log.Warn("bootstrap dns", "err", err)
+		}
+	}
+	return f.net.Router.Bootstrap(ctx, extra...)
 }
 
 // reprovide announces every blob in the store.

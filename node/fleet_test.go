@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -178,4 +179,41 @@ func TestServesChunksToPeers(t *testing.T) {
 	if want := fmt.Sprintf("shoal_chunk_uploaded_bytes_total %d", blob.Len()); !strings.Contains(string(metrics), want) {
 		t.Errorf("/metrics lacks %q", want)
 	}
+}
+
+// TestFleetBootstrapDNS: the first node behind a name finds only itself and starts alone,
+// ready; the next learns the first's addrs from its /status through the name and joins.
+func TestFleetBootstrapDNS(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	listen := []string{"/ip4/127.0.0.1/tcp/0"}
+	a := startNode(t, Config{Origin: o.URL, P2PListen: listen, BootstrapDNS: "localhost:1"})
+	// Port 1 answers nothing: every record failed, which is not "alone", so not ready.
+	time.Sleep(300 * time.Millisecond)
+	if resp, _ := get(t, "http://"+a.AdminAddr()+"/readyz", nil); resp.StatusCode == http.StatusOK {
+		t.Errorf("/readyz of a node whose bootstrap name answers nothing = 200, want 503")
+	}
+
+	// A node alone behind its name: "localhost" resolves to itself.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := ln.Addr().String()
+	ln.Close()
+	_, port, _ := strings.Cut(admin, ":")
+	first := startNode(t, Config{Origin: o.URL, P2PListen: listen, AdminAddr: admin, BootstrapDNS: "localhost:" + port})
+	eventually(t, "the first node to start alone", func() bool {
+		resp, _ := get(t, "http://"+first.AdminAddr()+"/readyz", nil)
+		return resp.StatusCode == http.StatusOK
+	})
+	b := startNode(t, Config{Origin: o.URL, P2PListen: listen, BootstrapDNS: "localhost:" + port})
+	eventually(t, "the second node to join through DNS", func() bool {
+		resp, _ := get(t, "http://"+b.AdminAddr()+"/readyz", nil)
+		return resp.StatusCode == http.StatusOK
+	})
+	if st := status(t, b); !st.Joined || st.Peers < 1 {
+		t.Errorf("/status of the node joined through DNS = %+v, want joined with a peer", st)
+	}
+	eventually(t, "the first node to see the second", func() bool { return status(t, first).Peers >= 1 })
 }

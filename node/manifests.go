@@ -18,8 +18,8 @@ import (
 // those it downloads.
 const maxManifestSize = origin.MaxManifestSize
 
-// Manifest serves a manifest by digest from the cache or the origin, and by tag from the
-// origin (briefly cached; served stale while the origin is unreachable).
+// Manifest serves a manifest by digest from the cache, peers or the origin, and by tag from
+// the origin (briefly cached; served stale while the origin is unreachable).
 func (n *Node) Manifest(ctx context.Context, repo registryapi.Repo, reference string, accept []string) (registryapi.Manifest, error) {
 	if d, err := digest.Parse(reference); err == nil {
 		return n.manifestByDigest(ctx, repo, d, accept)
@@ -57,6 +57,9 @@ func (n *Node) Manifest(ctx context.Context, repo registryapi.Repo, reference st
 func (n *Node) StatManifest(ctx context.Context, repo registryapi.Repo, reference string, accept []string) (registryapi.Descriptor, error) {
 	if d, err := digest.Parse(reference); err == nil {
 		if m, err := n.cachedManifest(d); err == nil {
+			return describe(m), nil
+		}
+		if m, ok := n.manifestFromPeers(ctx, d); ok {
 			return describe(m), nil
 		}
 		desc, err := n.origin.HeadManifest(ctx, repo.Registry, repo.Name, reference, accept)
@@ -110,6 +113,9 @@ func (n *Node) manifestByDigest(ctx context.Context, repo registryapi.Repo, d di
 	v, err, _ := n.flight.Do("manifest "+repo.Registry+" "+d.String(), func() (any, error) {
 		ctx, cancel := flightContext(ctx)
 		defer cancel()
+		if m, ok := n.manifestFromPeers(ctx, d); ok {
+			return m, nil
+		}
 		m, err := n.origin.GetManifest(ctx, repo.Registry, repo.Name, d.String(), accept)
 		if err != nil {
 			return nil, err

@@ -51,6 +51,12 @@ type Config struct {
 	P2PListen []string
 	// Bootstrap are multiaddrs ending in /p2p/<id> of nodes to join the fleet through.
 	Bootstrap []string
+	// BootstrapDNS is NAME[:PORT], a name whose A/AAAA records are fleet nodes (a Kubernetes
+	// headless Service); the node learns each one's addrs from its /status on PORT (default
+	// 5081, the admin port). It adds to Bootstrap.
+	BootstrapDNS string
+	// Pprof serves Go profiles at /debug/pprof/ on the admin address.
+	Pprof bool
 	// Identity is the file holding the node's libp2p key, created if absent; "" means
 	// DataDir/identity.
 	Identity string
@@ -79,6 +85,7 @@ type Node struct {
 	store      *store.Store
 	origin     *origin.Client
 	downloader *swarm.Downloader
+	link       *fleetLink // nil when the node is not in a fleet
 	tags       *tagCache
 	flight     singleflight.Group
 	fleet      *fleet // nil when the node is not in a fleet
@@ -129,13 +136,20 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, fmt.Errorf("upstream client: %w", err)
 	}
+	var fleetOpt swarm.Fleet
+	if len(cfg.P2PListen) > 0 {
+		n.link = &fleetLink{}
+		fleetOpt = n.link
+	}
 	n.downloader = swarm.New(swarm.Options{
-		Store:      n.store,
-		Origin:     n.origin,
-		ChunkSize:  cfg.ChunkSize,
-		Logger:     log,
-		Registerer: n.metrics,
-		OnStart:    n.queueAnnounce,
+		Store:       n.store,
+		Origin:      n.origin,
+		ChunkSize:   cfg.ChunkSize,
+		Logger:      log,
+		Registerer:  n.metrics,
+		Fleet:       fleetOpt,
+		OnChunkList: n.keepChunkList,
+		OnCommit:    n.queueAnnounce,
 	})
 	n.tags = newTagCache(4096)
 	for key := range upstreams {
@@ -161,10 +175,13 @@ func New(cfg Config) (*Node, error) {
 		Name: "shoal_chunk_uploaded_bytes_total", Help: "Chunk bytes sent to peers.",
 	})
 	n.metrics.MustRegister(uploaded)
-	cs := chunkServer{store: n.store, downloader: n.downloader, chunkSize: chunkSize, uploaded: uploaded}
-	if n.fleet, err = startFleet(cfg, cs, n.metrics); err != nil {
+	cs := chunkServer{store: n.store, downloader: n.downloader, chunkSize: chunkSize, uploaded: uploaded, log: log}
+	if n.fleet, err = startFleet(cfg, cs, n.downloader.Hint, n.metrics); err != nil {
 		n.store.Close()
 		return nil, err
+	}
+	if n.link != nil {
+		n.link.f = n.fleet
 	}
 	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}

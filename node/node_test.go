@@ -110,7 +110,9 @@ func (o *countingOrigin) push(t *testing.T, repoTag string) v1.Image {
 func startNode(t *testing.T, cfg Config) *Node {
 	t.Helper()
 	cfg.RegistryAddr = "127.0.0.1:0"
-	cfg.AdminAddr = "127.0.0.1:0"
+	if cfg.AdminAddr == "" {
+		cfg.AdminAddr = "127.0.0.1:0"
+	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -273,7 +275,7 @@ func TestStatus(t *testing.T) {
 		t.Errorf("/status = %+v, want cache >= %d bytes of 1 GiB", st, pulled)
 	}
 	resp, body = get(t, "http://"+n.AdminAddr()+"/metrics", nil)
-	for _, want := range []string{`shoal_blob_served_bytes_total{source="origin"}`, `shoal_blob_fetched_bytes_total{source="origin"}`, "shoal_store_bytes"} {
+	for _, want := range []string{`shoal_blob_served_bytes_total{source="download"}`, `shoal_blob_fetched_bytes_total{source="origin"}`, "shoal_store_bytes"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

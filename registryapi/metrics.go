@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"source"}),
 	}
 	// Dashboards see every source from the start, not after its first byte.
-	for _, source := range []string{"cache", "peer", "origin"} {
+	for _, source := range []string{"cache", "download"} {
 		m.served.WithLabelValues(source)
 	}
 	if reg == nil {
@@ -64,7 +64,7 @@ func methodLabel(method string) string {
 func sourceLabel(b Blob) string {
 	if s, ok := b.(Sourced); ok {
 		switch v := s.Source(); v {
-		case "cache", "peer", "origin":
+		case "cache", "download":
 			return v
 		}
 		return "other"
@@ -72,5 +72,5 @@ func sourceLabel(b Blob) string {
 	if _, ok := b.(FileBlob); ok {
 		return "cache"
 	}
-	return "origin"
+	return "download"
 }

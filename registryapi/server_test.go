@@ -828,7 +828,7 @@ func TestMetrics(t *testing.T) {
 	blobs := []Blob{
 		newMemBlob(testBlob),
 		newFileBlob(t, testBlob, -1),
-		&sourcedBlob{newMemBlob(testBlob), "peer"},
+		&sourcedBlob{newMemBlob(testBlob), "download"},
 		&sourcedBlob{newMemBlob(testBlob), "cache"},
 		&sourcedBlob{newMemBlob(testBlob), "a digest or peer ID: never a label"},
 	}
@@ -863,7 +863,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("shoal_registry_requests_total%v = %v, want %v", tt.labels, got, tt.want)
 		}
 	}
-	for source, want := range map[string]float64{"origin": 10, "cache": 20, "peer": 10, "other": 10} {
+	for source, want := range map[string]float64{"download": 20, "cache": 20, "other": 10} {
 		if got := counterValue(t, fx.reg, "shoal_blob_served_bytes_total", "source", source); got != want {
 			t.Errorf("shoal_blob_served_bytes_total{source=%q} = %v, want %v", source, got, want)
 		}
@@ -920,7 +920,7 @@ func TestLogging(t *testing.T) {
 	fx := newFixture(t)
 	fx.do("GET", "/v2/library/alpine/blobs/"+testBlobDigest.String())
 	line := fx.log.String()
-	for _, want := range []string{"level=DEBUG", "repo=docker.io/library/alpine", "digest=" + testBlobDigest.String(), "bytes=20", "duration=", "source=origin"} {
+	for _, want := range []string{"level=DEBUG", "repo=docker.io/library/alpine", "digest=" + testBlobDigest.String(), "bytes=20", "duration=", "source=download"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("log %q lacks %q", line, want)
 		}

@@ -74,9 +74,10 @@ type Descriptor struct {
 	Size      int64
 }
 
-// Sourced may be implemented by a Blob to say where its bytes come from: "cache", "peer"
-// or "origin". The edge uses it only to label the served-bytes metric; a FileBlob without
-// it counts as "cache", any other Blob as "origin".
+// Sourced may be implemented by a Blob to say where its bytes come from: "cache" (the
+// node's store) or "download" (streamed while the node fetches it from peers and the
+// origin). The edge uses it only to label the served-bytes metric; a FileBlob without it
+// counts as "cache", any other Blob as "download".
 type Sourced interface {
 	Source() string
 }

@@ -32,6 +32,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		logFormat    = fs.String("log-format", "text", "log `format`: text or json")
 		identity     = fs.String("identity", "", "`file` holding the node's p2p key, created if absent (default DATA-DIR/identity)")
 		psk          = fs.String("psk", "", "private network key `file` (/key/swarm/psk/1.0.0/ format): only nodes with the same key connect")
+		bootstrapDNS = fs.String("bootstrap-dns", "", "DNS `name[:port]` whose A/AAAA records are fleet nodes, e.g. a headless Service; each is asked for its /status addrs on port (default 5081, the admin port)")
+		pprofOn      = fs.Bool("pprof", false, "serve Go profiles at /debug/pprof/ on the admin address")
 		upstreams    listFlag
 		p2pListen    listFlag
 		bootstrap    listFlag
@@ -78,11 +80,13 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		DockerConfig: *dockerConfig,
 		P2PListen:    p2pListen,
 		Bootstrap:    bootstrap,
+		BootstrapDNS: *bootstrapDNS,
 		Identity:     *identity,
 		PSK:          *psk,
 		UploadLimit:  int64(uploadLimit),
 		TagTTL:       *tagTTL,
 		TagMaxStale:  *tagMaxStale,
+		Pprof:        *pprofOn,
 		Version:      buildVersion(),
 		Logger:       logger,
 	})

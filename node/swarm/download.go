@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -28,16 +29,32 @@ type Download struct {
 	changed  chan struct{} // closed and replaced whenever progress, size or state changes
 	size     int64         // -1 until known
 	partial  *store.Partial
-	blob     *store.Blob // set once committed; readers switch to it
-	fill     []int64     // bytes written from the start of each chunk
-	err      error       // terminal failure
-	verified bool        // the whole blob matched its digest
-	done     bool        // committed
-	refs     int         // open readers plus the running fetch
+	blob     *store.Blob               // set once committed; readers switch to it
+	fill     []int64                   // bytes written from the start of each chunk
+	owner    []uint64                  // the request allowed to write each chunk; 0 for none
+	fetching []bool                    // chunks this node is fetching from the origin right now
+	list     []digest.Digest           // the chunk list, once the whole blob verified
+	err      error                     // terminal failure
+	verified bool                      // the whole blob matched its digest
+	done     bool                      // committed
+	refs     int                       // open readers plus the running fetch
+	readers  map[<-chan struct{}]int64 // each streaming client's next offset
+
+	// wmu orders writes into the partial file with changes of chunk ownership, so a request
+	// that lost its chunk to another never writes into it again.
+	wmu sync.Mutex
+
+	wake  chan struct{} // a reader is waiting for bytes no one may be fetching
+	hints chan string   // peers that asked about this blob: likely fetching it too
 }
 
 func newDownload(d digest.Digest, registry, repo string) *Download {
-	return &Download{digest: d, registry: registry, repo: repo, size: -1, changed: make(chan struct{}), refs: 1}
+	return &Download{
+		digest: d, registry: registry, repo: repo, size: -1, changed: make(chan struct{}), refs: 1,
+		readers: make(map[<-chan struct{}]int64),
+		wake:    make(chan struct{}, 1),
+		hints:   make(chan string, 64),
+	}
 }
 
 // notifyLocked wakes every waiter. Callers hold mu.
@@ -53,6 +70,8 @@ func (dl *Download) start(p *store.Partial) {
 	dl.partial = p
 	dl.size = p.Size()
 	dl.fill = make([]int64, p.NumChunks())
+	dl.owner = make([]uint64, p.NumChunks())
+	dl.fetching = make([]bool, p.NumChunks())
 	cs := p.ChunkSize()
 	for i, have := range p.Chunks() {
 		if have {
@@ -78,6 +97,39 @@ func (dl *Download) startCommitted(b *store.Blob) {
 func (dl *Download) wrote(off, n int64) []int {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
+	return dl.wroteLocked(off, n)
+}
+
+// writeStream writes p at off for request id, which streams chunk c from the origin, and
+// counts it as present at once so readers follow the transfer. It reports whether the chunk
+// is now complete.
+func (dl *Download) writeStream(c int, id uint64, p []byte, off int64) (bool, error) {
+	dl.wmu.Lock()
+	defer dl.wmu.Unlock()
+	dl.mu.Lock()
+	ok := dl.owner[c] == id
+	dl.mu.Unlock()
+	if !ok {
+		return false, errSuperseded
+	}
+	if _, err := dl.partial.WriteAt(p, off); err != nil {
+		return false, fmt.Errorf("write partial: %w", err)
+	}
+	dl.mu.Lock()
+	full := dl.wroteLocked(off, int64(len(p)))
+	if len(full) > 0 {
+		dl.owner[c] = 0
+	}
+	dl.mu.Unlock()
+	for _, i := range full {
+		if err := dl.partial.MarkChunk(i); err != nil {
+			return false, fmt.Errorf("mark chunk %d: %w", i, err)
+		}
+	}
+	return len(full) > 0, nil
+}
+
+func (dl *Download) wroteLocked(off, n int64) []int {
 	cs := dl.partial.ChunkSize()
 	var full []int
 	for n > 0 {
@@ -175,8 +227,11 @@ func (dl *Download) waitDone(ctx context.Context) error {
 // whole blob verified, so a client never completes a transfer of bad bytes.
 func (dl *Download) readAt(p []byte, off int64, abort <-chan struct{}, holdLast bool) (int, error) {
 	n := int64(len(p))
-	for {
+	for waited := false; ; waited = true {
 		dl.mu.Lock()
+		if holdLast && !dl.done {
+			dl.readers[abort] = off
+		}
 		if dl.err != nil {
 			err := dl.err
 			dl.mu.Unlock()
@@ -201,12 +256,167 @@ func (dl *Download) readAt(p []byte, off int64, abort <-chan struct{}, holdLast 
 		}
 		ch := dl.changed
 		dl.mu.Unlock()
+		if holdLast && !waited {
+			// Let the fetch put this reader's window first.
+			select {
+			case dl.wake <- struct{}{}:
+			default:
+			}
+		}
 		select {
 		case <-ch:
 		case <-abort:
 			return 0, errReaderClosed
 		}
 	}
+}
+
+// forget drops a reader's position.
+func (dl *Download) forget(abort <-chan struct{}) {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	delete(dl.readers, abort)
+}
+
+// readerChunks returns the chunk each streaming reader needs next.
+func (dl *Download) readerChunks(cs int64) []int {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	out := make([]int, 0, len(dl.readers))
+	for _, off := range dl.readers {
+		if off < dl.size {
+			out = append(out, int(off/cs))
+		}
+	}
+	return out
+}
+
+// errSuperseded stops a request whose chunk another request completed or took over.
+var errSuperseded = errors.New("chunk taken over by another request")
+
+// claim makes request id the writer of chunk c. A peer's chunk arrives whole, so any bytes
+// a broken origin transfer left in it are rewritten: they stop counting as present.
+func (dl *Download) claim(c int, id uint64, fromStart bool) {
+	dl.wmu.Lock()
+	defer dl.wmu.Unlock()
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	dl.owner[c] = id
+	if fromStart && dl.fill[c] < chunkLen(dl.size, dl.partial.ChunkSize(), c) {
+		dl.fill[c] = 0
+	}
+}
+
+// unclaim ends request id's hold on chunk c, if it still has it. A peer request that wrote
+// bytes it could not complete leaves them uncounted.
+func (dl *Download) unclaim(c int, id uint64) {
+	dl.wmu.Lock()
+	defer dl.wmu.Unlock()
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if dl.owner[c] == id {
+		dl.owner[c] = 0
+	}
+}
+
+// setFetching records whether chunk c is being fetched from the origin, for peers asking.
+func (dl *Download) setFetching(c int, on bool) {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	dl.fetching[c] = on
+}
+
+// writeOwned writes p at off, inside chunk c, if request id still owns the chunk.
+func (dl *Download) writeOwned(c int, id uint64, p []byte, off int64) error {
+	dl.wmu.Lock()
+	defer dl.wmu.Unlock()
+	dl.mu.Lock()
+	ok := dl.owner[c] == id && dl.fill[c] < chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	dl.mu.Unlock()
+	if !ok {
+		return errSuperseded
+	}
+	if _, err := dl.partial.WriteAt(p, off); err != nil {
+		return fmt.Errorf("write partial: %w", err)
+	}
+	return nil
+}
+
+// complete records that request id wrote all of chunk c, if it still owns it.
+func (dl *Download) complete(c int, id uint64) error {
+	dl.wmu.Lock()
+	defer dl.wmu.Unlock()
+	dl.mu.Lock()
+	if dl.owner[c] != id {
+		dl.mu.Unlock()
+		return errSuperseded
+	}
+	dl.owner[c] = 0
+	dl.fill[c] = chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	dl.notifyLocked()
+	dl.mu.Unlock()
+	return dl.partial.MarkChunk(c)
+}
+
+// takeOver writes a whole chunk c received by request id into the file, unless the chunk is
+// complete already; the request that owned it loses it.
+func (dl *Download) takeOver(c int, id uint64, data []byte) error {
+	dl.wmu.Lock()
+	defer dl.wmu.Unlock()
+	dl.mu.Lock()
+	n := chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	if dl.fill[c] == n {
+		dl.mu.Unlock()
+		return errSuperseded
+	}
+	dl.owner[c] = 0
+	dl.fill[c] = 0
+	dl.mu.Unlock()
+	if _, err := dl.partial.WriteAt(data, int64(c)*dl.partial.ChunkSize()); err != nil {
+		return fmt.Errorf("write partial: %w", err)
+	}
+	dl.mu.Lock()
+	dl.fill[c] = n
+	dl.notifyLocked()
+	dl.mu.Unlock()
+	return dl.partial.MarkChunk(c)
+}
+
+// chunkList is the chunk list computed while verifying, or nil.
+func (dl *Download) chunkList() []digest.Digest {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.list
+}
+
+// haveChunks reports which chunks are completely written.
+func (dl *Download) haveChunks() []bool {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	cs := dl.partial.ChunkSize()
+	out := make([]bool, len(dl.fill))
+	for i, f := range dl.fill {
+		out[i] = f == chunkLen(dl.size, cs, i)
+	}
+	return out
+}
+
+// written is the number of bytes written so far.
+func (dl *Download) written() int64 {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	var n int64
+	for _, f := range dl.fill {
+		n += f
+	}
+	return n
+}
+
+// chunkFill is how many bytes of chunk c are written from its start.
+func (dl *Download) chunkFill(c int) int64 {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	return dl.fill[c]
 }
 
 var errReaderClosed = errors.New("reader closed")
@@ -267,24 +477,41 @@ func (dl *Download) release() {
 }
 
 // verify hashes the blob in order as its bytes land and reports whether it matches the digest.
-func (dl *Download) verify(abort <-chan struct{}) error {
+// With chunkSize > 0 it also computes the chunk list, kept once the digest matched.
+func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 	h := dl.digest.Algorithm().Hash()
 	buf := make([]byte, 1<<20)
 	dl.mu.Lock()
 	size := dl.size
 	dl.mu.Unlock()
+	var list []digest.Digest
+	ch := sha256.New()
 	for off := int64(0); off < size; {
 		n := min(int64(len(buf)), size-off)
+		if chunkSize > 0 {
+			// Never straddle a chunk boundary, so each chunk's hash ends cleanly.
+			n = min(n, chunkSize-off%chunkSize)
+		}
 		got, err := dl.readAt(buf[:n], off, abort, false)
 		if err != nil && !(errors.Is(err, io.EOF) && int64(got) == n) {
 			return err
 		}
 		h.Write(buf[:got])
 		off += int64(got)
+		if chunkSize > 0 {
+			ch.Write(buf[:got])
+			if off%chunkSize == 0 || off == size {
+				list = append(list, digest.NewDigest(digest.SHA256, ch))
+				ch.Reset()
+			}
+		}
 	}
 	if got := digest.NewDigest(dl.digest.Algorithm(), h); got != dl.digest {
 		return fmt.Errorf("%w: got %s", ErrDigestMismatch, got)
 	}
+	dl.mu.Lock()
+	dl.list = list
+	dl.mu.Unlock()
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/node/store"
+	"github.com/shoal-dev/shoal/p2p"
 )
 
 // DefaultChunkSize is the unit of resumption and, with peers, of exchange.
@@ -26,6 +27,8 @@ const DefaultChunkSize = 4 << 20
 type Origin interface {
 	// GetBlob returns the blob's bytes from offset (length < 0: to the end) and its total size.
 	GetBlob(ctx context.Context, registry, repo string, d digest.Digest, offset, length int64) (io.ReadCloser, int64, error)
+	// HeadBlob returns the blob's size.
+	HeadBlob(ctx context.Context, registry, repo string, d digest.Digest) (int64, error)
 }
 
 // Options configures a Downloader.
@@ -35,12 +38,22 @@ type Options struct {
 	ChunkSize  int64 // 0 means DefaultChunkSize
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	// OnStart, if set, is called when a download starts, so the node can announce that it
-	// is fetching the blob; it must not block.
-	OnStart func(digest.Digest)
-	// Attempts bounds how often a download re-requests the origin after a broken transfer
-	// before giving up; 0 means 4.
+	// Fleet, if set, is where downloads find peers to fetch chunks from; nil means the origin
+	// alone.
+	Fleet Fleet
+	// Policy decides which chunk to ask of whom.
+	Policy Policy
+	// OnChunkList, if set, receives the chunk list of each blob a download committed (only
+	// with a Fleet), so the node can hand it to peers.
+	OnChunkList func(d digest.Digest, chunkSize int64, list []digest.Digest)
+	// OnCommit, if set, is called after a download committed its blob, so the node can
+	// announce it; it must not block.
+	OnCommit func(d digest.Digest)
+	// Attempts bounds how often in a row the origin may fail a download's requests, when no
+	// peer can supply the rest, before the download gives up; 0 means 4.
 	Attempts int
+	// BanFor is how long a peer that sent false data is not asked again; 0 means 10 minutes.
+	BanFor time.Duration
 }
 
 // Downloader runs at most one Download per digest. Its Run method owns the downloads'
@@ -54,12 +67,15 @@ type Downloader struct {
 
 	mu     sync.Mutex
 	active map[digest.Digest]*Download
+	bans   map[string]time.Time // peer ID to the end of its ban
 }
 
 type metrics struct {
 	fetched   *prometheus.CounterVec
 	downloads *prometheus.CounterVec
 	active    prometheus.Gauge
+	failures  *prometheus.CounterVec
+	bans      prometheus.Counter
 }
 
 // New returns a Downloader; call Run to make it work.
@@ -69,6 +85,9 @@ func New(opts Options) *Downloader {
 	}
 	if opts.Attempts <= 0 {
 		opts.Attempts = 4
+	}
+	if opts.BanFor <= 0 {
+		opts.BanFor = 10 * time.Minute
 	}
 	log := opts.Logger
 	if log == nil {
@@ -87,6 +106,17 @@ func New(opts Options) *Downloader {
 			Name: "shoal_downloads_active",
 			Help: "Blob downloads in progress.",
 		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_chunk_failures_total",
+			Help: "Chunk requests that failed, by reason: origin, error (a peer failed or died), not_held, verify (a peer's chunk failed its chunk list), protocol.",
+		}, []string{"reason"}),
+		bans: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_peer_bans_total",
+			Help: "Peers banned for sending false data.",
+		}),
+	}
+	for _, reason := range []string{"origin", "error", "not_held", "verify", "protocol"} {
+		m.failures.WithLabelValues(reason)
 	}
 	for _, source := range []string{"peer", "origin"} {
 		m.fetched.WithLabelValues(source)
@@ -95,7 +125,7 @@ func New(opts Options) *Downloader {
 		m.downloads.WithLabelValues(result)
 	}
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(m.fetched, m.downloads, m.active)
+		opts.Registerer.MustRegister(m.fetched, m.downloads, m.active, m.failures, m.bans)
 	}
 	return &Downloader{
 		opts:    opts,
@@ -104,6 +134,54 @@ func New(opts Options) *Downloader {
 		stopped: make(chan struct{}),
 		metrics: m,
 		active:  make(map[digest.Digest]*Download),
+		bans:    make(map[string]time.Time),
+	}
+}
+
+// Ban stops every download from asking peer id for a while.
+func (dl *Downloader) Ban(id string, why error) {
+	dl.mu.Lock()
+	_, already := dl.bans[id]
+	dl.bans[id] = time.Now().Add(dl.opts.BanFor)
+	dl.mu.Unlock()
+	if !already {
+		dl.metrics.bans.Inc()
+		dl.log.Warn("peer banned", "peer", id, "for", dl.opts.BanFor, "err", why)
+	}
+}
+
+// Banned reports whether peer id is banned now.
+func (dl *Downloader) Banned(id string) bool {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	until, ok := dl.bans[id]
+	if ok && time.Now().After(until) {
+		delete(dl.bans, id)
+		return false
+	}
+	return ok
+}
+
+// Fetched counts n bytes the node fetched from source ("peer" or "origin") outside of a
+// download, such as a manifest.
+func (dl *Downloader) Fetched(source string, n int) {
+	dl.metrics.fetched.WithLabelValues(source).Add(float64(n))
+}
+
+func (dl *Downloader) chunkFailure(reason string) {
+	dl.metrics.failures.WithLabelValues(reason).Inc()
+}
+
+// Hint tells the download of d, if one runs, that peer asked about d: it is most likely
+// fetching it too, so the two can trade chunks. It never blocks.
+func (dl *Downloader) Hint(peer string, d digest.Digest) {
+	download := dl.lookup(d)
+	if download == nil {
+		return
+	}
+	select {
+	case download.hints <- peer:
+	default:
 	}
 }
 
@@ -207,18 +285,16 @@ func (dl *Downloader) finish(download *Download, err error) {
 
 // run fetches, verifies and commits one blob.
 func (dl *Downloader) run(ctx context.Context, download *Download) {
-	if dl.opts.OnStart != nil {
-		dl.opts.OnStart(download.digest)
-	}
 	dl.metrics.active.Inc()
 	defer dl.metrics.active.Dec()
 	start := time.Now()
 	log := dl.log.With("digest", download.digest, "repo", download.registry+"/"+download.repo)
-	err := dl.fetch(ctx, download)
+	e := newEngine(dl, download, log)
+	err := e.run(ctx)
 	result := "ok"
 	switch {
 	case err == nil:
-		log.Debug("blob downloaded", "bytes", download.size, "duration", time.Since(start), "source", "origin")
+		log.Debug("blob downloaded", "bytes", download.size, "duration", time.Since(start), "peers", len(e.suppliers))
 	case errors.Is(err, ErrDigestMismatch):
 		result = "mismatch"
 		log.Error("blob failed verification, discarded", "err", err)
@@ -228,152 +304,6 @@ func (dl *Downloader) run(ctx context.Context, download *Download) {
 	}
 	dl.metrics.downloads.WithLabelValues(result).Inc()
 	dl.finish(download, err)
-}
-
-func (dl *Downloader) fetch(ctx context.Context, download *Download) error {
-	d := download.digest
-	body, size, err := dl.opts.Origin.GetBlob(ctx, download.registry, download.repo, d, 0, -1)
-	if err != nil {
-		return err
-	}
-	partial, err := dl.opts.Store.CreatePartial(d, size, dl.opts.ChunkSize)
-	if errors.Is(err, store.ErrExists) {
-		// Committed by another path since the caller looked: serve that copy.
-		body.Close()
-		blob, err := dl.opts.Store.Open(d)
-		if err != nil {
-			return err
-		}
-		download.startCommitted(blob)
-		return nil
-	}
-	if err != nil {
-		body.Close()
-		return fmt.Errorf("create partial %s: %w", d, err)
-	}
-	download.start(partial)
-
-	// The verifier follows the written bytes in order; it ends with the download.
-	abort := make(chan struct{})
-	verified := make(chan error, 1)
-	go func() { verified <- download.verify(abort) }()
-
-	err = dl.copyFromOrigin(ctx, download, body)
-	if err != nil {
-		// Readers learn why before the file goes away under them.
-		download.fail(err)
-		close(abort)
-		<-verified
-		// What was written came from the origin in good faith: keep it for a resume.
-		if cerr := partial.Close(); cerr != nil {
-			dl.log.Warn("close partial", "digest", d, "err", cerr)
-		}
-		return err
-	}
-	if err := <-verified; err != nil {
-		err = fmt.Errorf("verify %s: %w", d, err)
-		download.fail(err)
-		if aerr := partial.Abort(); aerr != nil {
-			dl.log.Warn("discard partial", "digest", d, "err", aerr)
-		}
-		return err
-	}
-	// Clients may finish now; making the file durable need not hold them up.
-	download.markVerified()
-	blob, err := partial.Commit("")
-	if err != nil {
-		err = fmt.Errorf("commit %s: %w", d, err)
-		download.fail(err)
-		partial.Abort()
-		return err
-	}
-	download.commit(blob)
-	return nil
-}
-
-// copyFromOrigin writes the origin's bytes into the partial, resuming from the first missing
-// byte after a broken transfer. body starts at offset 0.
-func (dl *Downloader) copyFromOrigin(ctx context.Context, download *Download, body io.ReadCloser) error {
-	d := download.digest
-	off := int64(0)
-	if gap := download.firstGap(); gap > 0 {
-		// A partial from before a restart: ask only for what is missing.
-		body.Close()
-		body = nil
-		off = gap
-	}
-	buf := make([]byte, 256<<10)
-	for attempt := 0; ; {
-		if off >= download.size {
-			if body != nil {
-				body.Close()
-			}
-			return nil
-		}
-		if body == nil {
-			var err error
-			body, _, err = dl.opts.Origin.GetBlob(ctx, download.registry, download.repo, d, off, -1)
-			if err != nil {
-				if attempt++; attempt >= dl.opts.Attempts || ctx.Err() != nil {
-					return err
-				}
-				if err := sleep(ctx, backoff(attempt)); err != nil {
-					return err
-				}
-				continue
-			}
-		}
-		n, err := dl.copyBody(download, body, off, buf)
-		body.Close()
-		body = nil
-		if n > 0 {
-			attempt = 0
-		}
-		off += n
-		if off >= download.size {
-			continue
-		}
-		if err == nil {
-			err = io.ErrUnexpectedEOF
-		}
-		if attempt++; attempt >= dl.opts.Attempts || ctx.Err() != nil {
-			return fmt.Errorf("read %s from origin at %d: %w", d, off, err)
-		}
-		dl.log.Debug("origin transfer broke, resuming", "digest", d, "bytes", off, "err", err)
-	}
-}
-
-// copyBody copies body into the partial at off until EOF; it returns the bytes written.
-func (dl *Downloader) copyBody(download *Download, body io.Reader, off int64, buf []byte) (int64, error) {
-	partial := download.partial
-	var total int64
-	for {
-		// Whatever has arrived is written at once, so clients and peers see it without
-		// waiting for a full buffer from a slow origin.
-		n, rerr := body.Read(buf)
-		if n > 0 {
-			if int64(n) > download.size-off {
-				return total, fmt.Errorf("origin sent more than %d bytes", download.size)
-			}
-			if _, err := partial.WriteAt(buf[:n], off); err != nil {
-				return total, fmt.Errorf("write partial: %w", err)
-			}
-			for _, i := range download.wrote(off, int64(n)) {
-				if err := partial.MarkChunk(i); err != nil {
-					return total, fmt.Errorf("mark chunk %d: %w", i, err)
-				}
-			}
-			dl.metrics.fetched.WithLabelValues("origin").Add(float64(n))
-			off += int64(n)
-			total += int64(n)
-		}
-		switch {
-		case rerr == io.EOF:
-			return total, nil
-		case rerr != nil:
-			return total, rerr
-		}
-	}
 }
 
 func backoff(attempt int) time.Duration {
@@ -403,25 +333,30 @@ func (dl *Downloader) Len() int {
 var ErrChunkMissing = errors.New("chunk not held")
 
 // Progress reports what a running download holds, for peers asking: the blob's size, the
-// chunk size and the chunks completely written. ok is false when no download of d is running
-// or its size is not known yet. Those chunks are not verified until the whole blob is;
-// peers check what they receive.
-func (dl *Downloader) Progress(d digest.Digest) (size, chunkSize int64, chunks []bool, ok bool) {
+// chunk size, the chunks completely written and those being fetched from the origin. ok is
+// false when no download of d is running or its size is not known yet. Those chunks are not
+// verified until the whole blob is; peers check what they receive.
+func (dl *Downloader) Progress(d digest.Digest) (p2p.Have, bool) {
 	download := dl.lookup(d)
 	if download == nil {
-		return 0, 0, nil, false
+		return p2p.Have{}, false
 	}
 	download.mu.Lock()
 	defer download.mu.Unlock()
 	if download.size < 0 || download.err != nil || download.partial == nil && download.blob == nil {
-		return 0, 0, nil, false
+		return p2p.Have{}, false
 	}
-	chunkSize = dl.opts.ChunkSize
-	chunks = make([]bool, len(download.fill))
+	h := p2p.Have{Size: download.size, ChunkSize: dl.opts.ChunkSize, Chunks: make([]bool, len(download.fill))}
 	for i, f := range download.fill {
-		chunks[i] = download.done || f == chunkLen(download.size, chunkSize, i)
+		h.Chunks[i] = download.done || f == chunkLen(download.size, dl.opts.ChunkSize, i)
+		if !h.Chunks[i] && i < len(download.fetching) && download.fetching[i] {
+			if h.Fetching == nil {
+				h.Fetching = make([]bool, len(download.fill))
+			}
+			h.Fetching[i] = true
+		}
 	}
-	return download.size, chunkSize, chunks, true
+	return h, true
 }
 
 // ReadChunk copies chunk i of a running download of d to w, if that chunk is complete.

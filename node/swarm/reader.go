@@ -28,7 +28,7 @@ func (r *Reader) closeAbort() { r.once.Do(func() { close(r.abort) }) }
 func (r *Reader) Size() int64 { return r.size }
 
 // Source names where the bytes come from, for metrics.
-func (r *Reader) Source() string { return "origin" }
+func (r *Reader) Source() string { return "download" }
 
 // ReadAt blocks until the bytes are present; it fails if the download fails, including a
 // digest mismatch found after the last byte.
@@ -41,6 +41,7 @@ func (r *Reader) Close() error {
 	r.closed.Do(func() {
 		r.stop()
 		r.closeAbort()
+		r.download.forget(r.abort)
 		r.download.release()
 	})
 	return nil

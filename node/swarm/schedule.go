@@ -2,6 +2,8 @@ package swarm
 
 import (
 	"cmp"
+	"encoding/binary"
+	"hash/fnv"
 	"slices"
 	"time"
 )
@@ -22,6 +24,13 @@ type PeerView struct {
 	Active int
 	// Rate is the observed bytes per second from this peer; 0 if not yet known.
 	Rate float64
+	// Member marks a peer downloading the blob too, so sharing the origin's work: each chunk
+	// no one holds is designated to one member (Snapshot.Self included) by rendezvous
+	// hashing, and the others leave it to that member unless it stays idle at the origin.
+	Member bool
+	// OriginIdle is how long the peer has been seen fetching nothing from the origin; 0 if
+	// it is fetching now or has not been seen long enough to tell.
+	OriginIdle time.Duration
 }
 
 // Inflight is one outstanding request.
@@ -40,6 +49,10 @@ type Snapshot struct {
 	Peers []PeerView
 	// Readers holds, for each client streaming the blob in order, the chunk it needs next.
 	Readers []int
+	// Self is this node's ID and Salt the blob's digest, both inputs of origin designation;
+	// every member computes the same designation from the same membership.
+	Self string
+	Salt string
 }
 
 // Request asks for one chunk from one source.
@@ -60,6 +73,10 @@ type Policy struct {
 	// EndgameAge: once every missing chunk is requested, a peer request older than this is
 	// asked again of another peer (default 2s).
 	EndgameAge time.Duration
+	// StealAfter: chunks designated to a member that has fetched nothing from the origin for
+	// this long are fetched by the others (default 1s). Shorter, and members that just
+	// started look idle; longer, and a member that cannot reach the origin stalls the rest.
+	StealAfter time.Duration
 	// Rank orders chunks for origin fetches and breaks ties: a node-specific permutation of
 	// the chunk indices, so nodes fetching from the origin at once rarely pick the same
 	// chunk. Nil means index order.
@@ -78,6 +95,9 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.EndgameAge <= 0 {
 		p.EndgameAge = 2 * time.Second
+	}
+	if p.StealAfter <= 0 {
+		p.StealAfter = time.Second
 	}
 	return p
 }
@@ -170,6 +190,9 @@ func (p Policy) Next(s Snapshot) []Request {
 		split++
 	}
 	slices.SortFunc(forOrigin[split:], func(a, b int) int { return cmp.Compare(rank(a), rank(b)) })
+	// With other members fetching the same blob, each takes the chunks designated to it,
+	// then those of members idle at the origin (finished with their share, or failing).
+	forOrigin = p.designated(s, forOrigin)
 	for _, c := range forOrigin {
 		if originBusy >= p.Origin {
 			break
@@ -245,4 +268,58 @@ func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
 		}
 	}
 	return reqs
+}
+
+// designated keeps, of the chunks the origin could serve, those this node should fetch: first
+// the ones designated to itself, then those designated to members that have fetched nothing
+// from the origin for StealAfter. Order is kept within each group.
+func (p Policy) designated(s Snapshot, chunks []int) []int {
+	var members []PeerView
+	for _, pv := range s.Peers {
+		if pv.Member && pv.ID != s.Self {
+			members = append(members, pv)
+		}
+	}
+	if len(members) == 0 || len(chunks) == 0 {
+		return chunks
+	}
+	idle := make(map[string]bool, len(members))
+	for _, pv := range members {
+		idle[pv.ID] = pv.OriginIdle >= p.StealAfter && !slices.Contains(pv.Fetching, true)
+	}
+	mine := make([]int, 0, len(chunks))
+	var stolen []int
+	for _, c := range chunks {
+		owner, best := s.Self, designation(s.Salt, s.Self, c)
+		for _, pv := range members {
+			if w := designation(s.Salt, pv.ID, c); w > best || w == best && pv.ID < owner {
+				owner, best = pv.ID, w
+			}
+		}
+		switch {
+		case owner == s.Self:
+			mine = append(mine, c)
+		case idle[owner]:
+			stolen = append(stolen, c)
+		}
+	}
+	return append(mine, stolen...)
+}
+
+// designation is member id's weight for chunk c of the blob salt: the member with the highest
+// weight fetches the chunk from the origin. Every node computes the same weights.
+func designation(salt, id string, c int) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(salt))
+	h.Write([]byte{0})
+	h.Write([]byte(id))
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(c)))
+	// splitmix64 finalizer: FNV's low bits alone spread poorly.
+	x := h.Sum64()
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }

@@ -198,3 +198,86 @@ func TestOriginOrderSpreads(t *testing.T) {
 		t.Errorf("%d nodes picked only %d distinct chunks of %d requests", nodes, len(picked), nodes*4)
 	}
 }
+
+// TestOriginDesignation: members that know each other split the origin's work: each asks the
+// origin only for chunks designated to it, the designations cover every chunk exactly once,
+// and a member idle at the origin has its chunks taken by the others.
+func TestOriginDesignation(t *testing.T) {
+	t.Parallel()
+	const n = 64
+	ids := []string{"m0", "m1", "m2", "m3", "m4", "m5"}
+	busy := bits(n, 63) // fetching something from the origin
+	owner := map[int]string{}
+	for _, self := range ids {
+		s := Snapshot{Have: bits(n), Self: self, Salt: "sha256:x", Readers: []int{0}}
+		for _, id := range ids {
+			if id != self {
+				s.Peers = append(s.Peers, PeerView{ID: id, Has: bits(n), Fetching: busy, Member: true})
+			}
+		}
+		// Chunk 63 is being fetched by every peer in this view; leave it out of the count.
+		for _, c := range (Policy{Origin: n}).designated(s, seq(63)) {
+			if prev, ok := owner[c]; ok {
+				t.Fatalf("chunk %d designated to %s and %s", c, prev, self)
+			}
+			owner[c] = self
+		}
+		for _, r := range (Policy{Origin: 2}).Next(s) {
+			if r.Peer != "" || owner[r.Chunk] != self {
+				t.Errorf("%s asked %q for chunk %d designated to %s", self, r.Peer, r.Chunk, owner[r.Chunk])
+			}
+		}
+	}
+	if len(owner) != 63 {
+		t.Errorf("%d of 63 chunks designated, want all", len(owner))
+	}
+	perMember := map[string]int{}
+	for _, id := range owner {
+		perMember[id]++
+	}
+	for _, id := range ids {
+		if perMember[id] < 3 {
+			t.Errorf("member %s designated %d chunks of 63: the split is lopsided (%v)", id, perMember[id], perMember)
+		}
+	}
+
+	// m1 idles at the origin: m0 takes m1's chunks after its own, but only once m1 has been
+	// idle for a while.
+	s := Snapshot{Have: bits(n), Self: "m0", Salt: "sha256:x", Peers: []PeerView{
+		{ID: "m1", Has: bits(n), Fetching: bits(n), Member: true, OriginIdle: 500 * time.Millisecond},
+		{ID: "m2", Has: bits(n), Fetching: busy, Member: true},
+	}}
+	for _, c := range (Policy{}).withDefaults().designated(s, seq(63)) {
+		if designation(s.Salt, "m0", c) < max(designation(s.Salt, "m1", c), designation(s.Salt, "m2", c)) {
+			t.Fatalf("chunk %d of a member idle for only 500ms taken", c)
+		}
+	}
+	s.Peers[0].OriginIdle = 2 * time.Second
+	got := (Policy{}).withDefaults().designated(s, seq(63))
+	var mine, stolen int
+	for i, c := range got {
+		w0, w1, w2 := designation(s.Salt, "m0", c), designation(s.Salt, "m1", c), designation(s.Salt, "m2", c)
+		switch {
+		case w0 > w1 && w0 > w2:
+			mine++
+			if stolen > 0 {
+				t.Errorf("own chunk %d at %d after stolen ones", c, i)
+			}
+		case w1 > w2:
+			stolen++
+		default:
+			t.Errorf("chunk %d of the busy member m2 taken", c)
+		}
+	}
+	if mine == 0 || stolen == 0 {
+		t.Errorf("own %d, stolen %d; want both", mine, stolen)
+	}
+}
+
+func seq(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}

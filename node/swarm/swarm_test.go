@@ -1,0 +1,381 @@
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/shoal-dev/shoal/node/store"
+	"github.com/shoal-dev/shoal/p2p"
+)
+
+// memFleet connects Downloaders in memory: each member's Have and GetChunk are answered by
+// the other member's store and running downloads, as the node's chunk server answers them
+// over libp2p. Members can be taken down or made to lie.
+type memFleet struct {
+	mu        sync.Mutex
+	members   map[string]*member
+	providers map[digest.Digest][]string
+}
+
+type member struct {
+	id    string
+	dl    *Downloader
+	st    *store.Store
+	reg   *prometheus.Registry
+	down  atomic.Bool
+	flip  atomic.Int64 // if >= 0, the chunk served with a flipped byte
+	lists bool         // offer chunk lists for committed blobs
+	sent  atomic.Int64 // chunk bytes served to others
+}
+
+func newMemFleet() *memFleet {
+	return &memFleet{members: map[string]*member{}, providers: map[digest.Digest][]string{}}
+}
+
+// add starts a member with its own store, downloading from o.
+func (f *memFleet) add(t *testing.T, id string, o Origin) *member {
+	t.Helper()
+	st, err := store.Open(store.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &member{id: id, st: st, reg: prometheus.NewRegistry(), lists: true}
+	m.flip.Store(-1)
+	m.dl = New(Options{Store: st, Origin: o, ChunkSize: 64 << 10, Fleet: memView{f, id}, Registerer: m.reg, BanFor: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		m.dl.Run(ctx)
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		st.Close()
+	})
+	f.mu.Lock()
+	f.members[id] = m
+	f.mu.Unlock()
+	return m
+}
+
+func (f *memFleet) member(id string) *member {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.members[id]
+}
+
+// memView is one member's view of the fleet.
+type memView struct {
+	f  *memFleet
+	id string
+}
+
+var errPeerDown = errors.New("peer unreachable")
+
+func (v memView) Self() string    { return v.id }
+func (v memView) Connected() bool { return true }
+
+func (v memView) Provide(ctx context.Context, d digest.Digest) error {
+	v.f.mu.Lock()
+	defer v.f.mu.Unlock()
+	if !slices.Contains(v.f.providers[d], v.id) {
+		v.f.providers[d] = append(v.f.providers[d], v.id)
+	}
+	return nil
+}
+
+func (v memView) FindProviders(ctx context.Context, d digest.Digest, fresh bool) ([]string, error) {
+	v.f.mu.Lock()
+	defer v.f.mu.Unlock()
+	var out []string
+	for _, id := range v.f.providers[d] {
+		if id != v.id {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (p2p.Have, error) {
+	m := v.f.member(peer)
+	if m == nil || m.down.Load() {
+		return p2p.Have{}, errPeerDown
+	}
+	m.dl.Hint(v.id, d)
+	if b, err := m.st.Open(d); err == nil {
+		defer b.Close()
+		data := make([]byte, b.Size())
+		b.ReadAt(data, 0)
+		h := p2p.Have{Size: b.Size(), ChunkSize: 64 << 10}
+		for off := int64(0); off < b.Size(); off += h.ChunkSize {
+			h.Chunks = append(h.Chunks, true)
+			if m.lists {
+				h.ChunkList = append(h.ChunkList, digest.FromBytes(data[off:min(off+h.ChunkSize, b.Size())]))
+			}
+		}
+		return h, nil
+	}
+	h, ok := m.dl.Progress(d)
+	if !ok {
+		return p2p.Have{}, p2p.ErrNotHeld
+	}
+	return h, nil
+}
+
+func (v memView) GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error) {
+	m := v.f.member(peer)
+	if m == nil || m.down.Load() {
+		return 0, errPeerDown
+	}
+	var buf bytes.Buffer
+	if b, err := m.st.Open(d); err == nil {
+		defer b.Close()
+		off := int64(index) * (64 << 10)
+		if off >= b.Size() {
+			return 0, p2p.ErrNotHeld
+		}
+		io.Copy(&buf, io.NewSectionReader(b, off, min(64<<10, b.Size()-off)))
+	} else if _, err := m.dl.ReadChunk(d, index, &buf); err != nil {
+		return 0, fmt.Errorf("%w: %w", p2p.ErrNotHeld, err)
+	}
+	data := buf.Bytes()
+	if int64(index) == m.flip.Load() {
+		data[len(data)/2] ^= 1
+	}
+	n, err := w.Write(data)
+	m.sent.Add(int64(n))
+	return int64(n), err
+}
+
+func (m *member) read(t *testing.T, d digest.Digest) ([]byte, error) {
+	t.Helper()
+	r, err := m.dl.Open(context.Background(), "reg", "repo", d)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(io.NewSectionReader(r, 0, r.Size()))
+}
+
+func (m *member) fetched(source string) float64 {
+	return testutil.ToFloat64(m.dl.metrics.fetched.WithLabelValues(source))
+}
+
+// seed gives m the blob from the origin.
+func (m *member) seed(t *testing.T, data []byte) {
+	t.Helper()
+	got, err := m.read(t, digest.FromBytes(data))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("seed %s: %d bytes, %v", m.id, len(got), err)
+	}
+	waitCommitted(t, m.st, digest.FromBytes(data))
+}
+
+// TestSwarmWarm: a blob one member holds reaches the others without the origin, and with
+// the holder's chunk list checked.
+func TestSwarmWarm(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 20*64<<10+77)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	f := newMemFleet()
+	a := f.add(t, "a", o)
+	a.seed(t, data)
+	before := o.sentBytes()
+	for _, id := range []string{"b", "c", "d"} {
+		m := f.add(t, id, o)
+		if got, err := m.read(t, d); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s read %d bytes, %v", id, len(got), err)
+		}
+		if got := m.fetched("peer"); got != float64(len(data)) {
+			t.Errorf("%s fetched %v bytes from peers, want %d", id, got, len(data))
+		}
+		waitCommitted(t, m.st, d)
+	}
+	if sent := o.sentBytes() - before; sent != 0 {
+		t.Errorf("origin sent %d bytes for a blob a peer held, want 0", sent)
+	}
+}
+
+// TestSwarmCold: members starting on the same blob at once fetch it from the origin about once
+// between them, and all get the right bytes.
+func TestSwarmCold(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 64*64<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	o.rate = 8 << 20 // bytes per second over all requests, a shared origin link
+	f := newMemFleet()
+	var ms []*member
+	for i := range 6 {
+		ms = append(ms, f.add(t, fmt.Sprintf("m%d", i), o))
+	}
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got, err := m.read(t, d); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("%s read %d bytes, %v", m.id, len(got), err)
+			}
+		}()
+	}
+	wg.Wait()
+	ratio := float64(o.sentBytes()) / float64(len(data))
+	t.Logf("origin sent %.2fx the blob to 6 members", ratio)
+	if ratio > 1.25 {
+		t.Errorf("origin sent %.2fx the blob, want <= 1.25x", ratio)
+	}
+}
+
+// TestSwarmLyingPeer: a holder serving a corrupted chunk is caught by its own chunk list,
+// banned, and the chunk comes from elsewhere; nobody fails.
+func TestSwarmLyingPeer(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 12*64<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	f := newMemFleet()
+	a := f.add(t, "a", o)
+	a.seed(t, data)
+	a.flip.Store(5)
+	b := f.add(t, "b", o)
+	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v; want the blob", len(got), err)
+	}
+	if !b.dl.Banned("a") {
+		t.Errorf("the lying peer is not banned")
+	}
+	if got := testutil.ToFloat64(b.dl.metrics.failures.WithLabelValues("verify")); got < 1 {
+		t.Errorf("verify failures = %v, want >= 1", got)
+	}
+}
+
+// TestSwarmLyingPeerNoList: without a chunk list the lie shows only in the blob's digest: the
+// read fails (never a clean end with bad bytes), every supplier is banned, and the next read
+// gets the blob from the origin.
+func TestSwarmLyingPeerNoList(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 12*64<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	f := newMemFleet()
+	a := f.add(t, "a", o)
+	a.seed(t, data)
+	a.lists = false
+	a.flip.Store(5)
+	b := f.add(t, "b", o)
+	if _, err := b.read(t, d); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("read = %v, want ErrDigestMismatch", err)
+	}
+	if !b.dl.Banned("a") {
+		t.Fatalf("the lying peer is not banned")
+	}
+	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("second read %d bytes, %v; want the blob", len(got), err)
+	}
+}
+
+// TestSwarmPeerDies: the only holder dies mid-transfer; the download finishes from the origin.
+func TestSwarmPeerDies(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 40*64<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	f := newMemFleet()
+	a := f.add(t, "a", o)
+	a.seed(t, data)
+	b := f.add(t, "b", o)
+	go func() {
+		for a.sent.Load() < 10*64<<10 {
+			time.Sleep(time.Millisecond)
+		}
+		a.down.Store(true)
+	}()
+	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v; want the blob", len(got), err)
+	}
+	if b.fetched("peer") == 0 {
+		t.Errorf("no bytes from the peer before it died")
+	}
+}
+
+// TestSwarmOriginDown: with the origin down, a blob a peer holds is still served.
+func TestSwarmOriginDown(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 9*64<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	f := newMemFleet()
+	a := f.add(t, "a", o)
+	a.seed(t, data)
+	o.mu.Lock()
+	o.down = true
+	o.mu.Unlock()
+	b := f.add(t, "b", o)
+	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v; want the blob", len(got), err)
+	}
+}
+
+// TestSwarmChunkList: a committed download hands over the chunk list it computed.
+func TestSwarmChunkList(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 3*64<<10+5)
+	d := digest.FromBytes(data)
+	st, err := store.Open(store.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	got := make(chan []digest.Digest, 1)
+	dl := New(Options{Store: st, Origin: newFakeOrigin(data), ChunkSize: 64 << 10, Fleet: memView{newMemFleet(), "x"},
+		OnChunkList: func(gd digest.Digest, cs int64, list []digest.Digest) {
+			if gd == d && cs == 64<<10 {
+				got <- list
+			}
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		dl.Run(ctx)
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	r, err := dl.Open(ctx, "reg", "repo", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, io.NewSectionReader(r, 0, r.Size()))
+	r.Close()
+	var want []digest.Digest
+	for off := 0; off < len(data); off += 64 << 10 {
+		sum := sha256.Sum256(data[off:min(off+64<<10, len(data))])
+		want = append(want, digest.NewDigestFromBytes(digest.SHA256, sum[:]))
+	}
+	select {
+	case list := <-got:
+		if !slices.Equal(list, want) {
+			t.Errorf("chunk list = %v, want %v", list, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no chunk list")
+	}
+}
