@@ -228,7 +228,7 @@ func truncate(s string, n int) string {
 }
 
 // served reads shoal_blob_served_bytes_total per source.
-func served(t *testing.T, ctx context.Context, n *harness.Node) (cache, origin float64) {
+func served(t *testing.T, ctx context.Context, n *harness.Node) (cache, download float64) {
 	t.Helper()
 	m, err := n.Metrics(ctx)
 	if err != nil {
@@ -238,7 +238,7 @@ func served(t *testing.T, ctx context.Context, n *harness.Node) (cache, origin f
 	if !m.Has(name) {
 		t.Errorf("metric %s is missing from /metrics", name)
 	}
-	return m.Sum(name, harness.Labels{"source": "cache"}), m.Sum(name, harness.Labels{"source": "origin"})
+	return m.Sum(name, harness.Labels{"source": "cache"}), m.Sum(name, harness.Labels{"source": "download"})
 }
 
 // originBlobTraffic lists the blob requests the origin answered with a body.

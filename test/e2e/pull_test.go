@@ -61,7 +61,7 @@ func TestContainerdPull(t *testing.T) {
 	}
 	cache1, origin1 := served(t, ctx, n)
 	if origin1 <= 0 {
-		t.Errorf("first pull: shoal_blob_served_bytes_total{source=origin} = %v, want > 0", origin1)
+		t.Errorf("first pull: shoal_blob_served_bytes_total{source=download} = %v, want > 0", origin1)
 	}
 
 	o.proxy.Reset()
@@ -74,7 +74,7 @@ func TestContainerdPull(t *testing.T) {
 	}
 	cache2, origin2 := served(t, ctx, n)
 	if cache2-cache1 < float64(im.BlobBytes()) || origin2 != origin1 {
-		t.Errorf("second pull: served bytes cache +%v, origin +%v; want cache +%d (at least), origin +0",
+		t.Errorf("second pull: served bytes cache +%v, download +%v; want cache +%d (at least), download +0",
 			cache2-cache1, origin2-origin1, im.BlobBytes())
 	}
 }

@@ -304,7 +304,7 @@ func startNode(ctx context.Context, bin, origin, dir string) (*harness.Node, err
 		DataDir: filepath.Join(dir, "data"),
 		LogPath: filepath.Join(dir, "node.log"),
 		Origin:  origin,
-		Args:    []string{"--log-level", "info"},
+		Args:    []string{"--log-level", "info", "--pprof"},
 	})
 }
 

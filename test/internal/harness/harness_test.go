@@ -3,9 +3,12 @@ package harness
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -180,6 +183,57 @@ func TestCtrFetch(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestPullThrough pulls from the bare registry, then through a proxy that tampers with a
+// layer (a clean 200 of wrong bytes: ErrBadContent) and one that is down (an error, not
+// ErrBadContent).
+func TestPullThrough(t *testing.T) {
+	RequireTools(t, "registry", "crane")
+	reg := StartRegistry(t)
+	im := pushTestImage(t, reg, 2, 256<<10)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := PullThrough(ctx, reg.URL, im); err != nil {
+		t.Fatalf("PullThrough(registry) = %v, want nil", err)
+	}
+	if err := ResolveTag(ctx, reg.URL, im); err != nil {
+		t.Errorf("ResolveTag(registry) = %v, want nil", err)
+	}
+	p := StartCountingProxy(t, reg.URL)
+	p.SetTamper(im.Layers[1].Digest)
+	if err := PullThrough(ctx, p.URL, im); !errors.Is(err, ErrBadContent) {
+		t.Errorf("PullThrough(tampering proxy) = %v, want ErrBadContent", err)
+	}
+	if got := p.Total(KindBlob).GETs; got != len(im.Blobs()) {
+		t.Errorf("PullThrough made %d blob GETs, want %d", got, len(im.Blobs()))
+	}
+	if err := p.WaitIdle(ctx, 5*time.Second); err != nil {
+		t.Error(err)
+	}
+	if err := p.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := PullThrough(ctx, p.URL, im); err == nil || errors.Is(err, ErrBadContent) {
+		t.Errorf("PullThrough(proxy down) = %v, want an error other than ErrBadContent", err)
+	}
+}
+
+func TestFlipByte(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "blob")
+	data := []byte("0123456789")
+	if err := os.WriteFile(path, data, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := FlipByte(path, 5); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), data...)
+	want[5] ^= 0xff
+	got, size, err := FileDigest(path, digest.SHA256)
+	if err != nil || got != digest.FromBytes(want) || size != int64(len(data)) {
+		t.Errorf("FileDigest after FlipByte = %s, %d, %v; want %s, %d", got, size, err, digest.FromBytes(want), len(data))
+	}
 }
 
 func TestConformanceReport(t *testing.T) {

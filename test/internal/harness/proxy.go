@@ -11,7 +11,9 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/time/rate"
@@ -77,6 +79,8 @@ type CountingProxy struct {
 	tamper  map[digest.Digest]bool
 	tampAll bool
 	limiter *rate.Limiter
+
+	inflight atomic.Int64 // requests being served; counted in log once done
 }
 
 // NewCountingProxy starts a proxy on a free loopback port that forwards to target (an
@@ -244,6 +248,21 @@ func (p *CountingProxy) Connections() int {
 	return p.nconns
 }
 
+// InFlight is the number of requests the proxy is serving now. Their bytes are counted
+// only once they finish.
+func (p *CountingProxy) InFlight() int { return int(p.inflight.Load()) }
+
+// WaitIdle waits until no request is in flight, so that the counts are final, or fails
+// after timeout.
+func (p *CountingProxy) WaitIdle(ctx context.Context, timeout time.Duration) error {
+	return poll(ctx, "the origin proxy to finish its requests", timeout, func() error {
+		if n := p.InFlight(); n > 0 {
+			return fmt.Errorf("%d requests in flight", n)
+		}
+		return nil
+	})
+}
+
 // Requests returns every request counted so far, in order of completion.
 func (p *CountingProxy) Requests() []Request {
 	p.mu.Lock()
@@ -313,6 +332,9 @@ func (p *CountingProxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		Kind: kind, Repo: repo, Ref: ref,
 	}
 	cw := &countingResponseWriter{ResponseWriter: w}
+	// Registered first so that it runs last: once InFlight is 0, the log holds everything.
+	p.inflight.Add(1)
+	defer p.inflight.Add(-1)
 	defer func() {
 		rec.Status = cw.status
 		rec.Bytes = cw.n

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -251,6 +252,15 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
+// Kill stops the node at once with SIGKILL, as a crash would. The node then counts as
+// closed: Close and the test cleanup report nothing.
+func (n *Node) Kill() {
+	n.closeOnce.Do(func() {
+		n.Process.Kill()
+		n.client.CloseIdleConnections()
+	})
+}
+
 func (n *Node) stop() error {
 	defer n.client.CloseIdleConnections()
 	return n.Stop(NodeStopTimeout)
@@ -377,4 +387,73 @@ func (n *Node) adminGet(ctx context.Context, path string) (io.ReadCloser, error)
 		return nil, fmt.Errorf("GET %s%s: status %d", n.AdminURL, path, resp.StatusCode)
 	}
 	return resp.Body, nil
+}
+
+// BlobPath is where the node keeps committed blob d: DATA-DIR/blobs/<alg>/<hex>.
+func (n *Node) BlobPath(d digest.Digest) string {
+	return filepath.Join(n.DataDir, "blobs", string(d.Algorithm()), d.Encoded())
+}
+
+// CheckStored checks that the node holds each of ds committed on disk with the right size
+// and content.
+func (n *Node) CheckStored(ds ...Descriptor) error {
+	var errs []error
+	for _, d := range ds {
+		got, size, err := FileDigest(n.BlobPath(d.Digest), d.Digest.Algorithm())
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("node %s does not hold %s: %w", n.URL, d.Digest, err))
+		case got != d.Digest || size != d.Size:
+			errs = append(errs, fmt.Errorf("node %s holds %s with %d bytes hashing to %s, want %d bytes",
+				n.URL, d.Digest, size, got, d.Size))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WaitStored polls CheckStored until it passes or timeout passes: a node may commit a blob
+// a moment after its client has read the last byte.
+func (n *Node) WaitStored(ctx context.Context, timeout time.Duration, ds ...Descriptor) error {
+	return poll(ctx, fmt.Sprintf("node %s to commit %d blobs", n.URL, len(ds)), timeout, func() error {
+		return n.CheckStored(ds...)
+	})
+}
+
+// FileDigest hashes the file at path with alg and returns the digest and the size.
+func FileDigest(path string, alg digest.Algorithm) (digest.Digest, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := alg.Digester()
+	size, err := io.Copy(h.Hash(), f)
+	if err != nil {
+		return "", 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return h.Digest(), size, nil
+}
+
+// FlipByte inverts the byte at off in the file at path, in place, as bit rot on a disk
+// would: the size and the name stay, the content no longer matches its digest.
+func FlipByte(path string, off int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		f.Close()
+		return fmt.Errorf("flip byte %d of %s: %w", off, path, err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		f.Close()
+		return fmt.Errorf("flip byte %d of %s: %w", off, path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("flip byte %d of %s: %w", off, path, err)
+	}
+	return f.Close()
 }
