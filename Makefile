@@ -5,7 +5,7 @@ export PATH := $(GOBIN):$(PATH)
 BIN     := bin/shoal
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench clean
+.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-single bench-p2p clean
 
 all: build
 
@@ -42,11 +42,19 @@ lint:
 demo: tools
 	cd test && $(GO) run ./cmd/demo
 
-# bench measures a node against the real registry (origin on loopback, and in a network
-# namespace behind a 1 Gbit/s link: needs root) and prints ratios against baselines from the
-# same run; docs/BENCHMARKS.md records the results.
-bench: tools
+# bench runs every benchmark; each prints ratios against baselines from the same run, and
+# docs/BENCHMARKS.md records the results.
+bench: bench-single bench-p2p
+
+# bench-single measures one node against the real registry (origin on loopback, and in a
+# network namespace behind a 1 Gbit/s link: needs root).
+bench-single: tools
 	cd test && $(GO) run ./cmd/bench --json ../bench/results/single-node.json
+
+# bench-p2p measures nodes exchanging blobs on loopback: one peer against the origin, four
+# upload-limited peers, DHT lookups in a 20-node fleet.
+bench-p2p: tools
+	cd test && $(GO) run ./cmd/bench-p2p --json ../bench/results/p2p.json
 
 clean:
 	rm -rf bin

@@ -32,13 +32,15 @@ const chunkListTimeout = time.Minute
 
 // Have describes what the node holds of d. Committed blobs have every chunk and their chunk
 // list; running downloads the chunks written so far and those being fetched from the origin.
-func (c chunkServer) Have(d digest.Digest) (p2p.Have, bool) {
+func (c chunkServer) Have(d digest.Digest, withList bool) (p2p.Have, bool) {
 	if info, err := c.store.Stat(d); err == nil {
-		list, err := c.chunkList(d)
-		if err != nil {
-			// Corrupt on disk (and dropped now), or unreadable: offer nothing.
-			c.log.Warn("cannot serve blob to peers", "digest", d, "err", err)
-			return p2p.Have{}, false
+		var list []digest.Digest
+		if withList {
+			if list, err = c.chunkList(d); err != nil {
+				// Corrupt on disk (and dropped now), or unreadable: offer nothing.
+				c.log.Warn("cannot serve blob to peers", "digest", d, "err", err)
+				return p2p.Have{}, false
+			}
 		}
 		chunks := make([]bool, numChunks(info.Size, c.chunkSize))
 		for i := range chunks {

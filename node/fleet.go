@@ -185,6 +185,20 @@ func (n *Node) reprovide(ctx context.Context) {
 		n.provide(ctx, d)
 	}
 	n.log.Debug("announced held blobs", "blobs", len(held))
+	// Blobs committed outside a fleet have no chunk list yet; working it out now (which also
+	// checks each against its digest) spares the first peer asking for one the wait.
+	cs := n.chunkSize()
+	for _, d := range held {
+		if ctx.Err() != nil {
+			return
+		}
+		if _, err := n.store.ChunkList(d, cs); !errors.Is(err, store.ErrNoChunkList) {
+			continue
+		}
+		if _, err := n.store.ComputeChunkList(ctx, d, cs); err != nil && ctx.Err() == nil {
+			n.log.Warn("chunk list", "digest", d, "err", err)
+		}
+	}
 }
 
 func (n *Node) provide(ctx context.Context, d digest.Digest) {

@@ -121,7 +121,7 @@ func TestFleetConfig(t *testing.T) {
 // emptyStore is a chunk store that holds nothing, for a client-only peer.
 type emptyStore struct{}
 
-func (emptyStore) Have(digest.Digest) (p2p.Have, bool) { return p2p.Have{}, false }
+func (emptyStore) Have(digest.Digest, bool) (p2p.Have, bool) { return p2p.Have{}, false }
 func (emptyStore) ReadChunk(context.Context, digest.Digest, int, io.Writer) (int64, error) {
 	return 0, p2p.ErrNotHeld
 }

@@ -167,10 +167,7 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, err
 	}
-	chunkSize := cfg.ChunkSize
-	if chunkSize <= 0 {
-		chunkSize = swarm.DefaultChunkSize
-	}
+	chunkSize := n.chunkSize()
 	uploaded := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "shoal_chunk_uploaded_bytes_total", Help: "Chunk bytes sent to peers.",
 	})
@@ -197,6 +194,14 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	return n, nil
+}
+
+// chunkSize is the chunk size the node uses with peers.
+func (n *Node) chunkSize() int64 {
+	if n.cfg.ChunkSize > 0 {
+		return n.cfg.ChunkSize
+	}
+	return swarm.DefaultChunkSize
 }
 
 // closeAll releases what New acquired, for a node that will not Run.

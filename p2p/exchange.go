@@ -73,8 +73,10 @@ type Have struct {
 
 // ChunkStore is what an Exchange serves from.
 type ChunkStore interface {
-	// Have reports what the node has of d; false when it has nothing.
-	Have(d digest.Digest) (Have, bool)
+	// Have reports what the node has of d; false when it has nothing. The
+	// chunk list is wanted only for HAVE answers: a GET needs the bitmap
+	// alone, and a list costs a read per request.
+	Have(d digest.Digest, withList bool) (Have, bool)
 	// ReadChunk writes exactly the bytes of chunk index of d to w. It
 	// returns an error wrapping ErrNotHeld if the chunk is gone.
 	ReadChunk(ctx context.Context, d digest.Digest, index int, w io.Writer) (int64, error)
@@ -365,7 +367,7 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 	if req.typ == msgHave && e.onHave != nil {
 		e.onHave(remote.String(), req.digest)
 	}
-	have, ok := e.store.Have(req.digest)
+	have, ok := e.store.Have(req.digest, req.typ == msgHave)
 	if !ok {
 		return req, 0, refuse(s, statusNotHeld, nil)
 	}

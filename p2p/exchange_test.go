@@ -63,11 +63,15 @@ func (s *fakeStore) setFetching(d digest.Digest, fetching ...int) {
 	s.blobs[d] = b
 }
 
-func (s *fakeStore) Have(d digest.Digest) (Have, bool) {
+func (s *fakeStore) Have(d digest.Digest, withList bool) (Have, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.blobs[d]
-	return b.have, ok
+	h := b.have
+	if !withList {
+		h.ChunkList = nil
+	}
+	return h, ok
 }
 
 func (s *fakeStore) ReadChunk(ctx context.Context, d digest.Digest, index int, w io.Writer) (int64, error) {

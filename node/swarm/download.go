@@ -34,16 +34,19 @@ type Download struct {
 	owner    []uint64                  // the request allowed to write each chunk; 0 for none
 	fetching []bool                    // chunks this node is fetching from the origin right now
 	list     []digest.Digest           // the chunk list, once the whole blob verified
+	sums     []digest.Digest           // SHA-256 of chunks checked against a peer's chunk list on arrival
 	err      error                     // terminal failure
 	verified bool                      // the whole blob matched its digest
 	done     bool                      // committed
 	refs     int                       // open readers plus the running fetch
 	readers  map[<-chan struct{}]int64 // each streaming client's next offset
+	opening  int                       // clients between joining and reading: they start at 0
 
 	// wmu orders writes into the partial file with changes of chunk ownership, so a request
 	// that lost its chunk to another never writes into it again.
 	wmu sync.Mutex
 
+	ended chan struct{} // closed once the download left the active set, its file released
 	wake  chan struct{} // a reader is waiting for bytes no one may be fetching
 	hints chan string   // peers that asked about this blob: likely fetching it too
 }
@@ -53,6 +56,7 @@ func newDownload(d digest.Digest, registry, repo string) *Download {
 		digest: d, registry: registry, repo: repo, size: -1, changed: make(chan struct{}), refs: 1,
 		readers: make(map[<-chan struct{}]int64),
 		wake:    make(chan struct{}, 1),
+		ended:   make(chan struct{}),
 		hints:   make(chan string, 64),
 	}
 }
@@ -71,6 +75,7 @@ func (dl *Download) start(p *store.Partial) {
 	dl.size = p.Size()
 	dl.fill = make([]int64, p.NumChunks())
 	dl.owner = make([]uint64, p.NumChunks())
+	dl.sums = make([]digest.Digest, p.NumChunks())
 	dl.fetching = make([]bool, p.NumChunks())
 	cs := p.ChunkSize()
 	for i, have := range p.Chunks() {
@@ -271,6 +276,17 @@ func (dl *Download) readAt(p []byte, off int64, abort <-chan struct{}, holdLast 
 	}
 }
 
+// opened turns a joining client into a reader at offset 0 (abort identifies it), or, with a
+// nil abort, forgets a client that gave up before reading.
+func (dl *Download) opened(abort <-chan struct{}) {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	dl.opening--
+	if abort != nil && !dl.done {
+		dl.readers[abort] = 0
+	}
+}
+
 // forget drops a reader's position.
 func (dl *Download) forget(abort <-chan struct{}) {
 	dl.mu.Lock()
@@ -282,7 +298,11 @@ func (dl *Download) forget(abort <-chan struct{}) {
 func (dl *Download) readerChunks(cs int64) []int {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
-	out := make([]int, 0, len(dl.readers))
+	out := make([]int, 0, len(dl.readers)+1)
+	if dl.opening > 0 {
+		// A client about to read: the download started for it, so its first bytes go first.
+		out = append(out, 0)
+	}
 	for _, off := range dl.readers {
 		if off < dl.size {
 			out = append(out, int(off/cs))
@@ -294,17 +314,17 @@ func (dl *Download) readerChunks(cs int64) []int {
 // errSuperseded stops a request whose chunk another request completed or took over.
 var errSuperseded = errors.New("chunk taken over by another request")
 
-// claim makes request id the writer of chunk c. A peer's chunk arrives whole, so any bytes
-// a broken origin transfer left in it are rewritten: they stop counting as present.
-func (dl *Download) claim(c int, id uint64, fromStart bool) {
+// claim makes request id the writer of chunk c. It returns how many bytes of the chunk are
+// in place already (a broken origin transfer's): they are never written again, since
+// readers and the verifier may have read them.
+func (dl *Download) claim(c int, id uint64) int64 {
 	dl.wmu.Lock()
 	defer dl.wmu.Unlock()
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	dl.owner[c] = id
-	if fromStart && dl.fill[c] < chunkLen(dl.size, dl.partial.ChunkSize(), c) {
-		dl.fill[c] = 0
-	}
+	dl.sums[c] = ""
+	return dl.fill[c]
 }
 
 // unclaim ends request id's hold on chunk c, if it still has it. A peer request that wrote
@@ -342,8 +362,9 @@ func (dl *Download) writeOwned(c int, id uint64, p []byte, off int64) error {
 	return nil
 }
 
-// complete records that request id wrote all of chunk c, if it still owns it.
-func (dl *Download) complete(c int, id uint64) error {
+// complete records that request id wrote all of chunk c, if it still owns it; sum is the
+// chunk's SHA-256 if the request checked it, else "".
+func (dl *Download) complete(c int, id uint64, sum digest.Digest) error {
 	dl.wmu.Lock()
 	defer dl.wmu.Unlock()
 	dl.mu.Lock()
@@ -353,6 +374,7 @@ func (dl *Download) complete(c int, id uint64) error {
 	}
 	dl.owner[c] = 0
 	dl.fill[c] = chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	dl.sums[c] = sum
 	dl.notifyLocked()
 	dl.mu.Unlock()
 	return dl.partial.MarkChunk(c)
@@ -360,7 +382,7 @@ func (dl *Download) complete(c int, id uint64) error {
 
 // takeOver writes a whole chunk c received by request id into the file, unless the chunk is
 // complete already; the request that owned it loses it.
-func (dl *Download) takeOver(c int, id uint64, data []byte) error {
+func (dl *Download) takeOver(c int, id uint64, data []byte, sum digest.Digest) error {
 	dl.wmu.Lock()
 	defer dl.wmu.Unlock()
 	dl.mu.Lock()
@@ -370,16 +392,31 @@ func (dl *Download) takeOver(c int, id uint64, data []byte) error {
 		return errSuperseded
 	}
 	dl.owner[c] = 0
-	dl.fill[c] = 0
+	keep := dl.fill[c]
+	if keep > 0 {
+		// The bytes in place stay; data's own prefix was checked, not these.
+		sum = ""
+	}
 	dl.mu.Unlock()
-	if _, err := dl.partial.WriteAt(data, int64(c)*dl.partial.ChunkSize()); err != nil {
+	if _, err := dl.partial.WriteAt(data[keep:], int64(c)*dl.partial.ChunkSize()+keep); err != nil {
 		return fmt.Errorf("write partial: %w", err)
 	}
 	dl.mu.Lock()
 	dl.fill[c] = n
+	dl.sums[c] = sum
 	dl.notifyLocked()
 	dl.mu.Unlock()
 	return dl.partial.MarkChunk(c)
+}
+
+// knownSum is chunk c's SHA-256 if it was checked on arrival, else "".
+func (dl *Download) knownSum(c int) digest.Digest {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if c < len(dl.sums) {
+		return dl.sums[c]
+	}
+	return ""
 }
 
 // chunkList is the chunk list computed while verifying, or nil.
@@ -459,6 +496,7 @@ func (dl *Download) acquire() bool {
 		return false
 	}
 	dl.refs++
+	dl.opening++
 	return true
 }
 
@@ -486,6 +524,7 @@ func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 	dl.mu.Unlock()
 	var list []digest.Digest
 	ch := sha256.New()
+	var known digest.Digest // the current chunk's SHA-256, if checked on arrival
 	for off := int64(0); off < size; {
 		n := min(int64(len(buf)), size-off)
 		if chunkSize > 0 {
@@ -497,13 +536,24 @@ func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 			return err
 		}
 		h.Write(buf[:got])
-		off += int64(got)
 		if chunkSize > 0 {
-			ch.Write(buf[:got])
-			if off%chunkSize == 0 || off == size {
-				list = append(list, digest.NewDigest(digest.SHA256, ch))
-				ch.Reset()
+			if off%chunkSize == 0 {
+				// The chunk is in: a peer's chunk checked against its list needs no second
+				// hash (its bytes are fixed once complete).
+				known = dl.knownSum(int(off / chunkSize))
 			}
+			if known == "" {
+				ch.Write(buf[:got])
+			}
+		}
+		off += int64(got)
+		if chunkSize > 0 && (off%chunkSize == 0 || off == size) {
+			if known == "" {
+				known = digest.NewDigest(digest.SHA256, ch)
+			}
+			list = append(list, known)
+			ch.Reset()
+			known = ""
 		}
 	}
 	if got := digest.NewDigest(dl.digest.Algorithm(), h); got != dl.digest {

@@ -241,6 +241,7 @@ func (dl *Downloader) Open(ctx context.Context, registry, repo string, d digest.
 		err = download.waitDone(ctx)
 	}
 	if err != nil {
+		download.opened(nil)
 		download.release()
 		return nil, err
 	}
@@ -249,12 +250,27 @@ func (dl *Downloader) Open(ctx context.Context, registry, repo string, d digest.
 
 func (dl *Downloader) join(ctx context.Context, registry, repo string, d digest.Digest) (*Download, error) {
 	dl.mu.Lock()
-	if download := dl.active[d]; download != nil && download.acquire() {
+	for {
+		old := dl.active[d]
+		if old == nil {
+			break
+		}
+		if old.acquire() {
+			dl.mu.Unlock()
+			return old, nil
+		}
+		// Failed and still letting go of its file: a new download starts once it has.
 		dl.mu.Unlock()
-		return download, nil
+		select {
+		case <-old.ended:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		dl.mu.Lock()
 	}
 	download := newDownload(d, registry, repo)
 	download.refs++ // the reader's reference, besides the fetch's own
+	download.opening++
 	dl.active[d] = download
 	dl.mu.Unlock()
 	select {
@@ -280,6 +296,7 @@ func (dl *Downloader) finish(download *Download, err error) {
 		delete(dl.active, download.digest)
 	}
 	dl.mu.Unlock()
+	close(download.ended)
 	download.release()
 }
 

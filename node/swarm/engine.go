@@ -106,6 +106,8 @@ type chunkReq struct {
 
 // event is what a goroutine started by the engine reports back, exactly once.
 type event struct {
+	// The announce at the start finished.
+	provided bool
 	// A lookup's result.
 	lookup bool
 	found  []string
@@ -195,11 +197,16 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 
 	if e.fleet != nil && e.fleet.Connected() {
 		start := time.Now()
-		pctx, cancel := context.WithTimeout(ctx, provideTimeout)
-		if err := e.fleet.Provide(pctx, e.d.digest); err != nil {
-			e.log.Debug("announce failed", "err", err)
-		}
-		cancel()
+		// The announce runs alongside the first lookup: nodes starting together that miss
+		// each other in it meet in the second, or when one asks the other what it holds.
+		e.spawn(func() event {
+			pctx, cancel := context.WithTimeout(ctx, provideTimeout)
+			defer cancel()
+			if err := e.fleet.Provide(pctx, e.d.digest); err != nil && ctx.Err() == nil {
+				e.log.Debug("announce failed", "err", err)
+			}
+			return event{provided: true}
+		})
 		e.findNow(ctx)
 		if !e.anyPeer() {
 			if err := sleep(ctx, time.Until(start.Add(settle))); err != nil {
@@ -394,6 +401,7 @@ func (e *engine) poll(ctx context.Context, p *peerState) {
 // handle applies one event to the engine's state.
 func (e *engine) handle(ctx context.Context, ev event, size int64) {
 	switch {
+	case ev.provided:
 	case ev.lookup:
 		e.finding = false
 		e.lastFind = time.Now()
@@ -551,7 +559,7 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	req := &chunkReq{id: e.nextID, chunk: r.Chunk, peer: r.Peer, start: time.Now(), buffered: dup, cancel: cancel}
 	e.reqs[req] = struct{}{}
 	if req.peer == "" {
-		e.d.claim(req.chunk, req.id, false)
+		e.d.claim(req.chunk, req.id)
 		e.d.setFetching(req.chunk, true)
 		e.spawn(func() event {
 			n, err := e.fetchOrigin(rctx, req)
@@ -565,11 +573,12 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	if req.chunk < len(p.have.ChunkList) {
 		list = p.have.ChunkList[req.chunk]
 	}
+	var keep int64
 	if !dup {
-		e.d.claim(req.chunk, req.id, true)
+		keep = e.d.claim(req.chunk, req.id)
 	}
 	e.spawn(func() event {
-		n, err := e.fetchPeer(rctx, req, list)
+		n, err := e.fetchPeer(rctx, req, list, keep)
 		return event{req: req, n: n, err: err}
 	})
 }
@@ -579,10 +588,10 @@ var errChunkVerify = errors.New("chunk does not match the peer's chunk list")
 
 // fetchPeer gets one chunk from a peer and writes it, checking it against want (the peer's
 // chunk list entry) when there is one.
-func (e *engine) fetchPeer(ctx context.Context, req *chunkReq, want digest.Digest) (int64, error) {
+func (e *engine) fetchPeer(ctx context.Context, req *chunkReq, want digest.Digest, keep int64) (int64, error) {
 	off := int64(req.chunk) * e.cs
 	n := chunkLen(e.d.size, e.cs, req.chunk)
-	w := &chunkWriter{d: e.d, req: req, off: off, end: off + n}
+	w := &chunkWriter{d: e.d, req: req, off: off, end: off + n, keepTo: off + keep}
 	if want != "" {
 		w.hash = sha256.New()
 	}
@@ -596,26 +605,32 @@ func (e *engine) fetchPeer(ctx context.Context, req *chunkReq, want digest.Diges
 	if got != n {
 		return got, fmt.Errorf("%w: chunk %d is %d bytes, want %d", p2p.ErrProtocol, req.chunk, got, n)
 	}
+	var sum digest.Digest
 	if w.hash != nil {
-		if sum := digest.NewDigest(digest.SHA256, w.hash); sum != want {
+		if sum = digest.NewDigest(digest.SHA256, w.hash); sum != want {
 			return got, fmt.Errorf("%w: chunk %d", errChunkVerify, req.chunk)
 		}
 	}
 	if w.buf != nil {
-		return got, e.d.takeOver(req.chunk, req.id, w.buf.Bytes())
+		return got, e.d.takeOver(req.chunk, req.id, w.buf.Bytes(), sum)
 	}
-	return got, e.d.complete(req.chunk, req.id)
+	if keep > 0 {
+		// The prefix in the file is not the bytes just checked.
+		sum = ""
+	}
+	return got, e.d.complete(req.chunk, req.id, sum)
 }
 
 // chunkWriter receives a chunk from a peer: into the partial file, at the chunk's place, as
 // it arrives, or into memory for an endgame duplicate.
 type chunkWriter struct {
-	d    *Download
-	req  *chunkReq
-	off  int64
-	end  int64
-	hash hash.Hash
-	buf  *bytes.Buffer
+	d      *Download
+	req    *chunkReq
+	off    int64
+	end    int64
+	keepTo int64 // bytes before this are in the file already and not written again
+	hash   hash.Hash
+	buf    *bytes.Buffer
 }
 
 func (w *chunkWriter) Write(p []byte) (int, error) {
@@ -625,10 +640,15 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 	if w.hash != nil {
 		w.hash.Write(p)
 	}
-	if w.buf != nil {
+	switch {
+	case w.buf != nil:
 		w.buf.Write(p)
-	} else if err := w.d.writeOwned(w.req.chunk, w.req.id, p, w.off); err != nil {
-		return 0, err
+	case w.off+int64(len(p)) <= w.keepTo:
+	default:
+		skip := max(0, w.keepTo-w.off)
+		if err := w.d.writeOwned(w.req.chunk, w.req.id, p[skip:], w.off+skip); err != nil {
+			return 0, err
+		}
 	}
 	w.off += int64(len(p))
 	return len(p), nil
@@ -836,16 +856,17 @@ func (e *engine) run(ctx context.Context) error {
 	e.drain()
 	if err := <-verified; err != nil {
 		err = fmt.Errorf("verify %s: %w", d, err)
-		e.d.fail(err)
-		if aerr := partial.Abort(); aerr != nil {
-			e.log.Warn("discard partial", "err", aerr)
-		}
 		if errors.Is(err, ErrDigestMismatch) {
 			// Which peer lied cannot be told without a chunk list: every supplier is
-			// suspect. The origin's own bytes are checked again on the next attempt.
+			// suspect, banned before any reader learns of the failure and asks again.
+			// The origin's own bytes are checked again on the next attempt.
 			for _, id := range e.supplierList() {
 				e.dl.Ban(id, err)
 			}
+		}
+		e.d.fail(err)
+		if aerr := partial.Abort(); aerr != nil {
+			e.log.Warn("discard partial", "err", aerr)
 		}
 		return err
 	}

@@ -18,6 +18,7 @@ type Reader struct {
 // newReader attaches a reader that gives up waiting when ctx ends (the client went away).
 func newReader(ctx context.Context, d *Download) *Reader {
 	r := &Reader{download: d, size: d.size, abort: make(chan struct{})}
+	d.opened(r.abort)
 	r.stop = context.AfterFunc(ctx, r.closeAbort)
 	return r
 }

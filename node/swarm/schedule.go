@@ -164,7 +164,7 @@ func (p Policy) Next(s Snapshot) []Request {
 		}
 	}
 	slices.SortStableFunc(rest, func(a, b int) int {
-		return cmp.Or(cmp.Compare(holders[a], holders[b]), cmp.Compare(rank(a), rank(b)))
+		return cmp.Or(cmp.Compare(holders[a], holders[b]), cmp.Compare(a, b))
 	})
 	order = append(order, rest...)
 
