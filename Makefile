@@ -33,6 +33,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRange$$' -fuzztime $(FUZZTIME) ./registryapi
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime 5s ./p2p
 	$(GO) test -run '^$$' -fuzz '^FuzzReadHave$$' -fuzztime 5s ./p2p
+	$(GO) test -run '^$$' -fuzz '^FuzzReadChunk$$' -fuzztime 5s ./p2p
+	$(GO) test -run '^$$' -fuzz '^FuzzBootstrapDNSStatus$$' -fuzztime 5s ./node
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
