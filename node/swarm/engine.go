@@ -53,8 +53,9 @@ const (
 	provideTimeout = time.Second
 	// maxPeers is the most peers one download keeps track of.
 	maxPeers = 32
-	// maxBuffered caps endgame duplicates, which hold a whole chunk in memory each.
-	maxBuffered = 8
+	// maxBuffered caps the memory of endgame duplicates, which hold a whole chunk each: at
+	// most this many bytes, and at least one chunk.
+	maxBuffered = 32 << 20
 	// stallTimeout fails a download in which no byte arrived for this long.
 	stallTimeout = 2 * time.Minute
 	// peerFailures is how many failed requests in a row make a download forget a peer.
@@ -506,7 +507,7 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		switch {
 		case r.Peer == "" && !originOK:
 			continue
-		case dup && buffered >= maxBuffered:
+		case dup && int64(buffered) >= max(1, maxBuffered/e.cs):
 			continue
 		}
 		if dup {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -275,6 +276,7 @@ func (e *env) onePeer(ctx context.Context, size int64) (_ *onePeer, err error) {
 	}
 	for i := first; i < e.runs; i++ {
 		if i >= 0 {
+			settleDisk()
 			cpu := startCPU(map[string]int{"registry": e.reg.Pid(), "client": os.Getpid()})
 			direct, err := pull(ctx, e.direct(repo, d), d)
 			if err != nil {
@@ -352,6 +354,7 @@ func (e *env) peerRun(ctx context.Context, a, b *node, proxy *harness.CountingPr
 			})
 		}
 	}
+	settleDisk()
 	cpu := startCPU(map[string]int{"A": a.Pid(), "B": b.Pid(), "client": os.Getpid()})
 	t, err := pull(ctx, b.blobURL(repo, d), d)
 	r := peerResult{t: t, cpu: cpu.perGB(t.bytes)}
@@ -576,3 +579,8 @@ func saveProfile(ctx context.Context, adminURL, path string, seconds int) error 
 	}
 	return f.Close()
 }
+
+// settleDisk writes out what earlier steps left dirty in the page cache (the upload, the
+// previous runs' copies), so a run is not throttled by writeback it did not cause. It is not
+// part of any measured time.
+func settleDisk() { syscall.Sync() }
