@@ -217,3 +217,47 @@ func TestFleetBootstrapDNS(t *testing.T) {
 	}
 	eventually(t, "the first node to see the second", func() bool { return status(t, first).Peers >= 1 })
 }
+
+// TestFleetPullFromPeer: over real libp2p TCP, a node pulls an image another node holds
+// without any blob byte from the origin, and with the origin down still serves it by digest,
+// manifest included, from its peer.
+func TestFleetPullFromPeer(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	img := o.push(t, "team/app:v1")
+	listen := []string{"/ip4/127.0.0.1/tcp/0"}
+	a := startNode(t, Config{Origin: o.URL, P2PListen: listen})
+	want := pullImage(t, a, "team/app", "v1", "")
+	b := startNode(t, Config{Origin: o.URL, P2PListen: listen, Bootstrap: status(t, a).Addrs})
+	c := startNode(t, Config{Origin: o.URL, P2PListen: listen, Bootstrap: status(t, a).Addrs})
+	for _, n := range []*Node{b, c} {
+		eventually(t, "a node to join", func() bool {
+			resp, _ := get(t, "http://"+n.AdminAddr()+"/readyz", nil)
+			return resp.StatusCode == http.StatusOK
+		})
+	}
+	eventually(t, "the holder's announcements to land", func() bool { return status(t, a).Peers >= 2 })
+
+	o.blobBytes.Store(0)
+	if got := pullImage(t, b, "team/app", "v1", ""); got != want {
+		t.Fatalf("pulled %d blob bytes through b, want %d", got, want)
+	}
+	if n := o.blobBytes.Load(); n != 0 {
+		t.Errorf("origin sent %d blob bytes for an image a peer held, want 0", n)
+	}
+	_, metrics := get(t, "http://"+b.AdminAddr()+"/metrics", nil)
+	if !strings.Contains(string(metrics), `shoal_blob_fetched_bytes_total{source="peer"}`) ||
+		strings.Contains(string(metrics), `shoal_blob_fetched_bytes_total{source="peer"} 0`+"\n") {
+		t.Errorf("b's metrics show no peer bytes")
+	}
+
+	// Origin down: c has never seen the image, its peers have. By digest it is served.
+	o.down.Store(true)
+	md, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pullImage(t, c, "team/app", md.String(), ""); got != want {
+		t.Fatalf("pulled %d blob bytes through c with the origin down, want %d", got, want)
+	}
+}
