@@ -51,6 +51,8 @@ const (
 	// haveTimeout bounds one HAVE request; provideTimeout the announce before discovery.
 	haveTimeout    = 2 * time.Second
 	provideTimeout = time.Second
+	// headGrace is how long the origin may take to confirm a size peers gave.
+	headGrace = 500 * time.Millisecond
 	// maxPeers is the most peers one download keeps track of.
 	maxPeers = 32
 	// maxBuffered caps the memory of endgame duplicates, which hold a whole chunk each: at
@@ -217,6 +219,20 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 		}
 	}
 	if size, ok := e.peerSize(); ok {
+		// A peer's word on the size is taken only when the origin cannot confirm it soon: a
+		// lying peer must not size the partial file (and evict the cache for it).
+		t := time.NewTimer(headGrace)
+		defer t.Stop()
+		select {
+		case r := <-head:
+			if r.err == nil {
+				return r.size, nil
+			}
+		case <-t.C:
+			e.log.Debug("origin slow to confirm the size, taking the peers'", "size", size)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 		return size, nil
 	}
 	select {

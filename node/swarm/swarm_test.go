@@ -39,6 +39,7 @@ type member struct {
 	flip  atomic.Int64 // if >= 0, the chunk served with a flipped byte
 	lists bool         // offer chunk lists for committed blobs
 	sent  atomic.Int64 // chunk bytes served to others
+	size  atomic.Int64 // if > 0, the size it claims for committed blobs
 }
 
 func newMemFleet() *memFleet {
@@ -121,9 +122,12 @@ func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (p2p.Ha
 		data := make([]byte, b.Size())
 		b.ReadAt(data, 0)
 		h := p2p.Have{Size: b.Size(), ChunkSize: 64 << 10}
-		for off := int64(0); off < b.Size(); off += h.ChunkSize {
+		if lie := m.size.Load(); lie > 0 {
+			h.Size = lie
+		}
+		for off := int64(0); off < h.Size && off < 1<<30; off += h.ChunkSize {
 			h.Chunks = append(h.Chunks, true)
-			if m.lists {
+			if m.lists && off < b.Size() {
 				h.ChunkList = append(h.ChunkList, digest.FromBytes(data[off:min(off+h.ChunkSize, b.Size())]))
 			}
 		}
@@ -377,5 +381,22 @@ func TestSwarmChunkList(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no chunk list")
+	}
+}
+
+// TestSwarmLyingSize: a peer claiming a wrong size for the blob does not size the download
+// while the origin answers; the download ignores it and completes.
+func TestSwarmLyingSize(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 5*64<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data)
+	f := newMemFleet()
+	liar := f.add(t, "liar", o)
+	liar.seed(t, data)
+	liar.size.Store(1 << 40)
+	b := f.add(t, "b", o)
+	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v; want the blob", len(got), err)
 	}
 }
