@@ -96,7 +96,7 @@ func TestFleetConfig(t *testing.T) {
 	}{
 		{"bootstrap without listen", Config{Bootstrap: []string{"/ip4/127.0.0.1/tcp/1/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"}}, "no p2p listen address"},
 		{"bad psk", Config{P2PListen: []string{"/ip4/127.0.0.1/tcp/0"}, PSK: badPSK}, "private network key"},
-		{"bad listen", Config{P2PListen: []string{"/ip4/127.0.0.1/udp/0/quic-v1"}}, "p2p"},
+		{"bad listen", Config{P2PListen: []string{"/ip4/127.0.0.1/udp/0"}}, "p2p"},
 		{"bad bootstrap", Config{P2PListen: []string{"/ip4/127.0.0.1/tcp/0"}, Bootstrap: []string{"nonsense"}}, "p2p"},
 	}
 	for _, tt := range tests {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -613,5 +614,30 @@ func TestExchangeMocknet(t *testing.T) {
 	}
 	if !bytes.Equal(got.Bytes(), data) {
 		t.Fatalf("reassembled %d bytes differ from the blob", got.Len())
+	}
+}
+
+// TestExchangeOverQUIC: hosts listening on QUIC alone connect and move a chunk.
+func TestExchangeOverQUIC(t *testing.T) {
+	t.Parallel()
+	quicOnly := HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/udp/0/quic-v1"}}
+	ch, sh := newTestHost(t, quicOnly), newTestHost(t, quicOnly)
+	info := addrInfo(t, sh)
+	for _, a := range info.Addrs {
+		if !strings.Contains(a.String(), "/quic-v1") {
+			t.Fatalf("server address %s is not QUIC", a)
+		}
+	}
+	if err := ch.Connect(testContext(t), info); err != nil {
+		t.Fatalf("Connect over QUIC = %v", err)
+	}
+	store := newFakeStore()
+	data := randomBytes(t, 3*minChunkSize)
+	d := store.add(data, minChunkSize, nil)
+	newTestExchange(t, sh, ExchangeOptions{Store: store})
+	client := newTestExchange(t, ch, ExchangeOptions{})
+	var buf bytes.Buffer
+	if _, err := client.GetChunk(testContext(t), sh.ID().String(), d, 1, &buf); err != nil || !bytes.Equal(buf.Bytes(), data[minChunkSize:2*minChunkSize]) {
+		t.Fatalf("GetChunk over QUIC = %d bytes, %v; want chunk 1", buf.Len(), err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
@@ -60,7 +61,9 @@ var ErrInvalidPSK = errors.New("invalid private network key")
 // HostOptions configure NewHost. The zero value is a usable host with a fresh
 // identity on DefaultListenAddr.
 type HostOptions struct {
-	// ListenAddrs are multiaddrs to listen on; only TCP is supported.
+	// ListenAddrs are multiaddrs to listen on: TCP (/ip4/…/tcp/…), and QUIC
+	// (/ip4/…/udp/…/quic-v1) when no PSK is set; libp2p's QUIC has no
+	// private-network support.
 	// Empty means DefaultListenAddr.
 	ListenAddrs []string
 	// IdentityPath is a file holding the host's Ed25519 private key (libp2p
@@ -76,9 +79,9 @@ type HostOptions struct {
 
 // NewHost builds a libp2p host for a shoal node: TCP only, TLS preferred with
 // Noise as fallback, yamux, a resource manager and a connection manager with
-// the fixed limits above. QUIC is left out because private networks (PSK)
-// cannot run over it, and a fleet inside one datacenter gains little from it.
-// Relaying is disabled for the same reason: nodes reach each other directly.
+// the fixed limits above. QUIC (its own encryption and streams) is there too,
+// except on a private network: libp2p's QUIC cannot carry a PSK. Relaying is
+// disabled: nodes of a fleet reach each other directly.
 func NewHost(o HostOptions) (host.Host, error) {
 	log := o.Logger
 	if log == nil {
@@ -89,7 +92,7 @@ func NewHost(o HostOptions) (host.Host, error) {
 		listen = []string{DefaultListenAddr}
 	}
 	for _, s := range listen {
-		if err := checkListenAddr(s); err != nil {
+		if err := checkListenAddr(s, o.PSK != nil); err != nil {
 			return nil, err
 		}
 	}
@@ -132,6 +135,9 @@ func NewHost(o HostOptions) (host.Host, error) {
 		libp2p.DisableMetrics(),
 		libp2p.UserAgent("shoal"),
 	}
+	if o.PSK == nil {
+		opts = append(opts, libp2p.Transport(libp2pquic.NewTransport))
+	}
 	if o.PSK != nil {
 		if len(o.PSK) != 32 {
 			rm.Close()
@@ -155,19 +161,32 @@ func NewHost(o HostOptions) (host.Host, error) {
 // checkListenAddr accepts plain TCP multiaddrs only. Checking up front keeps
 // an unsupported address from reaching libp2p, which in v0.49 leaves the
 // swarm's goroutines running when it fails to listen.
-func checkListenAddr(s string) error {
+func checkListenAddr(s string, private bool) error {
 	a, err := ma.NewMultiaddr(s)
 	if err != nil {
 		return fmt.Errorf("listen address %q: %w", s, err)
+	}
+	if isQUIC(a) {
+		if private {
+			return fmt.Errorf("listen address %q: quic cannot carry a private network key; use tcp", s)
+		}
+		return nil
 	}
 	na, err := manet.ToNetAddr(a)
 	if err != nil {
 		return fmt.Errorf("listen address %q: %w", s, err)
 	}
 	if _, ok := na.(*net.TCPAddr); !ok {
-		return fmt.Errorf("listen address %q: only tcp is supported", s)
+		return fmt.Errorf("listen address %q: only tcp and udp/…/quic-v1 are supported", s)
 	}
 	return nil
+}
+
+// isQUIC reports whether a is exactly /ip4|ip6/…/udp/…/quic-v1.
+func isQUIC(a ma.Multiaddr) bool {
+	ps := a.Protocols()
+	return len(ps) == 3 && (ps[0].Code == ma.P_IP4 || ps[0].Code == ma.P_IP6) &&
+		ps[1].Code == ma.P_UDP && ps[2].Code == ma.P_QUIC_V1
 }
 
 // loadIdentity reads the Ed25519 key at path, creating it if the file does

@@ -137,7 +137,8 @@ func TestNewHostInvalidOptions(t *testing.T) {
 	}{
 		{name: "bad listen addr", o: HostOptions{ListenAddrs: []string{"127.0.0.1:0"}}},
 		{name: "short psk", o: HostOptions{ListenAddrs: []string{loopbackAddr}, PSK: make([]byte, 16)}},
-		{name: "quic listen", o: HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/udp/0/quic-v1"}}},
+		{name: "quic with a psk", o: HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/udp/0/quic-v1"}, PSK: make([]byte, 32)}},
+		{name: "udp without quic", o: HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/udp/0"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

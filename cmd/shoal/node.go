@@ -42,7 +42,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		chunkSize    sizeFlag = 4 << 20
 	)
 	fs.Var(&upstreams, "upstream", "registry this node mirrors, `HOST[=URL]` (repeatable; docker.io means https://registry-1.docker.io)")
-	fs.Var(&p2pListen, "p2p-listen", "libp2p `multiaddr` to listen on for peers, e.g. /ip4/0.0.0.0/tcp/5082 (repeatable; none: the node stays out of any fleet)")
+	fs.Var(&p2pListen, "p2p-listen", "libp2p `multiaddr` to listen on for peers, e.g. /ip4/0.0.0.0/tcp/5082 or /ip4/0.0.0.0/udp/5082/quic-v1 (repeatable; none: the node stays out of any fleet)")
 	fs.Var(&bootstrap, "bootstrap", "`multiaddr` ending in /p2p/<id> of a node to join the fleet through (repeatable; see another node's /status addrs)")
 	fs.Var(&cacheSize, "cache-size", "cache capacity, e.g. 20GiB (0: unlimited)")
 	fs.Var(&chunkSize, "chunk-size", "unit of resumable transfer and of exchange between peers")
