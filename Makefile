@@ -53,8 +53,8 @@ bench: bench-single bench-p2p
 bench-single: tools
 	cd test && $(GO) run ./cmd/bench --json ../bench/results/single-node.json
 
-# bench-p2p measures nodes exchanging blobs on loopback: one peer against the origin, four
-# upload-limited peers, DHT lookups in a 20-node fleet.
+# bench-p2p measures nodes exchanging blobs: one peer against the origin on loopback and across
+# 1 Gbit/s links (needs root), four upload-limited peers, DHT lookups in a 20-node fleet.
 bench-p2p: tools
 	cd test && $(GO) run ./cmd/bench-p2p --json ../bench/results/p2p.json
 

@@ -1,12 +1,15 @@
 // Command bench-p2p measures shoal nodes exchanging blobs with each other, with real
-// `shoal node` processes and the real distribution registry on loopback, and reports each
-// figure against a baseline or a limit taken in the same run:
+// `shoal node` processes and the real distribution registry, and reports each figure
+// against a baseline or a limit taken in the same run:
 //
 //   - one peer: a blob (--size, 1 GiB) pulled through a fresh node whose only source is a
 //     peer that holds it, against the same blob pulled straight from the origin registry
 //     (target >= 0.6x). The fresh node's origin is the same registry behind a counting proxy,
 //     and the run checks that the proxy sent it no blob byte, so the bytes provably came from
-//     the peer. Runs alternate between the two; each peer run has a fresh node.
+//     the peer. Runs alternate between the two; each peer run has a fresh node. It runs once
+//     per --links kind: loopback, and a tc rate such as 1gbit, where the origin and the peer
+//     each sit in a network namespace behind a veth pair shaped to that rate (needs root;
+//     see link.go), so that both paths cross the same kind of link.
 //   - four peers: a blob (--four-size, 512 MiB) held by four nodes each limited to
 //     --upload-limit L, pulled through a fresh fifth node (target >= 3.2 L, that is 0.8 of the
 //     four nodes' aggregate), with each holder's uploaded bytes to show how the load spread.
@@ -14,9 +17,10 @@
 //     (dhtprobe), one providing 50 random digests and every other looking each up with
 //     FindProvidersFresh (target: median < 20 ms), plus lookups of digests nobody provides.
 //
-// Clients hash what they receive, as containerd does. Everything listens on 127.0.0.1, so the
-// nodes, the origin and the client share the machine's cores: the one-peer figures come with
-// the CPU seconds each process spent per GB moved, which say where the time went.
+// Clients hash what they receive, as containerd does. Apart from the shaped one-peer variant
+// everything listens on 127.0.0.1, so the nodes, the origin and the client share the
+// machine's cores: the one-peer figures come with the CPU seconds each process spent per GB
+// moved, which say where the time went.
 package main
 
 import (
@@ -65,6 +69,7 @@ type params struct {
 	DHTKeys           int    `json:"dht_keys"`
 	DHTMisses         int    `json:"dht_miss_keys_per_node"`
 	Scenarios         string `json:"scenarios"`
+	OnePeerLinks      string `json:"one_peer_links"`
 	ClientHash        bool   `json:"client_hash"`
 }
 
@@ -72,7 +77,7 @@ type report struct {
 	Date      string     `json:"date"`
 	Machine   machine    `json:"machine"`
 	Params    params     `json:"parameters"`
-	OnePeer   *onePeer   `json:"one_peer,omitempty"`
+	OnePeer   []*onePeer `json:"one_peer,omitempty"` // one per --links kind
 	FourPeers *fourPeers `json:"four_peers,omitempty"`
 	DHT       *dhtResult `json:"dht,omitempty"`
 	Checks    []check    `json:"checks"`
@@ -98,6 +103,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	dhtKeys := fs.Int("dht-keys", 50, "digests one DHT node provides and every other looks up")
 	dhtMisses := fs.Int("dht-misses", 5, "digests nobody provides that every DHT node looks up")
 	only := fs.String("scenarios", "one,four,dht", "comma-separated scenarios to run: one, four, dht")
+	linkList := fs.String("links", "loopback,1gbit", "comma-separated links for the one-peer measure: loopback, or a tc rate such as 1gbit for an origin and a peer each in its own network namespace behind a link of that speed (needs root)")
 	out := fs.String("json", "", "also write the results as JSON to this file")
 	profile := fs.String("profile", "", "write CPU profiles of both nodes during an extra, unmeasured one-peer pull into this directory")
 	logLevel := fs.String("log-level", "info", "--log-level of every node")
@@ -123,6 +129,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		want[s] = true
 	}
+	var links []string
+	if want["one"] {
+		var err error
+		if links, err = parseLinks(*linkList); err != nil {
+			return err
+		}
+	}
 	began := time.Now()
 	rep := report{
 		Date:    time.Now().UTC().Format("2006-01-02"),
@@ -130,7 +143,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		Params: params{
 			OnePeerBlobBytes: *size, FourPeerBlobBytes: *fourSize, UploadLimit: *limit, ChunkSize: *chunk,
 			Runs: *runs, DHTNodes: *dhtNodes, DHTKeys: *dhtKeys, DHTMisses: *dhtMisses,
-			Scenarios: *only, ClientHash: true,
+			Scenarios: *only, OnePeerLinks: strings.Join(links, ","), ClientHash: true,
 		},
 	}
 
@@ -165,12 +178,12 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 			e.profile = *profile
 		}
-		if want["one"] {
-			r, err := e.onePeer(ctx, *size)
+		for _, link := range links {
+			r, err := e.onePeerOver(ctx, *size, link)
 			if err != nil {
-				return fmt.Errorf("one peer: %w", err)
+				return fmt.Errorf("one peer, %s: %w", link, err)
 			}
-			rep.OnePeer = r
+			rep.OnePeer = append(rep.OnePeer, r)
 			rep.Checks = append(rep.Checks, r.checks()...)
 		}
 		if want["four"] {
@@ -225,9 +238,9 @@ func printReport(w io.Writer, rep report) bool {
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", c.Scenario, c.Name, c.Result, c.Target, verdict)
 	}
-	if r := rep.OnePeer; r != nil {
-		fmt.Fprintf(w, "\nOne peer, CPU seconds per GB moved (medians; the client hashes):\n  straight from the origin: %s\n  from the peer:            %s\n",
-			cpuString(r.DirectCPU, "registry", "client"), cpuString(r.PeerCPU, "A", "B", "client"))
+	for _, r := range rep.OnePeer {
+		fmt.Fprintf(w, "\nOne peer, %s, CPU seconds per GB moved (medians; the client hashes):\n  straight from the origin: %s\n  from the peer:            %s\n",
+			r.Link, cpuString(r.DirectCPU, "registry", "client"), cpuString(r.PeerCPU, "A", "B", "client"))
 	}
 	if r := rep.FourPeers; r != nil {
 		fmt.Fprintf(w, "\nFour peers, bytes each holder uploaded per run (blob %s):\n", human(r.BlobBytes))

@@ -34,9 +34,6 @@ type env struct {
 	seq       int  // names node directories
 }
 
-// p2pListen puts a node's p2p side on a free loopback port.
-var p2pListen = []string{"--p2p-listen", "/ip4/127.0.0.1/tcp/0"}
-
 func newEnv(ctx context.Context, out io.Writer, work string, chunkSize int64, runs int, logLevel string, keep bool) (*env, error) {
 	bin, err := harness.ShoalBinary()
 	if err != nil {
@@ -70,9 +67,9 @@ type node struct {
 	keepLog bool
 }
 
-// startNode starts a node in a new directory under the work dir (or dir, when given:
-// restarting a node on its data), with origin as its --origin.
-func (e *env) startNode(ctx context.Context, name, dir, origin string, args ...string) (*node, error) {
+// startNode starts a node at site at, in a new directory under the work dir (or dir, when
+// given: restarting a node on its data), with origin as its --origin.
+func (e *env) startNode(ctx context.Context, name, dir, origin string, at site, args ...string) (*node, error) {
 	if dir == "" {
 		e.seq++
 		dir = filepath.Join(e.work, fmt.Sprintf("%s-%d", name, e.seq))
@@ -80,13 +77,18 @@ func (e *env) startNode(ctx context.Context, name, dir, origin string, args ...s
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	n, err := harness.RunNode(ctx, harness.NodeOptions{
+	o := harness.NodeOptions{
 		Binary:  e.bin,
 		DataDir: filepath.Join(dir, "data"),
 		LogPath: filepath.Join(dir, "node.log"),
 		Origin:  origin,
-		Args:    slices.Concat([]string{"--log-level", e.logLevel, "--pprof"}, e.chunkArgs, args),
-	})
+		Args:    slices.Concat([]string{"--log-level", e.logLevel, "--pprof"}, e.chunkArgs, at.p2pListen(), args),
+	}
+	if at.netns != "" {
+		// The namespace is the node's own: fixed ports cannot be taken.
+		o.Netns, o.RegistryAddr, o.AdminAddr = at.netns, at.ip+":5000", at.ip+":5001"
+	}
+	n, err := harness.RunNode(ctx, o)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
@@ -162,29 +164,29 @@ func (n *node) counters(ctx context.Context) (counters, error) {
 	}, nil
 }
 
-// upload pushes a random blob of size bytes to the origin and pulls it once straight from
-// the origin, so the origin's page cache holds it as it would a hot layer.
-func (e *env) upload(ctx context.Context, repo string, size int64) (digest.Digest, error) {
+// upload pushes a random blob of size bytes to the origin reg and pulls it once straight
+// from there, so the origin's page cache holds it as it would a hot layer.
+func (e *env) upload(ctx context.Context, reg *harness.Registry, repo string, size int64) (digest.Digest, error) {
 	fmt.Fprintf(e.out, "uploading a %s random blob to %s\n", human(size), repo)
-	d, err := uploadRandomBlob(ctx, e.reg.URL, repo, size, filepath.Join(e.work, "upload"))
+	d, err := uploadRandomBlob(ctx, reg.URL, repo, size, filepath.Join(e.work, "upload"))
 	if err != nil {
 		return "", err
 	}
-	if _, err := pull(ctx, e.direct(repo, d), d); err != nil {
+	if _, err := pull(ctx, directURL(reg, repo, d), d); err != nil {
 		return "", fmt.Errorf("warm-up pull from the origin: %w", err)
 	}
 	return d, nil
 }
 
-func (e *env) direct(repo string, d digest.Digest) string {
-	return e.reg.URL + "/v2/" + repo + "/blobs/" + d.String()
+func directURL(reg *harness.Registry, repo string, d digest.Digest) string {
+	return reg.URL + "/v2/" + repo + "/blobs/" + d.String()
 }
 
 // originProxy puts a counting proxy in front of the registry: the origin of the nodes whose
 // bytes must all come from peers. It is the same registry, so a node can HEAD the blob there,
 // but every blob byte it sends is counted.
-func (e *env) originProxy() (*harness.CountingProxy, error) {
-	return harness.NewCountingProxy(e.reg.URL)
+func originProxy(reg *harness.Registry) (*harness.CountingProxy, error) {
+	return harness.NewCountingProxy(reg.URL)
 }
 
 // originBlobBytes waits for the proxy's requests to finish and returns the blob bytes it
@@ -198,6 +200,9 @@ func originBlobBytes(ctx context.Context, p *harness.CountingProxy) (int64, erro
 
 // onePeer is the one-peer measure.
 type onePeer struct {
+	// Link is where the sources sit: "loopback", or a tc rate for an origin and a holder each
+	// in its own network namespace behind a link of that speed.
+	Link               string    `json:"link"`
 	BlobBytes          int64     `json:"blob_bytes"`
 	DirectMBps         []float64 `json:"direct_mbps"`
 	PeerMBps           []float64 `json:"peer_mbps"`
@@ -210,19 +215,24 @@ type onePeer struct {
 	PeerFetchedBytes   []int64   `json:"peer_fetched_bytes"`    // B's shoal_blob_fetched_bytes_total{source=peer}
 	OriginFetchedBytes []int64   `json:"origin_fetched_bytes"`  // B's ...{source=origin}
 	HolderUploaded     []int64   `json:"holder_uploaded_bytes"` // A's shoal_chunk_uploaded_bytes_total, per run
+	HolderFillMBps     float64   `json:"holder_fill_mbps"`      // A's own pull from the origin
 	// CPU seconds per GB moved, by process (medians): where a 2-core machine's time goes.
 	DirectCPU map[string]float64 `json:"direct_cpu_seconds_per_gb"`
 	PeerCPU   map[string]float64 `json:"peer_cpu_seconds_per_gb"`
 }
 
 func (r *onePeer) checks() []check {
-	const scenario = "one peer"
+	scenario := "one peer, " + r.Link
 	var fromOrigin int64
 	for _, b := range r.OriginFetchedBytes {
 		fromOrigin += b
 	}
+	where := "all on loopback"
+	if r.Link != "loopback" {
+		where = "origin and peer each behind its own " + r.Link + " link"
+	}
 	return []check{
-		{scenario, fmt.Sprintf("%s through a fresh node from its one peer / straight from the origin", human(r.BlobBytes)),
+		{scenario, fmt.Sprintf("%s through a fresh node from its one peer / straight from the origin, %s", human(r.BlobBytes), where),
 			fmt.Sprintf("%.2fx (%.0f vs %.0f MB/s)", r.Ratio, r.MedianPeerMBps, r.MedianDirectMBps),
 			fmt.Sprintf(">= %.2fx", targetOnePeerRatio), r.Ratio >= targetOnePeerRatio},
 		{scenario, "blob bytes the fresh nodes took from the origin (counting proxy; node metric)",
@@ -232,15 +242,16 @@ func (r *onePeer) checks() []check {
 }
 
 // onePeer has node A pull a blob from the origin, then, run after run, a fresh node B joined
-// to A pull it through its /v2, alternating with pulls straight from the origin.
-func (e *env) onePeer(ctx context.Context, size int64) (_ *onePeer, err error) {
+// to A pull it through its /v2, alternating with pulls straight from the origin. l says
+// where the origin, A and B sit.
+func (e *env) onePeer(ctx context.Context, size int64, l *oneLink) (_ *onePeer, err error) {
 	const repo = "bench/one-peer"
-	fmt.Fprintln(e.out, "\none peer:")
-	d, err := e.upload(ctx, repo, size)
+	fmt.Fprintf(e.out, "\none peer, %s:\n", l.name)
+	d, err := e.upload(ctx, l.reg, repo, size)
 	if err != nil {
 		return nil, err
 	}
-	a, err := e.startNode(ctx, "A", "", e.reg.URL, p2pListen...)
+	a, err := e.startNode(ctx, "A", "", l.holderOrigin, l.holder)
 	if err != nil {
 		return nil, err
 	}
@@ -253,21 +264,21 @@ func (e *env) onePeer(ctx context.Context, size int64) (_ *onePeer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	t, err := pull(ctx, a.blobURL(repo, d), d)
+	fill, err := pull(ctx, a.blobURL(repo, d), d)
 	if err != nil {
 		return nil, fmt.Errorf("node A's pull from the origin: %w", err)
 	}
 	if err := a.waitCommitted(ctx, size); err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(e.out, "  node A pulled it from the origin: %s\n", t)
-	proxy, err := e.originProxy()
+	fmt.Fprintf(e.out, "  node A pulled it from the origin: %s\n", fill)
+	proxy, err := originProxy(l.reg)
 	if err != nil {
 		return nil, err
 	}
 	defer proxy.Close()
 
-	r := &onePeer{BlobBytes: size}
+	r := &onePeer{Link: l.name, BlobBytes: size, HolderFillMBps: fill.rate() / 1e6}
 	var directCPU, peerCPU []map[string]float64
 	// A profiled pull is slower; it is an extra run, left out of the figures.
 	first := 0
@@ -277,8 +288,8 @@ func (e *env) onePeer(ctx context.Context, size int64) (_ *onePeer, err error) {
 	for i := first; i < e.runs; i++ {
 		if i >= 0 {
 			settleDisk()
-			cpu := startCPU(map[string]int{"registry": e.reg.Pid(), "client": os.Getpid()})
-			direct, err := pull(ctx, e.direct(repo, d), d)
+			cpu := startCPU(map[string]int{"registry": l.reg.Pid(), "client": os.Getpid()})
+			direct, err := pull(ctx, directURL(l.reg, repo, d), d)
 			if err != nil {
 				return nil, fmt.Errorf("direct pull: %w", err)
 			}
@@ -288,11 +299,11 @@ func (e *env) onePeer(ctx context.Context, size int64) (_ *onePeer, err error) {
 			fmt.Fprintf(e.out, "  run %d: straight from the origin   %s\n", i+1, direct)
 		}
 
-		b, err := e.startNode(ctx, "B", "", proxy.URL, slices.Concat(p2pListen, []string{"--bootstrap", boot})...)
+		b, err := e.startNode(ctx, "B", "", proxy.URL, l.fresh, "--bootstrap", boot)
 		if err != nil {
 			return nil, err
 		}
-		pr, err := e.peerRun(ctx, a, b, proxy, repo, d, size, i < 0)
+		pr, err := e.peerRun(ctx, a, b, proxy, repo, d, size, l.name, i < 0)
 		if serr := b.stop(true); serr != nil && err == nil {
 			err = fmt.Errorf("node B: %w", serr)
 		}
@@ -335,7 +346,7 @@ type peerResult struct {
 }
 
 // peerRun pulls the blob through b, whose one source is its peer a.
-func (e *env) peerRun(ctx context.Context, a, b *node, proxy *harness.CountingProxy, repo string, d digest.Digest, size int64, profile bool) (peerResult, error) {
+func (e *env) peerRun(ctx context.Context, a, b *node, proxy *harness.CountingProxy, repo string, d digest.Digest, size int64, link string, profile bool) (peerResult, error) {
 	before, err := a.counters(ctx)
 	if err != nil {
 		return peerResult{}, err
@@ -345,7 +356,7 @@ func (e *env) peerRun(ctx context.Context, a, b *node, proxy *harness.CountingPr
 	if profile {
 		for name, n := range map[string]*node{"B": b, "A": a} {
 			wg.Go(func() {
-				path := filepath.Join(e.profile, "one-peer-"+name+".pprof")
+				path := filepath.Join(e.profile, "one-peer-"+link+"-"+name+".pprof")
 				if err := saveProfile(ctx, n.AdminURL, path, 3); err != nil {
 					fmt.Fprintf(e.out, "  profile of node %s: %v\n", name, err)
 					return
@@ -420,7 +431,7 @@ func (r *fourPeers) checks() []check {
 func (e *env) fourPeers(ctx context.Context, size, limit int64) (_ *fourPeers, err error) {
 	const repo = "bench/four-peers"
 	fmt.Fprintln(e.out, "\nfour peers:")
-	d, err := e.upload(ctx, repo, size)
+	d, err := e.upload(ctx, e.reg, repo, size)
 	if err != nil {
 		return nil, err
 	}
@@ -435,7 +446,7 @@ func (e *env) fourPeers(ctx context.Context, size, limit int64) (_ *fourPeers, e
 	dirs := make([]string, holders)
 	for i := range dirs {
 		dirs[i] = filepath.Join(e.work, fmt.Sprintf("holder-%d", i))
-		n, err := e.startNode(ctx, "holder", dirs[i], e.reg.URL, p2pListen...)
+		n, err := e.startNode(ctx, "holder", dirs[i], e.reg.URL, site{})
 		if err != nil {
 			return nil, err
 		}
@@ -471,11 +482,11 @@ func (e *env) fourPeers(ctx context.Context, size, limit int64) (_ *fourPeers, e
 	limitArgs := []string{"--upload-limit", strconv.FormatInt(limit, 10)}
 	var boot string
 	for i, dir := range dirs {
-		args := slices.Concat(p2pListen, limitArgs)
+		args := slices.Clone(limitArgs)
 		if i > 0 {
 			args = append(args, "--bootstrap", boot)
 		}
-		n, err := e.startNode(ctx, "holder", dir, e.reg.URL, args...)
+		n, err := e.startNode(ctx, "holder", dir, e.reg.URL, site{}, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -488,7 +499,7 @@ func (e *env) fourPeers(ctx context.Context, size, limit int64) (_ *fourPeers, e
 	}
 	fmt.Fprintf(e.out, "  %d holders hold it, each uploading at most %s/s\n", holders, human(limit))
 
-	proxy, err := e.originProxy()
+	proxy, err := originProxy(e.reg)
 	if err != nil {
 		return nil, err
 	}
@@ -501,7 +512,7 @@ func (e *env) fourPeers(ctx context.Context, size, limit int64) (_ *fourPeers, e
 			}
 		}
 		proxy.Reset()
-		n, err := e.startNode(ctx, "E", "", proxy.URL, slices.Concat(p2pListen, []string{"--bootstrap", boot})...)
+		n, err := e.startNode(ctx, "E", "", proxy.URL, site{}, "--bootstrap", boot)
 		if err != nil {
 			return nil, err
 		}

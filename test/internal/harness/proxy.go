@@ -86,11 +86,17 @@ type CountingProxy struct {
 // NewCountingProxy starts a proxy on a free loopback port that forwards to target (an
 // http:// URL). The caller stops it with Close.
 func NewCountingProxy(target string) (*CountingProxy, error) {
+	return NewCountingProxyAt("127.0.0.1:0", target)
+}
+
+// NewCountingProxyAt is NewCountingProxy listening on addr (host:port; port 0 picks a free
+// one), for example a Link's HostAddr, where a process in the link's namespace reaches it.
+func NewCountingProxyAt(addr, target string) (*CountingProxy, error) {
 	u, err := url.Parse(target)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("counting proxy target %q: want an http URL", target)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("counting proxy: %w", err)
 	}

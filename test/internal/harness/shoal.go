@@ -121,6 +121,10 @@ type NodeOptions struct {
 	AdminAddr    string   // --admin-addr; default a free loopback address
 	LogPath      string   // where stdout and stderr go; StartNode defaults to a temp dir
 	ReadyTimeout time.Duration
+	// Netns runs the node inside this network namespace (see NewLink). Its loopback is not
+	// this one's, so RegistryAddr and AdminAddr are then required: addresses in the
+	// namespace that this process can reach, such as the Link's PeerAddr.
+	Netns string
 }
 
 // Node is a running `shoal node`.
@@ -152,6 +156,9 @@ func RunNode(ctx context.Context, o NodeOptions) (*Node, error) {
 	}
 	if o.DataDir == "" || o.LogPath == "" {
 		return nil, errors.New("start shoal node: DataDir and LogPath are required")
+	}
+	if o.Netns != "" && (o.RegistryAddr == "" || o.AdminAddr == "") {
+		return nil, fmt.Errorf("start shoal node in namespace %s: RegistryAddr and AdminAddr are required", o.Netns)
 	}
 	if o.ReadyTimeout == 0 {
 		o.ReadyTimeout = 30 * time.Second
@@ -187,7 +194,13 @@ func RunNode(ctx context.Context, o NodeOptions) (*Node, error) {
 			args = append(args, "--cache-size", o.CacheSize)
 		}
 		args = append(args, o.Args...)
-		p, err := startProcess("shoal node", o.LogPath, nil, o.Binary, args...)
+		// `ip netns exec` execs the binary in place, so the process (its pid, its signals)
+		// is the node's own.
+		path := o.Binary
+		if o.Netns != "" {
+			path, args = "ip", append([]string{"netns", "exec", o.Netns, o.Binary}, args...)
+		}
+		p, err := startProcess("shoal node", o.LogPath, nil, path, args...)
 		if err != nil {
 			return nil, err
 		}
