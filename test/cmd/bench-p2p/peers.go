@@ -168,7 +168,7 @@ func (n *node) counters(ctx context.Context) (counters, error) {
 // from there, so the origin's page cache holds it as it would a hot layer.
 func (e *env) upload(ctx context.Context, reg *harness.Registry, repo string, size int64) (digest.Digest, error) {
 	fmt.Fprintf(e.out, "uploading a %s random blob to %s\n", human(size), repo)
-	d, err := uploadRandomBlob(ctx, reg.URL, repo, size, filepath.Join(e.work, "upload"))
+	d, err := harness.UploadRandomBlob(ctx, reg.URL, repo, size, filepath.Join(e.work, "upload"))
 	if err != nil {
 		return "", err
 	}
@@ -293,9 +293,9 @@ func (e *env) onePeer(ctx context.Context, size int64, l *oneLink) (_ *onePeer, 
 			if err != nil {
 				return nil, fmt.Errorf("direct pull: %w", err)
 			}
-			directCPU = append(directCPU, cpu.perGB(direct.bytes))
+			directCPU = append(directCPU, cpu.perGB(direct.Bytes))
 			r.DirectMBps = append(r.DirectMBps, direct.rate()/1e6)
-			r.DirectFirstByteMs = append(r.DirectFirstByteMs, ms(direct.firstByte))
+			r.DirectFirstByteMs = append(r.DirectFirstByteMs, ms(direct.FirstByte))
 			fmt.Fprintf(e.out, "  run %d: straight from the origin   %s\n", i+1, direct)
 		}
 
@@ -322,7 +322,7 @@ func (e *env) onePeer(ctx context.Context, size int64, l *oneLink) (_ *onePeer, 
 			continue
 		}
 		r.PeerMBps = append(r.PeerMBps, pr.t.rate()/1e6)
-		r.PeerFirstByteMs = append(r.PeerFirstByteMs, ms(pr.t.firstByte))
+		r.PeerFirstByteMs = append(r.PeerFirstByteMs, ms(pr.t.FirstByte))
 		r.PeerFetchedBytes = append(r.PeerFetchedBytes, pr.c.fromPeer)
 		r.OriginFetchedBytes = append(r.OriginFetchedBytes, pr.c.fromOrigin)
 		r.HolderUploaded = append(r.HolderUploaded, pr.uploaded)
@@ -368,7 +368,7 @@ func (e *env) peerRun(ctx context.Context, a, b *node, proxy *harness.CountingPr
 	settleDisk()
 	cpu := startCPU(map[string]int{"A": a.Pid(), "B": b.Pid(), "client": os.Getpid()})
 	t, err := pull(ctx, b.blobURL(repo, d), d)
-	r := peerResult{t: t, cpu: cpu.perGB(t.bytes)}
+	r := peerResult{t: t, cpu: cpu.perGB(t.Bytes)}
 	wg.Wait()
 	if err != nil {
 		return peerResult{}, fmt.Errorf("pull through node B: %w", err)
@@ -544,7 +544,7 @@ func (e *env) fourPeers(ctx context.Context, size, limit int64) (_ *fourPeers, e
 		}
 		r.Runs = append(r.Runs, run)
 		r.MBps = append(r.MBps, t.rate()/1e6)
-		r.FirstByteMs = append(r.FirstByteMs, ms(t.firstByte))
+		r.FirstByteMs = append(r.FirstByteMs, ms(t.FirstByte))
 		r.OriginBlobBytes += origin
 		fmt.Fprintf(e.out, "  run %d: fresh node E, from %d holders  %s = %.2f L; holders uploaded %s\n",
 			i+1, holders, t, t.rate()/float64(limit), humanList(run.HolderUploaded))

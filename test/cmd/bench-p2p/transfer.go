@@ -2,34 +2,27 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
-// transfer is one timed pull.
-type transfer struct {
-	bytes     int64
-	firstByte time.Duration
-	total     time.Duration
-}
+// transfer is a timed pull, printed the way this benchmark reports it.
+type transfer struct{ harness.Transfer }
 
-func (t transfer) rate() float64 { return float64(t.bytes) / t.total.Seconds() } // bytes/s
+func (t transfer) rate() float64 { return t.BytesPerSecond() }
 
 func (t transfer) String() string {
-	return fmt.Sprintf("%.0f MB/s (%.1f MiB/s), first byte %.1f ms", t.rate()/1e6, t.rate()/(1<<20), ms(t.firstByte))
+	return fmt.Sprintf("%.0f MB/s (%.1f MiB/s), first byte %.1f ms", t.rate()/1e6, t.rate()/(1<<20), ms(t.FirstByte))
 }
 
 var client = &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 8}}
@@ -37,96 +30,8 @@ var client = &http.Client{Transport: &http.Transport{DisableCompression: true, M
 // pull GETs url, timing the first byte and the whole body, and hashes the body as containerd
 // does; it fails unless the body is exactly d.
 func pull(ctx context.Context, url string, d digest.Digest) (transfer, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return transfer{}, err
-	}
-	start := time.Now()
-	resp, err := client.Do(req)
-	if err != nil {
-		return transfer{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return transfer{}, fmt.Errorf("GET %s: %s: %q", url, resp.Status, body)
-	}
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	var t transfer
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if t.bytes == 0 {
-				t.firstByte = time.Since(start)
-			}
-			h.Write(buf[:n])
-			t.bytes += int64(n)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return transfer{}, fmt.Errorf("GET %s: after %d bytes: %w", url, t.bytes, err)
-		}
-	}
-	t.total = time.Since(start)
-	if got := digest.NewDigest(digest.SHA256, h); got != d {
-		return transfer{}, fmt.Errorf("GET %s: %d bytes with digest %s, want %s", url, t.bytes, got, d)
-	}
-	return t, nil
-}
-
-// uploadRandomBlob writes size random bytes to path, pushes them to the registry as one
-// monolithic upload, and returns the digest.
-func uploadRandomBlob(ctx context.Context, registryURL, repo string, size int64, path string) (digest.Digest, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(path)
-	defer f.Close()
-	h := sha256.New()
-	var seed [32]byte
-	binary.LittleEndian.PutUint64(seed[:], uint64(time.Now().UnixNano()))
-	if _, err := io.CopyN(io.MultiWriter(f, h), rand.NewChaCha8(seed), size); err != nil {
-		return "", err
-	}
-	d := digest.NewDigest(digest.SHA256, h)
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return "", err
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, registryURL+"/v2/"+repo+"/blobs/uploads/", nil)
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return "", fmt.Errorf("start upload: %s", resp.Status)
-	}
-	loc := resp.Header.Get("Location")
-	if !strings.HasPrefix(loc, "http") {
-		loc = registryURL + loc
-	}
-	sep := "?"
-	if strings.Contains(loc, "?") {
-		sep = "&"
-	}
-	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, loc+sep+"digest="+d.String(), f)
-	req.ContentLength = size
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		return "", fmt.Errorf("finish upload: %s", resp.Status)
-	}
-	return d, nil
+	t, err := harness.TimedPull(ctx, client, url, d, true)
+	return transfer{t}, err
 }
 
 // stats summarises durations.

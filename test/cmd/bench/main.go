@@ -20,14 +20,11 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"hash"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/signal"
@@ -187,7 +184,7 @@ func (s setup) measure(ctx context.Context, stdout io.Writer) (result, error) {
 	defer reg.Close()
 	fmt.Fprintf(stdout, "origin link %s: registry at %s; uploading a %s random blob\n", s.link, reg.URL, human(s.size))
 	const repo = "bench/blob"
-	d, err := uploadRandomBlob(ctx, reg.URL, repo, s.size, filepath.Join(s.work, "blob"))
+	d, err := harness.UploadRandomBlob(ctx, reg.URL, repo, s.size, filepath.Join(s.work, "blob"))
 	if err != nil {
 		return result{}, err
 	}
@@ -308,67 +305,21 @@ func startNode(ctx context.Context, bin, origin, dir string) (*harness.Node, err
 	})
 }
 
-// transfer is one timed pull.
-type transfer struct {
-	bytes     int64
-	firstByte time.Duration
-	total     time.Duration
-}
+// transfer is a timed pull, printed the way this benchmark reports it.
+type transfer struct{ harness.Transfer }
 
-func (t transfer) rate() float64 { return float64(t.bytes) / t.total.Seconds() / 1e6 }
+func (t transfer) rate() float64 { return t.BytesPerSecond() / 1e6 } // MB/s
 
 func (t transfer) String() string {
-	return fmt.Sprintf("%.0f MB/s, first byte %.1f ms", t.rate(), float64(t.firstByte.Microseconds())/1000)
+	return fmt.Sprintf("%.0f MB/s, first byte %.1f ms", t.rate(), float64(t.FirstByte.Microseconds())/1000)
 }
 
 var client = &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 8}}
 
 // pull GETs url, timing the first byte and the whole body, and checks the digest.
 func pull(ctx context.Context, url string, d digest.Digest, verify bool) (transfer, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return transfer{}, err
-	}
-	start := time.Now()
-	resp, err := client.Do(req)
-	if err != nil {
-		return transfer{}, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return transfer{}, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	var h hash.Hash = discardHash{}
-	if verify {
-		h = sha256.New()
-	}
-	buf := make([]byte, 1<<20)
-	var t transfer
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if t.bytes == 0 {
-				t.firstByte = time.Since(start)
-			}
-			h.Write(buf[:n])
-			t.bytes += int64(n)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return transfer{}, err
-		}
-	}
-	t.total = time.Since(start)
-	if verify {
-		if got := digest.NewDigest(digest.SHA256, h); got != d {
-			return transfer{}, fmt.Errorf("GET %s: digest %s, want %s", url, got, d)
-		}
-	}
-	return t, nil
+	t, err := harness.TimedPull(ctx, client, url, d, verify)
+	return transfer{t}, err
 }
 
 // waitCommitted polls the node until its download finished and the blob is in its cache, so
@@ -407,14 +358,6 @@ func saveProfile(ctx context.Context, adminURL, path string) error {
 	_, err = io.Copy(f, resp.Body)
 	return err
 }
-
-type discardHash struct{}
-
-func (discardHash) Write(p []byte) (int, error) { return len(p), nil }
-func (discardHash) Sum(b []byte) []byte         { return b }
-func (discardHash) Reset()                      {}
-func (discardHash) Size() int                   { return 0 }
-func (discardHash) BlockSize() int              { return 64 }
 
 // peakRSS starts a fresh node, has n clients pull the cold blob through it at once, and
 // returns the node's peak resident set size (VmHWM).
@@ -457,55 +400,6 @@ func vmHWM(pid int) (int64, error) {
 	return 0, errors.New("no VmHWM in /proc status")
 }
 
-// uploadRandomBlob writes size random bytes to path, pushes them to the registry as one
-// monolithic upload, and returns the digest.
-func uploadRandomBlob(ctx context.Context, registryURL, repo string, size int64, path string) (digest.Digest, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(path)
-	defer f.Close()
-	h := sha256.New()
-	rng := rand.NewChaCha8([32]byte{byte(time.Now().UnixNano())})
-	if _, err := io.CopyN(io.MultiWriter(f, h), rng, size); err != nil {
-		return "", err
-	}
-	d := digest.NewDigest(digest.SHA256, h)
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return "", err
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, registryURL+"/v2/"+repo+"/blobs/uploads/", nil)
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return "", fmt.Errorf("start upload: %s", resp.Status)
-	}
-	loc := resp.Header.Get("Location")
-	if !strings.HasPrefix(loc, "http") {
-		loc = registryURL + loc
-	}
-	sep := "?"
-	if strings.Contains(loc, "?") {
-		sep = "&"
-	}
-	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, loc+sep+"digest="+d.String(), f)
-	req.ContentLength = size
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err = client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		return "", fmt.Errorf("finish upload: %s", resp.Status)
-	}
-	return d, nil
-}
-
 func medianRate(ts []transfer) float64 {
 	rates := make([]float64, len(ts))
 	for i, t := range ts {
@@ -517,7 +411,7 @@ func medianRate(ts []transfer) float64 {
 func medianFirstByte(ts []transfer) float64 {
 	ms := make([]float64, len(ts))
 	for i, t := range ts {
-		ms[i] = float64(t.firstByte.Microseconds()) / 1000
+		ms[i] = float64(t.FirstByte.Microseconds()) / 1000
 	}
 	return median(ms)
 }
