@@ -1,8 +1,9 @@
 // Command demo shows what shoal does, end to end, with the real programs: the distribution
 // registry as the origin (behind a proxy that counts what it sends), a generated image pushed
-// with crane, a shoal node pulling through from that origin, and containerd fetching the image
-// through the node twice, each time with a fresh containerd so nothing is reused client-side.
-// It then reports where the bytes of each pull came from. Run it as root with `make demo`.
+// with crane, a fleet of three shoal nodes joined on loopback, and containerd fetching the
+// image through each node in turn, each time with a fresh containerd so nothing is reused
+// client-side. It then reports where the bytes of each pull came from: the origin once, peers
+// after that. Run it as root with `make demo`.
 package main
 
 import (
@@ -48,9 +49,9 @@ func main() {
 // verbose makes a failure print the whole error, with the tails of the programs' logs.
 var verbose bool
 
-// fleetSize is how many nodes the demo runs. Pull i goes through node i%fleetSize, so once
-// nodes find each other the second pull shows bytes from peers.
-const fleetSize = 1
+// fleetSize is how many nodes the demo runs. Pull i goes through node i, so the first pull
+// fills the fleet from the origin and the others take the image from peers.
+const fleetSize = 3
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
@@ -88,7 +89,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}()
 
 	plural := map[bool]string{true: "s"}[fleetSize > 1]
-	fmt.Fprintf(stdout, "shoal demo: a real registry as the origin, %d shoal node%s, containerd pulling through it\n\n", fleetSize, plural)
+	fmt.Fprintf(stdout, "shoal demo: a real registry as the origin, a fleet of %d shoal node%s, containerd pulling through each\n\n", fleetSize, plural)
 	bin, err := step(ctx, stdout, "build shoal", 3*time.Minute, func(ctx context.Context) (string, error) {
 		return buildShoal(ctx, dir)
 	})
@@ -123,8 +124,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			n.Close()
 		}
 	}()
+	var boot string
 	for i := range fleetSize {
 		what := fmt.Sprintf("start shoal node %d (origin: the proxy)", i+1)
+		args := []string{"--p2p-listen", "/ip4/127.0.0.1/tcp/0"}
+		if boot != "" {
+			what = fmt.Sprintf("start shoal node %d (origin: the proxy; joins the fleet through node 1)", i+1)
+			args = append(args, "--bootstrap", boot)
+		}
 		nodeDir := mkdir(dir, fmt.Sprintf("node-%d", i+1))
 		n, err := step(ctx, stdout, what, 30*time.Second, func(ctx context.Context) (*harness.Node, error) {
 			// The node mirrors the registry under its own name (containerd's ns) and sends
@@ -135,19 +142,27 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 				LogPath:   filepath.Join(nodeDir, "node.log"),
 				Origin:    proxy.URL,
 				Upstreams: []string{reg.Addr + "=" + proxy.URL},
+				Args:      args,
 			})
 		})
 		if err != nil {
 			return err
 		}
 		nodes = append(nodes, n)
-		fmt.Fprintf(stdout, "  node %d: mirror at %s, metrics at %s/metrics\n", i+1, n.URL, n.AdminURL)
+		st, err := n.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if boot == "" && len(st.Addrs) > 0 {
+			boot = st.Addrs[0]
+		}
+		fmt.Fprintf(stdout, "  node %d: mirror at %s, metrics at %s/metrics, peer %s\n", i+1, n.URL, n.AdminURL, st.PeerID)
 	}
 
 	var pulls []pullResult
-	for i, cache := range []string{"empty", "warm"} {
-		via := nodes[i%len(nodes)]
-		what := fmt.Sprintf("pull %d with a fresh containerd through node %d (%s cache), verify", i+1, i%len(nodes)+1, cache)
+	for i, fleet := range []string{"nobody holds the image", "node 1 holds it", "nodes 1 and 2 hold it"} {
+		via := nodes[i]
+		what := fmt.Sprintf("pull %d with a fresh containerd through node %d (%s), verify", i+1, i+1, fleet)
 		p, err := step(ctx, stdout, what, 2*time.Minute, func(ctx context.Context) (pullResult, error) {
 			return pull(ctx, mkdir(dir, fmt.Sprintf("pull-%d", i+1)), im, proxy, nodes, via)
 		})
@@ -158,8 +173,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 
 	report(stdout, im, pulls)
-	if n := pulls[1].originBlobs; n > 0 {
-		return fmt.Errorf("second pull: the origin sent %s of blobs, want none once a node holds the image", human(n))
+	for i, p := range pulls[1:] {
+		if p.originBlobs > 0 {
+			return fmt.Errorf("pull %d: the origin sent %s of blobs, want none once a fleet member holds the image", i+2, human(p.originBlobs))
+		}
 	}
 	for _, n := range nodes {
 		if err := n.Close(); err != nil {
@@ -173,7 +190,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 type pullResult struct {
 	duration                     time.Duration
 	originBlobs, originManifests int64   // response bytes the origin sent
-	cache, origin, peer          float64 // blob bytes the nodes served, by source
+	cache, download              float64 // blob bytes the nodes served: from disk, or while downloading
+	fromOrigin, fromPeers        float64 // blob bytes the nodes fetched, by source
 	verified                     int     // digests checked in containerd's content store
 }
 
@@ -218,9 +236,10 @@ func pull(ctx context.Context, dir string, im harness.Image, proxy *harness.Coun
 			return pullResult{}, err
 		}
 		res.cache = after["cache"] - before["cache"]
-		res.origin = after["origin"] - before["origin"]
-		res.peer = after["peer"] - before["peer"]
-		total := res.cache + res.origin + res.peer
+		res.download = after["download"] - before["download"]
+		res.fromOrigin = after["fetched origin"] - before["fetched origin"]
+		res.fromPeers = after["fetched peer"] - before["fetched peer"]
+		total := res.cache + res.download
 		if total >= want {
 			return res, nil
 		}
@@ -236,8 +255,9 @@ func pull(ctx context.Context, dir string, im harness.Image, proxy *harness.Coun
 	}
 }
 
-// served sums shoal_blob_served_bytes_total over the nodes, by source; a source a node
-// does not report counts as 0.
+// served sums over the nodes shoal_blob_served_bytes_total by source ("cache", "download")
+// and shoal_blob_fetched_bytes_total by source ("fetched origin", "fetched peer"); a source a
+// node does not report counts as 0.
 func served(ctx context.Context, nodes []*harness.Node) (map[string]float64, error) {
 	sum := map[string]float64{}
 	for _, n := range nodes {
@@ -245,8 +265,11 @@ func served(ctx context.Context, nodes []*harness.Node) (map[string]float64, err
 		if err != nil {
 			return nil, err
 		}
-		for _, src := range []string{"cache", "origin", "peer"} {
+		for _, src := range []string{"cache", "download"} {
 			sum[src] += m.Sum("shoal_blob_served_bytes_total", harness.Labels{"source": src})
+		}
+		for _, src := range []string{"origin", "peer"} {
+			sum["fetched "+src] += m.Sum("shoal_blob_fetched_bytes_total", harness.Labels{"source": src})
 		}
 	}
 	return sum, nil
@@ -262,31 +285,36 @@ func report(w io.Writer, im harness.Image, pulls []pullResult) {
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "  %-30s%14s%14s\n", "", "pull 1", "pull 2")
+	fmt.Fprintf(w, "  %-30s", "")
+	for i := range pulls {
+		fmt.Fprintf(w, "%14s", fmt.Sprintf("pull %d", i+1))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  %-30s", "")
+	for i := range pulls {
+		fmt.Fprintf(w, "%14s", fmt.Sprintf("via node %d", i+1))
+	}
+	fmt.Fprintln(w)
 	row("duration of ctr content fetch", func(p pullResult) string { return p.duration.Round(time.Millisecond).String() })
 	row("origin sent: blobs", func(p pullResult) string { return human(p.originBlobs) })
 	row("origin sent: manifests", func(p pullResult) string { return human(p.originManifests) })
+	row("node fetched: from the origin", func(p pullResult) string { return human(int64(p.fromOrigin)) })
+	row("node fetched: from peers", func(p pullResult) string { return human(int64(p.fromPeers)) })
 	row("node served: from its cache", func(p pullResult) string { return human(int64(p.cache)) })
-	row("node served: from the origin", func(p pullResult) string { return human(int64(p.origin)) })
-	row("node served: from peers", func(p pullResult) string { return human(int64(p.peer)) })
+	row("node served: as it downloaded", func(p pullResult) string { return human(int64(p.download)) })
 	row("containerd: digests verified", func(p pullResult) string { return fmt.Sprintf("%d of %d", p.verified, len(im.Contents())) })
 
-	fmt.Fprintln(w, "  (origin, node and containerd share this machine, so durations are close; the point is")
+	fmt.Fprintln(w, "  (origin, nodes and containerd share this machine, so durations are close; the point is")
 	fmt.Fprintln(w, "  which bytes crossed the origin's link)")
 
-	p := pulls[len(pulls)-1]
-	fromOrigin := "0 bytes from the origin"
-	if p.originBlobs > 0 {
-		fromOrigin = human(p.originBlobs) + " of blobs from the origin"
-	} else if p.originManifests > 0 {
-		fromOrigin = fmt.Sprintf("0 blob bytes from the origin (only the %s manifest, to resolve the tag)", human(p.originManifests))
+	var originTotal int64
+	var peerTotal float64
+	for _, p := range pulls {
+		originTotal += p.originBlobs
+		peerTotal += p.fromPeers
 	}
-	total := max(p.cache+p.origin+p.peer, 1)
-	fromNodes := fmt.Sprintf("%.0f%% of %s from the node's cache", 100*p.cache/total, human(im.BlobBytes()))
-	if p.peer > 0 {
-		fromNodes += fmt.Sprintf(", %.0f%% from peers", 100*p.peer/total)
-	}
-	fmt.Fprintf(w, "\nsecond pull: %s, %s\n", fromOrigin, fromNodes)
+	fmt.Fprintf(w, "\n%d pulls through %d nodes: the origin sent %s of blobs (%.2fx the image's %s), peers %s\n",
+		len(pulls), len(pulls), human(originTotal), float64(originTotal)/float64(max(im.BlobBytes(), 1)), human(im.BlobBytes()), human(int64(peerTotal)))
 }
 
 // step runs fn with its own timeout and prints what it did and how long it took.
