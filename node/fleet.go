@@ -17,9 +17,10 @@ import (
 	"github.com/shoal-dev/shoal/p2p"
 )
 
-// reprovideInterval is how often a node re-announces every blob it holds; DHT provider
-// records expire after 48 hours.
-const reprovideInterval = 12 * time.Hour
+// reprovideInterval is how often a node re-announces every blob it holds: well within the
+// lifetime of a DHT record, so records of what it holds never lapse, while those of blobs it
+// evicted do.
+const reprovideInterval = p2p.RecordLifetime / 4
 
 // fleet is the node's membership in the fleet: the libp2p host and DHT, and the queue of
 // blobs to announce.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -45,6 +46,10 @@ const (
 	// up within CacheTTL.
 	cacheSweepSize = 1024
 )
+
+// RecordLifetime is how long a provider record lasts in the fleet's DHT
+// unless renewed: holders must announce again well within it.
+const RecordLifetime = 4 * time.Hour
 
 // ErrNoBootstrapPeer reports that bootstrap peers were given but none of them
 // could be reached, or none that could speaks the same DHT.
@@ -154,6 +159,9 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 		dht.BootstrapPeers(r.bootstrap...),
 		dht.RoutingTableRefreshPeriod(refreshPeriod),
 		dht.RoutingTableRefreshQueryTimeout(refreshQueryTimeout),
+		// A fleet's nodes store each other's records: a node that evicted a blob stops
+		// renewing its record, which then lapses within this time.
+		dht.ProviderManagerOpts(records.ProvideValidity(RecordLifetime)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("start dht: %w", err)
