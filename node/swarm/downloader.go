@@ -321,6 +321,32 @@ func (dl *Downloader) run(ctx context.Context, download *Download) {
 	}
 	dl.metrics.downloads.WithLabelValues(result).Inc()
 	dl.finish(download, err)
+	if errors.Is(err, ErrDigestMismatch) && len(e.suppliers) > 0 && ctx.Err() == nil {
+		// The liars are banned now: fetch again at once, without them, so the client's
+		// retry finds the blob on its way (or in the cache).
+		log.Info("fetching the blob again without the banned peers")
+		dl.restart(ctx, download)
+	}
+}
+
+// restart starts a new download of what download fetched, with no reader, unless another
+// has started meanwhile.
+func (dl *Downloader) restart(ctx context.Context, old *Download) {
+	dl.mu.Lock()
+	if dl.active[old.digest] != nil {
+		dl.mu.Unlock()
+		return
+	}
+	download := newDownload(old.digest, old.registry, old.repo)
+	dl.active[old.digest] = download
+	dl.mu.Unlock()
+	select {
+	case dl.starts <- download:
+	case <-dl.stopped:
+		dl.finish(download, ErrStopped)
+	case <-ctx.Done():
+		dl.finish(download, ctx.Err())
+	}
 }
 
 func backoff(attempt int) time.Duration {

@@ -270,8 +270,8 @@ func TestSwarmLyingPeer(t *testing.T) {
 }
 
 // TestSwarmLyingPeerNoList: without a chunk list the lie shows only in the blob's digest: the
-// read fails (never a clean end with bad bytes), every supplier is banned, and the next read
-// gets the blob from the origin.
+// read fails (never a clean end with bad bytes), every supplier is banned, and the blob is
+// fetched again from the origin at once.
 func TestSwarmLyingPeerNoList(t *testing.T) {
 	t.Parallel()
 	data := randomBlob(t, 12*64<<10)
@@ -289,6 +289,8 @@ func TestSwarmLyingPeerNoList(t *testing.T) {
 	if !b.dl.Banned("a") {
 		t.Fatalf("the lying peer is not banned")
 	}
+	// Fetched again at once, from the origin, with no client asking.
+	waitCommitted(t, b.st, d)
 	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("second read %d bytes, %v; want the blob", len(got), err)
 	}
