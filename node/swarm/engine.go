@@ -218,22 +218,30 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 			e.findNow(ctx)
 		}
 	}
-	if size, ok := e.peerSize(); ok {
+	if size, votes, ok := e.peerSize(); ok {
 		// A peer's word on the size is taken only when the origin cannot confirm it soon: a
 		// lying peer must not size the partial file (and evict the cache for it).
 		t := time.NewTimer(headGrace)
 		defer t.Stop()
+		var headErr error
 		select {
 		case r := <-head:
 			if r.err == nil {
 				return r.size, nil
 			}
+			headErr = r.err
 		case <-t.C:
-			e.log.Debug("origin slow to confirm the size, taking the peers'", "size", size)
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
-		return size, nil
+		if e.trustPeerSize(size, votes) {
+			e.log.Debug("origin cannot confirm the size, taking the peers'", "size", size, "peers", votes)
+			return size, nil
+		}
+		if headErr != nil {
+			return 0, fmt.Errorf("size of %s: one peer says %d bytes, too many to take on its word, and the origin: %w", e.d.digest, size, headErr)
+		}
+		e.log.Warn("one peer's size for the blob is too large to take on its word; waiting for the origin", "size", size)
 	}
 	select {
 	case r := <-head:
@@ -317,19 +325,36 @@ func (e *engine) anyPeer() bool {
 	return false
 }
 
-// peerSize is the blob's size as peers report it, preferring those holding all of it.
-func (e *engine) peerSize() (int64, bool) {
-	var size int64 = -1
+// peerSize is the blob's size as peers report it: the size most of them give, holders of the
+// whole blob counting double, and how many peers gave it.
+func (e *engine) peerSize() (size int64, votes int, ok bool) {
+	weight := make(map[int64]int)
+	count := make(map[int64]int)
 	for _, p := range e.peers {
 		if p.have.Chunks == nil {
 			continue
 		}
+		w := 1
 		if p.complete {
-			return p.have.Size, true
+			w = 2
 		}
-		size = p.have.Size
+		weight[p.have.Size] += w
+		count[p.have.Size]++
 	}
-	return size, size >= 0
+	best := -1
+	for s, w := range weight {
+		if w > best || w == best && s < size {
+			size, best = s, w
+		}
+	}
+	return size, count[size], best > 0
+}
+
+// trustPeerSize reports whether a size only peers vouch for may size the partial file: the
+// reservation evicts cached blobs, so one peer alone is believed only for what fits easily.
+func (e *engine) trustPeerSize(size int64, votes int) bool {
+	capacity := e.dl.opts.Store.Stats().Capacity
+	return votes >= 2 || capacity == 0 || size <= capacity/4
 }
 
 // usable reports whether a peer's answer fits this download: same chunk size and, once the

@@ -402,3 +402,47 @@ func TestSwarmLyingSize(t *testing.T) {
 		t.Fatalf("read %d bytes, %v; want the blob", len(got), err)
 	}
 }
+
+// TestSwarmLyingSizeOriginDown: with the origin down, one peer's size is believed only if the
+// blob fits the cache easily; a huge claim fails the download instead of evicting the cache.
+func TestSwarmLyingSizeOriginDown(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 5*64<<10)
+	kept := randomBlob(t, 3*64<<10)
+	d := digest.FromBytes(data)
+	o := newFakeOrigin(data, kept)
+	f := newMemFleet()
+	liar := f.add(t, "liar", o)
+	liar.seed(t, data)
+	liar.size.Store(1 << 40)
+
+	st, err := store.Open(store.Options{Dir: t.TempDir(), Capacity: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &member{id: "b", st: st, reg: prometheus.NewRegistry()}
+	b.flip.Store(-1)
+	b.dl = New(Options{Store: st, Origin: o, ChunkSize: 64 << 10, Fleet: memView{f, "b"}, Registerer: b.reg})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		b.dl.Run(ctx)
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		<-done
+		st.Close()
+	}()
+	b.seed(t, kept)
+
+	o.mu.Lock()
+	o.down = true
+	o.mu.Unlock()
+	if _, err := b.read(t, d); err == nil {
+		t.Fatalf("read with only a lying peer's huge size = nil error, want a failure")
+	}
+	if _, err := st.Stat(digest.FromBytes(kept)); err != nil {
+		t.Errorf("the cached blob is gone after the lying peer's claim: %v", err)
+	}
+}
