@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -45,6 +46,9 @@ const (
 	// drops expired entries, so the cache stays bounded by what a node looks
 	// up within CacheTTL.
 	cacheSweepSize = 1024
+	// samplePool: FindProviders gathers up to this many times MaxProviders
+	// records and returns a random MaxProviders of them.
+	samplePool = 5
 )
 
 // RecordLifetime is how long a provider record lasts in the fleet's DHT
@@ -66,7 +70,9 @@ type RouterOptions struct {
 	ProtocolPrefix string
 	// FindTimeout bounds one FindProviders lookup.
 	FindTimeout time.Duration
-	// MaxProviders is the most peers FindProviders returns.
+	// MaxProviders is the most peers FindProviders returns: a random sample
+	// when more are found, so the members of a large swarm spread over each
+	// other instead of all asking the first few.
 	MaxProviders int
 	// CacheTTL is how long a non-empty FindProviders result is reused.
 	CacheTTL time.Duration
@@ -321,11 +327,15 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 	start := time.Now()
 	qctx, cancel := context.WithTimeout(ctx, r.findTimeout)
 	defer cancel()
-	// One more than wanted, since our own record may be among them.
-	ch := r.dht.FindProvidersAsync(qctx, key, r.maxProviders+1)
+	// Every node asking gets the records in about the same order: were each
+	// to keep the first MaxProviders, a large swarm would all fetch from its
+	// first few members. So a wider set is gathered and a random sample kept.
+	// One more than that, since our own record may be among them.
+	pool := r.maxProviders * samplePool
+	ch := r.dht.FindProvidersAsync(qctx, key, pool+1)
 	var peers []Peer
 	for ai := range ch {
-		if ai.ID == r.h.ID() || len(peers) == r.maxProviders {
+		if ai.ID == r.h.ID() || len(peers) == pool {
 			continue
 		}
 		p := Peer{ID: ai.ID.String(), Addrs: make([]string, len(ai.Addrs))}
@@ -333,7 +343,7 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 			p.Addrs[i] = a.String()
 		}
 		peers = append(peers, p)
-		if len(peers) == r.maxProviders {
+		if len(peers) == pool {
 			// Stop the lookup and keep draining: the channel closes
 			// once its goroutine has returned.
 			cancel()
@@ -341,6 +351,10 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("find providers of %s: %w", d, err)
+	}
+	if len(peers) > r.maxProviders {
+		rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
+		peers = peers[:r.maxProviders]
 	}
 	result := "found"
 	if len(peers) == 0 {

@@ -146,6 +146,21 @@ func TestRouterMaxProviders(t *testing.T) {
 	if err != nil || len(got) != 2 || slices.Contains(peerIDs(got), routers[0].h.ID().String()) {
 		t.Fatalf("FindProviders(%s) on a provider = %v, %v, want 2 other peers", d, peerIDs(got), err)
 	}
+	// The quota is a random sample of the holders, not the same first few for every asker:
+	// over repeated lookups all four show up.
+	seen := map[string]bool{}
+	for range 30 {
+		got, err := routers[4].FindProvidersFresh(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range peerIDs(got) {
+			seen[id] = true
+		}
+	}
+	if len(seen) != 4 {
+		t.Errorf("30 lookups returned %d distinct providers of 4, want all: the sample is not random", len(seen))
+	}
 }
 
 // fakeClock is a settable time source for cache expiry.
