@@ -518,8 +518,13 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 			continue
 		}
 		active := p.active
-		if now.Before(p.busyUntil) {
+		switch {
+		case now.Before(p.busyUntil):
 			active = perPeer
+		case p.rate == 0:
+			// Slow start: one request to a peer until it has delivered a chunk, so the
+			// first chunk (a waiting client's) does not share the peer's link with others.
+			active = perPeer - 1 + min(active, 1)
 		}
 		pv := PeerView{
 			ID: p.id, Has: p.have.Chunks, Fetching: p.have.Fetching, Active: active, Rate: p.rate,
