@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -148,6 +149,9 @@ type engine struct {
 	originFails   int
 	originErr     error
 	originRetryAt time.Time
+	// originAnswered is set once the origin answered one of this download's requests: until
+	// then only one is in flight, so the first (a waiting client's) is not slowed by others.
+	originAnswered atomic.Bool
 }
 
 func newEngine(dl *Downloader, d *Download, log *slog.Logger) *engine {
@@ -547,17 +551,28 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		}
 	}
 	originOK := !now.Before(e.originRetryAt)
+	originBusy := 0
+	for r := range e.reqs {
+		if r.peer == "" {
+			originBusy++
+		}
+	}
 	started := 0
 	for _, r := range e.policy.Next(snap) {
 		dup := inflight[r.Chunk] > 0
 		switch {
 		case r.Peer == "" && !originOK:
 			continue
+		case r.Peer == "" && originBusy > 0 && !e.originAnswered.Load():
+			continue
 		case dup && int64(buffered) >= max(1, maxBuffered/e.cs):
 			continue
 		}
 		if dup {
 			buffered++
+		}
+		if r.Peer == "" {
+			originBusy++
 		}
 		inflight[r.Chunk]++
 		e.start(ctx, r, dup)
@@ -716,6 +731,13 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (int64, error) 
 		return 0, err
 	}
 	defer body.Close()
+	if !e.originAnswered.Swap(true) {
+		// The other origin requests may start now.
+		select {
+		case e.d.wake <- struct{}{}:
+		default:
+		}
+	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
