@@ -53,8 +53,9 @@ func (l *fleetLink) GetChunk(ctx context.Context, peer string, d digest.Digest, 
 	return l.f.net.Exchange.GetChunk(ctx, peer, d, index, w)
 }
 
-// manifestPeers is how many holders a manifest is asked of before the origin.
-const manifestPeers = 3
+// holdersAsked is how many holders are asked for a manifest or a size before giving up on
+// peers.
+const holdersAsked = 3
 
 // manifestFromPeers fetches a manifest by digest from peers holding it. It reports false
 // when no peer could supply one whose bytes match d and whose media type is known.
@@ -70,7 +71,7 @@ func (n *Node) manifestFromPeers(ctx context.Context, d digest.Digest) (registry
 	}
 	tried := 0
 	for _, id := range ids {
-		if tried == manifestPeers || ctx.Err() != nil {
+		if tried == holdersAsked || ctx.Err() != nil {
 			break
 		}
 		if n.downloader.Banned(id) {
@@ -147,7 +148,7 @@ func (n *Node) peerBlobSize(ctx context.Context, d digest.Digest) (int64, bool) 
 	defer cancel()
 	ids, _ := n.link.FindProviders(ctx, d, false)
 	for i, id := range ids {
-		if i == manifestPeers || ctx.Err() != nil {
+		if i == holdersAsked || ctx.Err() != nil {
 			break
 		}
 		if h, err := n.link.Have(ctx, id, d); err == nil && !slices.Contains(h.Chunks, false) && !n.downloader.Banned(id) {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -123,63 +122,4 @@ func (l *listFlag) Set(v string) error {
 	}
 	*l = append(*l, v)
 	return nil
-}
-
-// sizeFlag is a byte count written with an optional unit: 512MiB, 10GiB, 1.5GB, 4096.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return formatSize(int64(*s)) }
-func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
-	if err != nil {
-		return err
-	}
-	*s = sizeFlag(n)
-	return nil
-}
-
-var sizeUnits = []struct {
-	suffix string
-	mult   float64
-}{
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40},
-	{"B", 1},
-}
-
-// parseSize reads a non-negative byte count with an optional unit suffix (case-insensitive).
-func parseSize(v string) (int64, error) {
-	s := strings.TrimSpace(v)
-	mult := 1.0
-	for _, u := range sizeUnits {
-		if len(s) > len(u.suffix) && strings.EqualFold(s[len(s)-len(u.suffix):], u.suffix) {
-			mult = u.mult
-			s = strings.TrimSpace(s[:len(s)-len(u.suffix)])
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f < 0 || f != f {
-		return 0, fmt.Errorf("%q is not a size (examples: 4096, 512MiB, 10GiB)", v)
-	}
-	bytes := f * mult
-	if bytes >= 1<<62 {
-		return 0, fmt.Errorf("%q is too large", v)
-	}
-	return int64(bytes), nil
-}
-
-func formatSize(n int64) string {
-	switch {
-	case n == 0:
-		return "0"
-	case n%(1<<30) == 0:
-		return strconv.FormatInt(n>>30, 10) + "GiB"
-	case n%(1<<20) == 0:
-		return strconv.FormatInt(n>>20, 10) + "MiB"
-	case n%(1<<10) == 0:
-		return strconv.FormatInt(n>>10, 10) + "KiB"
-	}
-	return strconv.FormatInt(n, 10)
 }

@@ -126,25 +126,6 @@ func TestNodeFromConfigFile(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in   string
-		want int64
-		err  bool
-	}{
-		{"0", 0, false}, {"4096", 4096, false}, {"512MiB", 512 << 20, false}, {"10GiB", 10 << 30, false},
-		{"1.5GB", 1500000000, false}, {"2g", 2 << 30, false}, {"64KiB", 64 << 10, false}, {" 3 MiB ", 3 << 20, false},
-		{"", 0, true}, {"-1", 0, true}, {"MiB", 0, true}, {"1e30", 0, true}, {"NaN", 0, true}, {"5 parsecs", 0, true},
-	}
-	for _, tt := range tests {
-		got, err := parseSize(tt.in)
-		if (err != nil) != tt.err || got != tt.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.err)
-		}
-	}
-}
-
 // syncBuffer is a bytes.Buffer safe for one writer and one reader at a time.
 type syncBuffer struct {
 	mu  sync.Mutex

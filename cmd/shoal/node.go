@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/node"
 )
 
@@ -37,9 +38,9 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		upstreams    listFlag
 		p2pListen    listFlag
 		bootstrap    listFlag
-		cacheSize    sizeFlag
-		uploadLimit  sizeFlag
-		chunkSize    sizeFlag = 4 << 20
+		cacheSize    units.Size
+		uploadLimit  units.Size
+		chunkSize    units.Size = 4 << 20
 	)
 	fs.Var(&upstreams, "upstream", "registry this node mirrors, `HOST[=URL]` (repeatable; docker.io means https://registry-1.docker.io)")
 	fs.Var(&p2pListen, "p2p-listen", "libp2p `multiaddr` to listen on for peers, e.g. /ip4/0.0.0.0/tcp/5082 or /ip4/0.0.0.0/udp/5082/quic-v1 (repeatable; none: the node stays out of any fleet)")

@@ -97,14 +97,6 @@ func (dl *Download) startCommitted(b *store.Blob) {
 	dl.notifyLocked()
 }
 
-// wrote records that [off, off+n) of the partial file now holds data; it returns the chunks
-// that became complete.
-func (dl *Download) wrote(off, n int64) []int {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	return dl.wroteLocked(off, n)
-}
-
 // writeStream writes p at off for request id, which streams chunk c from the origin, and
 // counts it as present at once so readers follow the transfer. It reports whether the chunk
 // is now complete.
@@ -121,41 +113,24 @@ func (dl *Download) writeStream(c int, id uint64, p []byte, off int64) (bool, er
 		return false, fmt.Errorf("write partial: %w", err)
 	}
 	dl.mu.Lock()
-	full := dl.wroteLocked(off, int64(len(p)))
-	if len(full) > 0 {
+	// The stream fills the chunk in order from where it stood, so fill is its written prefix.
+	n := chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	dl.fill[c] = min(n, off+int64(len(p))-int64(c)*dl.partial.ChunkSize())
+	full := dl.fill[c] == n
+	if full {
 		dl.owner[c] = 0
 	}
-	dl.mu.Unlock()
-	for _, i := range full {
-		if err := dl.partial.MarkChunk(i); err != nil {
-			return false, fmt.Errorf("mark chunk %d: %w", i, err)
-		}
-	}
-	return len(full) > 0, nil
-}
-
-func (dl *Download) wroteLocked(off, n int64) []int {
-	cs := dl.partial.ChunkSize()
-	var full []int
-	for n > 0 {
-		i := int(off / cs)
-		within := off - int64(i)*cs
-		// Data lands sequentially within a chunk, so fill is the contiguous prefix.
-		take := min(n, chunkLen(dl.size, cs, i)-within)
-		if end := within + take; end > dl.fill[i] && within <= dl.fill[i] {
-			dl.fill[i] = end
-			if end == chunkLen(dl.size, cs, i) {
-				full = append(full, i)
-			}
-		}
-		off += take
-		n -= take
-	}
 	dl.notifyLocked()
-	return full
+	dl.mu.Unlock()
+	if full {
+		if err := dl.partial.MarkChunk(c); err != nil {
+			return false, fmt.Errorf("mark chunk %d: %w", c, err)
+		}
+	}
+	return full, nil
 }
 
-// available reports whether [off, off+n) is readable. Callers hold mu.
+// availableLocked reports whether [off, off+n) is readable. Callers hold mu.
 func (dl *Download) availableLocked(off, n int64) bool {
 	if dl.done {
 		return true
@@ -172,19 +147,6 @@ func (dl *Download) availableLocked(off, n int64) bool {
 		n -= take
 	}
 	return true
-}
-
-// firstGap is the offset of the first byte not yet written, or size when all is written.
-func (dl *Download) firstGap() int64 {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	cs := dl.partial.ChunkSize()
-	for i, f := range dl.fill {
-		if f < chunkLen(dl.size, cs, i) {
-			return int64(i)*cs + f
-		}
-	}
-	return dl.size
 }
 
 // waitSize blocks until the size is known or the download failed.

@@ -504,8 +504,17 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 	if e.fleet != nil {
 		snap.Self = e.fleet.Self()
 	}
+	buffered, originBusy := 0, 0
+	inflight := make(map[int]int)
 	for r := range e.reqs {
 		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start)})
+		inflight[r.chunk]++
+		if r.buffered {
+			buffered++
+		}
+		if r.peer == "" {
+			originBusy++
+		}
 	}
 	perPeer := e.policy.withDefaults().PerPeer
 	for _, p := range e.peers {
@@ -542,22 +551,7 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 	// Map iteration order is random; the policy breaks ties by order, so fix it.
 	slices.SortFunc(snap.Peers, func(a, b PeerView) int { return cmp.Compare(a.ID, b.ID) })
 
-	buffered := 0
-	inflight := make(map[int]int)
-	for r := range e.reqs {
-		inflight[r.chunk]++
-		if r.buffered {
-			buffered++
-		}
-	}
 	originOK := !now.Before(e.originRetryAt)
-	originBusy := 0
-	for r := range e.reqs {
-		if r.peer == "" {
-			originBusy++
-		}
-	}
-	started := 0
 	for _, r := range e.policy.Next(snap) {
 		dup := inflight[r.Chunk] > 0
 		switch {
@@ -576,15 +570,8 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		}
 		inflight[r.Chunk]++
 		e.start(ctx, r, dup)
-		started++
 	}
 
-	if started == 0 && len(e.reqs) == 0 && e.running == 0 {
-		// Nothing in flight and nothing to start: only the origin can help, and it is failing.
-		if e.originFails >= e.dl.opts.Attempts {
-			return e.originErr
-		}
-	}
 	if time.Since(e.progress) > stallTimeout {
 		return fmt.Errorf("no progress for %v", stallTimeout)
 	}

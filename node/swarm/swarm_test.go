@@ -49,7 +49,13 @@ func newMemFleet() *memFleet {
 // add starts a member with its own store, downloading from o.
 func (f *memFleet) add(t *testing.T, id string, o Origin) *member {
 	t.Helper()
-	st, err := store.Open(store.Options{Dir: t.TempDir()})
+	return f.addWithCapacity(t, id, o, 0)
+}
+
+// addWithCapacity starts a member whose store holds at most capacity bytes (0: unlimited).
+func (f *memFleet) addWithCapacity(t *testing.T, id string, o Origin, capacity int64) *member {
+	t.Helper()
+	st, err := store.Open(store.Options{Dir: t.TempDir(), Capacity: capacity})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,24 +422,7 @@ func TestSwarmLyingSizeOriginDown(t *testing.T) {
 	liar.seed(t, data)
 	liar.size.Store(1 << 40)
 
-	st, err := store.Open(store.Options{Dir: t.TempDir(), Capacity: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &member{id: "b", st: st, reg: prometheus.NewRegistry()}
-	b.flip.Store(-1)
-	b.dl = New(Options{Store: st, Origin: o, ChunkSize: 64 << 10, Fleet: memView{f, "b"}, Registerer: b.reg})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		b.dl.Run(ctx)
-		close(done)
-	}()
-	defer func() {
-		cancel()
-		<-done
-		st.Close()
-	}()
+	b := f.addWithCapacity(t, "b", o, 64<<20)
 	b.seed(t, kept)
 
 	o.mu.Lock()
@@ -442,7 +431,7 @@ func TestSwarmLyingSizeOriginDown(t *testing.T) {
 	if _, err := b.read(t, d); err == nil {
 		t.Fatalf("read with only a lying peer's huge size = nil error, want a failure")
 	}
-	if _, err := st.Stat(digest.FromBytes(kept)); err != nil {
+	if _, err := b.st.Stat(digest.FromBytes(kept)); err != nil {
 		t.Errorf("the cached blob is gone after the lying peer's claim: %v", err)
 	}
 }

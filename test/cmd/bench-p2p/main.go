@@ -13,8 +13,8 @@
 //   - four peers: a blob (--four-size, 512 MiB) held by four nodes each limited to
 //     --upload-limit L, pulled through a fresh fifth node (target >= 3.2 L, that is 0.8 of the
 //     four nodes' aggregate), with each holder's uploaded bytes to show how the load spread.
-//   - DHT lookups: a fleet of 20 libp2p hosts built with shoal's p2p package in one process
-//     (dhtprobe), one providing 50 random digests and every other looking each up with
+//   - DHT lookups: a fleet of 20 libp2p hosts built with shoal's p2p package in this process
+//     (dht.go), one providing 50 random digests and every other looking each up with
 //     FindProvidersFresh (target: median < 20 ms), plus lookups of digests nobody provides.
 //
 // Clients hash what they receive, as containerd does. Apart from the shaped one-peer variant
@@ -37,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
@@ -158,14 +159,6 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer harness.RemoveBuilds()
 
-	// The probe is built first so that a build failure shows at once, not after minutes.
-	var probe string
-	if want["dht"] {
-		fmt.Fprintln(stdout, "building the DHT probe")
-		if probe, err = buildProbe(ctx, filepath.Join(work, "probe")); err != nil {
-			return err
-		}
-	}
 	if want["one"] || want["four"] {
 		e, err := newEnv(ctx, stdout, work, *chunk, *runs, *logLevel, *keep)
 		if err != nil {
@@ -197,7 +190,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if want["dht"] {
 		fmt.Fprintf(stdout, "DHT: %d libp2p hosts on loopback, %d provided keys, %d missing keys\n", *dhtNodes, *dhtKeys, *dhtMisses)
-		r, err := runProbe(ctx, probe, *dhtNodes, *dhtKeys, *dhtMisses)
+		r, err := runProbe(ctx, *dhtNodes, *dhtKeys, *dhtMisses)
 		if err != nil {
 			return fmt.Errorf("dht: %w", err)
 		}
@@ -243,11 +236,11 @@ func printReport(w io.Writer, rep report) bool {
 			r.Link, cpuString(r.DirectCPU, "registry", "client"), cpuString(r.PeerCPU, "A", "B", "client"))
 	}
 	if r := rep.FourPeers; r != nil {
-		fmt.Fprintf(w, "\nFour peers, bytes each holder uploaded per run (blob %s):\n", human(r.BlobBytes))
+		fmt.Fprintf(w, "\nFour peers, bytes each holder uploaded per run (blob %s):\n", units.Human(r.BlobBytes))
 		for i, run := range r.Runs {
 			parts := make([]string, len(run.HolderUploaded))
 			for j, b := range run.HolderUploaded {
-				parts[j] = fmt.Sprintf("%s (%.0f%%)", human(b), 100*float64(b)/float64(r.BlobBytes))
+				parts[j] = fmt.Sprintf("%s (%.0f%%)", units.Human(b), 100*float64(b)/float64(r.BlobBytes))
 			}
 			fmt.Fprintf(w, "  run %d: %s\n", i+1, strings.Join(parts, ", "))
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
@@ -167,7 +168,7 @@ func (n *node) counters(ctx context.Context) (counters, error) {
 // upload pushes a random blob of size bytes to the origin reg and pulls it once straight
 // from there, so the origin's page cache holds it as it would a hot layer.
 func (e *env) upload(ctx context.Context, reg *harness.Registry, repo string, size int64) (digest.Digest, error) {
-	fmt.Fprintf(e.out, "uploading a %s random blob to %s\n", human(size), repo)
+	fmt.Fprintf(e.out, "uploading a %s random blob to %s\n", units.Human(size), repo)
 	d, err := harness.UploadRandomBlob(ctx, reg.URL, repo, size, filepath.Join(e.work, "upload"))
 	if err != nil {
 		return "", err
@@ -232,7 +233,7 @@ func (r *onePeer) checks() []check {
 		where = "origin and peer each behind its own " + r.Link + " link"
 	}
 	return []check{
-		{scenario, fmt.Sprintf("%s through a fresh node from its one peer / straight from the origin, %s", human(r.BlobBytes), where),
+		{scenario, fmt.Sprintf("%s through a fresh node from its one peer / straight from the origin, %s", units.Human(r.BlobBytes), where),
 			fmt.Sprintf("%.2fx (%.0f vs %.0f MB/s)", r.Ratio, r.MedianPeerMBps, r.MedianDirectMBps),
 			fmt.Sprintf(">= %.2fx", targetOnePeerRatio), r.Ratio >= targetOnePeerRatio},
 		{scenario, "blob bytes the fresh nodes took from the origin (counting proxy; node metric)",
@@ -316,7 +317,7 @@ func (e *env) onePeer(ctx context.Context, size int64, l *oneLink) (_ *onePeer, 
 			what = "profiled run, not counted:"
 		}
 		fmt.Fprintf(e.out, "  %s fresh node B, from peer A  %s; B fetched %s from peers, %s from the origin; A uploaded %s; the origin saw %d blob requests, sent %d blob bytes\n",
-			what, pr.t, human(pr.c.fromPeer), human(pr.c.fromOrigin), human(pr.uploaded), origin.Requests, origin.Bytes)
+			what, pr.t, units.Human(pr.c.fromPeer), units.Human(pr.c.fromOrigin), units.Human(pr.uploaded), origin.Requests, origin.Bytes)
 		client.CloseIdleConnections()
 		if i < 0 {
 			continue
@@ -417,7 +418,7 @@ func (r *fourPeers) checks() []check {
 		fromOrigin += run.OriginFetched
 	}
 	return []check{
-		{scenario, fmt.Sprintf("%s through a fresh node from %d holders, each --upload-limit L = %s/s", human(r.BlobBytes), r.Holders, human(r.UploadLimit)),
+		{scenario, fmt.Sprintf("%s through a fresh node from %d holders, each --upload-limit L = %s/s", units.Human(r.BlobBytes), r.Holders, units.Human(r.UploadLimit)),
 			fmt.Sprintf("%.2f L (%.1f MiB/s; aggregate %d L)", r.TimesLimit, r.MedianMBps*1e6/(1<<20), r.Holders),
 			fmt.Sprintf(">= %.1f L", targetFourPeers), r.TimesLimit >= targetFourPeers},
 		{scenario, "blob bytes the fresh nodes took from the origin (counting proxy; node metric)",
@@ -497,7 +498,7 @@ func (e *env) fourPeers(ctx context.Context, size, limit int64) (_ *fourPeers, e
 			}
 		}
 	}
-	fmt.Fprintf(e.out, "  %d holders hold it, each uploading at most %s/s\n", holders, human(limit))
+	fmt.Fprintf(e.out, "  %d holders hold it, each uploading at most %s/s\n", holders, units.Human(limit))
 
 	proxy, err := originProxy(e.reg)
 	if err != nil {
@@ -561,7 +562,7 @@ func humanList(ns []int64) string {
 		if i > 0 {
 			s += ", "
 		}
-		s += human(n)
+		s += units.Human(n)
 	}
 	return s
 }

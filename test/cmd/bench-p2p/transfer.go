@@ -2,17 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
@@ -70,67 +68,9 @@ func median(v []float64) float64 {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
 // sizeFlag defines a byte-count flag that takes a unit: 1GiB, 512MiB, 25MiB, 4096.
 func sizeFlag(fs *flag.FlagSet, name string, def int64, usage string) *int64 {
-	v := def
-	fs.Func(name, fmt.Sprintf("%s (default %s)", usage, formatSize(def)), func(s string) error {
-		n, err := parseSize(s)
-		if err != nil {
-			return err
-		}
-		v = n
-		return nil
-	})
-	return &v
-}
-
-var sizeUnits = []struct {
-	suffix string
-	mult   float64
-}{
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
-	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
-	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30},
-	{"B", 1},
-}
-
-func parseSize(v string) (int64, error) {
-	s := strings.TrimSpace(v)
-	mult := 1.0
-	for _, u := range sizeUnits {
-		if len(s) > len(u.suffix) && strings.EqualFold(s[len(s)-len(u.suffix):], u.suffix) {
-			mult = u.mult
-			s = strings.TrimSpace(s[:len(s)-len(u.suffix)])
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f < 0 || f != f || f*mult >= 1<<50 {
-		return 0, errors.New("not a size (examples: 4096, 512MiB, 1GiB)")
-	}
-	return int64(f * mult), nil
-}
-
-func formatSize(n int64) string {
-	switch {
-	case n == 0:
-		return "0"
-	case n%(1<<30) == 0:
-		return strconv.FormatInt(n>>30, 10) + "GiB"
-	case n%(1<<20) == 0:
-		return strconv.FormatInt(n>>20, 10) + "MiB"
-	}
-	return strconv.FormatInt(n, 10)
+	v := units.Size(def)
+	fs.Var(&v, name, usage)
+	return (*int64)(&v)
 }

@@ -39,6 +39,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
@@ -120,7 +121,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 
 	pass := true
-	fmt.Fprintf(stdout, "\n%s; %s blob; medians of %d runs; clients hash what they receive: %v\n\n", machine(), human(*size), *runs, *clientHash)
+	fmt.Fprintf(stdout, "\n%s; %s blob; medians of %d runs; clients hash what they receive: %v\n\n", machine(), units.Human(*size), *runs, *clientHash)
 	fmt.Fprintln(stdout, "| origin link | measure | result | target | |")
 	fmt.Fprintln(stdout, "|---|---|---|---|---|")
 	for _, r := range results {
@@ -182,7 +183,7 @@ func (s setup) measure(ctx context.Context, stdout io.Writer) (result, error) {
 		return result{}, err
 	}
 	defer reg.Close()
-	fmt.Fprintf(stdout, "origin link %s: registry at %s; uploading a %s random blob\n", s.link, reg.URL, human(s.size))
+	fmt.Fprintf(stdout, "origin link %s: registry at %s; uploading a %s random blob\n", s.link, reg.URL, units.Human(s.size))
 	const repo = "bench/blob"
 	d, err := harness.UploadRandomBlob(ctx, reg.URL, repo, s.size, filepath.Join(s.work, "blob"))
 	if err != nil {
@@ -288,7 +289,7 @@ func (s setup) measure(ctx context.Context, stdout io.Writer) (result, error) {
 		r.CacheRatio = r.CacheMBps / r.RawDirectMBps
 		r.Checks = append(r.Checks, check{"cache hit / origin from its disk (clients not hashing)", fmt.Sprintf("%.2fx (%.0f vs %.0f MB/s)", r.CacheRatio, r.CacheMBps, r.RawDirectMBps), fmt.Sprintf(">= %.2fx", targetCacheRatio), r.CacheRatio >= targetCacheRatio})
 	}
-	r.Checks = append(r.Checks, check{fmt.Sprintf("node peak RSS, %d clients on one cold blob", clients), human(rss), "< " + human(targetRSS), rss < targetRSS})
+	r.Checks = append(r.Checks, check{fmt.Sprintf("node peak RSS, %d clients on one cold blob", clients), units.Human(rss), "< " + units.Human(targetRSS), rss < targetRSS})
 	return r, nil
 }
 
@@ -435,14 +436,4 @@ func machine() string {
 		}
 	}
 	return fmt.Sprintf("%d cores (%s), %s/%s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH)
-}
-
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	}
-	return fmt.Sprintf("%d B", n)
 }

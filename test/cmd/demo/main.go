@@ -16,11 +16,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
@@ -68,7 +68,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return err
 	}
-	size, err := parseSize(*layerSize)
+	size, err := units.Parse(*layerSize)
 	if err != nil || size < 1 || size > 1<<30 || *layers < 1 || *layers > 100 {
 		return fmt.Errorf("want --layers from 1 to 100 and --layer-size from 1B to 1GiB, got %d and %q", *layers, *layerSize)
 	}
@@ -110,7 +110,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	defer proxy.Close()
 	fmt.Fprintf(stdout, "  origin: registry at %s, counted by a proxy at %s\n", reg.URL, proxy.URL)
 
-	what := fmt.Sprintf("push demo/app:v1 with crane (%d random layers of %s)", *layers, human(size))
+	what := fmt.Sprintf("push demo/app:v1 with crane (%d random layers of %s)", *layers, units.Human(size))
 	im, err := step(ctx, stdout, what, time.Minute, func(ctx context.Context) (harness.Image, error) {
 		return harness.PushRandomImage(ctx, reg.Addr, "demo/app", "v1", *layers, size)
 	})
@@ -175,7 +175,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	report(stdout, im, pulls)
 	for i, p := range pulls[1:] {
 		if p.originBlobs > 0 {
-			return fmt.Errorf("pull %d: the origin sent %s of blobs, want none once a fleet member holds the image", i+2, human(p.originBlobs))
+			return fmt.Errorf("pull %d: the origin sent %s of blobs, want none once a fleet member holds the image", i+2, units.Human(p.originBlobs))
 		}
 	}
 	for _, n := range nodes {
@@ -245,7 +245,7 @@ func pull(ctx context.Context, dir string, im harness.Image, proxy *harness.Coun
 		}
 		if time.Now().After(deadline) {
 			return res, fmt.Errorf("the nodes served %s of the image's %s of blobs: containerd went around them",
-				human(int64(total)), human(im.BlobBytes()))
+				units.Human(int64(total)), units.Human(im.BlobBytes()))
 		}
 		select {
 		case <-ctx.Done():
@@ -277,7 +277,7 @@ func served(ctx context.Context, nodes []*harness.Node) (map[string]float64, err
 
 func report(w io.Writer, im harness.Image, pulls []pullResult) {
 	fmt.Fprintf(w, "\nimage %s: %s (manifest, config and %d layers, %d digests)\n\n",
-		im.Ref(), human(im.TotalSize()), len(im.Layers), len(im.Contents()))
+		im.Ref(), units.Human(im.TotalSize()), len(im.Layers), len(im.Contents()))
 	row := func(label string, cell func(p pullResult) string) {
 		fmt.Fprintf(w, "  %-30s", label)
 		for _, p := range pulls {
@@ -296,12 +296,12 @@ func report(w io.Writer, im harness.Image, pulls []pullResult) {
 	}
 	fmt.Fprintln(w)
 	row("duration of ctr content fetch", func(p pullResult) string { return p.duration.Round(time.Millisecond).String() })
-	row("origin sent: blobs", func(p pullResult) string { return human(p.originBlobs) })
-	row("origin sent: manifests", func(p pullResult) string { return human(p.originManifests) })
-	row("node fetched: from the origin", func(p pullResult) string { return human(int64(p.fromOrigin)) })
-	row("node fetched: from peers", func(p pullResult) string { return human(int64(p.fromPeers)) })
-	row("node served: from its cache", func(p pullResult) string { return human(int64(p.cache)) })
-	row("node served: as it downloaded", func(p pullResult) string { return human(int64(p.download)) })
+	row("origin sent: blobs", func(p pullResult) string { return units.Human(p.originBlobs) })
+	row("origin sent: manifests", func(p pullResult) string { return units.Human(p.originManifests) })
+	row("node fetched: from the origin", func(p pullResult) string { return units.Human(int64(p.fromOrigin)) })
+	row("node fetched: from peers", func(p pullResult) string { return units.Human(int64(p.fromPeers)) })
+	row("node served: from its cache", func(p pullResult) string { return units.Human(int64(p.cache)) })
+	row("node served: as it downloaded", func(p pullResult) string { return units.Human(int64(p.download)) })
 	row("containerd: digests verified", func(p pullResult) string { return fmt.Sprintf("%d of %d", p.verified, len(im.Contents())) })
 
 	fmt.Fprintln(w, "  (origin, nodes and containerd share this machine, so durations are close; the point is")
@@ -314,7 +314,7 @@ func report(w io.Writer, im harness.Image, pulls []pullResult) {
 		peerTotal += p.fromPeers
 	}
 	fmt.Fprintf(w, "\n%d pulls through %d nodes: the origin sent %s of blobs (%.2fx the image's %s), peers %s\n",
-		len(pulls), len(pulls), human(originTotal), float64(originTotal)/float64(max(im.BlobBytes(), 1)), human(im.BlobBytes()), human(int64(peerTotal)))
+		len(pulls), len(pulls), units.Human(originTotal), float64(originTotal)/float64(max(im.BlobBytes(), 1)), units.Human(im.BlobBytes()), units.Human(int64(peerTotal)))
 }
 
 // step runs fn with its own timeout and prints what it did and how long it took.
@@ -381,32 +381,4 @@ func mkdir(dir, name string) string {
 	p := filepath.Join(dir, name)
 	os.MkdirAll(p, 0o755)
 	return p
-}
-
-var units = []struct {
-	suffix string
-	n      int64
-}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
-
-// parseSize reads "8MiB", "512KiB" or a plain number of bytes.
-func parseSize(s string) (int64, error) {
-	for _, u := range units {
-		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-			if err != nil || n < 0 || n > 1<<30 {
-				return 0, fmt.Errorf("size %q out of range", s)
-			}
-			return n * u.n, nil
-		}
-	}
-	return strconv.ParseInt(s, 10, 64)
-}
-
-func human(n int64) string {
-	for _, u := range units[:3] {
-		if n >= u.n {
-			return fmt.Sprintf("%.1f %s", float64(n)/float64(u.n), u.suffix)
-		}
-	}
-	return fmt.Sprintf("%d B", n)
 }
