@@ -185,6 +185,18 @@ func (m *member) fetched(source string) float64 {
 	return testutil.ToFloat64(m.dl.metrics.fetched.WithLabelValues(source))
 }
 
+// heldBlob starts a fleet with one member, named holder, holding a random blob of size bytes
+// that the origin o also serves.
+func heldBlob(t *testing.T, holder string, size int) ([]byte, digest.Digest, *fakeOrigin, *memFleet, *member) {
+	t.Helper()
+	data := randomBlob(t, size)
+	o := newFakeOrigin(data)
+	f := newMemFleet()
+	m := f.add(t, holder, o)
+	m.seed(t, data)
+	return data, digest.FromBytes(data), o, f, m
+}
+
 // seed gives m the blob from the origin.
 func (m *member) seed(t *testing.T, data []byte) {
 	t.Helper()
@@ -199,12 +211,7 @@ func (m *member) seed(t *testing.T, data []byte) {
 // the holder's chunk list checked.
 func TestSwarmWarm(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 20*64<<10+77)
-	d := digest.FromBytes(data)
-	o := newFakeOrigin(data)
-	f := newMemFleet()
-	a := f.add(t, "a", o)
-	a.seed(t, data)
+	data, d, o, f, _ := heldBlob(t, "a", 20*64<<10+77)
 	before := o.sentBytes()
 	for _, id := range []string{"b", "c", "d"} {
 		m := f.add(t, id, o)
@@ -256,12 +263,7 @@ func TestSwarmCold(t *testing.T) {
 // banned, and the chunk comes from elsewhere; nobody fails.
 func TestSwarmLyingPeer(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 12*64<<10)
-	d := digest.FromBytes(data)
-	o := newFakeOrigin(data)
-	f := newMemFleet()
-	a := f.add(t, "a", o)
-	a.seed(t, data)
+	data, d, o, f, a := heldBlob(t, "a", 12*64<<10)
 	a.flip.Store(5)
 	b := f.add(t, "b", o)
 	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
@@ -280,12 +282,7 @@ func TestSwarmLyingPeer(t *testing.T) {
 // fetched again from the origin at once.
 func TestSwarmLyingPeerNoList(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 12*64<<10)
-	d := digest.FromBytes(data)
-	o := newFakeOrigin(data)
-	f := newMemFleet()
-	a := f.add(t, "a", o)
-	a.seed(t, data)
+	data, d, o, f, a := heldBlob(t, "a", 12*64<<10)
 	a.lists = false
 	a.flip.Store(5)
 	b := f.add(t, "b", o)
@@ -305,12 +302,7 @@ func TestSwarmLyingPeerNoList(t *testing.T) {
 // TestSwarmPeerDies: the only holder dies mid-transfer; the download finishes from the origin.
 func TestSwarmPeerDies(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 40*64<<10)
-	d := digest.FromBytes(data)
-	o := newFakeOrigin(data)
-	f := newMemFleet()
-	a := f.add(t, "a", o)
-	a.seed(t, data)
+	data, d, o, f, a := heldBlob(t, "a", 40*64<<10)
 	b := f.add(t, "b", o)
 	go func() {
 		for a.sent.Load() < 10*64<<10 {
@@ -329,12 +321,7 @@ func TestSwarmPeerDies(t *testing.T) {
 // TestSwarmOriginDown: with the origin down, a blob a peer holds is still served.
 func TestSwarmOriginDown(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 9*64<<10)
-	d := digest.FromBytes(data)
-	o := newFakeOrigin(data)
-	f := newMemFleet()
-	a := f.add(t, "a", o)
-	a.seed(t, data)
+	data, d, o, f, _ := heldBlob(t, "a", 9*64<<10)
 	o.mu.Lock()
 	o.down = true
 	o.mu.Unlock()
@@ -396,12 +383,7 @@ func TestSwarmChunkList(t *testing.T) {
 // while the origin answers; the download ignores it and completes.
 func TestSwarmLyingSize(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 5*64<<10)
-	d := digest.FromBytes(data)
-	o := newFakeOrigin(data)
-	f := newMemFleet()
-	liar := f.add(t, "liar", o)
-	liar.seed(t, data)
+	data, d, o, f, liar := heldBlob(t, "liar", 5*64<<10)
 	liar.size.Store(1 << 40)
 	b := f.add(t, "b", o)
 	if got, err := b.read(t, d); err != nil || !bytes.Equal(got, data) {
