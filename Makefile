@@ -5,7 +5,7 @@ export PATH := $(GOBIN):$(PATH)
 BIN     := bin/shoal
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-single bench-p2p clean
+.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-quick bench-single bench-p2p bench-fleet clean
 
 all: build
 
@@ -46,7 +46,7 @@ demo: tools
 
 # bench runs every benchmark; each prints ratios against baselines from the same run, and
 # docs/BENCHMARKS.md records the results.
-bench: bench-single bench-p2p
+bench: bench-single bench-p2p bench-fleet
 
 # bench-single measures one node against the real registry (origin on loopback, and in a
 # network namespace behind a 1 Gbit/s link: needs root).
@@ -57,6 +57,17 @@ bench-single: tools
 # 1 Gbit/s links (needs root), four upload-limited peers, DHT lookups in a 20-node fleet.
 bench-p2p: tools
 	cd test && $(GO) run ./cmd/bench-p2p --json ../bench/results/p2p.json
+
+# bench-fleet rolls one image out to a fleet of 10 hosts, each a network namespace behind a
+# tc-shaped link, with the origin registry behind a slower one: straight from the origin,
+# through a central pull-through cache, and through shoal, all hosts at once and 10% at a
+# time (needs root; about 9 minutes).
+bench-fleet: tools
+	cd test && $(GO) run ./cmd/bench-fleet --json ../bench/results/fleet.json --plot ../docs/img/fleet-cdf.png
+
+# bench-quick runs every fleet scenario on 6 hosts and a 32 MiB image, in under 3 minutes.
+bench-quick: tools
+	cd test && $(GO) run ./cmd/bench-fleet --quick --json ../bench/results/fleet-quick.json --plot ../bench/results/fleet-quick.png
 
 clean:
 	rm -rf bin

@@ -75,14 +75,14 @@ type params struct {
 }
 
 type report struct {
-	Date      string     `json:"date"`
-	Machine   machine    `json:"machine"`
-	Params    params     `json:"parameters"`
-	OnePeer   []*onePeer `json:"one_peer,omitempty"` // one per --links kind
-	FourPeers *fourPeers `json:"four_peers,omitempty"`
-	DHT       *dhtResult `json:"dht,omitempty"`
-	Checks    []check    `json:"checks"`
-	Seconds   float64    `json:"seconds"`
+	Date      string          `json:"date"`
+	Machine   harness.Machine `json:"machine"`
+	Params    params          `json:"parameters"`
+	OnePeer   []*onePeer      `json:"one_peer,omitempty"` // one per --links kind
+	FourPeers *fourPeers      `json:"four_peers,omitempty"`
+	DHT       *dhtResult      `json:"dht,omitempty"`
+	Checks    []check         `json:"checks"`
+	Seconds   float64         `json:"seconds"`
 }
 
 type check struct {
@@ -140,7 +140,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	began := time.Now()
 	rep := report{
 		Date:    time.Now().UTC().Format("2006-01-02"),
-		Machine: thisMachine(),
+		Machine: harness.ThisMachine(),
 		Params: params{
 			OnePeerBlobBytes: *size, FourPeerBlobBytes: *fourSize, UploadLimit: *limit, ChunkSize: *chunk,
 			Runs: *runs, DHTNodes: *dhtNodes, DHTKeys: *dhtKeys, DHTMisses: *dhtMisses,

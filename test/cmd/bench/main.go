@@ -29,7 +29,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -121,7 +120,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 
 	pass := true
-	fmt.Fprintf(stdout, "\n%s; %s blob; medians of %d runs; clients hash what they receive: %v\n\n", machine(), units.Human(*size), *runs, *clientHash)
+	fmt.Fprintf(stdout, "\n%s; %s blob; medians of %d runs; clients hash what they receive: %v\n\n", harness.ThisMachine().String(), units.Human(*size), *runs, *clientHash)
 	fmt.Fprintln(stdout, "| origin link | measure | result | target | |")
 	fmt.Fprintln(stdout, "|---|---|---|---|---|")
 	for _, r := range results {
@@ -265,7 +264,7 @@ func (s setup) measure(ctx context.Context, stdout io.Writer) (result, error) {
 
 	r := result{
 		Date:              time.Now().UTC().Format("2006-01-02"),
-		Machine:           machine(),
+		Machine:           harness.ThisMachine().String(),
 		OriginLink:        s.link,
 		BlobBytes:         s.size,
 		Runs:              s.runs,
@@ -423,17 +422,4 @@ func median(v []float64) float64 {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-func machine() string {
-	model := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
-			}
-		}
-	}
-	return fmt.Sprintf("%d cores (%s), %s/%s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH)
 }

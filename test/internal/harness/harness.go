@@ -178,3 +178,17 @@ func tempDir(tb testing.TB, prefix string, short bool) string {
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// RequireNetns skips tb unless it runs as root with iproute2's ip and tc, which network
+// namespaces and shaped links need; in CI it fails instead.
+func RequireNetns(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(tb, "network namespaces need root")
+	}
+	for _, tool := range []string{"ip", "tc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			skipOrFail(tb, tool+" not found (install iproute2)")
+		}
+	}
+}

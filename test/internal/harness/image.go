@@ -88,7 +88,7 @@ func PushRandomImage(ctx context.Context, registryAddr, repo, tag string, layers
 	defer os.RemoveAll(dir)
 
 	im := Image{Registry: registryAddr, Repo: repo, Tag: tag}
-	args := []string{"append", "--oci-empty-base", "-t", im.Ref()}
+	args := []string{"append", "--insecure", "--oci-empty-base", "-t", im.Ref()}
 	for i := range layers {
 		path := filepath.Join(dir, fmt.Sprintf("layer-%d.tar.gz", i))
 		d, err := writeRandomLayer(path, fmt.Sprintf("data-%d.bin", i), layerSize)
@@ -102,11 +102,11 @@ func PushRandomImage(ctx context.Context, registryAddr, repo, tag string, layers
 		return Image{}, fmt.Errorf("push %s: %w\n%s", im.Ref(), err, out)
 	}
 
-	manifest, err := runTool(ctx, crane, "manifest", im.Ref())
+	manifest, err := runTool(ctx, crane, "manifest", "--insecure", im.Ref())
 	if err != nil {
 		return Image{}, fmt.Errorf("crane manifest %s: %w\n%s", im.Ref(), err, manifest)
 	}
-	dgst, err := runTool(ctx, crane, "digest", im.Ref())
+	dgst, err := runTool(ctx, crane, "digest", "--insecure", im.Ref())
 	if err != nil {
 		return Image{}, fmt.Errorf("crane digest %s: %w\n%s", im.Ref(), err, dgst)
 	}
@@ -134,7 +134,7 @@ func PushRandomImage(ctx context.Context, registryAddr, repo, tag string, layers
 		}
 		im.Layers[i].MediaType = l.MediaType
 	}
-	config, err := runTool(ctx, crane, "blob", im.Registry+"/"+im.Repo+"@"+im.Config.Digest.String())
+	config, err := runTool(ctx, crane, "blob", "--insecure", im.Registry+"/"+im.Repo+"@"+im.Config.Digest.String())
 	if err != nil {
 		return Image{}, fmt.Errorf("crane blob %s: %w\n%s", im.Config.Digest, err, config)
 	}

@@ -1,11 +1,17 @@
 package harness
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Link is a network namespace joined to the host by a veth pair whose two directions are
@@ -67,4 +73,67 @@ func (l *Link) Close() error {
 		return fmt.Errorf("ip netns del %s: %v: %s", l.Netns, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// InNetns runs f on an OS thread that has joined network namespace name (one `ip netns add`
+// made). Sockets f creates belong to that namespace for their whole life, whichever thread
+// later uses them, so f is where a dial or a listen goes. The thread returns to this
+// process's namespace afterwards: it must live on, since a child process started from it
+// (see startProcess's Pdeathsig) would die with it. Only if it cannot go back is it left
+// locked, to end with its goroutine.
+func InNetns(name string, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
+			return
+		}
+		defer unix.Close(home)
+		fd, err := unix.Open(filepath.Join("/var/run/netns", name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open network namespace %s: %w", name, err)
+			return
+		}
+		err = unix.Setns(fd, unix.CLONE_NEWNET)
+		unix.Close(fd)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter network namespace %s: %w", name, err)
+			return
+		}
+		err = f()
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// DialerIn returns a DialContext function (for an http.Transport) whose connections are made
+// inside network namespace name: a client in that namespace, without a process of its own.
+func DialerIn(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := InNetns(name, func() (err error) {
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// ListenIn listens on addr inside network namespace name.
+func ListenIn(name, network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := InNetns(name, func() (err error) {
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
 }

@@ -66,6 +66,7 @@ type CountingProxy struct {
 	Addr   string // host:port
 	URL    string // http://Addr
 	target *url.URL
+	listen func(addr string) (net.Listener, error)
 	rp     *httputil.ReverseProxy
 	srv    *http.Server
 
@@ -92,11 +93,25 @@ func NewCountingProxy(target string) (*CountingProxy, error) {
 // NewCountingProxyAt is NewCountingProxy listening on addr (host:port; port 0 picks a free
 // one), for example a Link's HostAddr, where a process in the link's namespace reaches it.
 func NewCountingProxyAt(addr, target string) (*CountingProxy, error) {
+	return newCountingProxy(addr, target, "")
+}
+
+// NewCountingProxyIn is NewCountingProxyAt inside network namespace netns: it listens there
+// and reaches target from there, so what it forwards never leaves the namespace.
+func NewCountingProxyIn(netns, addr, target string) (*CountingProxy, error) {
+	return newCountingProxy(addr, target, netns)
+}
+
+func newCountingProxy(addr, target, netns string) (*CountingProxy, error) {
 	u, err := url.Parse(target)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("counting proxy target %q: want an http URL", target)
 	}
-	ln, err := net.Listen("tcp", addr)
+	listen := func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	if netns != "" {
+		listen = func(addr string) (net.Listener, error) { return ListenIn(netns, "tcp", addr) }
+	}
+	ln, err := listen(addr)
 	if err != nil {
 		return nil, fmt.Errorf("counting proxy: %w", err)
 	}
@@ -104,10 +119,14 @@ func NewCountingProxyAt(addr, target string) (*CountingProxy, error) {
 		Addr:   ln.Addr().String(),
 		URL:    "http://" + ln.Addr().String(),
 		target: u,
+		listen: listen,
 		conns:  map[net.Conn]struct{}{},
 		tamper: map[digest.Digest]bool{},
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if netns != "" {
+		transport.DialContext = DialerIn(netns)
+	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
@@ -198,7 +217,7 @@ func (p *CountingProxy) SetDown(down bool) error {
 		return nil
 	}
 	p.mu.Unlock()
-	ln, err := net.Listen("tcp", p.Addr)
+	ln, err := p.listen(p.Addr)
 	if err != nil {
 		return fmt.Errorf("counting proxy: listen again on %s: %w", p.Addr, err)
 	}

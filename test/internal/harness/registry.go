@@ -50,6 +50,9 @@ type RegistryOptions struct {
 	Netns string
 	// Addr is the listen address; empty means a free loopback port.
 	Addr string
+	// ProxyRemote, an http URL, makes the registry a pull-through cache of that registry
+	// (distribution's proxy.remoteurl): the usual "registry mirror".
+	ProxyRemote string
 }
 
 // RunRegistryWith is RunRegistry with options.
@@ -68,7 +71,11 @@ func RunRegistryWith(ctx context.Context, dir string, o RegistryOptions) (*Regis
 		}
 		cfg := filepath.Join(dir, "config.yml")
 		storage := filepath.Join(dir, "storage")
-		if err := os.WriteFile(cfg, fmt.Appendf(nil, registryConfig, storage, addr), 0o644); err != nil {
+		conf := fmt.Appendf(nil, registryConfig, storage, addr)
+		if o.ProxyRemote != "" {
+			conf = fmt.Appendf(conf, "proxy:\n  remoteurl: %q\n", o.ProxyRemote)
+		}
+		if err := os.WriteFile(cfg, conf, 0o644); err != nil {
 			return nil, fmt.Errorf("write registry config: %w", err)
 		}
 		logPath := filepath.Join(dir, fmt.Sprintf("registry-%d.log", attempt))

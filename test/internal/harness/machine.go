@@ -1,4 +1,4 @@
-package main
+package harness
 
 import (
 	"fmt"
@@ -8,9 +8,9 @@ import (
 	"strings"
 )
 
-// machine says what the figures were measured on: hashing (SHA-NI) and encryption (AES-NI)
+// Machine says what the figures were measured on: hashing (SHA-NI) and encryption (AES-NI)
 // are most of the work of a transfer between nodes on one machine.
-type machine struct {
+type Machine struct {
 	Cores       int    `json:"cores"`
 	CPU         string `json:"cpu"`
 	SHANI       bool   `json:"sha_ni"`
@@ -20,8 +20,8 @@ type machine struct {
 	Go          string `json:"go"`
 }
 
-func thisMachine() machine {
-	m := machine{Cores: runtime.NumCPU(), CPU: "unknown CPU", OS: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version()}
+func ThisMachine() Machine {
+	m := Machine{Cores: runtime.NumCPU(), CPU: "unknown CPU", OS: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version()}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 	lines:
 		for _, line := range strings.Split(string(b), "\n") {
@@ -53,7 +53,7 @@ func thisMachine() machine {
 	return m
 }
 
-func (m machine) String() string {
+func (m Machine) String() string {
 	var accel []string
 	if m.SHANI {
 		accel = append(accel, "SHA-NI")
