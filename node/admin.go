@@ -76,6 +76,11 @@ func (n *Node) adminHandler() http.Handler {
 			http.Error(w, "joining the fleet", http.StatusServiceUnavailable)
 			return
 		}
+		if err := n.store.Writable(); err != nil {
+			n.log.Warn("not ready: the cache cannot be written", "err", err)
+			http.Error(w, "cache not writable", http.StatusServiceUnavailable)
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {

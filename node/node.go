@@ -167,6 +167,12 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, err
 	}
+	// What the origin did not have to send: cache hits served to clients, and bytes taken
+	// from peers instead of the origin. Summed over a fleet, each byte counts once.
+	n.metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "shoal_origin_bytes_saved_total",
+		Help: "Bytes the origin did not send for this node: blob bytes served from the cache plus bytes fetched from peers.",
+	}, func() float64 { return float64(api.CacheBytesServed() + n.downloader.PeerBytes()) }))
 	chunkSize := n.chunkSize()
 	uploaded := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "shoal_chunk_uploaded_bytes_total", Help: "Chunk bytes sent to peers.",

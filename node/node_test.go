@@ -10,6 +10,8 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -274,6 +276,23 @@ func TestStatus(t *testing.T) {
 	if st.Cache.Bytes < pulled || st.Cache.CapacityBytes != 1<<30 || st.RegistryAddr != n.RegistryAddr() {
 		t.Errorf("/status = %+v, want cache >= %d bytes of 1 GiB", st, pulled)
 	}
+	// A second pull comes from the cache: the origin saved exactly what it sent the first time.
+	if again := pullImage(t, n, "team/app", "v1", ""); again != pulled {
+		t.Fatalf("second pull got %d bytes, first %d", again, pulled)
+	}
+	fams, err := n.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := -1.0
+	for _, f := range fams {
+		if f.GetName() == "shoal_origin_bytes_saved_total" {
+			saved = f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if saved != float64(pulled) {
+		t.Errorf("shoal_origin_bytes_saved_total = %v after one cached pull of %d bytes", saved, pulled)
+	}
 	resp, body = get(t, "http://"+n.AdminAddr()+"/metrics", nil)
 	for _, want := range []string{`shoal_blob_served_bytes_total{source="download"}`, `shoal_blob_fetched_bytes_total{source="origin"}`, "shoal_store_bytes"} {
 		if !strings.Contains(string(body), want) {
@@ -347,5 +366,26 @@ func TestEdgeError(t *testing.T) {
 	other := errors.New("disk full")
 	if got := edgeError(other); got != other {
 		t.Errorf("edgeError(%v) = %v, want it unchanged", other, got)
+	}
+}
+
+// TestReadyzNeedsWritableCache: a node whose cache cannot take new content says so on /readyz.
+func TestReadyzNeedsWritableCache(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	dir := t.TempDir()
+	n := startNode(t, Config{Origin: o.URL, DataDir: dir})
+	if resp, body := get(t, "http://"+n.AdminAddr()+"/readyz", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz = %d %s, want 200", resp.StatusCode, body)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "tmp")); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := get(t, "http://"+n.AdminAddr()+"/readyz", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "not writable") {
+		t.Errorf("/readyz with the cache unwritable = %d %s, want 503", resp.StatusCode, body)
+	}
+	if resp, _ := get(t, "http://"+n.AdminAddr()+"/healthz", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz = %d, want 200: the process is alive", resp.StatusCode)
 	}
 }

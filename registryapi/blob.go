@@ -75,6 +75,10 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, q *request) o
 	} else {
 		out.bytes, readErr, writeErr = copyRange(w, blob, start, length, true)
 	}
+	if f, ok := blob.(Fetcher); ok {
+		out.fromPeers, out.fromOrigin = f.Fetched()
+		out.fetched = true
+	}
 	if readErr == nil && writeErr == nil {
 		return out
 	}

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,7 +49,11 @@ type Server struct {
 	def        string            // configured key, or ""
 	log        *slog.Logger
 	metrics    *metrics
+	cacheBytes atomic.Int64 // the served{source="cache"} counter, readable
 }
+
+// CacheBytesServed is every blob byte served to clients from the cache so far.
+func (s *Server) CacheBytesServed() int64 { return s.cacheBytes.Load() }
 
 // NewServer checks opts and builds a Server.
 func NewServer(opts Options) (*Server, error) {
@@ -109,7 +114,10 @@ type outcome struct {
 	result string
 	bytes  int64
 	source string // blobs: where the bytes came from
-	err    error
+	// fromPeers and fromOrigin: bytes of a downloaded blob fetched from each (fetched set).
+	fromPeers, fromOrigin int64
+	fetched               bool
+	err                   error
 	// abort cuts the connection after the handler returns: the body already promised
 	// with the status line cannot be delivered.
 	abort bool
@@ -236,9 +244,16 @@ func (s *Server) observe(r *http.Request, q *request, out outcome, took time.Dur
 	s.metrics.duration.WithLabelValues(k.String()).Observe(took.Seconds())
 	if out.source != "" && out.bytes > 0 {
 		s.metrics.served.WithLabelValues(out.source).Add(float64(out.bytes))
+		if out.source == "cache" {
+			s.cacheBytes.Add(out.bytes)
+		}
 	}
 
-	level := slog.LevelDebug
+	// A blob a client pulled gets one line at Info: what, how much, how long, from where.
+	level, msg := slog.LevelDebug, "registry request"
+	if k == kindBlob && r.Method == http.MethodGet && out.result == resultOK {
+		level, msg = slog.LevelInfo, "blob pulled"
+	}
 	switch out.result {
 	case resultError, resultAborted:
 		level = slog.LevelError
@@ -270,8 +285,11 @@ func (s *Server) observe(r *http.Request, q *request, out outcome, took time.Dur
 		attrs = append(attrs, slog.String("source", out.source))
 	}
 	attrs = append(attrs, slog.Int64("bytes", out.bytes), slog.Duration("duration", took))
+	if out.fetched {
+		attrs = append(attrs, slog.Int64("peerBytes", out.fromPeers), slog.Int64("originBytes", out.fromOrigin))
+	}
 	if out.err != nil {
 		attrs = append(attrs, slog.Any("err", out.err))
 	}
-	s.log.LogAttrs(ctx, level, "registry request", attrs...)
+	s.log.LogAttrs(ctx, level, msg, attrs...)
 }

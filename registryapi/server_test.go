@@ -868,6 +868,9 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("shoal_blob_served_bytes_total{source=%q} = %v, want %v", source, got, want)
 		}
 	}
+	if got := fx.srv.CacheBytesServed(); got != 20 {
+		t.Errorf("CacheBytesServed() = %d, want 20", got)
+	}
 	if got := histogramCount(t, fx.reg, "shoal_registry_request_duration_seconds", "kind", "blob"); got != 7 {
 		t.Errorf("blob duration observations = %d, want 7", got)
 	}
@@ -918,14 +921,33 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 func TestLogging(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t)
+	fx.src.blob = func(b []byte) Blob { return &fetchedBlob{newMemBlob(b), 12, 8} }
 	fx.do("GET", "/v2/library/alpine/blobs/"+testBlobDigest.String())
-	line := fx.log.String()
-	for _, want := range []string{"level=DEBUG", "repo=docker.io/library/alpine", "digest=" + testBlobDigest.String(), "bytes=20", "duration=", "source=download"} {
-		if !strings.Contains(line, want) {
-			t.Errorf("log %q lacks %q", line, want)
+	fx.do("HEAD", "/v2/library/alpine/blobs/"+testBlobDigest.String())
+	lines := strings.Split(strings.TrimSpace(fx.log.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("log = %q, want two lines", lines)
+	}
+	// A pulled blob: one line at Info, with where its bytes came from.
+	for _, want := range []string{"level=INFO", `msg="blob pulled"`, "repo=docker.io/library/alpine", "digest=" + testBlobDigest.String(), "bytes=20", "duration=", "source=download", "peerBytes=12", "originBytes=8"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("log %q lacks %q", lines[0], want)
+		}
+	}
+	for _, want := range []string{"level=DEBUG", `msg="registry request"`, "method=HEAD"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("log %q lacks %q", lines[1], want)
 		}
 	}
 }
+
+// fetchedBlob says how many of its bytes came from peers and from the origin.
+type fetchedBlob struct {
+	*memBlob
+	peers, origin int64
+}
+
+func (b *fetchedBlob) Fetched() (int64, int64) { return b.peers, b.origin }
 
 func TestNoLogger(t *testing.T) {
 	t.Parallel()

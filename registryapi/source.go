@@ -82,6 +82,13 @@ type Sourced interface {
 	Source() string
 }
 
+// Fetcher may be implemented by a Blob being downloaded while it is served: how many of its
+// bytes the node fetched from peers and from the origin so far. The edge puts them in the
+// pull's log line.
+type Fetcher interface {
+	Fetched() (peers, origin int64)
+}
+
 // BlobSource supplies blobs by digest.
 type BlobSource interface {
 	// OpenBlob returns the blob; the caller closes it. The blob's bytes are verified

@@ -90,6 +90,25 @@ func (s *Store) writeTemp(data []byte) (string, error) {
 	return path, nil
 }
 
+// Writable checks that the store can still take new content: it creates, writes and removes
+// a small file where new blobs are written first. A full disk, a read-only remount or a
+// removed data directory make it fail.
+func (s *Store) Writable() error {
+	path := filepath.Join(s.dir, tmpDir, fmt.Sprintf("probe-%d", fileSeq.Add(1)))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write([]byte("ok"))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if rerr := os.Remove(path); err == nil {
+		err = rerr
+	}
+	return err
+}
+
 // clearTmp removes what a previous run left in tmp/.
 func (s *Store) clearTmp() error {
 	dir := filepath.Join(s.dir, tmpDir)

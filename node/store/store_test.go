@@ -760,3 +760,21 @@ func TestDirectoryLock(t *testing.T) {
 	}
 	again.Close()
 }
+
+func TestWritable(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, Options{Dir: dir})
+	if err := s.Writable(); err != nil {
+		t.Fatalf("Writable() on a fresh store = %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, tmpDir)); len(entries) != 0 {
+		t.Errorf("Writable left %d files in tmp/", len(entries))
+	}
+	// The data directory vanishing under the node (an unmounted volume, say).
+	if err := os.RemoveAll(filepath.Join(dir, tmpDir)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Writable(); err == nil {
+		t.Error("Writable() = nil with tmp/ gone")
+	}
+}

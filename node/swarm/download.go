@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -49,6 +50,9 @@ type Download struct {
 	ended chan struct{} // closed once the download left the active set, its file released
 	wake  chan struct{} // a reader is waiting for bytes no one may be fetching
 	hints chan string   // peers that asked about this blob: likely fetching it too
+
+	fromPeers  atomic.Int64 // bytes fetched from peers, for the pull's log line
+	fromOrigin atomic.Int64 // bytes fetched from the origin
 }
 
 func newDownload(d digest.Digest, registry, repo string) *Download {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -68,6 +69,8 @@ type Downloader struct {
 	mu     sync.Mutex
 	active map[digest.Digest]*Download
 	bans   map[string]time.Time // peer ID to the end of its ban
+
+	peerBytes atomic.Int64 // the fetched{source="peer"} counter, readable
 }
 
 type metrics struct {
@@ -165,8 +168,18 @@ func (dl *Downloader) Banned(id string) bool {
 // Fetched counts n bytes the node fetched from source ("peer" or "origin") outside of a
 // download, such as a manifest.
 func (dl *Downloader) Fetched(source string, n int) {
-	dl.metrics.fetched.WithLabelValues(source).Add(float64(n))
+	dl.fetchedFrom(source, n)
 }
+
+func (dl *Downloader) fetchedFrom(source string, n int) {
+	dl.metrics.fetched.WithLabelValues(source).Add(float64(n))
+	if source == "peer" {
+		dl.peerBytes.Add(int64(n))
+	}
+}
+
+// PeerBytes is every byte the node fetched from peers so far, blobs and manifests.
+func (dl *Downloader) PeerBytes() int64 { return dl.peerBytes.Load() }
 
 func (dl *Downloader) chunkFailure(reason string) {
 	dl.metrics.failures.WithLabelValues(reason).Inc()

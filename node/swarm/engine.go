@@ -741,7 +741,8 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (int64, error) 
 			if err != nil {
 				return total, err
 			}
-			e.dl.metrics.fetched.WithLabelValues("origin").Add(float64(n))
+			e.dl.fetchedFrom("origin", n)
+			e.d.fromOrigin.Add(int64(n))
 			off += int64(n)
 			total += int64(n)
 			if done {
@@ -799,7 +800,8 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 	}
 	p := e.peers[req.peer]
 	if err == nil {
-		e.dl.metrics.fetched.WithLabelValues("peer").Add(float64(n))
+		e.dl.fetchedFrom("peer", int(n))
+		e.d.fromPeers.Add(int64(n))
 		e.suppliers[req.peer] = true
 		if p != nil {
 			p.fails = 0

@@ -31,6 +31,12 @@ func (r *Reader) Size() int64 { return r.size }
 // Source names where the bytes come from, for metrics.
 func (r *Reader) Source() string { return "download" }
 
+// Fetched is how many bytes of the blob the node has fetched so far, from peers and from
+// the origin, in this download (a resumed download's earlier bytes are not in it).
+func (r *Reader) Fetched() (peers, origin int64) {
+	return r.download.fromPeers.Load(), r.download.fromOrigin.Load()
+}
+
 // ReadAt blocks until the bytes are present; it fails if the download fails, including a
 // digest mismatch found after the last byte.
 func (r *Reader) ReadAt(p []byte, off int64) (int, error) {

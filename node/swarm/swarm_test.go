@@ -221,8 +221,24 @@ func TestSwarmWarm(t *testing.T) {
 		if got := m.fetched("peer"); got != float64(len(data)) {
 			t.Errorf("%s fetched %v bytes from peers, want %d", id, got, len(data))
 		}
+		if got := m.dl.PeerBytes(); got != int64(len(data)) {
+			t.Errorf("%s PeerBytes() = %d, want %d", id, got, len(data))
+		}
 		waitCommitted(t, m.st, d)
 	}
+	// A reader of a running download says where its bytes came from.
+	m := f.add(t, "e", o)
+	r, err := m.dl.Open(context.Background(), "reg", "repo", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, io.NewSectionReader(r, 0, r.Size())); err != nil {
+		t.Fatal(err)
+	}
+	if peers, origin := r.Fetched(); peers != int64(len(data)) || origin != 0 {
+		t.Errorf("Reader.Fetched() = %d from peers, %d from the origin; want %d, 0", peers, origin, len(data))
+	}
+	r.Close()
 	if sent := o.sentBytes() - before; sent != 0 {
 		t.Errorf("origin sent %d bytes for a blob a peer held, want 0", sent)
 	}
