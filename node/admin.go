@@ -55,6 +55,7 @@ func (n *Node) Status() Status {
 func (n *Node) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
+	mux.Handle("POST /prefetch", n.prefetchHandler())
 	if n.cfg.Pprof {
 		// Profiles, for finding where a slow transfer spends its time. Off by default: the
 		// admin address may be open to the cluster (for --bootstrap-dns).

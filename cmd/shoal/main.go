@@ -33,9 +33,11 @@ func main() {
 const usage = `shoal: a peer-to-peer pull-through mirror for container images.
 
 Usage:
-  shoal node [flags]     run a node: the localhost /v2 mirror containerd pulls through
-  shoal version          print the version
-  shoal help             show this help
+  shoal node [flags]               run a node: the localhost /v2 mirror containerd pulls through
+  shoal containerd-config [flags]  write hosts.toml files so containerd pulls through the node
+  shoal prefetch IMAGE [flags]     have nodes pull an image ahead of a rollout, showing progress
+  shoal version                    print the version
+  shoal help                       show this help
 
 Run "shoal COMMAND --help" for a command's flags.
 `
@@ -48,6 +50,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "node":
 		return runNode(ctx, rest, stdout, stderr)
+	case "containerd-config":
+		return runContainerdConfig(rest, stdout, stderr)
+	case "prefetch":
+		return runPrefetch(ctx, rest, stdout)
 	case "version":
 		if len(rest) > 0 {
 			if isHelp(rest[0]) {

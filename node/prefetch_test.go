@@ -1,0 +1,597 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// prefetchAnswer is a /prefetch response: its status and its lines, each decoded strictly.
+type prefetchAnswer struct {
+	status int
+	header http.Header
+	lines  []PrefetchProgress
+	raw    string
+}
+
+func (a prefetchAnswer) last() PrefetchProgress {
+	if len(a.lines) == 0 {
+		return PrefetchProgress{}
+	}
+	return a.lines[len(a.lines)-1]
+}
+
+// postPrefetch sends body to the node's /prefetch with the content type given and reads
+// the whole answer.
+func postPrefetch(t *testing.T, ctx context.Context, n *Node, contentType, body string) prefetchAnswer {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+n.AdminAddr()+"/prefetch", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("POST /prefetch: %v", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("POST /prefetch: read body: %v", err)
+	}
+	a := prefetchAnswer{status: resp.StatusCode, header: resp.Header, raw: string(raw)}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	for sc.Scan() {
+		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
+		dec.DisallowUnknownFields()
+		var p PrefetchProgress
+		if err := dec.Decode(&p); err != nil {
+			t.Fatalf("POST /prefetch: line %q does not decode: %v", sc.Text(), err)
+		}
+		a.lines = append(a.lines, p)
+	}
+	return a
+}
+
+func prefetchBody(image string, platforms ...string) string {
+	b, _ := json.Marshal(PrefetchRequest{Image: image, Platforms: platforms})
+	return string(b)
+}
+
+// wantStored fails t unless the node holds every blob of img.
+func wantStored(t *testing.T, n *Node, img v1.Image) {
+	t.Helper()
+	for _, d := range imageBlobs(t, img) {
+		if _, err := n.store.Stat(digest.Digest(d.Digest.String())); err != nil {
+			t.Errorf("store.Stat(%s) = %v, want the blob held", d.Digest, err)
+		}
+	}
+}
+
+func imageBlobs(t *testing.T, img v1.Image) []v1.Descriptor {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]v1.Descriptor{m.Config}, m.Layers...)
+}
+
+func blobBytes(t *testing.T, imgs ...v1.Image) int64 {
+	t.Helper()
+	var total int64
+	for _, img := range imgs {
+		for _, d := range imageBlobs(t, img) {
+			total += d.Size
+		}
+	}
+	return total
+}
+
+// checkProgress checks the lines of a successful prefetch: running lines, then one ok;
+// counts that never go backwards and end complete.
+func checkProgress(t *testing.T, a prefetchAnswer, wantBlobs int, wantBytes int64) {
+	t.Helper()
+	if a.status != http.StatusOK || len(a.lines) < 2 {
+		t.Fatalf("POST /prefetch = %d with %d lines %q, want 200 with progress lines", a.status, len(a.lines), a.raw)
+	}
+	if ct := a.header.Get("Content-Type"); ct != "application/x-ndjson" {
+		t.Errorf("Content-Type = %q, want application/x-ndjson", ct)
+	}
+	var prev PrefetchProgress
+	for i, p := range a.lines {
+		want := PrefetchRunning
+		if i == len(a.lines)-1 {
+			want = PrefetchOK
+		}
+		if p.Status != want || p.Error != "" {
+			t.Errorf("line %d = %+v, want status %s", i+1, p, want)
+		}
+		if p.BlobsTotal != wantBlobs || p.BytesTotal != wantBytes || p.Digest == "" || p.Image == "" {
+			t.Errorf("line %d = %+v, want %d blobs of %d bytes in all, with image and digest", i+1, p, wantBlobs, wantBytes)
+		}
+		if p.BytesDone < prev.BytesDone || p.BlobsDone < prev.BlobsDone || p.Seconds < prev.Seconds {
+			t.Errorf("line %d = %+v went back from %+v", i+1, p, prev)
+		}
+		prev = p
+	}
+	if last := a.last(); last.BlobsDone != wantBlobs || last.BytesDone != wantBytes {
+		t.Errorf("last line = %+v, want all %d blobs and %d bytes done", last, wantBlobs, wantBytes)
+	}
+}
+
+func TestPrefetchImage(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	img := o.push(t, "team/app:v1")
+	n := startNode(t, Config{Origin: o.URL})
+	blobs, size := len(imageBlobs(t, img)), blobBytes(t, img)
+
+	a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(o.host()+"/team/app:v1"))
+	checkProgress(t, a, blobs, size)
+	if got, want := a.last().Image, o.host()+"/team/app:v1"; got != want {
+		t.Errorf("image = %q, want %q", got, want)
+	}
+	if d, _ := img.Digest(); a.last().Digest.String() != d.String() || a.last().Manifests != 1 {
+		t.Errorf("last line = %+v, want digest %s and 1 manifest", a.last(), d)
+	}
+	wantStored(t, n, img)
+	if got := o.blobBytes.Load(); got != size {
+		t.Errorf("origin blob bytes = %d, want the image's %d once", got, size)
+	}
+
+	// A pull now costs the origin no blob, and a second prefetch finds everything cached.
+	before := o.blobGets.Load()
+	pullImage(t, n, "team/app", "v1", o.host())
+	a = postPrefetch(t, t.Context(), n, "application/json; charset=utf-8", prefetchBody(o.host()+"/team/app:v1"))
+	checkProgress(t, a, blobs, size)
+	if a.last().BytesCached != size {
+		t.Errorf("second prefetch: bytesCached = %d, want %d", a.last().BytesCached, size)
+	}
+	if got := o.blobGets.Load(); got != before {
+		t.Errorf("origin blob GETs after the prefetch = %d, want 0", got-before)
+	}
+
+	resp, body := get(t, "http://"+n.AdminAddr()+"/metrics", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `shoal_prefetch_requests_total{result="ok"} 2`) {
+		t.Errorf("/metrics lacks shoal_prefetch_requests_total{result=\"ok\"} 2")
+	}
+}
+
+// TestPrefetchByDigest prefetches by digest and with Docker's tag@digest form.
+func TestPrefetchByDigest(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	img := o.push(t, "team/app:v1")
+	n := startNode(t, Config{Origin: o.URL})
+	d, _ := img.Digest()
+	a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(o.host()+"/team/app:ignored@"+d.String()))
+	checkProgress(t, a, len(imageBlobs(t, img)), blobBytes(t, img))
+	wantStored(t, n, img)
+}
+
+// pushIndex pushes an index of two random images, linux/amd64 and linux/arm64/v8.
+func pushIndex(t *testing.T, o *countingOrigin, repoTag string) (amd64, arm64 v1.Image) {
+	t.Helper()
+	var err error
+	if amd64, err = random.Image(128<<10, 2); err != nil {
+		t.Fatal(err)
+	}
+	if arm64, err = random.Image(128<<10, 2); err != nil {
+		t.Fatal(err)
+	}
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: amd64, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: arm64, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}},
+	)
+	ref, err := name.ParseReference(o.host()+"/"+repoTag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatalf("push index %s: %v", ref, err)
+	}
+	o.requests.Store(0)
+	o.blobGets.Store(0)
+	o.blobBytes.Store(0)
+	return amd64, arm64
+}
+
+func TestPrefetchIndex(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	amd64, arm64 := pushIndex(t, o, "team/multi:v1")
+	ref := o.host() + "/team/multi:v1"
+
+	t.Run("all platforms", func(t *testing.T) {
+		n := startNode(t, Config{Origin: o.URL})
+		a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(ref))
+		checkProgress(t, a, len(imageBlobs(t, amd64))+len(imageBlobs(t, arm64)), blobBytes(t, amd64, arm64))
+		if a.last().Manifests != 2 {
+			t.Errorf("manifests = %d, want 2", a.last().Manifests)
+		}
+		wantStored(t, n, amd64)
+		wantStored(t, n, arm64)
+	})
+	t.Run("one platform", func(t *testing.T) {
+		n := startNode(t, Config{Origin: o.URL})
+		// arm64 without a variant matches the index's arm64/v8.
+		a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(ref, "linux/arm64"))
+		checkProgress(t, a, len(imageBlobs(t, arm64)), blobBytes(t, arm64))
+		wantStored(t, n, arm64)
+		m, _ := amd64.Manifest()
+		if _, err := n.store.Stat(digest.Digest(m.Layers[0].Digest.String())); err == nil {
+			t.Errorf("a linux/arm64 prefetch fetched a layer of the linux/amd64 image")
+		}
+	})
+	t.Run("no such platform", func(t *testing.T) {
+		n := startNode(t, Config{Origin: o.URL})
+		a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(ref, "linux/s390x"))
+		if a.status != http.StatusNotFound || a.last().Status != PrefetchError || !strings.Contains(a.last().Error, "linux/s390x") {
+			t.Errorf("POST /prefetch for a platform the index lacks = %d %q, want 404 naming it", a.status, a.raw)
+		}
+	})
+}
+
+func TestPrefetchRefused(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	n := startNode(t, Config{Origin: o.URL})
+	good := prefetchBody(o.host() + "/team/app:v1")
+	tests := []struct {
+		name        string
+		contentType string
+		body        string
+		status      int
+		want        string // in the error message
+	}{
+		{"not json", "application/json", "image=x", http.StatusBadRequest, "bad body"},
+		{"unknown field", "application/json", `{"image":"` + o.host() + `/team/app:v1","force":true}`, http.StatusBadRequest, "unknown field"},
+		{"trailing data", "application/json", good + `{}`, http.StatusBadRequest, "after the JSON"},
+		{"wrong type", "application/json", `{"image":["x"]}`, http.StatusBadRequest, "bad body"},
+		{"empty body", "application/json", "", http.StatusBadRequest, "bad body"},
+		{"no image", "application/json", `{}`, http.StatusBadRequest, "no image"},
+		{"huge", "application/json", `{"image":"` + strings.Repeat("a", 20<<10) + `"}`, http.StatusRequestEntityTooLarge, "exceeds"},
+		{"no content type", "", good, http.StatusUnsupportedMediaType, "Content-Type"},
+		{"form content type", "application/x-www-form-urlencoded", good, http.StatusUnsupportedMediaType, "Content-Type"},
+		{"bad reference", "application/json", prefetchBody(o.host() + "/Team/App:v1"), http.StatusBadRequest, "invalid image reference"},
+		{"bad tag", "application/json", prefetchBody(o.host() + "/team/app:-v1"), http.StatusBadRequest, "bad tag"},
+		{"bad digest", "application/json", prefetchBody(o.host() + "/team/app@sha256:beef"), http.StatusBadRequest, "bad digest"},
+		{"unconfigured registry", "application/json", prefetchBody("evil.example.com/team/app:v1"), http.StatusForbidden, "evil.example.com is not mirrored"},
+		{"unconfigured port", "application/json", prefetchBody("127.0.0.1:1/team/app:v1"), http.StatusForbidden, "not mirrored"},
+		{"docker hub short form", "application/json", prefetchBody("nginx:1.27"), http.StatusForbidden, "docker.io is not mirrored"},
+		{"bad platform", "application/json", prefetchBody(o.host()+"/team/app:v1", "linux"), http.StatusBadRequest, "invalid platform"},
+		{"too many platforms", "application/json", prefetchBody(o.host()+"/team/app:v1", strings.Split(strings.Repeat("linux/amd64,", 17), ",")[:17]...), http.StatusBadRequest, "platforms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := postPrefetch(t, t.Context(), n, tt.contentType, tt.body)
+			if a.status != tt.status || len(a.lines) != 1 || a.last().Status != PrefetchError || !strings.Contains(a.last().Error, tt.want) {
+				t.Errorf("POST /prefetch %.60q = %d %q, want %d with an error containing %q", tt.body, a.status, a.raw, tt.status, tt.want)
+			}
+			if ct := a.header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("error Content-Type = %q, want application/json", ct)
+			}
+		})
+	}
+	resp, _ := get(t, "http://"+n.AdminAddr()+"/prefetch", nil)
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET /prefetch = %d, want 405", resp.StatusCode)
+	}
+	if got := o.requests.Load(); got != 0 {
+		t.Errorf("origin requests = %d, want none for refused prefetches", got)
+	}
+	_, body := get(t, "http://"+n.AdminAddr()+"/metrics", nil)
+	if want := fmt.Sprintf(`shoal_prefetch_requests_total{result="invalid"} %d`, len(tests)); !strings.Contains(string(body), want) {
+		t.Errorf("/metrics lacks %s", want)
+	}
+}
+
+func TestPrefetchUnknownImage(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	n := startNode(t, Config{Origin: o.URL})
+	a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(o.host()+"/team/none:v1"))
+	if a.status != http.StatusNotFound || a.last().Status != PrefetchError || a.last().Error == "" {
+		t.Errorf("POST /prefetch of an unknown image = %d %q, want 404 with an error", a.status, a.raw)
+	}
+}
+
+func TestPrefetchImageTooLargeForCache(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	o.push(t, "team/app:v1")
+	n := startNode(t, Config{Origin: o.URL, CacheSize: 64 << 10})
+	a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(o.host()+"/team/app:v1"))
+	if a.status != http.StatusUnprocessableEntity || !strings.Contains(a.last().Error, "cache") {
+		t.Errorf("POST /prefetch of an image larger than the cache = %d %q, want 422", a.status, a.raw)
+	}
+	if got := o.blobGets.Load(); got != 0 {
+		t.Errorf("origin blob GETs = %d, want 0", got)
+	}
+}
+
+// TestPrefetchClientLeaves drops the client while the origin holds the blobs back: the
+// prefetch ends as canceled, and the downloads it started still complete afterwards.
+func TestPrefetchClientLeaves(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	img := o.push(t, "team/app:v1")
+	gated, held, open := gatedServer(t, o.Config.Handler)
+	n := startNode(t, Config{Origin: gated.URL})
+	ref := strings.TrimPrefix(gated.URL, "http://") + "/team/app:v1"
+
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+n.AdminAddr()+"/prefetch", strings.NewReader(prefetchBody(ref)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first PrefetchProgress
+	if err := json.NewDecoder(resp.Body).Decode(&first); err != nil || first.Status != PrefetchRunning {
+		t.Fatalf("first progress line = %+v, %v; want running", first, err)
+	}
+	waitFor(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
+	cancel()
+	resp.Body.Close()
+
+	waitFor(t, "the prefetch to count as canceled", func() bool {
+		_, body := get(t, "http://"+n.AdminAddr()+"/metrics", nil)
+		return strings.Contains(string(body), `shoal_prefetch_requests_total{result="canceled"} 1`)
+	})
+	open()
+	// The downloads started before the client left finish on their own; the rest are
+	// fetched by the next pull.
+	pullImage(t, n, "team/app", "v1", "")
+	wantStored(t, n, img)
+}
+
+// gatedServer serves h but holds every blob GET until open is called (or the request ends).
+func gatedServer(t *testing.T, h http.Handler) (srv *httptest.Server, held *atomic.Int64, open func()) {
+	t.Helper()
+	var gateOpen atomic.Bool
+	gate := make(chan struct{})
+	open = func() {
+		if gateOpen.CompareAndSwap(false, true) {
+			close(gate)
+		}
+	}
+	held = new(atomic.Int64)
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			held.Add(1)
+			select {
+			case <-gate:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(open)
+	return srv, held, open
+}
+
+// TestPrefetchNodeStops stops a node in the middle of a prefetch: the client gets a last
+// line saying it failed, and the node stops promptly.
+func TestPrefetchNodeStops(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	o.push(t, "team/app:v1")
+	gated, held, _ := gatedServer(t, o.Config.Handler)
+	n, err := New(Config{Origin: gated.URL, RegistryAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- n.Run(ctx) }()
+
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+n.AdminAddr()+"/prefetch", strings.NewReader(prefetchBody(strings.TrimPrefix(gated.URL, "http://")+"/team/app:v1")))
+	req.Header.Set("Content-Type", "application/json")
+	waitFor(t, "the node to serve", func() bool {
+		select {
+		case <-n.ready:
+			return true
+		default:
+			return false
+		}
+	})
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	var line PrefetchProgress
+	if err := dec.Decode(&line); err != nil || line.Status != PrefetchRunning {
+		t.Fatalf("first progress line = %+v, %v; want running", line, err)
+	}
+	waitFor(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
+	began := time.Now()
+	cancel()
+	for line.Status == PrefetchRunning {
+		if err := dec.Decode(&line); err != nil {
+			t.Fatalf("progress after the node stopped: %v, want a last line", err)
+		}
+	}
+	if line.Status != PrefetchError || line.Error == "" {
+		t.Errorf("last line = %+v, want an error", line)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the node did not stop within 15s of a prefetch")
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("the node took %v to stop during a prefetch", took)
+	}
+}
+
+func TestPrefetchBusy(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	n := startNode(t, Config{Origin: o.URL})
+	p := &prefetcher{n: n, slots: make(chan struct{}, 1), results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"result"})}
+	p.slots <- struct{}{}
+	req := httptest.NewRequest(http.MethodPost, "/prefetch", strings.NewReader(prefetchBody(o.host()+"/team/app:v1")))
+	req.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	p.ServeHTTP(w, req)
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), "running") {
+		t.Errorf("POST /prefetch with every slot taken = %d %q, want 429 with Retry-After", w.Code, w.Body)
+	}
+	if got := testutil.ToFloat64(p.results.WithLabelValues(prefetchResultBusy)); got != 1 {
+		t.Errorf("busy count = %v, want 1", got)
+	}
+	if got := o.requests.Load(); got != 0 {
+		t.Errorf("origin requests = %d, want 0", got)
+	}
+}
+
+// waitFor polls cond until it holds, failing t after a while.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestParseImageRef(t *testing.T) {
+	t.Parallel()
+	const d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	tests := []struct {
+		in   string
+		want string // String() of the result; "" means an error
+	}{
+		{"nginx", "docker.io/library/nginx:latest"},
+		{"nginx:1.27", "docker.io/library/nginx:1.27"},
+		{"library/nginx", "docker.io/library/nginx:latest"},
+		{"team/app:v1", "docker.io/team/app:v1"},
+		{"docker.io/nginx", "docker.io/library/nginx:latest"},
+		{"index.docker.io/library/nginx:1", "docker.io/library/nginx:1"},
+		{"registry-1.docker.io/team/app", "docker.io/team/app:latest"},
+		{"ghcr.io/org/app:v2", "ghcr.io/org/app:v2"},
+		{"GHCR.io/org/app", "ghcr.io/org/app:latest"},
+		{"localhost/app", "localhost/app:latest"},
+		{"localhost:5000/app:v1", "localhost:5000/app:v1"},
+		{"127.0.0.1:5000/a/b/c:v1", "127.0.0.1:5000/a/b/c:v1"},
+		{"[::1]:5000/app:v1", "[::1]:5000/app:v1"},
+		{"Registry/app", "registry/app:latest"},
+		{"ghcr.io/org/app@" + d, "ghcr.io/org/app@" + d},
+		{"ghcr.io/org/app:v1@" + d, "ghcr.io/org/app:v1@" + d},
+		{"nginx@" + d, "docker.io/library/nginx@" + d},
+		{"", ""},
+		{"ghcr.io/Org/app", ""},
+		{"ghcr.io/org/app:", ""},
+		{"ghcr.io/org/app:v 1", ""},
+		{"ghcr.io/org/app@sha256:short", ""},
+		{"ghcr.io/org/app@md5:0123456789abcdef0123456789abcdef", ""},
+		{"ghcr.io/", ""},
+		{"http://ghcr.io/org/app", ""},
+		{"user@ghcr.io/org/app", ""},
+		{"ghcr.io:0/org/app", ""},
+		{"ghcr.io/org//app", ""},
+		{"ghcr.io/org/app:" + strings.Repeat("t", 129), ""},
+		{strings.Repeat("a", 2000), ""},
+	}
+	for _, tt := range tests {
+		got, err := ParseImageRef(tt.in)
+		switch {
+		case tt.want == "" && err == nil:
+			t.Errorf("ParseImageRef(%q) = %s, want an error", tt.in, got)
+		case tt.want != "" && err != nil:
+			t.Errorf("ParseImageRef(%q) = %v, want %s", tt.in, err, tt.want)
+		case tt.want != "" && got.String() != tt.want:
+			t.Errorf("ParseImageRef(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+func FuzzParseImageRef(f *testing.F) {
+	for _, s := range []string{"nginx", "ghcr.io/org/app:v1", "[::1]:5000/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "localhost:5000"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ref, err := ParseImageRef(s)
+		if err != nil {
+			return
+		}
+		if ref.Registry != "docker.io" && ref.Registry != "localhost" && !strings.ContainsAny(ref.Registry, ".:") {
+			// A host named by an upper-case first component ("Reg/app", as Docker reads
+			// it) reads as a docker.io repository once lower-cased: no round trip.
+			return
+		}
+		again, err := ParseImageRef(ref.String())
+		if err != nil || again != ref {
+			t.Errorf("ParseImageRef(%q) = %+v, whose String %q parses to %+v, %v", s, ref, ref.String(), again, err)
+		}
+		if ref.Reference() == "" || ref.Registry == "" || ref.Repo == "" {
+			t.Errorf("ParseImageRef(%q) = %+v, incomplete", s, ref)
+		}
+	})
+}
+
+func TestPlatformMatches(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		want, have string
+		match      bool
+	}{
+		{"linux/amd64", "linux/amd64", true},
+		{"linux/arm64", "linux/arm64/v8", true},
+		{"linux/arm64/v8", "linux/arm64", true},
+		{"linux/arm/v7", "linux/arm/v6", false},
+		{"linux/amd64", "windows/amd64", false},
+		{"linux/amd64", "linux/arm64", false},
+	}
+	for _, tt := range tests {
+		want, err := ParsePlatform(tt.want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		have, err := ParsePlatform(tt.have)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := want.matches(have); got != tt.match {
+			t.Errorf("%s matches %s = %v, want %v", tt.want, tt.have, got, tt.match)
+		}
+	}
+	for _, bad := range []string{"", "linux", "linux/", "linux/amd64/v1/x", "Linux/amd64", "linux/amd 64"} {
+		if _, err := ParsePlatform(bad); err == nil {
+			t.Errorf("ParsePlatform(%q) succeeded, want an error", bad)
+		}
+	}
+}
