@@ -5,7 +5,7 @@ export PATH := $(GOBIN):$(PATH)
 BIN     := bin/shoal
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-quick bench-single bench-p2p bench-fleet clean
+.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-quick bench-single bench-p2p bench-fleet manifests clean
 
 all: build
 
@@ -68,6 +68,12 @@ bench-fleet: tools
 # bench-quick runs every fleet scenario on 6 hosts and a 32 MiB image, in under 3 minutes.
 bench-quick: tools
 	cd test && $(GO) run ./cmd/bench-fleet --quick --json ../bench/results/fleet-quick.json --plot ../bench/results/fleet-quick.png
+
+# manifests renders the Helm chart (deploy/helm/shoal) with its default values into the plain
+# manifests in deploy/kubernetes; test/deploy checks that they are up to date. Needs helm
+# (scripts/install-tools.sh installs it).
+manifests:
+	deploy/kubernetes/generate.sh deploy/kubernetes
 
 clean:
 	rm -rf bin

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the end-to-end tests, the benchmark and the demo run:
-# the CNCF distribution registry, crane, the OCI distribution-spec conformance suite (all
-# with `go install` into $(go env GOPATH)/bin) and containerd with ctr (Debian package).
+# the CNCF distribution registry, crane, the OCI distribution-spec conformance suite, helm
+# (all with `go install` into $(go env GOPATH)/bin) and containerd with ctr (Debian package).
 # Safe to run again: a tool already installed at the pinned version is left alone.
 set -euo pipefail
 
@@ -34,6 +34,7 @@ go_tool() {
 go_tool registry "$REGISTRY_PKG" "$REGISTRY_VERSION"
 go_tool crane "$CRANE_PKG" "$CRANE_VERSION"
 go_tool conformance "$CONFORMANCE_PKG" "$CONFORMANCE_VERSION"
+go_tool helm helm.sh/helm/v3/cmd/helm v3.22.0
 
 if command -v containerd >/dev/null && command -v ctr >/dev/null; then
 	echo "containerd $(containerd --version | awk '{print $3}') (with ctr): already installed at $(command -v containerd)"
