@@ -78,6 +78,11 @@ func TestCountingProxy(t *testing.T) {
 		t.Fatalf("GET blob through proxy = %d, %s; want 200, %s", status, digest.FromBytes(body), layer.Digest)
 	}
 	get(t, p.URL+"/v2/"+im.Repo+"/manifests/"+im.Tag, http.Header{"Accept": {ManifestAccept}})
+	// A request enters the log once its handler returns, which can be just after the client
+	// has read the whole body.
+	if err := p.WaitIdle(t.Context(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	if got := p.Blob(layer.Digest); got != (Count{Requests: 1, GETs: 1, Bytes: layer.Size}) {
 		t.Errorf("Blob(layer) = %+v, want 1 GET of %d bytes", got, layer.Size)
 	}
