@@ -39,6 +39,19 @@ type Fleet interface {
 	GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error)
 }
 
+// OriginLeaser may be implemented by a Fleet that has a tracker: before a chunk is fetched
+// from the origin, the fleet's tracker is asked for a lease on it, so that at most one node
+// fetches a given chunk from the origin at a time across the whole fleet (without one, nodes
+// split the origin's work among the members they see, which is exact only while every
+// member sees every other).
+type OriginLeaser interface {
+	// LeaseOrigin asks for the lease on chunk index of d (size bytes in chunks of chunkSize).
+	// ok false: another node holds the lease or the chunk; get it from peers. An error: no
+	// tracker could answer, and the chunk is fetched without a lease. While held, the lease
+	// is kept alive; release ends it, done saying the chunk arrived whole.
+	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), ok bool, err error)
+}
+
 // Timing of a download's work with peers.
 const (
 	// settle is how long a download that found no holder waits, at most, before its first
@@ -152,7 +165,28 @@ type engine struct {
 	// originAnswered is set once the origin answered one of this download's requests: until
 	// then only one is in flight, so the first (a waiting client's) is not slowed by others.
 	originAnswered atomic.Bool
+
+	// leaser, when the fleet has a tracker, hands out origin leases; leasedElsewhere holds the
+	// chunks whose lease another node had when last asked, until when to leave them to it.
+	leaser          OriginLeaser
+	leasedElsewhere map[int]time.Time
 }
+
+// Leases.
+const (
+	// leaseTimeout bounds asking for a lease; past it the chunk is fetched without one.
+	leaseTimeout = time.Second
+	// leaseRecheck is how long a chunk leased to another node is left to it before asking
+	// again: by then it has usually arrived there and comes from that peer; if that node
+	// died, its lease runs out and the next ask gets it.
+	leaseRecheck = time.Second
+	// leasedView is the name of the view that shows the policy the chunks leased elsewhere
+	// as being fetched, so it leaves them to the peers; no peer ID looks like it.
+	leasedView = "\x00leased"
+)
+
+// errLeasedElsewhere ends an origin request whose chunk another node has the lease on.
+var errLeasedElsewhere = errors.New("chunk leased to another node")
 
 func newEngine(dl *Downloader, d *Download, log *slog.Logger) *engine {
 	e := &engine{
@@ -166,6 +200,11 @@ func newEngine(dl *Downloader, d *Download, log *slog.Logger) *engine {
 		peers:     make(map[string]*peerState),
 		reqs:      make(map[*chunkReq]struct{}),
 		suppliers: make(map[string]bool),
+
+		leasedElsewhere: make(map[int]time.Time),
+	}
+	if l, ok := e.fleet.(OriginLeaser); ok {
+		e.leaser = l
 	}
 	return e
 }
@@ -548,6 +587,9 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		}
 		snap.Peers = append(snap.Peers, pv)
 	}
+	if leased := e.leasedChunks(now, len(have)); leased != nil {
+		snap.Peers = append(snap.Peers, PeerView{ID: leasedView, Fetching: leased})
+	}
 	// Map iteration order is random; the policy breaks ties by order, so fix it.
 	slices.SortFunc(snap.Peers, func(a, b PeerView) int { return cmp.Compare(a.ID, b.ID) })
 
@@ -579,6 +621,23 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		return e.originErr
 	}
 	return nil
+}
+
+// leasedChunks marks the chunks still left to the node that holds their lease, or returns
+// nil when there are none; expired entries are dropped.
+func (e *engine) leasedChunks(now time.Time, n int) []bool {
+	var out []bool
+	for c, until := range e.leasedElsewhere {
+		if !now.Before(until) || c >= n {
+			delete(e.leasedElsewhere, c)
+			continue
+		}
+		if out == nil {
+			out = make([]bool, n)
+		}
+		out[c] = true
+	}
+	return out
 }
 
 // peersCanFinish reports whether every missing chunk is held or being fetched by some peer.
@@ -706,12 +765,27 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // fetchOrigin streams the missing part of one chunk from the origin into the partial file.
-func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (int64, error) {
+func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err error) {
 	start := int64(req.chunk) * e.cs
 	off := start + e.d.chunkFill(req.chunk)
 	end := start + chunkLen(e.d.size, e.cs, req.chunk)
 	if off >= end {
 		return 0, nil
+	}
+	if e.leaser != nil {
+		lctx, cancel := context.WithTimeout(ctx, leaseTimeout)
+		release, ok, lerr := e.leaser.LeaseOrigin(lctx, e.d.digest, e.d.size, e.cs, req.chunk)
+		cancel()
+		switch {
+		case lerr != nil:
+			// No tracker answered: fetch without a lease, as a fleet without one does.
+			e.log.Debug("no origin lease, fetching without", "chunk", req.chunk, "err", lerr)
+		case !ok:
+			return 0, errLeasedElsewhere
+		default:
+			// Given back when the request ends; done when the chunk arrived whole.
+			defer func() { release(err == nil) }()
+		}
 	}
 	body, _, err := e.dl.opts.Origin.GetBlob(ctx, e.d.registry, e.d.repo, e.d.digest, off, end-off)
 	if err != nil {
@@ -784,6 +858,8 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		switch {
 		case err == nil:
 			e.originFails = 0
+		case errors.Is(err, errLeasedElsewhere):
+			e.leasedElsewhere[req.chunk] = time.Now().Add(leaseRecheck)
 		case errors.Is(err, errSuperseded) || errors.Is(err, context.Canceled):
 		default:
 			// A transfer that moved bytes resumes at once; one that did not backs off.

@@ -28,6 +28,7 @@ type memFleet struct {
 	mu        sync.Mutex
 	members   map[string]*member
 	providers map[digest.Digest][]string
+	leases    *memLeases // a tracker's origin leases; nil for a fleet without a tracker
 }
 
 type member struct {
@@ -61,7 +62,11 @@ func (f *memFleet) addWithCapacity(t *testing.T, id string, o Origin, capacity i
 	}
 	m := &member{id: id, st: st, reg: prometheus.NewRegistry(), lists: true}
 	m.flip.Store(-1)
-	m.dl = New(Options{Store: st, Origin: o, ChunkSize: 64 << 10, Fleet: memView{f, id}, Registerer: m.reg, BanFor: time.Minute})
+	var view Fleet = memView{f, id}
+	if f.leases != nil {
+		view = leasingView{memView{f, id}}
+	}
+	m.dl = New(Options{Store: st, Origin: o, ChunkSize: 64 << 10, Fleet: view, Registerer: m.reg, BanFor: time.Minute})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -169,6 +174,64 @@ func (v memView) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 	n, err := w.Write(data)
 	m.sent.Add(int64(n))
 	return int64(n), err
+}
+
+// memLeases is a tracker's lease table in memory: one holder per chunk at a time, for ttl
+// (no renewals here), a chunk that arrived staying with its holder.
+type memLeases struct {
+	mu      sync.Mutex
+	ttl     time.Duration
+	held    map[string]memLease
+	down    atomic.Bool // no tracker answers
+	grants  atomic.Int64
+	denials atomic.Int64
+}
+
+type memLease struct {
+	holder string
+	until  time.Time
+	done   bool
+}
+
+var errTrackerDown = errors.New("no tracker answered")
+
+func newMemLeases(ttl time.Duration) *memLeases {
+	return &memLeases{ttl: ttl, held: map[string]memLease{}}
+}
+
+// take gives the lease on chunk c of d to id unless another holds it or has the chunk.
+func (l *memLeases) take(id string, d digest.Digest, c int) (func(bool), bool, error) {
+	if l.down.Load() {
+		return nil, false, errTrackerDown
+	}
+	key := fmt.Sprintf("%s/%d", d, c)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.held[key]; ok && e.holder != id && (e.done || time.Now().Before(e.until)) {
+		l.denials.Add(1)
+		return nil, false, nil
+	}
+	l.held[key] = memLease{holder: id, until: time.Now().Add(l.ttl)}
+	l.grants.Add(1)
+	return func(done bool) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.held[key].holder != id {
+			return
+		}
+		if done {
+			l.held[key] = memLease{holder: id, done: true}
+		} else {
+			delete(l.held, key)
+		}
+	}, true, nil
+}
+
+// leasingView is a member's view of a fleet with a tracker.
+type leasingView struct{ memView }
+
+func (v leasingView) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
+	return v.f.leases.take(v.id, d, index)
 }
 
 func (m *member) read(t *testing.T, d digest.Digest) ([]byte, error) {
@@ -431,5 +494,82 @@ func TestSwarmLyingSizeOriginDown(t *testing.T) {
 	}
 	if _, err := b.st.Stat(digest.FromBytes(kept)); err != nil {
 		t.Errorf("the cached blob is gone after the lying peer's claim: %v", err)
+	}
+}
+
+// coldFleet starts n members of a fleet with the given leases (nil: no tracker), has them
+// all read data from origin o at the same moment, and checks what each read.
+func coldFleet(t *testing.T, n int, leases *memLeases, o *fakeOrigin, data []byte) {
+	t.Helper()
+	d := digest.FromBytes(data)
+	f := newMemFleet()
+	f.leases = leases
+	var ms []*member
+	for i := range n {
+		ms = append(ms, f.add(t, fmt.Sprintf("m%d", i), o))
+	}
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		wg.Go(func() {
+			if got, err := m.read(t, d); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("%s read %d bytes, %v", m.id, len(got), err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestSwarmColdLeases: with a tracker's leases, members starting together fetch every chunk
+// from the origin exactly once between them.
+func TestSwarmColdLeases(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 64*64<<10)
+	o := newFakeOrigin(data)
+	o.rate = 8 << 20
+	l := newMemLeases(10 * time.Second)
+	coldFleet(t, 6, l, o, data)
+	if sent := o.sentBytes(); sent != int64(len(data)) {
+		t.Errorf("origin sent %d bytes (%.3fx the blob), want exactly one copy", sent, float64(sent)/float64(len(data)))
+	}
+	if got := l.grants.Load(); got != 64 {
+		t.Errorf("%d leases granted for 64 chunks", got)
+	}
+	t.Logf("%d leases granted, %d refused", l.grants.Load(), l.denials.Load())
+}
+
+// TestSwarmLeaseHolderDies: leases held by a node that died (it never fetches, never renews)
+// run out, and the chunks are then fetched by the members.
+func TestSwarmLeaseHolderDies(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 16*64<<10)
+	o := newFakeOrigin(data)
+	l := newMemLeases(1500 * time.Millisecond)
+	d := digest.FromBytes(data)
+	for c := range 4 {
+		if _, ok, _ := l.take("ghost", d, c); !ok {
+			t.Fatal("ghost lease refused")
+		}
+	}
+	l.ttl = 10 * time.Second
+	start := time.Now()
+	coldFleet(t, 3, l, o, data)
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("done in %v: the ghost's leases were not waited for", took)
+	}
+	if sent := o.sentBytes(); sent != int64(len(data)) {
+		t.Errorf("origin sent %.3fx the blob, want exactly one copy", float64(sent)/float64(len(data)))
+	}
+}
+
+// TestSwarmTrackerDown: when no tracker answers, downloads go on without leases.
+func TestSwarmTrackerDown(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 16*64<<10)
+	o := newFakeOrigin(data)
+	l := newMemLeases(10 * time.Second)
+	l.down.Store(true)
+	coldFleet(t, 3, l, o, data)
+	if ratio := float64(o.sentBytes()) / float64(len(data)); ratio > 1.5 {
+		t.Errorf("origin sent %.2fx the blob without a tracker, want <= 1.5x", ratio)
 	}
 }

@@ -1,0 +1,169 @@
+// Package tracker is shoal's optional tracker and the node's client of it.
+//
+// A tracker keeps soft state only: which nodes are in the swarm of each blob (downloading
+// it, with their progress, or holding it) and short leases on chunks to fetch from the
+// origin, so that at most one node fetches a given chunk from the origin at a time across the
+// fleet. Everything is rebuilt from the nodes' next announces after a restart, and several
+// trackers can run side by side. A node that cannot reach any tracker carries on with the
+// DHT alone.
+//
+// This file is the wire protocol, shared by the server and the client: JSON over HTTP. Every
+// POST is signed by the node's libp2p identity key (p2p.Signer), so the tracker knows which
+// peer sent it and no node can announce or lease in another's name.
+package tracker
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Paths of the tracker's HTTP API.
+const (
+	// PathAnnounce: POST AnnounceRequest, answered with AnnounceResponse.
+	PathAnnounce = "/announce"
+	// PathLease: POST LeaseRequest, answered with LeaseResponse.
+	PathLease = "/lease"
+	// PathBootstrap: GET, answered with BootstrapResponse: peers a node joins the DHT through.
+	PathBootstrap = "/bootstrap"
+	// PathSwarms: GET, a JSON view of the swarms for operators (SwarmsResponse).
+	PathSwarms = "/swarms"
+)
+
+// Headers of a signed request. The signature covers SigningBytes(method, path, body).
+const (
+	HeaderPeer      = "Shoal-Peer"      // the sender's peer ID
+	HeaderSignature = "Shoal-Signature" // base64 (standard, padded) of the signature
+)
+
+// Limits the tracker enforces; a client stays within them.
+const (
+	MaxBody          = 1 << 20 // bytes of a request body
+	MaxBlobs         = 1024    // blobs in one announce; a node holding more sends several
+	MaxAddrs         = 16      // multiaddrs of one node
+	MaxAddrLen       = 256     // bytes of one multiaddr
+	MaxMembers       = 50      // members returned for one swarm
+	MaxClockSkew     = time.Minute
+	LeaseTTL         = 30 * time.Second // a lease not renewed within this expires
+	DownloadTTL      = 10 * time.Second // a downloading member not announced within this leaves the swarm
+	HolderTTL        = 3 * time.Minute  // a holder not announced within this leaves the swarm
+	AnnounceDownload = time.Second      // how often a node announces its running downloads
+	AnnounceHolding  = time.Minute      // how often a node announces what it holds
+)
+
+// AnnounceRequest tells the tracker what a node is downloading and holding.
+type AnnounceRequest struct {
+	// Peer is the sender's peer ID; it must match HeaderPeer and the signature.
+	Peer string `json:"peer"`
+	// Addrs are the node's libp2p multiaddrs, each ending in /p2p/<Peer>.
+	Addrs []string `json:"addrs"`
+	// Time is the sender's clock, Unix milliseconds; it must be within MaxClockSkew of the
+	// tracker's, so a captured request cannot be replayed later.
+	Time  int64       `json:"time"`
+	Blobs []BlobState `json:"blobs"`
+}
+
+// BlobState is one blob a node downloads or holds.
+type BlobState struct {
+	Digest digest.Digest `json:"digest"`
+	// Size and ChunkSize, once known (0 before). Members of one swarm must agree on both.
+	Size      int64 `json:"size,omitempty"`
+	ChunkSize int64 `json:"chunkSize,omitempty"`
+	// Done is how many bytes the node holds verified or written; Complete that it holds the
+	// whole blob, verified.
+	Done     int64 `json:"done"`
+	Complete bool  `json:"complete,omitempty"`
+	// FromOrigin and FromPeers are the bytes the node fetched for it from each, for /swarms.
+	FromOrigin int64 `json:"fromOrigin,omitempty"`
+	FromPeers  int64 `json:"fromPeers,omitempty"`
+	// Gone says the node no longer holds or downloads the blob (evicted, or failed).
+	Gone bool `json:"gone,omitempty"`
+}
+
+// AnnounceResponse gives, for each blob announced (not Gone), the other members of its swarm.
+type AnnounceResponse struct {
+	// Instance identifies this run of the tracker: a client seeing it change knows the
+	// tracker restarted and lost its state, and announces everything again at once.
+	Instance string  `json:"instance"`
+	Swarms   []Swarm `json:"swarms"`
+}
+
+// Swarm is the members of one blob's swarm, the asking node left out.
+type Swarm struct {
+	Digest  digest.Digest `json:"digest"`
+	Members []Member      `json:"members"`
+}
+
+// Member is one node in a swarm.
+type Member struct {
+	Peer     string   `json:"peer"`
+	Addrs    []string `json:"addrs"`
+	Done     int64    `json:"done"`
+	Complete bool     `json:"complete,omitempty"`
+}
+
+// LeaseRequest asks for, renews, or gives back the lease on one chunk to fetch from the
+// origin. The sender must be a member of the blob's swarm (announced, not Gone).
+type LeaseRequest struct {
+	Peer      string        `json:"peer"`
+	Time      int64         `json:"time"`
+	Digest    digest.Digest `json:"digest"`
+	Size      int64         `json:"size"`
+	ChunkSize int64         `json:"chunkSize"`
+	Chunk     int           `json:"chunk"`
+	// Release gives the lease back; with Done, the chunk arrived and is verified-in-place at
+	// the sender, so it is not leased again while the sender stays in the swarm.
+	Release bool `json:"release,omitempty"`
+	Done    bool `json:"done,omitempty"`
+}
+
+// LeaseResponse answers a LeaseRequest.
+type LeaseResponse struct {
+	// Granted: the sender holds the lease for TTLMillis from now (a renewal extends it).
+	Granted   bool  `json:"granted"`
+	TTLMillis int64 `json:"ttlMillis,omitempty"`
+	// Holder, when not granted, is the member that holds the lease or has the chunk: the
+	// sender gets the chunk from it instead of the origin.
+	Holder string `json:"holder,omitempty"`
+}
+
+// BootstrapResponse lists peers to join the DHT through: the tracker itself first, then
+// some members seen recently.
+type BootstrapResponse struct {
+	Peers []string `json:"peers"`
+}
+
+// SwarmsResponse is GET /swarms: what is being distributed right now.
+type SwarmsResponse struct {
+	Instance string      `json:"instance"`
+	Swarms   []SwarmView `json:"swarms"`
+}
+
+// SwarmView is one swarm for operators.
+type SwarmView struct {
+	Digest     digest.Digest `json:"digest"`
+	Size       int64         `json:"size"`
+	Members    int           `json:"members"`
+	Complete   int           `json:"complete"`
+	Progress   float64       `json:"progress"` // mean fraction done over members, 0..1
+	FromOrigin int64         `json:"fromOrigin"`
+	FromPeers  int64         `json:"fromPeers"`
+	Leases     int           `json:"leases"` // chunks leased to a member right now
+}
+
+// SigningBytes is what a request's signature covers: a fixed prefix, the method, the path
+// and the body, so a signature for one request cannot be used for another.
+func SigningBytes(method, path string, body []byte) []byte {
+	var b bytes.Buffer
+	b.WriteString("shoal-tracker/1\n")
+	b.WriteString(method)
+	b.WriteByte(' ')
+	b.WriteString(path)
+	b.WriteByte('\n')
+	b.WriteString(strconv.Itoa(len(body)))
+	b.WriteByte('\n')
+	b.Write(body)
+	return b.Bytes()
+}
