@@ -36,6 +36,7 @@ Usage:
   shoal node [flags]               run a node: the localhost /v2 mirror containerd pulls through
   shoal containerd-config [flags]  write hosts.toml files so containerd pulls through the node
   shoal prefetch IMAGE [flags]     have nodes pull an image ahead of a rollout, showing progress
+  shoal tracker [flags]            run the optional tracker: swarms, origin leases, DHT bootstrap
   shoal version                    print the version
   shoal help                       show this help
 
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runContainerdConfig(rest, stdout, stderr)
 	case "prefetch":
 		return runPrefetch(ctx, rest, stdout)
+	case "tracker":
+		return runTracker(ctx, rest, stdout, stderr)
 	case "version":
 		if len(rest) > 0 {
 			if isHelp(rest[0]) {

@@ -1,0 +1,528 @@
+package tracker
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/p2p"
+)
+
+// testPeer is a node's identity: a real libp2p host and its signer.
+type testPeer struct {
+	id     string
+	addrs  []string
+	signer *p2p.Signer
+}
+
+func newTestPeer(t *testing.T) *testPeer {
+	t.Helper()
+	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	signer, err := p2p.NewSigner(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testPeer{id: signer.ID(), addrs: p2p.Addrs(h), signer: signer}
+}
+
+// signedRequest builds a POST as a node sends it: body signed by signer for path.
+func signedRequest(t *testing.T, url, path string, signer *p2p.Signer, body []byte) *http.Request {
+	t.Helper()
+	sig, err := signer.Sign(SigningBytes(http.MethodPost, path, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, url+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(HeaderPeer, signer.ID())
+	req.Header.Set(HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+	return req
+}
+
+type testTracker struct {
+	*Server
+	clock *fakeClock
+	self  []string
+}
+
+func newTestTracker(t *testing.T) *testTracker {
+	t.Helper()
+	clock := newFakeClock()
+	self := []string{"/ip4/10.9.9.9/tcp/5091/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"}
+	s, err := NewServer(ServerOptions{Now: clock.Now, Addrs: func() []string { return self }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testTracker{Server: s, clock: clock, self: self}
+}
+
+func (tt *testTracker) serve(req *http.Request) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	tt.ServeHTTP(rec, req)
+	return rec
+}
+
+func (tt *testTracker) get(t *testing.T, path string, v any) {
+	t.Helper()
+	rec := tt.serve(httptest.NewRequest(http.MethodGet, path, nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET %s = %d %s", path, rec.Code, rec.Body)
+	}
+	if v != nil {
+		if err := json.Unmarshal(rec.Body.Bytes(), v); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+	}
+}
+
+// post signs v as p and returns the recorded answer.
+func (tt *testTracker) post(t *testing.T, p *testPeer, path string, v any) *httptest.ResponseRecorder {
+	t.Helper()
+	body, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tt.serve(signedRequest(t, "", path, p.signer, body))
+}
+
+func (tt *testTracker) announce(t *testing.T, p *testPeer, blobs ...BlobState) AnnounceResponse {
+	t.Helper()
+	rec := tt.post(t, p, PathAnnounce, AnnounceRequest{Peer: p.id, Addrs: p.addrs, Time: tt.clock.Now().UnixMilli(), Blobs: blobs})
+	if rec.Code != http.StatusOK {
+		t.Fatalf("announce by %s = %d %s", p.id, rec.Code, rec.Body)
+	}
+	var resp AnnounceResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func (tt *testTracker) lease(t *testing.T, p *testPeer, chunk int, release, done bool) LeaseResponse {
+	t.Helper()
+	rec := tt.post(t, p, PathLease, LeaseRequest{Peer: p.id, Time: tt.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk, Release: release, Done: done})
+	if rec.Code != http.StatusOK {
+		t.Fatalf("lease by %s = %d %s", p.id, rec.Code, rec.Body)
+	}
+	var resp LeaseResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func membersOf(resp AnnounceResponse, d digest.Digest) []Member {
+	for _, sw := range resp.Swarms {
+		if sw.Digest == d {
+			return sw.Members
+		}
+	}
+	return nil
+}
+
+func TestServerAnnounce(t *testing.T) {
+	t.Parallel()
+	tr := newTestTracker(t)
+	a, b := newTestPeer(t), newTestPeer(t)
+
+	resp := tr.announce(t, a, downloading(blobA, 0))
+	if resp.Instance != tr.Instance() || len(resp.Instance) < 16 {
+		t.Errorf("instance %q, want the server's %q", resp.Instance, tr.Instance())
+	}
+	if ms := membersOf(resp, blobA); ms == nil || len(ms) != 0 {
+		t.Fatalf("A alone sees %+v, want an empty list", ms)
+	}
+	ms := membersOf(tr.announce(t, b, downloading(blobA, 1<<20)), blobA)
+	if len(ms) != 1 || ms[0].Peer != a.id || !slices.Equal(ms[0].Addrs, a.addrs) {
+		t.Fatalf("B sees %+v, want A with its addrs", ms)
+	}
+	ms = membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA)
+	if len(ms) != 1 || ms[0].Peer != b.id || ms[0].Done != 1<<20 {
+		t.Fatalf("A sees %+v, want B with 1 MiB done", ms)
+	}
+
+	var swarms SwarmsResponse
+	tr.get(t, PathSwarms, &swarms)
+	if swarms.Instance != tr.Instance() || len(swarms.Swarms) != 1 || swarms.Swarms[0].Members != 2 || swarms.Swarms[0].Size != testSize {
+		t.Fatalf("GET /swarms = %+v, want one swarm of two", swarms)
+	}
+
+	tr.announce(t, b, BlobState{Digest: blobA, Gone: true})
+	if ms := membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA); len(ms) != 0 {
+		t.Fatalf("after B's Gone A sees %+v", ms)
+	}
+
+	// A downloader that stops announcing leaves after DownloadTTL.
+	tr.announce(t, b, downloading(blobA, 0))
+	tr.clock.Advance(DownloadTTL + time.Millisecond)
+	if ms := membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA); len(ms) != 0 {
+		t.Fatalf("after DownloadTTL A sees %+v", ms)
+	}
+}
+
+// TestServerLeaseHandOver: a lease whose holder dies expires and is handed to another node.
+func TestServerLeaseHandOver(t *testing.T) {
+	t.Parallel()
+	tr := newTestTracker(t)
+	a, b := newTestPeer(t), newTestPeer(t)
+	tr.announce(t, a, downloading(blobA, 0))
+	tr.announce(t, b, downloading(blobA, 0))
+
+	if resp := tr.lease(t, a, 0, false, false); !resp.Granted || resp.TTLMillis != LeaseTTL.Milliseconds() {
+		t.Fatalf("A's lease = %+v, want granted", resp)
+	}
+	if resp := tr.lease(t, b, 0, false, false); resp.Granted || resp.Holder != a.id {
+		t.Fatalf("B's lease = %+v, want holder A", resp)
+	}
+	tr.clock.Advance(LeaseTTL / 2)
+	tr.announce(t, a, downloading(blobA, 0))
+	tr.announce(t, b, downloading(blobA, 0))
+	if resp := tr.lease(t, a, 0, false, false); !resp.Granted {
+		t.Fatalf("A's renewal = %+v, want granted", resp)
+	}
+	// A's process dies: no more renewals nor announces. B keeps announcing.
+	for range 4 {
+		tr.clock.Advance(LeaseTTL / 4)
+		tr.announce(t, b, downloading(blobA, 0))
+	}
+	if resp := tr.lease(t, b, 0, false, false); !resp.Granted {
+		t.Fatalf("B's lease after A died = %+v, want granted", resp)
+	}
+
+	// Done chunks are not leased again while their member stays.
+	c := newTestPeer(t)
+	tr.announce(t, c, downloading(blobA, 0))
+	tr.lease(t, b, 0, true, true)
+	if resp := tr.lease(t, c, 0, false, false); resp.Granted || resp.Holder != b.id {
+		t.Fatalf("lease of B's done chunk = %+v, want holder B", resp)
+	}
+	// B leaves: the chunk can be leased again.
+	tr.clock.Advance(DownloadTTL + time.Millisecond)
+	tr.announce(t, c, downloading(blobA, 0))
+	if resp := tr.lease(t, c, 0, false, false); !resp.Granted {
+		t.Fatalf("lease of the chunk of an expired member = %+v, want granted", resp)
+	}
+
+	var swarms SwarmsResponse
+	tr.get(t, PathSwarms, &swarms)
+	if len(swarms.Swarms) != 1 || swarms.Swarms[0].Leases != 1 || swarms.Swarms[0].Members != 1 {
+		t.Fatalf("GET /swarms = %+v, want one member holding one lease", swarms)
+	}
+}
+
+// badCase is a request the server must refuse without changing its state.
+type badCase struct {
+	name     string
+	path     string
+	body     string    // JSON; PEER and NOW are replaced
+	signer   *testPeer // nil: the sender
+	header   *testPeer // whose ID goes in HeaderPeer; nil: the signer
+	bodyPeer *testPeer // whose ID replaces PEER; nil: the signer
+	signPath string    // path signed; "": path
+	tamper   func([]byte) []byte
+	noSig    bool
+	want     int
+}
+
+func TestServerRefusesBadRequests(t *testing.T) {
+	t.Parallel()
+	tr := newTestTracker(t)
+	a, other := newTestPeer(t), newTestPeer(t)
+	tr.announce(t, a, downloading(blobA, 0))
+	tr.lease(t, a, 1, false, false)
+
+	now := tr.clock.Now()
+	addr := a.addrs[0]
+	blob := func(extra string) string {
+		return fmt.Sprintf(`{"peer":"PEER","addrs":[%q],"time":NOW,"blobs":[{"digest":%q%s}]}`, addr, blobB, extra)
+	}
+	manyBlobs := func(n int) string {
+		var bs []string
+		for i := range n {
+			bs = append(bs, fmt.Sprintf(`{"digest":%q,"done":0}`, digest.FromString(fmt.Sprint(i))))
+		}
+		return `{"peer":"PEER","addrs":[],"time":NOW,"blobs":[` + strings.Join(bs, ",") + `]}`
+	}
+	manyAddrs := func(n int) string {
+		as := slices.Repeat([]string{fmt.Sprintf("%q", addr)}, n)
+		return `{"peer":"PEER","addrs":[` + strings.Join(as, ",") + `],"time":NOW,"blobs":[]}`
+	}
+	lease := func(extra string) string {
+		return fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":%d,"chunkSize":%d%s}`, blobA, testSize, testChunk, extra)
+	}
+	tests := []badCase{
+		{name: "malformed JSON", path: PathAnnounce, body: `{"peer":"PEER",`, want: 400},
+		{name: "not an object", path: PathAnnounce, body: `[1,2]`, want: 400},
+		{name: "unknown field", path: PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[],"extra":1}`, want: 400},
+		{name: "unknown blob field", path: PathAnnounce, body: blob(`,"color":"red"`), want: 400},
+		{name: "data after the object", path: PathAnnounce, body: blob(``) + `{}`, want: 400},
+		{name: "huge body", path: PathAnnounce, body: blob(``) + strings.Repeat(" ", MaxBody), want: 413},
+		{name: "too many blobs", path: PathAnnounce, body: manyBlobs(MaxBlobs + 1), want: 400},
+		{name: "too many addrs", path: PathAnnounce, body: manyAddrs(MaxAddrs + 1), want: 400},
+		{name: "long addr", path: PathAnnounce, body: `{"peer":"PEER","addrs":["/dns4/` + strings.Repeat("a", MaxAddrLen) + `/tcp/1/p2p/PEER"],"time":NOW}`, want: 400},
+		{name: "bad digest", path: PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[{"digest":"sha256:abc"}]}`, want: 400},
+		{name: "unknown algorithm", path: PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[{"digest":"md5:d41d8cd98f00b204e9800998ecf8427e"}]}`, want: 400},
+		{name: "twice the same blob", path: PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q},{"digest":%q}]}`, blobB, blobB), want: 400},
+		{name: "negative size", path: PathAnnounce, body: blob(`,"size":-1`), want: 400},
+		{name: "negative done", path: PathAnnounce, body: blob(`,"size":10,"done":-1`), want: 400},
+		{name: "negative from origin", path: PathAnnounce, body: blob(`,"fromOrigin":-1`), want: 400},
+		{name: "done over size", path: PathAnnounce, body: blob(`,"size":10,"done":11`), want: 400},
+		{name: "bad multiaddr", path: PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/300.1.1.1/tcp/1/p2p/PEER"],"time":NOW}`, want: 400},
+		{name: "addr without peer", path: PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/10.1.1.1/tcp/1"],"time":NOW}`, want: 400},
+		{name: "addr of another peer", path: PathAnnounce, body: `{"peer":"PEER","addrs":["` + other.addrs[0] + `"],"time":NOW}`, want: 400},
+		{name: "missing signature", path: PathAnnounce, body: blob(``), noSig: true, want: 401},
+		{name: "signed by another key", path: PathAnnounce, body: blob(``), signer: other, header: a, want: 401},
+		{name: "body changed after signing", path: PathAnnounce, body: blob(`,"size":10`), tamper: func(b []byte) []byte { return bytes.Replace(b, []byte(`"size":10`), []byte(`"size":20`), 1) }, want: 401},
+		{name: "signed for another path", path: PathAnnounce, body: blob(``), signPath: PathLease, want: 401},
+		{name: "peer header mismatch", path: PathAnnounce, body: blob(``), signer: other, bodyPeer: a, want: 401},
+		{name: "lease peer header mismatch", path: PathLease, body: lease(`,"chunk":0`), signer: other, bodyPeer: a, want: 401},
+		{name: "stale time", path: PathAnnounce, body: strings.Replace(blob(``), "NOW", fmt.Sprint(now.Add(-MaxClockSkew-time.Second).UnixMilli()), 1), want: 401},
+		{name: "future time", path: PathAnnounce, body: strings.Replace(blob(``), "NOW", fmt.Sprint(now.Add(MaxClockSkew+time.Second).UnixMilli()), 1), want: 401},
+		{name: "conflicting size", path: PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q},{"digest":%q,"size":%d,"done":0}]}`, blobB, blobA, testSize+1), want: 409},
+		{name: "conflicting chunk size", path: PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q,"chunkSize":1}]}`, blobA), want: 409},
+
+		{name: "lease from a non-member", path: PathLease, body: lease(`,"chunk":0`), signer: other, want: 409},
+		{name: "lease index out of range", path: PathLease, body: lease(`,"chunk":3`), want: 400},
+		{name: "lease negative index", path: PathLease, body: lease(`,"chunk":-1`), want: 400},
+		{name: "lease conflicting size", path: PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":%d,"chunkSize":%d,"chunk":0}`, blobA, testSize*2, testChunk), want: 409},
+		{name: "lease zero size", path: PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":0,"chunkSize":%d,"chunk":0}`, blobA, testChunk), want: 400},
+		{name: "lease bad digest", path: PathLease, body: `{"peer":"PEER","time":NOW,"digest":"sha256:zz","size":1,"chunkSize":1,"chunk":0}`, want: 400},
+		{name: "lease unknown blob", path: PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":1,"chunkSize":1,"chunk":0}`, blobB), want: 409},
+		{name: "lease done without release", path: PathLease, body: lease(`,"chunk":0,"done":true`), want: 400},
+		{name: "lease unknown field", path: PathLease, body: lease(`,"chunk":0,"force":true`), want: 400},
+		{name: "lease forged", path: PathLease, body: lease(`,"chunk":0`), signer: other, header: a, want: 401},
+		{name: "lease stale", path: PathLease, body: strings.Replace(lease(`,"chunk":0`), "NOW", fmt.Sprint(now.Add(-2*MaxClockSkew).UnixMilli()), 1), want: 401},
+		{name: "lease huge body", path: PathLease, body: lease(`,"chunk":0`) + strings.Repeat("\n", MaxBody), want: 413},
+	}
+
+	snapshot := func() string {
+		b, _ := json.Marshal([]any{tr.state.Stats(), tr.state.Swarms(), tr.state.Bootstrap()})
+		return string(b)
+	}
+	before := snapshot()
+	for _, tc := range tests {
+		signer := tc.signer
+		if signer == nil {
+			signer = a
+		}
+		header := tc.header
+		if header == nil {
+			header = signer
+		}
+		bodyPeer := tc.bodyPeer
+		if bodyPeer == nil {
+			bodyPeer = signer
+		}
+		body := strings.ReplaceAll(tc.body, "PEER", bodyPeer.id)
+		body = strings.ReplaceAll(body, "NOW", fmt.Sprint(now.UnixMilli()))
+		signPath := tc.signPath
+		if signPath == "" {
+			signPath = tc.path
+		}
+		req := signedRequest(t, "", signPath, signer.signer, []byte(body))
+		req.URL.Path = tc.path
+		req.Header.Set(HeaderPeer, header.id)
+		if tc.tamper != nil {
+			req.Body = io.NopCloser(bytes.NewReader(tc.tamper([]byte(body))))
+		}
+		if tc.noSig {
+			req.Header.Del(HeaderSignature)
+		}
+		rec := tr.serve(req)
+		if rec.Code != tc.want {
+			t.Errorf("%s: POST %s = %d %s, want %d", tc.name, tc.path, rec.Code, strings.TrimSpace(rec.Body.String()), tc.want)
+			continue
+		}
+		var e struct{ Error string }
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == "" || len(e.Error) > 1024 {
+			t.Errorf("%s: body %q, want a short JSON error", tc.name, rec.Body)
+		}
+		if after := snapshot(); after != before {
+			t.Fatalf("%s changed the state:\n%s\nwant\n%s", tc.name, after, before)
+		}
+	}
+
+	// The same requests, well formed, are accepted.
+	if resp := tr.lease(t, a, 0, false, false); !resp.Granted {
+		t.Fatalf("good lease after the bad ones = %+v", resp)
+	}
+	tr.announce(t, a, downloading(blobB, 0))
+}
+
+// TestServerForgedRequestsInventNothing: requests a peer cannot sign for, or from peers
+// outside a swarm, never make the tracker hand out members or leases that do not exist.
+func TestServerForgedRequestsInventNothing(t *testing.T) {
+	t.Parallel()
+	tr := newTestTracker(t)
+	a, mallory, victim := newTestPeer(t), newTestPeer(t), newTestPeer(t)
+	tr.announce(t, a, downloading(blobA, 0))
+
+	// Mallory announces in the victim's name, with the victim's or her own addrs.
+	for _, addrs := range [][]string{victim.addrs, mallory.addrs} {
+		body, _ := json.Marshal(AnnounceRequest{Peer: victim.id, Addrs: addrs, Time: tr.clock.Now().UnixMilli(), Blobs: []BlobState{holding(blobA)}})
+		req := signedRequest(t, "", PathAnnounce, mallory.signer, body)
+		req.Header.Set(HeaderPeer, victim.id)
+		if rec := tr.serve(req); rec.Code != http.StatusUnauthorized {
+			t.Fatalf("announce in another's name = %d, want 401", rec.Code)
+		}
+	}
+	// Mallory, not a member, leases every chunk, and releases them as done.
+	for i := range 3 {
+		for _, release := range []bool{false, true} {
+			rec := tr.post(t, mallory, PathLease, LeaseRequest{Peer: mallory.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: i, Release: release, Done: release})
+			if rec.Code != http.StatusConflict {
+				t.Fatalf("lease by a non-member = %d, want 409", rec.Code)
+			}
+		}
+	}
+	// A lease in the victim's name, signed by Mallory.
+	body, _ := json.Marshal(LeaseRequest{Peer: a.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk})
+	req := signedRequest(t, "", PathLease, mallory.signer, body)
+	req.Header.Set(HeaderPeer, a.id)
+	if rec := tr.serve(req); rec.Code != http.StatusUnauthorized {
+		t.Fatalf("lease in another's name = %d, want 401", rec.Code)
+	}
+
+	if ms := membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA); len(ms) != 0 {
+		t.Fatalf("A sees %+v, want nobody", ms)
+	}
+	for i := range 3 {
+		if resp := tr.lease(t, a, i, false, false); !resp.Granted || resp.Holder != "" {
+			t.Fatalf("A's lease of chunk %d = %+v, want granted: nobody else holds it", i, resp)
+		}
+	}
+	var boot BootstrapResponse
+	tr.get(t, PathBootstrap, &boot)
+	if want := append(slices.Clone(tr.self), a.addrs...); !slices.Equal(boot.Peers, want) {
+		t.Fatalf("GET /bootstrap = %q, want %q", boot.Peers, want)
+	}
+}
+
+func TestServerBootstrap(t *testing.T) {
+	t.Parallel()
+	tr := newTestTracker(t)
+	var boot BootstrapResponse
+	tr.get(t, PathBootstrap, &boot)
+	if !slices.Equal(boot.Peers, tr.self) {
+		t.Fatalf("empty tracker: GET /bootstrap = %q, want its own addrs %q", boot.Peers, tr.self)
+	}
+	a := newTestPeer(t)
+	tr.announce(t, a) // no blobs yet: still a peer to join through
+	tr.get(t, PathBootstrap, &boot)
+	if len(boot.Peers) != len(tr.self)+len(a.addrs) || boot.Peers[0] != tr.self[0] || !slices.Contains(boot.Peers, a.addrs[0]) {
+		t.Fatalf("GET /bootstrap = %q, want the tracker's addrs then A's", boot.Peers)
+	}
+	tr.clock.Advance(HolderTTL + time.Second)
+	tr.get(t, PathBootstrap, &boot)
+	if !slices.Equal(boot.Peers, tr.self) {
+		t.Fatalf("after A expired: GET /bootstrap = %q, want only the tracker", boot.Peers)
+	}
+}
+
+func TestServerMetricsAndHealth(t *testing.T) {
+	t.Parallel()
+	tr := newTestTracker(t)
+	a := newTestPeer(t)
+	tr.announce(t, a, downloading(blobA, 0))
+	tr.lease(t, a, 0, false, false)
+	tr.serve(httptest.NewRequest(http.MethodPost, PathAnnounce, strings.NewReader("{}")))
+
+	rec := tr.serve(httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /healthz = %d", rec.Code)
+	}
+	if rec := tr.serve(httptest.NewRequest(http.MethodGet, PathAnnounce, nil)); rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /announce = %d, want 405", rec.Code)
+	}
+	rec = tr.serve(httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{
+		`shoal_tracker_announces_total{result="ok"} 1`,
+		`shoal_tracker_announces_total{result="unauthorized"} 1`,
+		`shoal_tracker_leases_total{result="granted"} 1`,
+		"shoal_tracker_swarms 1",
+		"shoal_tracker_members 1",
+		"shoal_tracker_peers 1",
+		"shoal_tracker_leases_active 1",
+		`shoal_tracker_request_duration_seconds_count{path="/announce"} 2`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, rec.Body)
+		}
+	}
+}
+
+// TestServerAcceptsNodeSigner sends requests over real HTTP, signed as a node signs them,
+// against the real clock.
+func TestServerAcceptsNodeSigner(t *testing.T) {
+	t.Parallel()
+	s, err := NewServer(ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	a := newTestPeer(t)
+	do := func(path string, v any) []byte {
+		body, _ := json.Marshal(v)
+		resp, err := srv.Client().Do(signedRequest(t, srv.URL, path, a.signer, body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("POST %s = %s %s", path, resp.Status, out)
+		}
+		return out
+	}
+	do(PathAnnounce, AnnounceRequest{Peer: a.id, Addrs: a.addrs, Time: time.Now().UnixMilli(), Blobs: []BlobState{downloading(blobA, 0)}})
+	var lease LeaseResponse
+	json.Unmarshal(do(PathLease, LeaseRequest{Peer: a.id, Time: time.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 2}), &lease)
+	if !lease.Granted {
+		t.Fatalf("lease = %+v, want granted", lease)
+	}
+}
+
+func FuzzServerAnnounce(f *testing.F) {
+	f.Add([]byte(`{"peer":"x","time":0,"blobs":[{"digest":"sha256:` + strings.Repeat("a", 64) + `","size":1,"done":1}]}`))
+	f.Add([]byte(`{"peer":"x","addrs":["/ip4/1.2.3.4/tcp/1/p2p/x"]}`))
+	s, err := NewServer(ServerOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { h.Close() })
+	signer, err := p2p.NewSigner(h)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		for _, path := range []string{PathAnnounce, PathLease} {
+			rec := httptest.NewRecorder()
+			s.ServeHTTP(rec, signedRequest(t, "", path, signer, body))
+			if rec.Code >= 500 {
+				t.Fatalf("POST %s %q = %d", path, body, rec.Code)
+			}
+		}
+	})
+}

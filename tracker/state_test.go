@@ -1,0 +1,375 @@
+package tracker
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+var (
+	blobA = digest.FromString("a")
+	blobB = digest.FromString("b")
+)
+
+const (
+	testSize  = 10 << 20 // three chunks of testChunk
+	testChunk = 4 << 20
+)
+
+func announce(t *testing.T, s *State, peer string, blobs ...BlobState) AnnounceResult {
+	t.Helper()
+	res, err := s.Announce(AnnounceRequest{Peer: peer, Addrs: []string{"/ip4/10.0.0.1/tcp/1/p2p/" + peer}, Blobs: blobs})
+	if err != nil {
+		t.Fatalf("Announce(%s) = %v", peer, err)
+	}
+	return res
+}
+
+func downloading(d digest.Digest, done int64) BlobState {
+	return BlobState{Digest: d, Size: testSize, ChunkSize: testChunk, Done: done}
+}
+
+func holding(d digest.Digest) BlobState {
+	return BlobState{Digest: d, Size: testSize, ChunkSize: testChunk, Done: testSize, Complete: true}
+}
+
+func peersOf(res AnnounceResult, d digest.Digest) []string {
+	for _, sw := range res.Swarms {
+		if sw.Digest == d {
+			var out []string
+			for _, m := range sw.Members {
+				out = append(out, m.Peer)
+			}
+			slices.Sort(out)
+			return out
+		}
+	}
+	return nil
+}
+
+func leaseReq(peer string, chunk int) LeaseRequest {
+	return LeaseRequest{Peer: peer, Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk}
+}
+
+func mustLease(t *testing.T, s *State, req LeaseRequest) LeaseResponse {
+	t.Helper()
+	resp, err := s.Lease(req)
+	if err != nil {
+		t.Fatalf("Lease(%+v) = %v", req, err)
+	}
+	return resp
+}
+
+func TestStateMembership(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	s := NewState(Limits{}, clock.Now)
+
+	if got := peersOf(announce(t, s, "A", downloading(blobA, 0)), blobA); len(got) != 0 {
+		t.Fatalf("first announce sees %v, want nobody", got)
+	}
+	if got := peersOf(announce(t, s, "B", holding(blobA)), blobA); !slices.Equal(got, []string{"A"}) {
+		t.Fatalf("B sees %v, want [A]", got)
+	}
+	res := announce(t, s, "A", downloading(blobA, 1<<20))
+	if got := peersOf(res, blobA); !slices.Equal(got, []string{"B"}) {
+		t.Fatalf("A sees %v, want [B]", got)
+	}
+	if m := res.Swarms[0].Members[0]; !m.Complete || m.Done != testSize || len(m.Addrs) != 1 {
+		t.Errorf("A sees B as %+v, want complete with its addr", m)
+	}
+
+	// Gone: B leaves at once.
+	announce(t, s, "B", BlobState{Digest: blobA, Gone: true})
+	if got := peersOf(announce(t, s, "A", downloading(blobA, 2<<20)), blobA); len(got) != 0 {
+		t.Fatalf("after B's Gone A sees %v, want nobody", got)
+	}
+
+	// Expiry: a downloader after DownloadTTL, a holder after HolderTTL.
+	announce(t, s, "B", holding(blobA))
+	announce(t, s, "C", downloading(blobA, 0))
+	clock.Advance(DownloadTTL + time.Millisecond)
+	if got := peersOf(announce(t, s, "D", downloading(blobA, 0)), blobA); !slices.Equal(got, []string{"B"}) {
+		t.Fatalf("after DownloadTTL D sees %v, want [B] (A and C expired)", got)
+	}
+	clock.Advance(HolderTTL)
+	s.Sweep()
+	if st := s.Stats(); st.Swarms != 0 || st.Members != 0 || st.Peers != 0 {
+		t.Errorf("after HolderTTL Stats() = %+v, want empty", st)
+	}
+}
+
+func TestStatePickPrefersProgress(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{}, newFakeClock().Now)
+	for i := range 100 {
+		announce(t, s, fmt.Sprintf("dl%03d", i), downloading(blobA, int64(i)*testSize/200))
+	}
+	for i := range 100 {
+		announce(t, s, fmt.Sprintf("h%03d", i), holding(blobA))
+	}
+	res := announce(t, s, "me", downloading(blobA, 0))
+	ms := res.Swarms[0].Members
+	if len(ms) != MaxMembers {
+		t.Fatalf("%d members, want %d", len(ms), MaxMembers)
+	}
+	holders, minDone := 0, int64(testSize)
+	for _, m := range ms {
+		if m.Peer == "me" {
+			t.Fatal("the asking peer is in its own list")
+		}
+		if m.Complete {
+			holders++
+		} else {
+			minDone = min(minDone, m.Done)
+		}
+	}
+	if holders == 0 || holders == MaxMembers {
+		t.Errorf("%d complete holders of %d, want both holders and downloaders", holders, MaxMembers)
+	}
+	// The downloaders listed are those furthest along (top 1/8 of progress or so).
+	if minDone < testSize/4 {
+		t.Errorf("a downloader with %d of %d bytes listed, want the furthest along", minDone, testSize)
+	}
+}
+
+func TestStateConflictRecordsNothing(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{}, newFakeClock().Now)
+	announce(t, s, "A", downloading(blobA, 0))
+	_, err := s.Announce(AnnounceRequest{Peer: "B", Blobs: []BlobState{
+		downloading(blobB, 0),
+		{Digest: blobA, Size: testSize + 1, ChunkSize: testChunk},
+	}})
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("Announce(other size) = %v, want ErrConflict", err)
+	}
+	_, err = s.Announce(AnnounceRequest{Peer: "B", Blobs: []BlobState{{Digest: blobA, Size: testSize, ChunkSize: 1 << 20}}})
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("Announce(other chunk size) = %v, want ErrConflict", err)
+	}
+	if st := s.Stats(); st.Peers != 1 || st.Swarms != 1 || st.Members != 1 {
+		t.Errorf("after conflicts Stats() = %+v, want only A's announce", st)
+	}
+	// Size unknown to the sender (0) is no conflict.
+	announce(t, s, "B", BlobState{Digest: blobA})
+}
+
+func TestStateLeases(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	s := NewState(Limits{}, clock.Now)
+	announce(t, s, "A", downloading(blobA, 0))
+	announce(t, s, "B", downloading(blobA, 0))
+
+	if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted || resp.TTLMillis != LeaseTTL.Milliseconds() {
+		t.Fatalf("A's first lease = %+v, want granted for LeaseTTL", resp)
+	}
+	if resp := mustLease(t, s, leaseReq("B", 0)); resp.Granted || resp.Holder != "A" {
+		t.Fatalf("B's lease of A's chunk = %+v, want refused with holder A", resp)
+	}
+	if resp := mustLease(t, s, leaseReq("B", 1)); !resp.Granted {
+		t.Fatalf("B's lease of a free chunk = %+v, want granted", resp)
+	}
+
+	// A renews within the TTL, keeping the chunk past the first lease's end.
+	for range 3 {
+		clock.Advance(LeaseTTL / 2)
+		announce(t, s, "A", downloading(blobA, 0))
+		announce(t, s, "B", downloading(blobA, 0))
+		if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted {
+			t.Fatalf("A's renewal = %+v, want granted", resp)
+		}
+		if resp := mustLease(t, s, leaseReq("B", 0)); resp.Granted || resp.Holder != "A" {
+			t.Fatalf("B's lease of renewed chunk = %+v, want holder A", resp)
+		}
+	}
+
+	// A's holder dies (stops renewing but stays a member): after LeaseTTL the chunk goes to B.
+	for range 4 {
+		clock.Advance(LeaseTTL / 4)
+		announce(t, s, "A", downloading(blobA, 0))
+		announce(t, s, "B", downloading(blobA, 0))
+	}
+	if resp := mustLease(t, s, leaseReq("B", 0)); !resp.Granted {
+		t.Fatalf("B's lease after A's expired = %+v, want granted", resp)
+	}
+	if resp := mustLease(t, s, leaseReq("A", 0)); resp.Granted || resp.Holder != "B" {
+		t.Fatalf("A's late renewal = %+v, want holder B", resp)
+	}
+
+	// B releases with Done: the chunk is not leased again while B is a member.
+	mustLease(t, s, LeaseRequest{Peer: "B", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 0, Release: true, Done: true})
+	if resp := mustLease(t, s, leaseReq("A", 0)); resp.Granted || resp.Holder != "B" {
+		t.Fatalf("lease of a done chunk = %+v, want holder B", resp)
+	}
+	// A plain release frees the chunk for the next.
+	mustLease(t, s, LeaseRequest{Peer: "B", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 1, Release: true})
+	if resp := mustLease(t, s, leaseReq("A", 1)); !resp.Granted {
+		t.Fatalf("lease of a released chunk = %+v, want granted", resp)
+	}
+
+	// B's membership lapses: its done chunk is leasable again.
+	for range 3 {
+		clock.Advance(DownloadTTL / 2)
+		announce(t, s, "A", downloading(blobA, 0))
+	}
+	if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted {
+		t.Fatalf("lease of a chunk done by an expired member = %+v, want granted", resp)
+	}
+	if _, err := s.Lease(leaseReq("B", 2)); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("lease by an expired member = %v, want ErrNotMember", err)
+	}
+}
+
+func TestStateLeaseGoneFreesChunks(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{}, newFakeClock().Now)
+	announce(t, s, "A", downloading(blobA, 0))
+	announce(t, s, "B", downloading(blobA, 0))
+	mustLease(t, s, leaseReq("A", 0))
+	mustLease(t, s, LeaseRequest{Peer: "A", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 1, Release: true, Done: true})
+	announce(t, s, "A", BlobState{Digest: blobA, Gone: true})
+	for i := range 2 {
+		if resp := mustLease(t, s, leaseReq("B", i)); !resp.Granted {
+			t.Fatalf("lease of chunk %d after its holder's Gone = %+v, want granted", i, resp)
+		}
+	}
+	if _, err := s.Lease(leaseReq("A", 2)); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("lease after Gone = %v, want ErrNotMember", err)
+	}
+}
+
+func TestStateLeaseRefusals(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{}, newFakeClock().Now)
+	announce(t, s, "A", downloading(blobA, 0))
+	announce(t, s, "C", BlobState{Digest: blobB})
+	tests := []struct {
+		name string
+		req  LeaseRequest
+		want error
+	}{
+		{name: "not a member", req: leaseReq("B", 0), want: ErrNotMember},
+		{name: "unknown blob", req: LeaseRequest{Peer: "A", Digest: blobB, Size: testSize, ChunkSize: testChunk}, want: ErrNotMember},
+		{name: "index past the end", req: leaseReq("A", 3), want: ErrOutOfRange},
+		{name: "negative index", req: leaseReq("A", -1), want: ErrOutOfRange},
+		{name: "other size", req: LeaseRequest{Peer: "A", Digest: blobA, Size: testSize * 2, ChunkSize: testChunk}, want: ErrConflict},
+		{name: "other chunk size", req: LeaseRequest{Peer: "A", Digest: blobA, Size: testSize, ChunkSize: 1 << 20, Chunk: 5}, want: ErrConflict},
+	}
+	for _, tt := range tests {
+		if resp, err := s.Lease(tt.req); !errors.Is(err, tt.want) || resp.Granted {
+			t.Errorf("%s: Lease = %+v, %v, want %v", tt.name, resp, err, tt.want)
+		}
+	}
+	if st := s.Stats(); st.Leases != 0 {
+		t.Errorf("after refusals %d leases, want 0", st.Leases)
+	}
+	// A swarm that did not know the size learns it from a member's lease.
+	if resp := mustLease(t, s, LeaseRequest{Peer: "C", Digest: blobB, Size: testSize, ChunkSize: testChunk, Chunk: 2}); !resp.Granted {
+		t.Fatalf("lease in a swarm of unknown size = %+v, want granted", resp)
+	}
+	if _, err := s.Lease(LeaseRequest{Peer: "C", Digest: blobB, Size: testSize + 1, ChunkSize: testChunk}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("lease with another size after it was learned = %v, want ErrConflict", err)
+	}
+}
+
+func TestStateCaps(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	s := NewState(Limits{MaxPeers: 3, MaxSwarms: 2, MaxMembers: 4, MaxSwarmMembers: 3, MaxChunkMarks: 2, MaxSwarmMarks: 2}, clock.Now)
+	if res := announce(t, s, "A", downloading(blobA, 0), downloading(blobB, 0), downloading(digest.FromString("c"), 0)); res.Refused != 1 {
+		t.Fatalf("third swarm: %d refused, want 1 (MaxSwarms)", res.Refused)
+	}
+	announce(t, s, "B", downloading(blobA, 0))
+	if res := announce(t, s, "C", downloading(blobA, 0), downloading(blobB, 0)); res.Refused != 1 {
+		t.Fatalf("fifth member: %d refused, want 1 (MaxMembers)", res.Refused)
+	}
+	if res := announce(t, s, "D", downloading(blobA, 0)); res.Refused != 2 {
+		t.Fatalf("fourth peer: %d refused, want 2 (MaxPeers, and no membership)", res.Refused)
+	}
+	// Existing entries are still refreshed, and a refused one still sees the swarm.
+	res := announce(t, s, "A", downloading(blobA, 1), downloading(blobB, 1))
+	if res.Refused != 0 {
+		t.Fatalf("refresh: %d refused, want 0", res.Refused)
+	}
+	if got := peersOf(announce(t, s, "C", downloading(blobA, 0), downloading(blobB, 0)), blobB); !slices.Equal(got, []string{"A"}) {
+		t.Fatalf("refused member sees %v in blobB, want [A]", got)
+	}
+	if st := s.Stats(); st.Peers != 3 || st.Swarms != 2 || st.Members != 4 {
+		t.Fatalf("Stats() = %+v, want the caps", st)
+	}
+
+	mustLease(t, s, leaseReq("A", 0))
+	mustLease(t, s, leaseReq("A", 1))
+	if _, err := s.Lease(leaseReq("A", 2)); !errors.Is(err, ErrFull) {
+		t.Fatalf("third lease = %v, want ErrFull", err)
+	}
+	mustLease(t, s, leaseReq("A", 1)) // a renewal needs no room
+
+	// Expired entries make room.
+	clock.Advance(HolderTTL + maxSweepInterval)
+	if res := announce(t, s, "D", downloading(digest.FromString("c"), 0)); res.Refused != 0 {
+		t.Fatalf("after expiry: %d refused, want 0", res.Refused)
+	}
+}
+
+func TestStateSwarmsAndBootstrap(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{}, newFakeClock().Now)
+	announce(t, s, "A", holding(blobA))
+	announce(t, s, "B", BlobState{Digest: blobA, Size: testSize, ChunkSize: testChunk, Done: testSize / 2, FromOrigin: 5, FromPeers: 7})
+	announce(t, s, "C", BlobState{Digest: blobB})
+	mustLease(t, s, leaseReq("B", 1))
+	got := s.Swarms()
+	want := []SwarmView{
+		{Digest: blobA, Size: testSize, Members: 2, Complete: 1, Progress: 0.75, FromOrigin: 5, FromPeers: 7, Leases: 1},
+		{Digest: blobB, Members: 1},
+	}
+	slices.SortFunc(want, func(a, b SwarmView) int { return compareDigests(a.Digest, b.Digest) })
+	if !slices.Equal(got, want) {
+		t.Fatalf("Swarms() = %+v, want %+v", got, want)
+	}
+
+	for i := range 40 {
+		announce(t, s, fmt.Sprintf("P%02d", i))
+	}
+	if addrs := s.Bootstrap(); len(addrs) != bootstrapPeers {
+		t.Fatalf("Bootstrap() = %d addrs, want %d", len(addrs), bootstrapPeers)
+	}
+}
+
+func compareDigests(a, b digest.Digest) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
