@@ -40,6 +40,9 @@ func startFleet(cfg Config, cs p2p.ChunkStore, onHave func(peer string, d digest
 		if len(cfg.Bootstrap) > 0 || cfg.BootstrapDNS != "" {
 			return nil, errors.New("bootstrap peers given but no p2p listen address")
 		}
+		if len(cfg.Trackers) > 0 {
+			return nil, errors.New("tracker given but no p2p listen address")
+		}
 		return nil, nil
 	}
 	if cfg.BootstrapDNS != "" {
@@ -72,7 +75,7 @@ func startFleet(cfg Config, cs p2p.ChunkStore, onHave func(peer string, d digest
 	}, func() float64 { return float64(net.Peers()) }))
 	return &fleet{
 		net: net, announce: make(chan digest.Digest, 1024), bootstrapDNS: cfg.BootstrapDNS,
-		needPeer: len(cfg.Bootstrap) > 0 || cfg.BootstrapDNS != "",
+		needPeer: len(cfg.Bootstrap) > 0 || cfg.BootstrapDNS != "" || len(cfg.Trackers) > 0,
 	}, nil
 }
 
@@ -84,6 +87,7 @@ func (n *Node) queueAnnounce(d digest.Digest) {
 	if n.fleet == nil {
 		return
 	}
+	n.tracker.event(d, blobCommitted)
 	select {
 	case n.fleet.announce <- d:
 	default:
@@ -157,6 +161,9 @@ const rejoinEvery = 10 * time.Second
 // error, and the node looks again later.
 func (n *Node) join(ctx context.Context) error {
 	f := n.fleet
+	if f.bootstrapDNS == "" && len(n.cfg.Bootstrap) == 0 && n.tracker != nil {
+		return n.joinThroughTracker(ctx)
+	}
 	var extra []string
 	if f.bootstrapDNS != "" {
 		addrs, err := resolveBootstrapDNS(ctx, f.bootstrapDNS, net.DefaultResolver.LookupHost, nil, f.net.ID())

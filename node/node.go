@@ -55,6 +55,14 @@ type Config struct {
 	// headless Service); the node learns each one's addrs from its /status on PORT (default
 	// 5081, the admin port). It adds to Bootstrap.
 	BootstrapDNS string
+	// Trackers are base URLs of optional trackers (shoal tracker): the node announces its
+	// downloads and blobs to them, learns the members of each swarm from them, takes origin
+	// leases from them and, without Bootstrap or BootstrapDNS, joins the fleet through the
+	// peers their /bootstrap lists: /readyz waits for that first attempt, and a node no
+	// tracker answered (or whose peers it could not reach) starts alone, ready, and tries
+	// again every 10 s while it has no fleet peer. When none answers the node goes on with
+	// the DHT alone. Needs P2PListen.
+	Trackers []string
 	// Pprof serves Go profiles at /debug/pprof/ on the admin address.
 	Pprof bool
 	// Identity is the file holding the node's libp2p key, created if absent; "" means
@@ -88,7 +96,8 @@ type Node struct {
 	link       *fleetLink // nil when the node is not in a fleet
 	tags       *tagCache
 	flight     singleflight.Group
-	fleet      *fleet // nil when the node is not in a fleet
+	fleet      *fleet       // nil when the node is not in a fleet
+	tracker    *trackerLink // nil without trackers
 	registries []string
 
 	registryLn net.Listener
@@ -121,7 +130,7 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), ready: make(chan struct{})}
 	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	n.store, err = store.Open(store.Options{Dir: cfg.DataDir, Capacity: cfg.CacheSize, Logger: log})
+	n.store, err = store.Open(store.Options{Dir: cfg.DataDir, Capacity: cfg.CacheSize, Logger: log, OnEvict: n.evicted})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -140,6 +149,9 @@ func New(cfg Config) (*Node, error) {
 	if len(cfg.P2PListen) > 0 {
 		n.link = &fleetLink{}
 		fleetOpt = n.link
+		if len(cfg.Trackers) > 0 {
+			fleetOpt = leasingLink{n.link}
+		}
 	}
 	n.downloader = swarm.New(swarm.Options{
 		Store:       n.store,
@@ -186,6 +198,10 @@ func New(cfg Config) (*Node, error) {
 	if n.link != nil {
 		n.link.f = n.fleet
 	}
+	if err := n.startTracker(); err != nil {
+		n.closeAll()
+		return nil, err
+	}
 	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 
@@ -215,6 +231,9 @@ func (n *Node) closeAll() {
 	if n.registryLn != nil {
 		n.registryLn.Close()
 	}
+	if n.tracker != nil {
+		n.tracker.client.Close()
+	}
 	if n.fleet != nil {
 		n.fleet.net.Close()
 	}
@@ -243,6 +262,10 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { return n.downloader.Run(ctx) })
 	if n.fleet != nil {
 		g.Go(func() error { return n.runFleet(ctx) })
+	}
+	if n.tracker != nil {
+		defer n.tracker.client.Close()
+		g.Go(func() error { return n.runTracker(ctx) })
 	}
 	g.Go(func() error { return serve(ctx, n.registry, n.registryLn) })
 	if n.adminLn != nil {

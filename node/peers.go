@@ -22,6 +22,7 @@ var _ swarm.Fleet = (*fleetLink)(nil)
 // needs the downloader to serve chunks), and f is set once it has, before the node runs.
 type fleetLink struct {
 	f *fleet
+	t *trackerLink // nil without trackers
 }
 
 func (l *fleetLink) Self() string { return l.f.net.ID() }
@@ -29,6 +30,7 @@ func (l *fleetLink) Self() string { return l.f.net.ID() }
 func (l *fleetLink) Connected() bool { return l.f.net.RoutingPeers() > 0 || l.f.net.Peers() > 0 }
 
 func (l *fleetLink) Provide(ctx context.Context, d digest.Digest) error {
+	l.t.event(d, blobStarted) // to the trackers too, without waiting for them
 	return l.f.net.Router.Provide(ctx, d)
 }
 
@@ -37,12 +39,18 @@ func (l *fleetLink) FindProviders(ctx context.Context, d digest.Digest, fresh bo
 	if fresh {
 		find = l.f.net.Router.FindProvidersFresh
 	}
-	peers, err := find(ctx, d)
-	ids := make([]string, len(peers))
-	for i, p := range peers {
-		ids[i] = p.ID
+	dht := func(ctx context.Context) ([]string, error) {
+		peers, err := find(ctx, d)
+		ids := make([]string, len(peers))
+		for i, p := range peers {
+			ids[i] = p.ID
+		}
+		return ids, err
 	}
-	return ids, err
+	if l.t != nil {
+		return l.t.findProviders(ctx, d, fresh, dht)
+	}
+	return dht(ctx)
 }
 
 func (l *fleetLink) Have(ctx context.Context, peer string, d digest.Digest) (p2p.Have, error) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/node"
+	"github.com/shoal-dev/shoal/tracker"
 )
 
 const nodeSummary = `Usage: shoal node [flags]
@@ -38,6 +39,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		upstreams    listFlag
 		p2pListen    listFlag
 		bootstrap    listFlag
+		trackers     listFlag
 		cacheSize    units.Size
 		uploadLimit  units.Size
 		chunkSize    units.Size = 4 << 20
@@ -45,6 +47,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.Var(&upstreams, "upstream", "registry this node mirrors, `HOST[=URL]` (repeatable; docker.io means https://registry-1.docker.io)")
 	fs.Var(&p2pListen, "p2p-listen", "libp2p `multiaddr` to listen on for peers, e.g. /ip4/0.0.0.0/tcp/5082 or /ip4/0.0.0.0/udp/5082/quic-v1 (repeatable; none: the node stays out of any fleet)")
 	fs.Var(&bootstrap, "bootstrap", "`multiaddr` ending in /p2p/<id> of a node to join the fleet through (repeatable; see another node's /status addrs)")
+	fs.Var(&trackers, "tracker", "base `URL` of an optional tracker (shoal tracker), e.g. http://tracker:5090 (repeatable; the node uses the DHT alone when none answers)")
 	fs.Var(&cacheSize, "cache-size", "cache capacity, e.g. 20GiB (0: unlimited)")
 	fs.Var(&chunkSize, "chunk-size", "unit of resumable transfer and of exchange between peers")
 	fs.Var(&uploadLimit, "upload-limit", "bytes per second this node sends to peers, e.g. 100MiB (0: unlimited)")
@@ -67,6 +70,11 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if chunkSize < 64<<10 || chunkSize > 64<<20 {
 		return fmt.Errorf("--chunk-size %s: must be between 64KiB and 64MiB", chunkSize.String())
 	}
+	for _, u := range trackers {
+		if _, err := tracker.ParseURL(u); err != nil {
+			return fmt.Errorf("--tracker: %w", err)
+		}
+	}
 	if *tagTTL < 0 || *tagMaxStale < 0 {
 		return fmt.Errorf("--tag-ttl and --tag-max-stale must not be negative")
 	}
@@ -82,6 +90,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		P2PListen:    p2pListen,
 		Bootstrap:    bootstrap,
 		BootstrapDNS: *bootstrapDNS,
+		Trackers:     trackers,
 		Identity:     *identity,
 		PSK:          *psk,
 		UploadLimit:  int64(uploadLimit),

@@ -439,3 +439,48 @@ func (dl *Downloader) ReadChunk(d digest.Digest, i int, w io.Writer) (int64, err
 	download.mu.Unlock()
 	return io.Copy(w, io.NewSectionReader(src, int64(i)*cs, n))
 }
+
+// DownloadStatus is where one running download stands.
+type DownloadStatus struct {
+	Digest digest.Digest
+	// Size is the blob's size, -1 while unknown; ChunkSize the download's chunk size.
+	Size      int64
+	ChunkSize int64
+	// Done is the bytes of the chunks completely written (every byte once committed).
+	Done int64
+	// FromPeers and FromOrigin are the bytes fetched so far from each.
+	FromPeers  int64
+	FromOrigin int64
+}
+
+// Downloads reports every running download, for announcing progress.
+func (dl *Downloader) Downloads() []DownloadStatus {
+	dl.mu.Lock()
+	running := make([]*Download, 0, len(dl.active))
+	for _, download := range dl.active {
+		running = append(running, download)
+	}
+	dl.mu.Unlock()
+	out := make([]DownloadStatus, 0, len(running))
+	cs := dl.opts.ChunkSize
+	for _, download := range running {
+		st := DownloadStatus{
+			Digest: download.digest, ChunkSize: cs,
+			FromPeers: download.fromPeers.Load(), FromOrigin: download.fromOrigin.Load(),
+		}
+		download.mu.Lock()
+		st.Size = download.size
+		if download.done {
+			st.Done = download.size
+		} else if download.size >= 0 {
+			for i, f := range download.fill {
+				if n := chunkLen(download.size, cs, i); f == n {
+					st.Done += n
+				}
+			}
+		}
+		download.mu.Unlock()
+		out = append(out, st)
+	}
+	return out
+}

@@ -1,0 +1,390 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/node/store"
+	"github.com/shoal-dev/shoal/node/swarm"
+	"github.com/shoal-dev/shoal/p2p"
+	"github.com/shoal-dev/shoal/tracker"
+)
+
+var _ swarm.OriginLeaser = leasingLink{}
+
+// trackerJoinTimeout bounds joining the DHT through the peers a tracker gave.
+const trackerJoinTimeout = 15 * time.Second
+
+// trackerLink is the node's side of its trackers (--tracker): it announces the running
+// downloads every tracker.AnnounceDownload and the held blobs every tracker.AnnounceHolding,
+// a download's start, commit, failure or eviction at once, and keeps the members the
+// trackers answer so downloads find each other without waiting for the DHT. Trackers are an
+// aid only: when none answers, the node goes on with the DHT alone, and no client sees an
+// error for it.
+type trackerLink struct {
+	client *tracker.Client
+	net    *p2p.Network
+	dl     *swarm.Downloader
+	store  *store.Store
+	cs     int64
+	kick   chan struct{}
+
+	mu       sync.Mutex
+	pending  map[digest.Digest]blobEvent     // to announce at the next pass
+	running  map[digest.Digest]bool          // downloads announced as running
+	answered map[digest.Digest]time.Time     // the last answer about each running download
+	flight   map[digest.Digest]chan struct{} // announces of one download running now
+}
+
+// blobEvent is what happened to a blob that the trackers hear of at once.
+type blobEvent int
+
+const (
+	blobStarted blobEvent = iota + 1
+	blobCommitted
+	blobGone
+)
+
+// startTracker sets up the tracker client when trackers are configured. It needs the fleet.
+func (n *Node) startTracker() error {
+	if len(n.cfg.Trackers) == 0 {
+		return nil
+	}
+	if n.fleet == nil {
+		return errors.New("tracker given but no p2p listen address")
+	}
+	signer, err := p2p.NewSigner(n.fleet.net.Host)
+	if err != nil {
+		return fmt.Errorf("tracker: %w", err)
+	}
+	client, err := tracker.NewClient(tracker.ClientOptions{
+		URLs:       n.cfg.Trackers,
+		Signer:     signer,
+		Addrs:      n.fleet.net.Addrs,
+		Registerer: n.metrics,
+		Logger:     n.log,
+	})
+	if err != nil {
+		return err
+	}
+	n.tracker = &trackerLink{
+		client: client, net: n.fleet.net, dl: n.downloader, store: n.store, cs: n.chunkSize(),
+		kick:     make(chan struct{}, 1),
+		pending:  make(map[digest.Digest]blobEvent),
+		running:  make(map[digest.Digest]bool),
+		answered: make(map[digest.Digest]time.Time),
+		flight:   make(map[digest.Digest]chan struct{}),
+	}
+	n.link.t = n.tracker
+	return nil
+}
+
+// event queues e about d for the next announce, which it starts at once; it never blocks.
+func (t *trackerLink) event(d digest.Digest, e blobEvent) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	if e != blobStarted || t.pending[d] == 0 {
+		t.pending[d] = e
+	}
+	t.mu.Unlock()
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// evicted is the store's OnEvict: the trackers hear the blob is gone.
+func (n *Node) evicted(d digest.Digest) {
+	if n.tracker != nil {
+		n.tracker.event(d, blobGone)
+	}
+}
+
+// runTracker announces to the trackers until ctx ends.
+func (n *Node) runTracker(ctx context.Context) error {
+	t := n.tracker
+	downloads := time.NewTicker(tracker.AnnounceDownload)
+	defer downloads.Stop()
+	holding := time.NewTicker(tracker.AnnounceHolding)
+	defer holding.Stop()
+	// A held announce that failed (a tracker just restarted and busy, say) is tried again
+	// soon rather than at the next tick, so a restarted tracker is not left without the
+	// holders for a minute.
+	var retry <-chan time.Time
+	held := func() {
+		retry = nil
+		if !t.announceHeld(ctx, n) {
+			retry = time.After(heldRetry)
+		}
+	}
+	held()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.kick:
+			t.announceRunning(ctx)
+		case <-downloads.C:
+			t.announceRunning(ctx)
+		case <-holding.C:
+			held()
+		case <-retry:
+			held()
+		case <-t.client.Restarted():
+			held()
+			t.announceRunning(ctx)
+		}
+	}
+}
+
+// heldRetry is how soon a failed announce of the held blobs is tried again.
+const heldRetry = 3 * time.Second
+
+// state is d's BlobState from a running download's status.
+func (t *trackerLink) state(s swarm.DownloadStatus) tracker.BlobState {
+	b := tracker.BlobState{Digest: s.Digest, Done: s.Done, FromOrigin: s.FromOrigin, FromPeers: s.FromPeers}
+	if s.Size >= 0 {
+		b.Size, b.ChunkSize = s.Size, s.ChunkSize
+	}
+	return b
+}
+
+// held is d's BlobState when the store holds it, or false.
+func (t *trackerLink) held(d digest.Digest) (tracker.BlobState, bool) {
+	info, err := t.store.Stat(d)
+	if err != nil {
+		return tracker.BlobState{}, false
+	}
+	return tracker.BlobState{Digest: d, Size: info.Size, ChunkSize: t.cs, Done: info.Size, Complete: true}, true
+}
+
+// announceRunning announces the running downloads with their progress, and what happened
+// since the last pass: downloads started, blobs committed, evicted, or whose download ended
+// without a commit (gone).
+func (t *trackerLink) announceRunning(ctx context.Context) {
+	now := make(map[digest.Digest]tracker.BlobState)
+	for _, s := range t.dl.Downloads() {
+		now[s.Digest] = t.state(s)
+	}
+	t.mu.Lock()
+	pending := t.pending
+	t.pending = make(map[digest.Digest]blobEvent)
+	var blobs []tracker.BlobState
+	for d, e := range pending {
+		if _, ok := now[d]; ok && e != blobGone {
+			continue // announced with its progress below
+		}
+		switch e {
+		case blobStarted:
+			blobs = append(blobs, tracker.BlobState{Digest: d})
+			t.running[d] = true
+			continue
+		case blobCommitted:
+			if b, ok := t.held(d); ok {
+				blobs = append(blobs, b)
+			}
+		case blobGone:
+			if _, ok := now[d]; ok {
+				continue // evicted, yet downloading again already
+			}
+			blobs = append(blobs, tracker.BlobState{Digest: d, Gone: true})
+		}
+		delete(t.running, d)
+		delete(t.answered, d)
+	}
+	for d := range t.running {
+		if _, ok := now[d]; ok || pending[d] != 0 {
+			continue
+		}
+		// The download ended: committed (its commit may not have been queued yet) or failed.
+		if b, ok := t.held(d); ok {
+			blobs = append(blobs, b)
+		} else {
+			blobs = append(blobs, tracker.BlobState{Digest: d, Gone: true})
+		}
+		delete(t.running, d)
+		delete(t.answered, d)
+	}
+	for d, b := range now {
+		t.running[d] = true
+		blobs = append(blobs, b)
+	}
+	t.mu.Unlock()
+	for _, b := range blobs {
+		if b.Complete || b.Gone {
+			t.client.Forget(b.Digest)
+		}
+	}
+	t.announce(ctx, blobs)
+}
+
+// announceHeld announces every blob in the store; it reports whether a tracker took it (or
+// there was nothing to announce).
+func (t *trackerLink) announceHeld(ctx context.Context, n *Node) bool {
+	var blobs []tracker.BlobState
+	n.store.Walk(func(info store.Info) bool {
+		blobs = append(blobs, tracker.BlobState{Digest: info.Digest, Size: info.Size, ChunkSize: t.cs, Done: info.Size, Complete: true})
+		return ctx.Err() == nil
+	})
+	return len(blobs) == 0 || t.announce(ctx, blobs) != nil
+}
+
+// announce sends blobs to the trackers and takes in the members they answer.
+func (t *trackerLink) announce(ctx context.Context, blobs []tracker.BlobState) map[digest.Digest][]tracker.Member {
+	if len(blobs) == 0 {
+		return nil
+	}
+	swarms, err := t.client.Announce(ctx, blobs)
+	if err != nil {
+		return nil // counted in the metrics; the DHT carries on
+	}
+	at := time.Now()
+	t.mu.Lock()
+	for d := range swarms {
+		if t.running[d] {
+			t.answered[d] = at
+		}
+	}
+	t.mu.Unlock()
+	for _, members := range swarms {
+		for _, m := range members {
+			t.net.AddAddrs(m.Peer, m.Addrs)
+		}
+	}
+	return swarms
+}
+
+// announceNow announces the download of d alone, unless another announce of it is under
+// way (then it waits for that one), and returns the members of its swarm.
+func (t *trackerLink) announceNow(ctx context.Context, d digest.Digest) []tracker.Member {
+	t.mu.Lock()
+	if ch, ok := t.flight[d]; ok {
+		t.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		return t.client.Members(d)
+	}
+	ch := make(chan struct{})
+	t.flight[d] = ch
+	t.running[d] = true
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		delete(t.flight, d)
+		t.mu.Unlock()
+		close(ch)
+	}()
+	b := tracker.BlobState{Digest: d}
+	for _, s := range t.dl.Downloads() {
+		if s.Digest == d {
+			b = t.state(s)
+		}
+	}
+	return t.announce(ctx, []tracker.BlobState{b})[d]
+}
+
+// fresh reports whether the trackers answered about d's download within the last announce
+// period.
+func (t *trackerLink) fresh(d digest.Digest) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.answered[d]
+	return ok && time.Since(at) < tracker.AnnounceDownload
+}
+
+// findProviders merges the trackers' members of d's swarm with dht's answer, members first.
+// fresh asks the trackers now unless they answered about d within the last announce period:
+// that answer is what makes a download's start fast, while the DHT lookup runs alongside.
+func (t *trackerLink) findProviders(ctx context.Context, d digest.Digest, fresh bool, dht func(context.Context) ([]string, error)) ([]string, error) {
+	var members []tracker.Member
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if fresh && !t.fresh(d) {
+			members = t.announceNow(ctx, d)
+			return
+		}
+		members = t.client.Members(d)
+	}()
+	ids, err := dht(ctx)
+	<-done
+	if len(members) == 0 {
+		return ids, err
+	}
+	out := make([]string, 0, len(members)+len(ids))
+	seen := make(map[string]bool, len(members)+len(ids))
+	for _, m := range members {
+		seen[m.Peer] = true
+		out = append(out, m.Peer)
+	}
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// joinThroughTracker joins the DHT through the peers the trackers give, for a node with
+// trackers and no other bootstrap source. A node no tracker answers for, or whose peers
+// cannot be reached, starts alone (ready: it serves from the origin) and runFleet tries
+// again every rejoinEvery while it has no fleet peer.
+func (n *Node) joinThroughTracker(ctx context.Context) error {
+	peers, err := n.tracker.client.Bootstrap(ctx)
+	if err != nil {
+		n.log.Warn("no tracker answered, starting alone and trying again", "err", err, "retry", rejoinEvery)
+		return nil
+	}
+	if len(peers) == 0 {
+		n.log.Info("the trackers know no fleet peer yet, starting alone")
+		return nil
+	}
+	jctx, cancel := context.WithTimeout(ctx, trackerJoinTimeout)
+	defer cancel()
+	if err := n.fleet.net.Router.Bootstrap(jctx, peers...); err != nil && ctx.Err() == nil {
+		n.log.Warn("no peer the trackers gave could be reached, starting alone and trying again", "err", err, "retry", rejoinEvery)
+	}
+	return nil
+}
+
+// leasingLink is the fleet of a node with trackers: it also hands out origin leases. A node
+// without trackers gives the downloader the plain fleetLink, which does not implement
+// swarm.OriginLeaser, so its downloads never ask for one.
+type leasingLink struct{ *fleetLink }
+
+// LeaseOrigin asks the trackers for the lease on a chunk; see tracker.Client.Lease. A
+// refusal naming the holder hints the download to it.
+func (l leasingLink) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
+	t := l.t
+	if t == nil {
+		return nil, false, tracker.ErrUnavailable
+	}
+	t.mu.Lock()
+	_, announced := t.answered[d]
+	t.mu.Unlock()
+	if !announced {
+		// The tracker leases only to members of the swarm.
+		t.announceNow(ctx, d)
+	}
+	lease, holder, err := t.client.Lease(ctx, d, size, chunkSize, index)
+	if err != nil {
+		return nil, false, err
+	}
+	if lease == nil {
+		if holder != "" {
+			t.dl.Hint(holder, d)
+		}
+		return nil, false, nil
+	}
+	return lease.Release, true, nil
+}

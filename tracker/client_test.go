@@ -1,0 +1,558 @@
+package tracker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/shoal-dev/shoal/p2p"
+)
+
+// nodeID is a node's signer and its own p2p addr, from a real host so signatures are real.
+type nodeID struct {
+	signer *p2p.Signer
+	addr   string
+}
+
+func newNodeID(t *testing.T) nodeID {
+	t.Helper()
+	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	s, err := p2p.NewSigner(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nodeID{signer: s, addr: p2p.Addrs(h)[0]}
+}
+
+// fakeTracker checks every POST's signature, records what it was sent, and answers as set.
+type fakeTracker struct {
+	t   *testing.T
+	srv *httptest.Server
+
+	hang     atomic.Bool // answer nothing until the request gives up
+	requests atomic.Int64
+
+	mu        sync.Mutex
+	instance  string
+	members   []Member // answered for every digest announced and not gone
+	lease     LeaseResponse
+	raw       string // if set, the body of every answer
+	peers     []string
+	announces []AnnounceRequest
+	leases    []LeaseRequest
+}
+
+func newFakeTracker(t *testing.T) *fakeTracker {
+	f := &fakeTracker{t: t, instance: "one", lease: LeaseResponse{Granted: true, TTLMillis: LeaseTTL.Milliseconds()}}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeTracker) serve(w http.ResponseWriter, r *http.Request) {
+	f.requests.Add(1)
+	body, _ := io.ReadAll(r.Body) // read first: only then does a closed connection end r's context
+	if f.hang.Load() {
+		<-r.Context().Done()
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out any
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == PathBootstrap:
+		out = BootstrapResponse{Peers: f.peers}
+	case r.Method == http.MethodPost:
+		peer := r.Header.Get(HeaderPeer)
+		sig, err := base64.StdEncoding.DecodeString(r.Header.Get(HeaderSignature))
+		if err == nil {
+			err = p2p.VerifySignature(peer, SigningBytes(r.Method, r.URL.Path, body), sig)
+		}
+		if err != nil {
+			f.t.Errorf("%s %s: signature: %v", r.Method, r.URL.Path, err)
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		var claimed string
+		var at int64
+		switch r.URL.Path {
+		case PathAnnounce:
+			var req AnnounceRequest
+			if err := json.Unmarshal(body, &req); err != nil {
+				f.t.Errorf("announce body: %v", err)
+			}
+			claimed, at = req.Peer, req.Time
+			f.announces = append(f.announces, req)
+			resp := AnnounceResponse{Instance: f.instance}
+			for _, b := range req.Blobs {
+				if !b.Gone {
+					resp.Swarms = append(resp.Swarms, Swarm{Digest: b.Digest, Members: f.members})
+				}
+			}
+			out = resp
+		case PathLease:
+			var req LeaseRequest
+			if err := json.Unmarshal(body, &req); err != nil {
+				f.t.Errorf("lease body: %v", err)
+			}
+			claimed, at = req.Peer, req.Time
+			f.leases = append(f.leases, req)
+			out = f.lease
+			if req.Release {
+				out = LeaseResponse{}
+			}
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		if claimed != peer {
+			f.t.Errorf("%s: body peer %s, header %s", r.URL.Path, claimed, peer)
+		}
+		if skew := time.Since(time.UnixMilli(at)).Abs(); skew > MaxClockSkew {
+			f.t.Errorf("%s: time %d is %v off", r.URL.Path, at, skew)
+		}
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	if f.raw != "" {
+		io.WriteString(w, f.raw)
+		return
+	}
+	json.NewEncoder(w).Encode(out)
+}
+
+func (f *fakeTracker) set(fn func(f *fakeTracker)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *fakeTracker) leaseLog() []LeaseRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.leases)
+}
+
+func newTestClient(t *testing.T, id nodeID, urls ...string) *Client {
+	t.Helper()
+	c, err := NewClient(ClientOptions{
+		URLs: urls, Signer: id.signer, Addrs: func() []string { return []string{id.addr} },
+		Timeout: 300 * time.Millisecond, Backoff: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func clientEventually(t *testing.T, what string, check func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !check() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var clientBlob = digest.FromString("blob a")
+
+func TestClientAnnounceMembers(t *testing.T) {
+	t.Parallel()
+	self, other, third := newNodeID(t), newNodeID(t), newNodeID(t)
+	f := newFakeTracker(t)
+	many := make([]Member, 0, MaxMembers+10)
+	for range MaxMembers + 10 {
+		many = append(many, Member{Peer: other.signer.ID(), Addrs: []string{other.addr}})
+	}
+	tests := []struct {
+		name    string
+		members []Member
+		want    []Member
+	}{
+		{"valid", []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}, Done: 5}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}, Done: 5}}},
+		{"bad peer ID", []Member{{Peer: "not-a-peer", Addrs: []string{other.addr}}, {Peer: third.signer.ID(), Addrs: []string{third.addr}}}, []Member{{Peer: third.signer.ID(), Addrs: []string{third.addr}}}},
+		{"addr of another peer", []Member{{Peer: other.signer.ID(), Addrs: []string{third.addr, other.addr, "/garbage"}}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}}}},
+		{"self left out", []Member{{Peer: self.signer.ID(), Addrs: []string{self.addr}}}, nil},
+		{"negative done", []Member{{Peer: other.signer.ID(), Done: -3, Complete: true}}, []Member{{Peer: other.signer.ID(), Complete: true}}},
+		{"duplicates", many, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f.set(func(f *fakeTracker) { f.members = tt.members })
+			c := newTestClient(t, self, f.srv.URL)
+			got, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob, Done: 1}})
+			if err != nil {
+				t.Fatalf("Announce = %v", err)
+			}
+			if !sameMembers(got[clientBlob], tt.want) {
+				t.Errorf("Announce members = %+v, want %+v", got[clientBlob], tt.want)
+			}
+			if m := c.Members(clientBlob); !sameMembers(m, tt.want) {
+				t.Errorf("Members = %+v, want %+v", m, tt.want)
+			}
+		})
+	}
+
+	// Too many distinct members: capped.
+	ids := make([]Member, 0, MaxMembers+5)
+	for range MaxMembers + 5 {
+		id := newNodeID(t)
+		ids = append(ids, Member{Peer: id.signer.ID(), Addrs: []string{id.addr}})
+	}
+	f.set(func(f *fakeTracker) { f.members = ids })
+	c := newTestClient(t, self, f.srv.URL)
+	got, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}})
+	if err != nil || len(got[clientBlob]) != MaxMembers {
+		t.Errorf("Announce with %d members = %d, %v; want %d", len(ids), len(got[clientBlob]), err, MaxMembers)
+	}
+	// A blob announced complete keeps no members.
+	if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob, Complete: true}}); err != nil || c.Members(clientBlob) != nil {
+		t.Errorf("after announcing complete: Members = %v (%v), want none", c.Members(clientBlob), err)
+	}
+	// What was signed was what was sent, addrs included.
+	f.mu.Lock()
+	last := f.announces[len(f.announces)-1]
+	f.mu.Unlock()
+	if last.Peer != self.signer.ID() || !slices.Equal(last.Addrs, []string{self.addr}) {
+		t.Errorf("announce = %+v, want peer %s addrs [%s]", last, self.signer.ID(), self.addr)
+	}
+}
+
+func sameMembers(a, b []Member) bool {
+	return slices.EqualFunc(a, b, func(x, y Member) bool {
+		return x.Peer == y.Peer && slices.Equal(x.Addrs, y.Addrs) && x.Done == y.Done && x.Complete == y.Complete
+	})
+}
+
+func TestClientBatches(t *testing.T) {
+	t.Parallel()
+	f := newFakeTracker(t)
+	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	blobs := make([]BlobState, MaxBlobs+3)
+	for i := range blobs {
+		blobs[i] = BlobState{Digest: digest.FromString(fmt.Sprint(i)), Complete: true}
+	}
+	if _, err := c.Announce(context.Background(), blobs); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.announces) != 2 || len(f.announces[0].Blobs) != MaxBlobs || len(f.announces[1].Blobs) != 3 {
+		t.Errorf("announces of %d blobs: %d requests, want 2 of at most %d", len(blobs), len(f.announces), MaxBlobs)
+	}
+}
+
+func TestClientStrictAnswers(t *testing.T) {
+	t.Parallel()
+	for name, raw := range map[string]string{
+		"unknown field": `{"instance":"x","swarms":[],"surprise":1}`,
+		"trailing data": `{"instance":"x","swarms":[]} {}`,
+		"too large":     `{"instance":"` + strings.Repeat("x", MaxBody) + `"}`,
+		"not json":      `<html>`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f := newFakeTracker(t)
+			f.set(func(f *fakeTracker) { f.raw = raw })
+			c := newTestClient(t, newNodeID(t), f.srv.URL)
+			if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
+				t.Errorf("Announce answered %s = %v, want ErrUnavailable", name, err)
+			}
+		})
+	}
+}
+
+// TestClientBackoff: a tracker that does not answer costs one timeout, then nothing: leases
+// fail at once while it is known down.
+func TestClientBackoff(t *testing.T) {
+	t.Parallel()
+	f := newFakeTracker(t)
+	f.hang.Store(true)
+	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	ctx := context.Background()
+	if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Lease from a hanging tracker = %v, want ErrUnavailable", err)
+	}
+	before := f.requests.Load()
+	for range 100 {
+		start := time.Now()
+		if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 1); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Lease while the tracker is down = %v, want ErrUnavailable", err)
+		}
+		if d := time.Since(start); d > 50*time.Millisecond {
+			t.Fatalf("Lease while the tracker is down took %v, want at once", d)
+		}
+	}
+	if _, err := c.Announce(ctx, []BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Announce while the tracker is down = %v, want ErrUnavailable", err)
+	}
+	if n := f.requests.Load(); n != before {
+		t.Errorf("%d requests reached a tracker known down", n-before)
+	}
+
+	// A closed port fails fast too, and marks the tracker down.
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	c2 := newTestClient(t, newNodeID(t), dead.URL)
+	if _, _, err := c2.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Lease from a closed port = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestClientInstanceChange(t *testing.T) {
+	t.Parallel()
+	f := newFakeTracker(t)
+	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	ctx := context.Background()
+	for range 2 {
+		if _, err := c.Announce(ctx, []BlobState{{Digest: clientBlob}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-c.Restarted():
+		t.Fatal("Restarted fired with the same instance")
+	default:
+	}
+	f.set(func(f *fakeTracker) { f.instance = "two" })
+	if _, err := c.Announce(ctx, []BlobState{{Digest: clientBlob}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Restarted():
+	default:
+		t.Fatal("Restarted did not fire after the instance changed")
+	}
+}
+
+func TestClientLeaseRenewRelease(t *testing.T) {
+	t.Parallel()
+	f := newFakeTracker(t)
+	f.set(func(f *fakeTracker) { f.lease = LeaseResponse{Granted: true, TTLMillis: 150} })
+	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	l, _, err := c.Lease(context.Background(), clientBlob, 100, 10, 3)
+	if err != nil || l == nil {
+		t.Fatalf("Lease = %v, %v; want granted", l, err)
+	}
+	clientEventually(t, "two renewals", func() bool { return len(f.leaseLog()) >= 3 })
+	l.Release(true)
+	l.Release(false) // once only
+	clientEventually(t, "the release", func() bool {
+		log := f.leaseLog()
+		return log[len(log)-1].Release
+	})
+	c.Close()
+	log := f.leaseLog()
+	releases := 0
+	for i, r := range log {
+		if r.Chunk != 3 || r.Digest != clientBlob || r.Size != 100 || r.ChunkSize != 10 {
+			t.Errorf("lease request %d = %+v, want chunk 3 of %s", i, r, clientBlob)
+		}
+		if r.Release {
+			releases++
+			if !r.Done || i != len(log)-1 {
+				t.Errorf("release %d of %d = %+v, want the last, done", i, len(log), r)
+			}
+		}
+	}
+	if releases != 1 {
+		t.Errorf("%d releases, want 1", releases)
+	}
+
+	// Refused: the holder comes back when it is a peer ID.
+	f2 := newFakeTracker(t)
+	other := newNodeID(t)
+	c2 := newTestClient(t, newNodeID(t), f2.srv.URL)
+	for holder, want := range map[string]string{other.signer.ID(): other.signer.ID(), "garbage": ""} {
+		f2.set(func(f *fakeTracker) { f.lease = LeaseResponse{Holder: holder} })
+		l, got, err := c2.Lease(context.Background(), clientBlob, 100, 10, 0)
+		if l != nil || err != nil || got != want {
+			t.Errorf("refused Lease naming %q = %v, %q, %v; want nil, %q, nil", holder, l, got, err, want)
+		}
+	}
+}
+
+// TestClientLeaseRendezvous: every node asks the same tracker for the same blob, whatever
+// the order of its URLs, and fails over to the next when that one is down.
+func TestClientLeaseRendezvous(t *testing.T) {
+	t.Parallel()
+	a, b := newFakeTracker(t), newFakeTracker(t)
+	c1 := newTestClient(t, newNodeID(t), a.srv.URL, b.srv.URL)
+	c2 := newTestClient(t, newNodeID(t), b.srv.URL, a.srv.URL)
+	used := map[*fakeTracker]int{}
+	for i := range 20 {
+		d := digest.FromString(fmt.Sprint("blob ", i))
+		for _, c := range []*Client{c1, c2} {
+			before := [2]int{len(a.leaseLog()), len(b.leaseLog())}
+			l, _, err := c.Lease(context.Background(), d, 100, 10, 0)
+			if err != nil || l == nil {
+				t.Fatalf("Lease = %v, %v", l, err)
+			}
+			l.Release(true)
+			first := c.order(d)[0].base
+			switch {
+			case len(a.leaseLog()) > before[0] && first == a.srv.URL:
+				used[a]++
+			case len(b.leaseLog()) > before[1] && first == b.srv.URL:
+				used[b]++
+			default:
+				t.Fatalf("lease of %s did not go to its rendezvous tracker", d)
+			}
+			if c1.order(d)[0].base != c2.order(d)[0].base {
+				t.Fatalf("two clients order the trackers of %s differently", d)
+			}
+		}
+	}
+	if used[a] == 0 || used[b] == 0 {
+		t.Errorf("leases split %d/%d between two trackers, want both used", used[a], used[b])
+	}
+
+	// The rendezvous tracker of d hangs: the lease fails over to the other, then goes
+	// straight there.
+	d := digest.FromString("fail over")
+	first, second := a, b
+	if c1.order(d)[0].base == b.srv.URL {
+		first, second = b, a
+	}
+	first.hang.Store(true)
+	// asks counts the lease requests a tracker saw, leaving out releases (posted in the
+	// background, so they may land at any time).
+	asks := func(f *fakeTracker) int {
+		n := 0
+		for _, r := range f.leaseLog() {
+			if !r.Release {
+				n++
+			}
+		}
+		return n
+	}
+	for range 2 {
+		before := asks(second)
+		l, _, err := c1.Lease(context.Background(), d, 100, 10, 0)
+		if err != nil || l == nil {
+			t.Fatalf("Lease with its tracker down = %v, %v; want granted by the other", l, err)
+		}
+		if asks(second) != before+1 {
+			t.Errorf("lease did not fail over to the second tracker")
+		}
+		l.Release(true)
+	}
+}
+
+func TestClientBootstrap(t *testing.T) {
+	t.Parallel()
+	self, other := newNodeID(t), newNodeID(t)
+	f := newFakeTracker(t)
+	f.set(func(f *fakeTracker) {
+		f.peers = []string{other.addr, self.addr, "/ip4/1.2.3.4/tcp/1", "nonsense", other.addr}
+	})
+	c := newTestClient(t, self, f.srv.URL)
+	got, err := c.Bootstrap(context.Background())
+	if err != nil || !slices.Equal(got, []string{other.addr}) {
+		t.Errorf("Bootstrap = %v, %v; want [%s]", got, err, other.addr)
+	}
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	c2 := newTestClient(t, self, dead.URL)
+	if _, err := c2.Bootstrap(context.Background()); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Bootstrap from a dead tracker = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	t.Parallel()
+	for raw, want := range map[string]string{
+		"http://tracker:5090":        "http://tracker:5090",
+		"https://tracker.example/x/": "https://tracker.example/x",
+		"ftp://tracker":              "",
+		"tracker:5090":               "",
+		"http://":                    "",
+		"http://u:p@tracker":         "",
+		"http://tracker?x=1":         "",
+	} {
+		got, err := ParseURL(raw)
+		if (err == nil) != (want != "") || got != want {
+			t.Errorf("ParseURL(%q) = %q, %v; want %q", raw, got, err, want)
+		}
+	}
+}
+
+// TestClientMetrics: the request counter and the up gauge follow the answers.
+func TestClientMetrics(t *testing.T) {
+	t.Parallel()
+	f := newFakeTracker(t)
+	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.up.Load() {
+		t.Error("up = false after an answer")
+	}
+	f.hang.Store(true)
+	c.Announce(context.Background(), []BlobState{{Digest: clientBlob}})
+	if c.up.Load() {
+		t.Error("up = true after a timeout")
+	}
+	for _, r := range []string{"ok", "error"} {
+		if n := testutil.ToFloat64(c.requests.WithLabelValues("announce", r)); n != 1 {
+			t.Errorf("shoal_tracker_requests_total{op=announce,result=%s} = %v, want 1", r, n)
+		}
+	}
+}
+
+// TestClientAgainstServer: the client and the real server agree on the protocol: two nodes
+// see each other in a swarm, one gets the lease on a chunk, the other is told it holds it.
+func TestClientAgainstServer(t *testing.T) {
+	t.Parallel()
+	srv, err := NewServer(ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	a, b := newNodeID(t), newNodeID(t)
+	ca, cb := newTestClient(t, a, hs.URL), newTestClient(t, b, hs.URL)
+	ctx := context.Background()
+	state := BlobState{Digest: clientBlob, Size: 100, ChunkSize: 10, Done: 10}
+	if _, err := ca.Announce(ctx, []BlobState{state}); err != nil {
+		t.Fatalf("Announce = %v", err)
+	}
+	got, err := cb.Announce(ctx, []BlobState{state})
+	if err != nil || len(got[clientBlob]) != 1 || got[clientBlob][0].Peer != a.signer.ID() {
+		t.Fatalf("second node's Announce = %+v, %v; want the first as a member", got, err)
+	}
+	l, _, err := ca.Lease(ctx, clientBlob, 100, 10, 2)
+	if err != nil || l == nil {
+		t.Fatalf("Lease = %v, %v; want granted", l, err)
+	}
+	defer l.Release(false)
+	l2, holder, err := cb.Lease(ctx, clientBlob, 100, 10, 2)
+	if err != nil || l2 != nil || holder != a.signer.ID() {
+		t.Errorf("second node's Lease = %v, %q, %v; want refused naming the first", l2, holder, err)
+	}
+	if _, _, err := cb.Lease(ctx, digest.FromString("not announced"), 100, 10, 0); err == nil || errors.Is(err, ErrUnavailable) {
+		t.Errorf("Lease on a blob not announced = %v, want a refusal that is not ErrUnavailable", err)
+	}
+}
