@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +46,22 @@ type expect struct {
 	p2pPort       int32
 	defaultHosts  bool // containerd.default: _default/hosts.toml too
 	cleanup       bool
+	tracker       *trackerExpect // nil: tracker.enabled false
+}
+
+// trackerExpect is what the tracker's values add up to.
+type trackerExpect struct {
+	name     string // of the StatefulSet and its Service
+	replicas int
+	port     int32
+	p2pPort  int32
+	image    string
+}
+
+// withTracker is e with the tracker enabled and its other values left at their defaults.
+func (e expect) withTracker(image string) expect {
+	e.tracker = &trackerExpect{name: e.fullname + "-tracker", replicas: 1, port: 5090, p2pPort: 5091, image: image}
+	return e
 }
 
 var defaults = expect{
@@ -73,6 +90,13 @@ var full = expect{
 	p2pPort:       30022,
 	defaultHosts:  true,
 	cleanup:       true,
+	tracker: &trackerExpect{
+		name:     "p2p-mirror-tracker",
+		replicas: 2,
+		port:     30090,
+		p2pPort:  30091,
+		image:    "registry.example/mirror/shoal:9.9.8",
+	},
 }
 
 func TestLint(t *testing.T) {
@@ -141,6 +165,44 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+// TestTracker: tracker.enabled with the other values at their defaults, and with names as
+// long as the chart allows.
+func TestTracker(t *testing.T) {
+	h := newHelm(t)
+	t.Run("defaults", func(t *testing.T) {
+		t.Parallel()
+		r := render(t, h, defaults.namespace, "--set", "tracker.enabled=true")
+		want := []string{"apps/v1/StatefulSet/shoal-tracker", "v1/Service/shoal-tracker"}
+		for _, o := range r.objects {
+			if o.meta.Labels["app.kubernetes.io/component"] == "tracker" && !slices.Contains(want, o.kind+"/"+o.meta.Name) {
+				t.Errorf("%s/%s rendered, want only %q for the tracker", o.kind, o.meta.Name, want)
+			}
+		}
+		checkRendering(t, r, defaults.withTracker("ghcr.io/shoal-dev/shoal:0.1.0"))
+		pod := &get[appsv1.StatefulSet](t, r, "shoal-tracker").Spec.Template.Spec
+		if len(pod.Tolerations) != 0 {
+			t.Errorf("tracker tolerations = %+v, want none by default", pod.Tolerations)
+		}
+		if got := pod.NodeSelector["kubernetes.io/os"]; got != "linux" {
+			t.Errorf("tracker nodeSelector kubernetes.io/os = %q, want linux", got)
+		}
+	})
+	t.Run("long names", func(t *testing.T) {
+		t.Parallel()
+		name := strings.Repeat("n", 55)
+		r := render(t, h, "shoal", "--set", "tracker.enabled=true", "--set", "fullnameOverride="+name)
+		e := defaults.withTracker("ghcr.io/shoal-dev/shoal:0.1.0")
+		e.fullname = name
+		e.tracker.name = strings.Repeat("n", 44) + "-tracker"
+		checkRendering(t, r, e)
+	})
+	t.Run("psk existing secret", func(t *testing.T) {
+		t.Parallel()
+		r := render(t, h, "shoal", "--set", "tracker.enabled=true", "--set", "psk.existingSecret=fleet-key", "--set", "psk.secretKey=key")
+		checkRendering(t, r, defaults.withTracker("ghcr.io/shoal-dev/shoal:0.1.0"))
+	})
+}
+
 func TestFull(t *testing.T) {
 	h := newHelm(t)
 	r := render(t, h, full.namespace, "-f", fullValues(t))
@@ -204,8 +266,8 @@ func TestFull(t *testing.T) {
 	if !strings.HasPrefix(key, "/key/swarm/psk/1.0.0/\n/base16/\n") {
 		t.Errorf("Secret %s data psk = %q, want the key file from values", secret.Name, key)
 	}
-	checkSecretMount(t, pod, node, "psk", secret.Name, "psk", flagValue(t, node.Args, "psk"))
-	checkSecretMount(t, pod, node, "docker-config", "registry-credentials", ".dockerconfigjson", flagValue(t, node.Args, "docker-config"))
+	checkSecretMount(t, pod, node, "psk", secret.Name, "psk", flagValue(t, node.Args, "psk"), 0o400)
+	checkSecretMount(t, pod, node, "docker-config", "registry-credentials", ".dockerconfigjson", flagValue(t, node.Args, "docker-config"), 0o400)
 	if ds.Spec.Template.Annotations["checksum/psk"] == "" {
 		t.Errorf("pod annotations %v: no checksum/psk, so a new key would not restart the nodes", ds.Spec.Template.Annotations)
 	}
@@ -225,7 +287,7 @@ func TestFull(t *testing.T) {
 	}
 
 	// The ServiceMonitor scrapes /metrics on the admin port through the headless Service.
-	svc := headlessService(t, r)
+	svc := headlessService(t, r, full.fullname)
 	sm := get[serviceMonitor](t, r, full.fullname)
 	if sm.Labels["release"] != "kube-prometheus-stack" {
 		t.Errorf("ServiceMonitor labels %v: no release label from serviceMonitor.labels", sm.Labels)
@@ -257,6 +319,58 @@ func TestFull(t *testing.T) {
 		t.Errorf("metricRelabelings = %+v, want the one from values", ep.MetricRelabelings)
 	}
 
+	// The tracker's ServiceMonitor scrapes /metrics on its HTTP port, through its Service.
+	tsvc := get[corev1.Service](t, r, full.tracker.name)
+	tsm := get[serviceMonitor](t, r, full.tracker.name)
+	tsel, err := metav1.LabelSelectorAsSelector(&tsm.Spec.Selector)
+	if err != nil {
+		t.Fatalf("tracker ServiceMonitor selector: %v", err)
+	}
+	if !tsel.Matches(labels.Set(tsvc.Labels)) || tsel.Matches(labels.Set(svc.Labels)) || sel.Matches(labels.Set(tsvc.Labels)) {
+		t.Errorf("ServiceMonitor selectors: nodes %v, tracker %v; want each to select only its own Service (labels: nodes %v, tracker %v)", sel, tsel, svc.Labels, tsvc.Labels)
+	}
+	if tsm.Labels["release"] != "kube-prometheus-stack" || !slices.Equal(tsm.Spec.NamespaceSelector.MatchNames, []string{full.namespace}) {
+		t.Errorf("tracker ServiceMonitor %+v: want the labels from values and namespace %s", tsm.ObjectMeta, full.namespace)
+	}
+	if len(tsm.Spec.Endpoints) != 1 {
+		t.Fatalf("tracker ServiceMonitor endpoints = %+v, want one", tsm.Spec.Endpoints)
+	}
+	tep := tsm.Spec.Endpoints[0]
+	if tep.Path != "/metrics" || tep.Interval != "15s" || tep.ScrapeTimeout != "5s" ||
+		!slices.ContainsFunc(tsvc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == tep.Port && p.Port == full.tracker.port }) {
+		t.Errorf("tracker ServiceMonitor endpoint = %+v, want /metrics on port %d of Service %s every 15s with a 5s timeout", tep, full.tracker.port, tsvc.Name)
+	}
+	if len(tep.Relabelings) != 1 || tep.Relabelings[0].TargetLabel != "cluster" || len(tep.MetricRelabelings) != 1 {
+		t.Errorf("tracker relabelings = %+v, metricRelabelings = %+v, want those from values", tep.Relabelings, tep.MetricRelabelings)
+	}
+
+	// The tracker's own scheduling and extras.
+	tpod := &get[appsv1.StatefulSet](t, r, full.tracker.name).Spec.Template
+	if len(tpod.Spec.Tolerations) != 1 || tpod.Spec.Tolerations[0].Key != "tracker" {
+		t.Errorf("tracker tolerations = %+v, want only the one from tracker.tolerations", tpod.Spec.Tolerations)
+	}
+	if tpod.Spec.NodeSelector["node-role.example.com/control"] != "true" || tpod.Spec.Affinity == nil || tpod.Spec.Affinity.PodAntiAffinity == nil {
+		t.Errorf("tracker nodeSelector %v, affinity %+v: want those from tracker.*", tpod.Spec.NodeSelector, tpod.Spec.Affinity)
+	}
+	if tpod.Labels["example.com/tier"] != "tracker" || tpod.Annotations["example.com/team"] != "platform" {
+		t.Errorf("tracker pod metadata %+v: tracker.podLabels or podAnnotations missing", tpod.ObjectMeta)
+	}
+	tc := container(t, &tpod.Spec, "tracker")
+	if tc.ImagePullPolicy != corev1.PullAlways {
+		t.Errorf("tracker imagePullPolicy = %q, want Always from tracker.image", tc.ImagePullPolicy)
+	}
+	if got, want := flagValues(tc.Args, "p2p-listen"), []string{"/ip4/0.0.0.0/tcp/30091", "/ip6/::/tcp/30091"}; !slices.Equal(got, want) {
+		t.Errorf("tracker --p2p-listen = %q, want %q (p2p.ipv6)", got, want)
+	}
+	for _, a := range fullTrackerExtraArgs {
+		if !slices.Contains(tc.Args, a) {
+			t.Errorf("tracker args %q lack %q from tracker.extraArgs", tc.Args, a)
+		}
+	}
+	if tq := tc.Resources.Requests.Cpu(); tq.String() != "100m" {
+		t.Errorf("tracker cpu request = %s, want 100m from tracker.resources", tq)
+	}
+
 	job := get[batchv1.Job](t, r, full.fullname+"-cleanup-wait")
 	if got := flagValue(t, job.Spec.Template.Spec.Containers[0].Args, "timeout"); got != "900s" {
 		t.Errorf("cleanup wait --timeout = %q, want 900s", got)
@@ -272,7 +386,7 @@ func TestPSKExistingSecret(t *testing.T) {
 	}
 	ds := get[appsv1.DaemonSet](t, r, "shoal")
 	node := container(t, &ds.Spec.Template.Spec, "node")
-	checkSecretMount(t, &ds.Spec.Template.Spec, node, "psk", "fleet-key", "key", flagValue(t, node.Args, "psk"))
+	checkSecretMount(t, &ds.Spec.Template.Spec, node, "psk", "fleet-key", "key", flagValue(t, node.Args, "psk"), 0o400)
 	if _, ok := ds.Spec.Template.Annotations["checksum/psk"]; ok {
 		t.Errorf("checksum/psk annotation without a key in the values")
 	}
@@ -301,7 +415,9 @@ func TestValueErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"tracker not available yet", []string{"--set", "tracker.enabled=true"}, "tracker"},
+		{"no tracker replica", []string{"--set", "tracker.enabled=true", "--set", "tracker.replicas=0"}, "replicas"},
+		{"unknown tracker key", []string{"--set", "tracker.replica=2"}, "replica"},
+		{"bad tracker port", []string{"--set", "tracker.p2pPort=0"}, "p2pPort"},
 		{"unknown key", []string{"--set", "registry=docker.io"}, "registry"},
 		{"no registry", []string{"--set-json", "registries=[]"}, "registries"},
 		{"bad size", []string{"--set", "cacheSize=lots"}, "cacheSize"},
@@ -321,6 +437,9 @@ func TestValueErrors(t *testing.T) {
 	}
 }
 
+// fullTrackerExtraArgs are tracker.extraArgs in testdata/full-values.yaml.
+var fullTrackerExtraArgs = []string{"--max-peers=50000"}
+
 // TestFlagsExist runs the built shoal with the arguments the chart gives it plus --help:
 // every flag must exist (an unknown one is an error), and every value must parse (flags are
 // set, and so checked, before --help stops the parsing).
@@ -329,6 +448,7 @@ func TestFlagsExist(t *testing.T) {
 	bin := harness.BuildShoal(t)
 	renderings := map[string]*rendering{
 		"defaults": render(t, h, defaults.namespace),
+		"tracker":  render(t, h, defaults.namespace, "--set", "tracker.enabled=true"),
 		"full":     render(t, h, full.namespace, "-f", fullValues(t)),
 	}
 
@@ -351,6 +471,33 @@ func TestFlagsExist(t *testing.T) {
 					runWithHelp(t, bin, c.Args)
 				}
 			}
+		}
+	})
+
+	t.Run("tracker", func(t *testing.T) {
+		trackerFlags, err := helpFlags(bin, "tracker")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for name, r := range renderings {
+			for _, sts := range all[appsv1.StatefulSet](r) {
+				for _, c := range sts.Spec.Template.Spec.Containers {
+					if len(c.Args) == 0 || c.Args[0] != "tracker" {
+						continue
+					}
+					n++
+					for _, f := range flagNames(c.Args) {
+						if !slices.Contains(trackerFlags, f) {
+							t.Errorf("%s: StatefulSet %s passes --%s, which shoal tracker --help does not list (%v)", name, sts.Name, f, trackerFlags)
+						}
+					}
+					runWithHelp(t, bin, c.Args)
+				}
+			}
+		}
+		if n == 0 {
+			t.Errorf("no rendering runs shoal tracker")
 		}
 	})
 
@@ -479,8 +626,8 @@ func checkRendering(t *testing.T, r *rendering, e expect) {
 		if o.kind != "v1/Namespace" && o.meta.Namespace != e.namespace {
 			t.Errorf("%s/%s in namespace %q, want %q", o.kind, o.meta.Name, o.meta.Namespace, e.namespace)
 		}
-		if strings.Contains(o.meta.Name, "tracker") {
-			t.Errorf("%s/%s rendered: the chart has no tracker yet", o.kind, o.meta.Name)
+		if e.tracker == nil && (strings.Contains(o.meta.Name, "tracker") || o.meta.Labels["app.kubernetes.io/component"] == "tracker") {
+			t.Errorf("%s/%s rendered with tracker.enabled false", o.kind, o.meta.Name)
 		}
 	}
 
@@ -559,7 +706,7 @@ func checkRendering(t *testing.T, r *rendering, e expect) {
 	}
 
 	// The headless Service the nodes find each other through.
-	svc := headlessService(t, r)
+	svc := headlessService(t, r, e.fullname)
 	if svc.Spec.Selector == nil || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(ds.Spec.Template.Labels)) {
 		t.Errorf("Service %s selector %v does not select the node pods (%v)", svc.Name, svc.Spec.Selector, ds.Spec.Template.Labels)
 	}
@@ -574,6 +721,12 @@ func checkRendering(t *testing.T, r *rendering, e expect) {
 	init := container(t, pod, "containerd-config")
 	checkContainerdConfigArgs(t, init.Args, e)
 	checkHostPathMount(t, pod, init, e.hostsDir)
+
+	if e.tracker != nil {
+		checkTracker(t, r, e, ds, svc)
+	} else if got := flagValues(node.Args, "tracker"); got != nil {
+		t.Errorf("--tracker = %q with tracker.enabled false", got)
+	}
 
 	if !e.cleanup {
 		return
@@ -722,15 +875,11 @@ func checkCleanupWait(t *testing.T, r *rendering, e expect, cleanup *appsv1.Daem
 	}
 }
 
-// headlessService returns the chart's headless Service and checks it is one that lists
+// headlessService returns the nodes' headless Service and checks it is one that lists
 // nodes before they are ready.
-func headlessService(t *testing.T, r *rendering) *corev1.Service {
+func headlessService(t *testing.T, r *rendering, name string) *corev1.Service {
 	t.Helper()
-	svcs := all[corev1.Service](r)
-	if len(svcs) != 1 {
-		t.Fatalf("%d Services rendered, want 1 (the headless one)", len(svcs))
-	}
-	svc := svcs[0]
+	svc := get[corev1.Service](t, r, name)
 	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
 		t.Errorf("Service %s clusterIP = %q, want None (headless: one DNS record per node)", svc.Name, svc.Spec.ClusterIP)
 	}
@@ -774,7 +923,7 @@ func checkHostPathMount(t *testing.T, pod *corev1.PodSpec, c *corev1.Container, 
 }
 
 // checkSecretMount checks that the file a flag names is the given key of the given Secret.
-func checkSecretMount(t *testing.T, pod *corev1.PodSpec, c *corev1.Container, volume, secret, key, file string) {
+func checkSecretMount(t *testing.T, pod *corev1.PodSpec, c *corev1.Container, volume, secret, key, file string, mode int32) {
 	t.Helper()
 	var vol *corev1.Volume
 	for i := range pod.Volumes {
@@ -798,7 +947,182 @@ func checkSecretMount(t *testing.T, pod *corev1.PodSpec, c *corev1.Container, vo
 		filepath.Join(mount.MountPath, vol.Secret.Items[0].Path) != file {
 		t.Errorf("Secret %s mounted as %+v at %s, want key %q at %s", secret, vol.Secret.Items, mount.MountPath, key, file)
 	}
-	if m := vol.Secret.DefaultMode; m == nil || *m != 0o400 {
-		t.Errorf("Secret %s defaultMode = %v, want 0400", secret, m)
+	if m := vol.Secret.DefaultMode; m == nil || *m != mode {
+		t.Errorf("Secret %s defaultMode = %v, want %#o", secret, m, mode)
+	}
+}
+
+// checkTracker checks the tracker: a StatefulSet whose every replica has a DNS name of its
+// own under a headless Service, probed on /healthz, running as non-root and writing only to
+// an emptyDir, with the nodes' private network key; and every node given each replica's
+// URL, since trackers share no state.
+func checkTracker(t *testing.T, r *rendering, e expect, nodeDS *appsv1.DaemonSet, nodeSvc *corev1.Service) {
+	t.Helper()
+	te := e.tracker
+	sts := get[appsv1.StatefulSet](t, r, te.name)
+	// The pods' controller-revision-hash label is the StatefulSet's name and a hash of
+	// about 11 characters, and must fit in 63.
+	if len(sts.Name) > 52 {
+		t.Errorf("StatefulSet name %q is %d characters, want at most 52", sts.Name, len(sts.Name))
+	}
+	svc := get[corev1.Service](t, r, sts.Spec.ServiceName)
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("tracker Service %s clusterIP = %q, want None: the pods' own DNS names need a headless Service", svc.Name, svc.Spec.ClusterIP)
+	}
+	pod := &sts.Spec.Template.Spec
+	podLabels := labels.Set(sts.Spec.Template.Labels)
+	sel, err := metav1.LabelSelectorAsSelector(sts.Spec.Selector)
+	if err != nil {
+		t.Fatalf("StatefulSet selector: %v", err)
+	}
+	if !sel.Matches(podLabels) {
+		t.Errorf("StatefulSet selector %v does not match its pods' labels %v", sel, podLabels)
+	}
+	if svc.Spec.Selector == nil || !labels.SelectorFromSet(svc.Spec.Selector).Matches(podLabels) {
+		t.Errorf("tracker Service %s selector %v does not select the tracker pods (%v)", svc.Name, svc.Spec.Selector, podLabels)
+	}
+	// Trackers and nodes apart: the nodes ask every address of their Service for /status.
+	nodeSel, err := metav1.LabelSelectorAsSelector(nodeDS.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nodeSel.Matches(podLabels) || labels.SelectorFromSet(nodeSvc.Spec.Selector).Matches(podLabels) ||
+		sel.Matches(labels.Set(nodeDS.Spec.Template.Labels)) || labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(nodeDS.Spec.Template.Labels)) {
+		t.Errorf("node and tracker selectors overlap: node %v and Service %v, tracker %v and Service %v (pods: node %v, tracker %v)",
+			nodeSel, nodeSvc.Spec.Selector, sel, svc.Spec.Selector, nodeDS.Spec.Template.Labels, podLabels)
+	}
+	if sts.Spec.Replicas == nil || int(*sts.Spec.Replicas) != te.replicas {
+		t.Errorf("tracker replicas = %v, want %d", sts.Spec.Replicas, te.replicas)
+	}
+	if pod.HostNetwork {
+		t.Errorf("tracker pod on the host network: it needs none")
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Errorf("tracker automountServiceAccountToken not false: the tracker does not use the API")
+	}
+	if toleratesEverything(pod.Tolerations) {
+		t.Errorf("tracker tolerations %+v tolerate every taint: that is for the node agent only", pod.Tolerations)
+	}
+
+	c := container(t, pod, "tracker")
+	if len(c.Args) == 0 || c.Args[0] != "tracker" {
+		t.Fatalf("tracker container args %q, want shoal tracker", c.Args)
+	}
+	if c.Image != te.image {
+		t.Errorf("tracker image = %q, want %q", c.Image, te.image)
+	}
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		if p.HostPort != 0 {
+			t.Errorf("tracker port %s has hostPort %d: it needs none", p.Name, p.HostPort)
+		}
+		ports[p.Name] = p.ContainerPort
+	}
+	if want := map[string]int32{"http": te.port, "p2p": te.p2pPort}; !reflect.DeepEqual(ports, want) {
+		t.Errorf("tracker container ports = %v, want %v", ports, want)
+	}
+	listen := flagValue(t, c.Args, "listen")
+	if host, port, err := net.SplitHostPort(listen); err != nil || host != "" || port != strconv.Itoa(int(te.port)) {
+		t.Errorf("tracker --listen = %q, want :%d (every address of the pod)", listen, te.port)
+	}
+	if got, want := flagValues(c.Args, "p2p-listen"), fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", te.p2pPort); !slices.Contains(got, want) {
+		t.Errorf("tracker --p2p-listen = %q, want %q among them", got, want)
+	}
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+	}{
+		{"readiness", c.ReadinessProbe},
+		{"liveness", c.LivenessProbe},
+	} {
+		if p.probe == nil || p.probe.HTTPGet == nil {
+			t.Errorf("tracker %s probe = %+v, want an HTTP GET of /healthz", p.name, p.probe)
+			continue
+		}
+		g := p.probe.HTTPGet
+		if g.Path != "/healthz" || resolvePort(g.Port, ports) != te.port || g.Host != "" {
+			t.Errorf("tracker %s probe GET %s on port %s (host %q), want /healthz on the HTTP port %d", p.name, g.Path, g.Port.String(), g.Host, te.port)
+		}
+	}
+	checkEmptyDirMount(t, pod, c, flagValue(t, c.Args, "data-dir"))
+	if sc := c.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser == 0 ||
+		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") ||
+		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("tracker securityContext %+v: want a non-root user, no privilege escalation, every capability dropped, a read-only root", sc)
+	}
+	if c.Resources.Limits.Memory().IsZero() {
+		t.Errorf("tracker resources %+v: no memory limit", c.Resources)
+	}
+	node := container(t, &nodeDS.Spec.Template.Spec, "node")
+	for _, flag := range []string{"log-format", "log-level"} {
+		if got, want := flagValue(t, c.Args, flag), flagValue(t, node.Args, flag); got != want {
+			t.Errorf("tracker --%s = %q, the nodes' %q", flag, got, want)
+		}
+	}
+
+	// The nodes' private network key, when they have one: readable by the tracker's user
+	// through the pod's fsGroup.
+	if nodeKey := flagValues(node.Args, "psk"); nodeKey != nil {
+		var secret, key string
+		for _, v := range nodeDS.Spec.Template.Spec.Volumes {
+			if v.Name == "psk" && v.Secret != nil && len(v.Secret.Items) == 1 {
+				secret, key = v.Secret.SecretName, v.Secret.Items[0].Key
+			}
+		}
+		checkSecretMount(t, pod, c, "psk", secret, key, flagValue(t, c.Args, "psk"), 0o440)
+		if pod.SecurityContext == nil || pod.SecurityContext.FSGroup == nil {
+			t.Errorf("tracker pod securityContext %+v: no fsGroup, so its non-root user cannot read the key", pod.SecurityContext)
+		}
+		if nodeDS.Spec.Template.Annotations["checksum/psk"] != sts.Spec.Template.Annotations["checksum/psk"] {
+			t.Errorf("checksum/psk annotations: nodes %q, tracker %q; a new key must restart both", nodeDS.Spec.Template.Annotations["checksum/psk"], sts.Spec.Template.Annotations["checksum/psk"])
+		}
+	} else if got := flagValues(c.Args, "psk"); got != nil {
+		t.Errorf("tracker --psk = %q, but the nodes have no key", got)
+	}
+
+	// The headless Service does not forward: its ports name the pods' own.
+	svcPorts := map[string]int32{}
+	for _, p := range svc.Spec.Ports {
+		if p.Port != resolvePort(p.TargetPort, ports) {
+			t.Errorf("tracker Service port %s: %d, target %s; a headless Service's clients reach the target port", p.Name, p.Port, p.TargetPort.String())
+		}
+		svcPorts[p.Name] = p.Port
+	}
+	if !reflect.DeepEqual(svcPorts, ports) {
+		t.Errorf("tracker Service ports %v, want the pods' %v", svcPorts, ports)
+	}
+
+	// Each node reaches each replica at its own name, <pod>.<service>.<namespace>.svc.<domain>.
+	var want []string
+	for i := range te.replicas {
+		host := fmt.Sprintf("%s-%d", sts.Name, i)
+		if len(host) > 63 {
+			t.Errorf("tracker pod name %q is longer than a DNS label", host)
+		}
+		want = append(want, fmt.Sprintf("http://%s.%s.%s.svc.%s:%d", host, svc.Name, e.namespace, e.clusterDomain, ports["http"]))
+	}
+	if got := flagValues(node.Args, "tracker"); !slices.Equal(got, want) {
+		t.Errorf("node --tracker = %q, want %q", got, want)
+	}
+	if flagValue(t, node.Args, "bootstrap-dns") == "" {
+		t.Errorf("node --bootstrap-dns empty: nodes must find each other with the tracker down too")
+	}
+}
+
+// checkEmptyDirMount checks that c mounts an emptyDir, writable, at dir.
+func checkEmptyDirMount(t *testing.T, pod *corev1.PodSpec, c *corev1.Container, dir string) {
+	t.Helper()
+	i := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == dir })
+	if i < 0 {
+		t.Errorf("container %s does not mount %s (mounts: %+v)", c.Name, dir, c.VolumeMounts)
+		return
+	}
+	m := c.VolumeMounts[i]
+	j := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+	if j < 0 || pod.Volumes[j].EmptyDir == nil {
+		t.Errorf("container %s mounts %s from volume %s, want an emptyDir (volumes: %+v)", c.Name, dir, m.Name, pod.Volumes)
+	}
+	if m.ReadOnly {
+		t.Errorf("container %s mounts %s read-only", c.Name, dir)
 	}
 }

@@ -3,8 +3,9 @@
 // template), decodes every rendered object strictly into the Kubernetes API types, so that a
 // misspelt or misplaced field fails here rather than in a cluster, and checks what the
 // deployment depends on: host networking, the probes, the containerd configuration at install
-// and at uninstall, the headless Service the nodes find each other through, and that every
-// flag the chart passes to shoal exists in the built binary.
+// and at uninstall, the headless Service the nodes find each other through, the optional
+// tracker and the URLs the nodes reach it by, and that every flag the chart passes to shoal
+// exists in the built binary.
 package deploy
 
 import (
@@ -116,6 +117,7 @@ var kinds = map[string]func() any{
 	"v1/Secret":                         func() any { return &corev1.Secret{} },
 	"v1/ConfigMap":                      func() any { return &corev1.ConfigMap{} },
 	"apps/v1/DaemonSet":                 func() any { return &appsv1.DaemonSet{} },
+	"apps/v1/StatefulSet":               func() any { return &appsv1.StatefulSet{} },
 	"batch/v1/Job":                      func() any { return &batchv1.Job{} },
 	"rbac.authorization.k8s.io/v1/Role": func() any { return &rbacv1.Role{} },
 	"rbac.authorization.k8s.io/v1/RoleBinding": func() any { return &rbacv1.RoleBinding{} },

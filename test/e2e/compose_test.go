@@ -38,7 +38,8 @@ import (
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
-// nodeFlag is a flag of `shoal node` as its --help prints it.
+// nodeFlag is a flag of a shoal command (`shoal node`, `shoal tracker`) as its --help
+// prints it.
 type nodeFlag struct {
 	value      string // the value's placeholder; "" for a boolean flag
 	def        string // the default when --help shows one
@@ -48,9 +49,16 @@ type nodeFlag struct {
 // nodeFlags runs the real `shoal node --help` and returns its flags by name.
 func nodeFlags(t *testing.T) map[string]nodeFlag {
 	t.Helper()
-	out, err := exec.CommandContext(t.Context(), harness.BuildShoal(t), "node", "--help").Output()
+	return commandFlags(t, "node", "config", "registry-addr", "admin-addr", "data-dir", "p2p-listen", "bootstrap-dns", "origin", "upstream", "tracker")
+}
+
+// commandFlags runs the real `shoal <command> --help` and returns its flags by name,
+// failing t unless the required ones are among them.
+func commandFlags(t *testing.T, command string, required ...string) map[string]nodeFlag {
+	t.Helper()
+	out, err := exec.CommandContext(t.Context(), harness.BuildShoal(t), command, "--help").Output()
 	if err != nil {
-		t.Fatalf("shoal node --help: %v", err)
+		t.Fatalf("shoal %s --help: %v", command, err)
 	}
 	flags := make(map[string]nodeFlag)
 	lines := strings.Split(string(out), "\n")
@@ -66,13 +74,15 @@ func nodeFlags(t *testing.T) map[string]nodeFlag {
 			f.repeatable = strings.Contains(help, "(repeatable")
 			if j := strings.LastIndex(help, " (default "); j >= 0 && strings.HasSuffix(help, ")") {
 				f.def = help[j+len(" (default ") : len(help)-1]
+			} else if j := strings.LastIndex(help, "; default "); j >= 0 && f.repeatable && strings.HasSuffix(help, ")") {
+				f.def = help[j+len("; default ") : len(help)-1] // (repeatable; default X)
 			}
 		}
 		flags[name] = f
 	}
-	for _, name := range []string{"config", "registry-addr", "admin-addr", "data-dir", "p2p-listen", "bootstrap-dns", "origin", "upstream"} {
+	for _, name := range required {
 		if _, ok := flags[name]; !ok {
-			t.Fatalf("shoal node --help lists no --%s; output:\n%s", name, out)
+			t.Fatalf("shoal %s --help lists no --%s; output:\n%s", command, name, out)
 		}
 	}
 	return flags
@@ -124,6 +134,11 @@ func p2pPort(addr string) (int, string, bool, error) {
 // parseNodeArgs reads `shoal node` arguments the way Go's flag package does and returns the
 // values of each flag given; unknown flags and stray arguments are errors, as for the node.
 func parseNodeArgs(args []string, flags map[string]nodeFlag) (map[string][]string, error) {
+	return parseArgs("node", args, flags)
+}
+
+// parseArgs is parseNodeArgs for any shoal command.
+func parseArgs(command string, args []string, flags map[string]nodeFlag) (map[string][]string, error) {
 	set := make(map[string][]string)
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -139,7 +154,7 @@ func parseNodeArgs(args []string, flags map[string]nodeFlag) (map[string][]strin
 		name, value, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
 		f, ok := flags[name]
 		if !ok {
-			return nil, fmt.Errorf("--%s is not a flag of shoal node", name)
+			return nil, fmt.Errorf("--%s is not a flag of shoal %s", name, command)
 		}
 		if !hasValue && f.value != "" {
 			if i+1 == len(args) {
@@ -202,7 +217,7 @@ func (s settings) get(name string, flags map[string]nodeFlag) string {
 
 // TestDockerfile parses the Dockerfile with BuildKit's own parser and checks that it builds
 // the binary as the Makefile does, but static, and that the image runs it with ports, a
-// volume and a user that fit the node's defaults.
+// volume and a user that fit the node's defaults, and the tracker's.
 func TestDockerfile(t *testing.T) {
 	t.Parallel()
 	root, err := harness.ModuleRoot()
@@ -409,6 +424,20 @@ func TestDockerfile(t *testing.T) {
 		}
 		wantPorts[strconv.Itoa(port)+"/"+proto] = true
 	}
+	// The tracker's defaults: the same image runs `shoal tracker`, with no flags needed.
+	trackerFlags := commandFlags(t, "tracker", "listen", "p2p-listen", "data-dir")
+	if host, port, err := splitListen(trackerFlags["listen"].def); err != nil {
+		t.Errorf("shoal tracker --listen default: %v", err)
+	} else if !allInterfaces(host) {
+		t.Errorf("shoal tracker --listen default %s listens on %q only: a published port cannot reach it", trackerFlags["listen"].def, host)
+	} else {
+		wantPorts[strconv.Itoa(port)+"/tcp"] = true
+	}
+	if port, proto, all, err := p2pPort(trackerFlags["p2p-listen"].def); err != nil || !all {
+		t.Errorf("shoal tracker --p2p-listen default %q: want a fixed port on every interface (%v)", trackerFlags["p2p-listen"].def, err)
+	} else {
+		wantPorts[strconv.Itoa(port)+"/"+proto] = true
+	}
 	gotPorts := map[string]bool{}
 	for _, p := range ports {
 		if !strings.Contains(p, "/") {
@@ -417,7 +446,7 @@ func TestDockerfile(t *testing.T) {
 		gotPorts[p] = true
 	}
 	if !mapsEqual(gotPorts, wantPorts) {
-		t.Errorf("EXPOSE %v, want %v (the mirror, admin and p2p ports of the CMD)", ports, slices.Sorted(maps.Keys(wantPorts)))
+		t.Errorf("EXPOSE %v, want %v (the mirror, admin and p2p ports of the CMD, and the tracker's defaults)", ports, slices.Sorted(maps.Keys(wantPorts)))
 	}
 	dataDir := s.get("data-dir", flags)
 	if !slices.Contains(volumes, dataDir) {
@@ -428,6 +457,12 @@ func TestDockerfile(t *testing.T) {
 		return c.DestPath == dataDir && owner == uid
 	}) {
 		t.Errorf("final stage does not create %s owned by USER %s (COPY --chown=%s ... %s): the node could not write its cache", dataDir, user, user, dataDir)
+	}
+	if trackerDir := trackerFlags["data-dir"].def; !slices.ContainsFunc(copies, func(c *instructions.CopyCommand) bool {
+		owner, _, _ := strings.Cut(c.Chown, ":")
+		return c.DestPath == trackerDir && owner == uid
+	}) {
+		t.Errorf("final stage does not create the tracker's default data dir %s owned by USER %s: the tracker could not write its identity", trackerDir, user)
 	}
 
 	// The real node starts with the CMD's flags, its listen addresses and data dir replaced
@@ -716,7 +751,8 @@ func TestComposeStrict(t *testing.T) {
 
 // TestCompose loads docker-compose.yml with compose-go and checks the demo fleet: an origin
 // registry, three nodes built from the Dockerfile that join each other, each with its own
-// data volume and host ports, and commands and a config file the real binary accepts.
+// data volume and host ports, a tracker every node uses, and commands and a config file the
+// real binary accepts.
 func TestCompose(t *testing.T) {
 	root, err := harness.ModuleRoot()
 	if err != nil {
@@ -729,11 +765,16 @@ func TestCompose(t *testing.T) {
 		t.Fatalf("load %s: %v", composePath, err)
 	}
 
-	var origin *types.ServiceConfig
+	var origin, tracker *types.ServiceConfig
 	var nodes []types.ServiceConfig
 	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
 		svc := p.Services[name]
 		switch {
+		case svc.Build != nil && len(svc.Command) > 0 && svc.Command[0] == "tracker":
+			if tracker != nil {
+				t.Errorf("services %s and %s both run shoal tracker", tracker.Name, name)
+			}
+			tracker = &svc
 		case svc.Build != nil:
 			nodes = append(nodes, svc)
 		case svc.Image == "registry:3" || svc.Image == "docker.io/library/registry:3":
@@ -742,30 +783,23 @@ func TestCompose(t *testing.T) {
 			}
 			origin = &svc
 		default:
-			t.Errorf("service %s (image %q) is neither the origin (registry:3) nor a node built from the Dockerfile", name, svc.Image)
-		}
-		if strings.Contains(name, "tracker") {
-			t.Errorf("service %s: `shoal tracker` does not exist yet", name)
+			t.Errorf("service %s (image %q) is neither the origin (registry:3) nor shoal built from the Dockerfile", name, svc.Image)
 		}
 	}
 	if origin == nil {
 		t.Fatalf("no service runs the origin, the registry:3 image")
 	}
+	if tracker == nil {
+		t.Fatalf("no service built from the Dockerfile runs shoal tracker")
+	}
 	if len(nodes) != 3 {
-		t.Fatalf("%d services are built from the Dockerfile, want 3 nodes", len(nodes))
+		t.Fatalf("%d services are built from the Dockerfile to run something else than the tracker, want 3 nodes", len(nodes))
 	}
 	originPort := uint32(5000) // where registry:3 listens
 	if len(origin.Ports) > 0 && !slices.ContainsFunc(origin.Ports, func(pc types.ServicePortConfig) bool { return pc.Target == originPort }) {
 		t.Errorf("origin publishes %v, not its port %d", origin.Ports, originPort)
 	}
 
-	raw, err := os.ReadFile(composePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !regexp.MustCompile(`(?m)^\s*#.*\btracker\b`).Match(raw) {
-		t.Errorf("docker-compose.yml has no comment saying where the tracker goes")
-	}
 	doc, err := os.ReadFile(filepath.Join(root, "docs", "compose.md"))
 	if err != nil {
 		t.Errorf("docs/compose.md: %v", err)
@@ -794,6 +828,10 @@ func TestCompose(t *testing.T) {
 	configs := map[string]bool{}
 	dataVolumes := map[string]string{}
 	joinName := map[string]bool{}
+	trackerPort, trackerVolume := checkComposeTracker(t, root, *tracker, doc)
+	if trackerVolume != "" {
+		dataVolumes[trackerVolume] = tracker.Name
+	}
 	for _, svc := range nodes {
 		t.Run(svc.Name, func(t *testing.T) {
 			if svc.Build.Context != root {
@@ -873,7 +911,22 @@ func TestCompose(t *testing.T) {
 				}
 				joinName[name] = true
 			} else if len(s["bootstrap"]) == 0 {
-				t.Errorf("neither --bootstrap-dns nor --bootstrap: the node would not join the others")
+				t.Errorf("neither --bootstrap-dns nor --bootstrap: the node would not join the others with the tracker down")
+			}
+
+			// The tracker, as this node reaches it on a network they share.
+			if _, ok := svc.DependsOn[tracker.Name]; !ok {
+				t.Errorf("does not depend on the tracker %s", tracker.Name)
+			}
+			if len(s["tracker"]) == 0 {
+				t.Errorf("no --tracker: the node does not use the tracker %s", tracker.Name)
+			}
+			for _, raw := range s["tracker"] {
+				u, err := url.Parse(raw)
+				if err != nil || u.Scheme != "http" || u.Port() != strconv.Itoa(trackerPort) || (u.Path != "" && u.Path != "/") ||
+					!slices.ContainsFunc(slices.Collect(maps.Keys(svc.Networks)), func(network string) bool { return carriesName(*tracker, network, u.Hostname()) }) {
+					t.Errorf("--tracker %s, want http://%s:%d, the tracker service on a network both are on", raw, tracker.Name, trackerPort)
+				}
 			}
 
 			// The origin is the origin service, as other containers reach it.
@@ -927,6 +980,135 @@ func TestCompose(t *testing.T) {
 	for path := range configs {
 		checkConfigRuns(t, path, flags)
 	}
+}
+
+// checkComposeTracker checks the tracker service: built like the nodes, listening on every
+// interface with its HTTP port published on the host's loopback, its data dir one the
+// image's user can write, and a command the real `shoal tracker` runs with. It returns the
+// port of the HTTP API inside the network, and the named volume at the data dir ("" for
+// none).
+func checkComposeTracker(t *testing.T, root string, svc types.ServiceConfig, doc []byte) (int, string) {
+	t.Helper()
+	flags := commandFlags(t, "tracker", "listen", "p2p-listen", "data-dir")
+	if svc.Build.Context != root {
+		t.Errorf("tracker build context %s, want the repository root %s", svc.Build.Context, root)
+	}
+	if df := svc.Build.Dockerfile; df != "" && df != "Dockerfile" && df != filepath.Join(root, "Dockerfile") {
+		t.Errorf("tracker build dockerfile %s, want the repository's Dockerfile", df)
+	}
+	if len(svc.Entrypoint) > 0 {
+		t.Errorf("tracker entrypoint %q replaces the image's /shoal", svc.Entrypoint)
+	}
+	set, err := parseArgs("tracker", svc.Command[1:], flags)
+	if err != nil {
+		t.Fatalf("tracker command %q: %v", svc.Command, err)
+	}
+	s := settings(set)
+
+	listen := s.get("listen", flags)
+	host, port, err := splitListen(listen)
+	if err != nil {
+		t.Fatalf("tracker --listen: %v", err)
+	}
+	if !allInterfaces(host) {
+		t.Errorf("tracker --listen %s: listens on %s only, which neither the host nor the nodes reach", listen, host)
+	}
+	i := slices.IndexFunc(svc.Ports, func(pc types.ServicePortConfig) bool { return int(pc.Target) == port && pc.Published != "" })
+	switch {
+	case i < 0:
+		t.Errorf("tracker HTTP port %d is not published", port)
+	case !isLoopback(svc.Ports[i].HostIP):
+		t.Errorf("tracker HTTP port published on %q, want the host's loopback like the nodes' ports", svc.Ports[i].HostIP)
+	case doc != nil && !bytes.Contains(doc, []byte(":"+svc.Ports[i].Published+"/swarms")):
+		t.Errorf("docs/compose.md never shows the tracker's /swarms on its published port %s", svc.Ports[i].Published)
+	}
+	if len(s["p2p-listen"]) == 0 {
+		t.Errorf("tracker has no --p2p-listen: nodes could not join the DHT through it")
+	}
+	for _, a := range s["p2p-listen"] {
+		if _, _, all, err := p2pPort(a); err != nil || !all {
+			t.Errorf("tracker --p2p-listen %s: want a fixed port on every interface (%v)", a, err)
+		}
+	}
+
+	// Its data dir holds its identity: a named volume (which takes the owner of the
+	// image's directory) or the container's own layer, either way a directory the image
+	// creates for its user.
+	dataDir := s.get("data-dir", flags)
+	var volume string
+	for _, v := range svc.Volumes {
+		switch {
+		case v.Target != dataDir:
+			t.Errorf("tracker mounts %s at %s, which is not its data dir %s", v.Source, v.Target, dataDir)
+		case v.Type != types.VolumeTypeVolume:
+			t.Errorf("tracker data dir %s is a %s mount; want a named volume, which takes the image's owner of %s", dataDir, v.Type, dataDir)
+		default:
+			volume = v.Source
+		}
+	}
+	if user, owned := imageDirs(t, root); !slices.Contains(owned, dataDir) {
+		t.Errorf("the Dockerfile does not create the tracker's data dir %s owned by USER %s (it has %v): the tracker could not write its identity", dataDir, user, owned)
+	}
+
+	// The real tracker runs with the command's flags, its listen addresses and data dir
+	// replaced by local ones.
+	var run []string
+	for _, name := range slices.Sorted(maps.Keys(set)) {
+		switch name {
+		case "listen", "p2p-listen", "data-dir", "log-level", "log-format":
+		default:
+			for _, v := range set[name] {
+				run = append(run, "--"+name+"="+v)
+			}
+		}
+	}
+	harness.StartTracker(t, harness.TrackerOptions{Args: run})
+	return port, volume
+}
+
+// isLoopback reports whether a published port's host IP is the host's loopback.
+func isLoopback(ip string) bool {
+	a := net.ParseIP(ip)
+	return a != nil && a.IsLoopback()
+}
+
+// imageDirs reads the Dockerfile's final stage and returns its USER and the directories it
+// copies in owned by that user.
+func imageDirs(t *testing.T, root string) (string, []string) {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := parser.Parse(bytes.NewReader(src))
+	if err != nil {
+		t.Fatalf("parse Dockerfile: %v", err)
+	}
+	stages, _, err := instructions.Parse(res.AST, nil)
+	if err != nil {
+		t.Fatalf("Dockerfile instructions: %v", err)
+	}
+	if len(stages) == 0 {
+		t.Fatalf("Dockerfile has no stage")
+	}
+	var user string
+	var copies []*instructions.CopyCommand
+	for _, c := range stages[len(stages)-1].Commands {
+		switch c := c.(type) {
+		case *instructions.UserCommand:
+			user = c.User
+		case *instructions.CopyCommand:
+			copies = append(copies, c)
+		}
+	}
+	uid, _, _ := strings.Cut(user, ":")
+	var dirs []string
+	for _, c := range copies {
+		if owner, _, _ := strings.Cut(c.Chown, ":"); owner != "" && owner == uid {
+			dirs = append(dirs, filepath.Clean(c.DestPath))
+		}
+	}
+	return user, dirs
 }
 
 // hostPath returns the file on this machine that a bind mount of svc shows at path.

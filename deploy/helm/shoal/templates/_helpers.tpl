@@ -147,3 +147,40 @@ tolerations:
   {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+The tracker's name: its StatefulSet, its headless Service and the prefix of its pods'
+names. A StatefulSet's name must leave room for the revision hash in its pods' labels, so
+it is kept within 52 characters.
+*/}}
+{{- define "shoal.trackerName" -}}
+{{- printf "%s-tracker" (include "shoal.fullname" . | trunc 44 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Selector labels of the tracker pods (the StatefulSet, its Service). */}}
+{{- define "shoal.trackerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "shoal.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: tracker
+{{- end }}
+
+{{/* The tracker's image: tracker.image, its empty fields taken from image. */}}
+{{- define "shoal.trackerImage" -}}
+{{- $img := .Values.tracker.image }}
+{{- $ref := dict "repository" ($img.repository | default .Values.image.repository) "tag" .Values.image.tag "digest" .Values.image.digest }}
+{{- if or $img.tag $img.digest }}
+{{- $_ := set $ref "tag" $img.tag }}
+{{- $_ := set $ref "digest" $img.digest }}
+{{- end }}
+{{- include "shoal.imageRef" (list $ref .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+The URL of tracker replica I, from (list $ I): the pod's own DNS name under the headless
+Service. Trackers share no state, so a node must reach every replica, not any one of them.
+*/}}
+{{- define "shoal.trackerURL" -}}
+{{- $ := index . 0 }}
+{{- $name := include "shoal.trackerName" $ }}
+{{- printf "http://%s-%d.%s.%s.svc.%s:%d" $name (int (index . 1)) $name $.Release.Namespace $.Values.bootstrap.clusterDomain (int $.Values.tracker.port) }}
+{{- end }}
