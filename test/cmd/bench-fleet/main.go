@@ -5,7 +5,8 @@
 //
 // Scenarios: direct (every host pulls from the origin), central-cache (every host pulls
 // through one distribution registry in pull-through cache mode), shoal (every host pulls
-// through its own `shoal node`, DHT only). Timings: cold (every host at the same instant)
+// through its own `shoal node`, DHT only), shoal+tracker (the same, the nodes given only a
+// `shoal tracker` on a host of its own). Timings: cold (every host at the same instant)
 // and rolling (a tenth of the hosts at a time). Every host's client is containerd's resolver
 // and fetcher, which checks every digest. The origin's bytes are counted at the origin.
 //
@@ -50,7 +51,8 @@ type bar struct {
 }
 
 var bars = map[string]bar{
-	"shoal": {amplification: 1.25, boundFactor: 2},
+	"shoal":         {amplification: 1.25, boundFactor: 2},
+	"shoal+tracker": {amplification: 1.05, boundFactor: 1.5},
 }
 
 // Defaults for `make bench` and `make bench-quick`; see docs/BENCHMARKS.md for why these

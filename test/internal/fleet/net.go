@@ -3,12 +3,12 @@
 //
 // Every host is a network namespace joined by a veth pair to one bridge, which lives in a
 // namespace of its own (the switch). Each pair is shaped with tc in both directions, so each
-// host has a link of a known speed to the rest of the fleet. The origin registry and the
-// central cache are hosts too. This process reaches the bridge through one more, unshaped
-// veth pair (the controller port) to start and watch things; the clients pull from inside
-// their host's namespace (harness.DialerIn), so the bytes they fetch cross the links under
-// test and nothing else does. The fleet's addresses (10.232.0.0/16) exist only on those
-// pairs; nothing is routed anywhere.
+// host has a link of a known speed to the rest of the fleet. The origin registry, the
+// central cache and the tracker are hosts too. This process reaches the bridge through one
+// more, unshaped veth pair (the controller port) to start and watch things; the clients pull
+// from inside their host's namespace (harness.DialerIn), so the bytes they fetch cross the
+// links under test and nothing else does. The fleet's addresses (10.232.0.0/16) exist only on
+// those pairs; nothing is routed anywhere.
 package fleet
 
 import (
@@ -31,6 +31,7 @@ const (
 	controllerIP  = "10.232.0.1"
 	originIP      = "10.232.0.2"
 	cacheIP       = "10.232.0.3"
+	trackerIP     = "10.232.0.4"
 	maxHosts      = 500
 )
 
@@ -48,6 +49,7 @@ type Net struct {
 	Controller string // this process's address on the bridge
 	Origin     Member
 	Cache      Member
+	Tracker    Member
 	Hosts      []Member
 }
 
@@ -83,6 +85,8 @@ func BuildNet(o NetOptions) (_ *Net, err error) {
 		Controller: controllerIP,
 		Origin:     member("origin", originIP, o.OriginLink),
 		Cache:      member("cache", cacheIP, o.CacheLink),
+		// A tracker is a small service on a host like the others.
+		Tracker: member("tracker", trackerIP, o.HostLink),
 	}
 	for i := range o.Hosts {
 		// 10.232.1.1 up to 10.232.2.244 and on: .0 and .255 are never used.
@@ -124,9 +128,9 @@ func member(name, ip, rate string) Member {
 	return Member{Name: name, Netns: prefix + "-" + name, IP: ip, Rate: rate, port: "p-" + name}
 }
 
-// Members returns the origin, the cache and the hosts.
+// Members returns the origin, the cache, the tracker and the hosts.
 func (n *Net) Members() []Member {
-	return append([]Member{n.Origin, n.Cache}, n.Hosts...)
+	return append([]Member{n.Origin, n.Cache, n.Tracker}, n.Hosts...)
 }
 
 // Shape limits every member's link to its rate in both directions: a token bucket on the

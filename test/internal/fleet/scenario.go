@@ -35,8 +35,9 @@ var Scenarios = []Scenario{
 	{Name: "direct", Deploy: deployDirect},
 	{Name: "central-cache", Deploy: deployCentralCache},
 	{Name: "shoal", Deploy: func(ctx context.Context, e *Env, dir string) (*Deployment, error) {
-		return deployShoal(ctx, e, dir, nil)
+		return deployShoal(ctx, e, dir, true)
 	}},
+	{Name: "shoal+tracker", Deploy: deployShoalTracker},
 }
 
 // ScenarioNamed finds a scenario by name.
@@ -84,11 +85,42 @@ func deployCentralCache(ctx context.Context, e *Env, dir string) (*Deployment, e
 	return &Deployment{HostsDir: hosts, Stop: reg.Close}, nil
 }
 
+// deployShoalTracker starts a `shoal tracker` on the fleet's tracker host, then a node on
+// every host given only --tracker: they join the DHT through the tracker and take their swarm
+// members and origin leases from it.
+func deployShoalTracker(ctx context.Context, e *Env, dir string) (*Deployment, error) {
+	h := e.Net.Tracker
+	data := filepath.Join(dir, "tracker")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return nil, err
+	}
+	tr, err := harness.RunTracker(ctx, harness.TrackerOptions{
+		Binary:    e.ShoalBin,
+		DataDir:   data,
+		LogPath:   filepath.Join(dir, "tracker.log"),
+		Listen:    h.IP + ":5090",
+		P2PListen: "/ip4/" + h.IP + "/tcp/5091",
+		Netns:     h.Netns,
+		Args:      []string{"--log-level", "info"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tracker: %w", err)
+	}
+	d, err := deployShoal(ctx, e, dir, false, "--tracker", tr.URL)
+	if err != nil {
+		tr.Close()
+		return nil, err
+	}
+	stopNodes := d.Stop
+	d.Stop = func() error { return errors.Join(stopNodes(), tr.Close()) }
+	return d, nil
+}
+
 // deployShoal starts a `shoal node` on every host, as a DaemonSet would: its mirror on the
 // host's 127.0.0.1:5000, which the host's containerd uses first, and its peer-to-peer side
-// on the host's address. The first node starts alone and the others bootstrap from it.
-// extra flags go to every node (a tracker, say).
-func deployShoal(ctx context.Context, e *Env, dir string, extra []string) (_ *Deployment, err error) {
+// on the host's address. With bootstrap, the first node starts alone and the others join
+// through it. extra flags go to every node (a tracker, say).
+func deployShoal(ctx context.Context, e *Env, dir string, bootstrap bool, extra ...string) (_ *Deployment, err error) {
 	nodes := make([]*harness.Node, len(e.Net.Hosts))
 	stop := func() error {
 		var errs []error
@@ -140,20 +172,25 @@ func deployShoal(ctx context.Context, e *Env, dir string, extra []string) (_ *De
 		nodes[i] = n
 		return nil
 	}
-	if err := start(0, nil); err != nil {
-		return nil, err
-	}
-	st, err := nodes[0].Status(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if len(st.Addrs) == 0 {
-		return nil, fmt.Errorf("host %s: /status has no addrs to bootstrap from", e.Net.Hosts[0].Name)
+	var boot []string
+	first := 0
+	if bootstrap {
+		if err := start(0, nil); err != nil {
+			return nil, err
+		}
+		st, err := nodes[0].Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if len(st.Addrs) == 0 {
+			return nil, fmt.Errorf("host %s: /status has no addrs to bootstrap from", e.Net.Hosts[0].Name)
+		}
+		boot, first = st.Addrs[:1], 1
 	}
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
-	for i := 1; i < len(nodes); i++ {
-		wg.Go(func() { errs[i] = start(i, st.Addrs[:1]) })
+	for i := first; i < len(nodes); i++ {
+		wg.Go(func() { errs[i] = start(i, boot) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {

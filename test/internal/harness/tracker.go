@@ -1,0 +1,160 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/tracker"
+)
+
+// TrackerOptions configures `shoal tracker`.
+type TrackerOptions struct {
+	Binary    string // default: ShoalBinary
+	DataDir   string // --data-dir (its identity); StartTracker defaults to a temp dir
+	LogPath   string // stdout and stderr; StartTracker defaults to a temp dir
+	Listen    string // --listen, the HTTP API; default a free loopback address
+	P2PListen string // --p2p-listen; default a free loopback TCP port
+	// Netns runs the tracker inside this network namespace; Listen is then required, an
+	// address there that this process can reach.
+	Netns string
+	Args  []string
+}
+
+// Tracker is a running `shoal tracker`.
+type Tracker struct {
+	*Process
+	Addr    string // the HTTP API's host:port
+	URL     string // http://Addr, what nodes get as --tracker
+	DataDir string
+
+	client    *http.Client
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// RunTracker starts `shoal tracker` and waits until GET /healthz answers 200.
+func RunTracker(ctx context.Context, o TrackerOptions) (*Tracker, error) {
+	if o.Binary == "" {
+		p, err := ShoalBinary()
+		if err != nil {
+			return nil, err
+		}
+		o.Binary = p
+	}
+	if o.DataDir == "" || o.LogPath == "" {
+		return nil, errors.New("start shoal tracker: DataDir and LogPath are required")
+	}
+	if o.Netns != "" && o.Listen == "" {
+		return nil, fmt.Errorf("start shoal tracker in namespace %s: Listen is required", o.Netns)
+	}
+	if o.P2PListen == "" {
+		o.P2PListen = "/ip4/127.0.0.1/tcp/0"
+	}
+	pick := o.Listen == ""
+	var lastErr error
+	for range 3 {
+		if pick {
+			var err error
+			if o.Listen, err = FreeAddr(); err != nil {
+				return nil, err
+			}
+		}
+		args := append([]string{"tracker",
+			"--listen", o.Listen,
+			"--p2p-listen", o.P2PListen,
+			"--data-dir", o.DataDir,
+			"--log-format", "json",
+			"--log-level", "debug",
+		}, o.Args...)
+		path := o.Binary
+		if o.Netns != "" {
+			path, args = "ip", append([]string{"netns", "exec", o.Netns, o.Binary}, args...)
+		}
+		p, err := startProcess("shoal tracker", o.LogPath, nil, path, args...)
+		if err != nil {
+			return nil, err
+		}
+		t := &Tracker{Process: p, Addr: o.Listen, URL: "http://" + o.Listen, DataDir: o.DataDir, client: &http.Client{Timeout: 10 * time.Second}}
+		err = waitHTTP(ctx, p, t.URL+"/healthz", http.StatusOK, 30*time.Second)
+		if err == nil {
+			return t, nil
+		}
+		p.Kill()
+		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(30))
+		if !pick || !addrInUse(p) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("start shoal tracker: %w", lastErr)
+}
+
+// StartTracker is RunTracker for tests: data and log in temp dirs unless given, stopped on
+// cleanup (the test fails unless it exits cleanly), its log shown if the test failed.
+func StartTracker(tb testing.TB, o TrackerOptions) *Tracker {
+	tb.Helper()
+	if o.Binary == "" {
+		o.Binary = BuildShoal(tb)
+	}
+	if o.DataDir == "" {
+		o.DataDir = tb.TempDir()
+	}
+	if o.LogPath == "" {
+		o.LogPath = fmt.Sprintf("%s/shoal-tracker-%d.log", tb.TempDir(), time.Now().UnixNano())
+	}
+	t, err := RunTracker(context.Background(), o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	logOnFailure(tb, t.Process)
+	tb.Cleanup(func() {
+		closed := false
+		t.closeOnce.Do(func() {
+			closed = true
+			t.closeErr = t.Stop(NodeStopTimeout)
+		})
+		if closed && t.closeErr != nil {
+			tb.Errorf("shoal tracker shutdown: %v", t.closeErr)
+		}
+	})
+	return t
+}
+
+// Close sends SIGTERM and waits; calling it again returns the same result.
+func (t *Tracker) Close() error {
+	t.closeOnce.Do(func() { t.closeErr = t.Stop(NodeStopTimeout) })
+	return t.closeErr
+}
+
+// Kill stops the tracker at once with SIGKILL, as a crash would; it then counts as closed.
+func (t *Tracker) Kill() {
+	t.closeOnce.Do(func() { t.Process.Kill() })
+}
+
+// Swarms reads GET /swarms.
+func (t *Tracker) Swarms(ctx context.Context) (tracker.SwarmsResponse, error) {
+	var out tracker.SwarmsResponse
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL+tracker.PathSwarms, nil)
+	if err != nil {
+		return out, err
+	}
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return out, fmt.Errorf("GET %s/swarms: %d %s", t.URL, resp.StatusCode, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return out, fmt.Errorf("decode %s/swarms: %w", t.URL, err)
+	}
+	return out, nil
+}
