@@ -60,8 +60,8 @@ bench-p2p: tools
 
 # bench-fleet rolls one image out to a fleet of 10 hosts, each a network namespace behind a
 # tc-shaped link, with the origin registry behind a slower one: straight from the origin,
-# through a central pull-through cache, and through shoal, all hosts at once and 10% at a
-# time (needs root; about 9 minutes).
+# through a central pull-through cache, and through shoal (DHT only, and with a tracker), all
+# hosts at once and 10% at a time (needs root; about 11 minutes).
 bench-fleet: tools
 	cd test && $(GO) run ./cmd/bench-fleet --json ../bench/results/fleet.json --plot ../docs/img/fleet-cdf.png
 
