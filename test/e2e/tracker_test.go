@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 	"github.com/shoal-dev/shoal/tracker"
 )
@@ -141,3 +148,119 @@ func pullAtOnce(t *testing.T, ctx context.Context, o origin, nodes []*harness.No
 }
 
 type trackerSwarm = tracker.SwarmView
+
+// TestTrackerBadInput sends a real tracker malformed, oversized, unsigned, forged and
+// unauthorised requests: each gets a 4xx, and none makes it record a member or hand out a
+// lease; the tracker stays healthy and still serves a well-formed announce.
+func TestTrackerBadInput(t *testing.T) {
+	t.Parallel()
+	tr := harness.StartTracker(t, harness.TrackerOptions{})
+	a, b := newTrackerSigner(t), newTrackerSigner(t)
+	blob := digest.FromString("bad input")
+	announce := func(s *p2p.Signer, peer string, addrs []string) []byte {
+		body, err := json.Marshal(tracker.AnnounceRequest{
+			Peer: peer, Addrs: addrs, Time: time.Now().UnixMilli(),
+			Blobs: []tracker.BlobState{{Digest: blob, Size: 100, ChunkSize: 10, Done: 10}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body
+	}
+	lease, _ := json.Marshal(tracker.LeaseRequest{Peer: b.s.ID(), Time: time.Now().UnixMilli(), Digest: blob, Size: 100, ChunkSize: 10, Chunk: 0})
+	huge := append([]byte(`{"peer":"`), bytes.Repeat([]byte("x"), tracker.MaxBody+1)...)
+	cases := []struct {
+		name   string
+		path   string
+		signer *trackerSigner // nil: unsigned
+		header string         // Shoal-Peer, if not the signer's
+		body   []byte
+		tamper bool // change the body after signing
+	}{
+		{"unsigned", tracker.PathAnnounce, nil, "", announce(a.s, a.s.ID(), a.addrs), false},
+		{"not JSON", tracker.PathAnnounce, a, "", []byte("announce everything"), false},
+		{"unknown field", tracker.PathAnnounce, a, "", []byte(`{"peer":"` + a.s.ID() + `","evil":1}`), false},
+		{"huge", tracker.PathAnnounce, a, "", huge, false},
+		{"body changed after signing", tracker.PathAnnounce, a, "", announce(a.s, a.s.ID(), a.addrs), true},
+		{"signed by one peer, in another's name", tracker.PathAnnounce, a, b.s.ID(), announce(a.s, b.s.ID(), b.addrs), false},
+		{"addresses of another peer", tracker.PathAnnounce, a, "", announce(a.s, a.s.ID(), b.addrs), false},
+		{"lease from a peer in no swarm", tracker.PathLease, b, "", lease, false},
+	}
+	for _, c := range cases {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, tr.URL+c.path, bytes.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if c.signer != nil {
+			sig, err := c.signer.s.Sign(tracker.SigningBytes(http.MethodPost, c.path, c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set(tracker.HeaderPeer, c.signer.s.ID())
+			req.Header.Set(tracker.HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+		}
+		if c.header != "" {
+			req.Header.Set(tracker.HeaderPeer, c.header)
+		}
+		if c.tamper {
+			req.Body = io.NopCloser(bytes.NewReader(bytes.Replace(c.body, []byte(`"done":10`), []byte(`"done":90`), 1)))
+			req.ContentLength = -1
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		t.Logf("%s: %d %s", c.name, resp.StatusCode, bytes.TrimSpace(msg))
+		if resp.StatusCode < 400 || resp.StatusCode >= 500 {
+			t.Errorf("%s: status %d %s, want a 4xx", c.name, resp.StatusCode, msg)
+		}
+	}
+	sw, err := tr.Swarms(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sw.Swarms) != 0 {
+		t.Errorf("after refused requests only, /swarms = %+v, want nothing", sw.Swarms)
+	}
+	// Still serving: a well-formed, signed announce is taken.
+	body := announce(a.s, a.s.ID(), a.addrs)
+	sig, _ := a.s.Sign(tracker.SigningBytes(http.MethodPost, tracker.PathAnnounce, body))
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, tr.URL+tracker.PathAnnounce, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(tracker.HeaderPeer, a.s.ID())
+	req.Header.Set(tracker.HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("a good announce after the bad ones: status %d", resp.StatusCode)
+	}
+	if sw, err = tr.Swarms(t.Context()); err != nil || len(sw.Swarms) != 1 || sw.Swarms[0].Members != 1 {
+		t.Errorf("after one good announce, /swarms = %+v (%v), want one swarm of one member", sw.Swarms, err)
+	}
+}
+
+// trackerSigner is a libp2p identity, as a node has, and an address of it.
+type trackerSigner struct {
+	s     *p2p.Signer
+	addrs []string
+}
+
+func newTrackerSigner(t *testing.T) *trackerSigner {
+	t.Helper()
+	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	s, err := p2p.NewSigner(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &trackerSigner{s: s, addrs: p2p.Addrs(h)}
+}
