@@ -14,6 +14,9 @@ package tracker
 
 import (
 	"bytes"
+	"encoding/base64"
+	"fmt"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -166,4 +169,17 @@ func SigningBytes(method, path string, body []byte) []byte {
 	b.WriteByte('\n')
 	b.Write(body)
 	return b.Bytes()
+}
+
+// Sign makes req, whose body is body, a signed request from signer's peer (a p2p.Signer): the JSON content
+// type, HeaderPeer and HeaderSignature over SigningBytes.
+func Sign(req *http.Request, signer Signer, body []byte) error {
+	sig, err := signer.Sign(SigningBytes(req.Method, req.URL.Path, body))
+	if err != nil {
+		return fmt.Errorf("sign %s: %w", req.URL.Path, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(HeaderPeer, signer.ID())
+	req.Header.Set(HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+	return nil
 }

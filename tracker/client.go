@@ -3,11 +3,9 @@ package tracker
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"log/slog"
 	"net/http"
@@ -21,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/shoal-dev/shoal/internal/rendezvous"
 	"github.com/shoal-dev/shoal/p2p"
 )
 
@@ -265,13 +264,9 @@ func (c *Client) do(ctx context.Context, e *endpoint, method, path string, in, o
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if method == http.MethodPost {
-		sig, err := c.opts.Signer.Sign(SigningBytes(method, path, body))
-		if err != nil {
-			return fmt.Errorf("sign %s: %w", path, err)
+		if err := Sign(req, c.opts.Signer, body); err != nil {
+			return err
 		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set(HeaderPeer, c.self)
-		req.Header.Set(HeaderSignature, base64.StdEncoding.EncodeToString(sig))
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -545,11 +540,7 @@ func (c *Client) order(d digest.Digest) []*endpoint {
 	}
 	s := make([]scored, len(c.trackers))
 	for i, e := range c.trackers {
-		h := fnv.New64a()
-		h.Write([]byte(e.base))
-		h.Write([]byte{0})
-		h.Write([]byte(d))
-		s[i] = scored{e, mix(h.Sum64())}
+		s[i] = scored{e, rendezvous.Weight(string(d), e.base, 0)}
 	}
 	slices.SortFunc(s, func(a, b scored) int {
 		switch {
@@ -565,17 +556,6 @@ func (c *Client) order(d digest.Digest) []*endpoint {
 		out[i] = s[i].e
 	}
 	return out
-}
-
-// mix spreads FNV's output (a finaliser from splitmix64), so scores of similar inputs are
-// not correlated.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
 }
 
 // Lease is a granted lease on one chunk, kept alive until Release.

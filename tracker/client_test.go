@@ -22,26 +22,6 @@ import (
 	"github.com/shoal-dev/shoal/p2p"
 )
 
-// nodeID is a node's signer and its own p2p addr, from a real host so signatures are real.
-type nodeID struct {
-	signer *p2p.Signer
-	addr   string
-}
-
-func newNodeID(t *testing.T) nodeID {
-	t.Helper()
-	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	s, err := p2p.NewSigner(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nodeID{signer: s, addr: p2p.Addrs(h)[0]}
-}
-
 // fakeTracker checks every POST's signature, records what it was sent, and answers as set.
 type fakeTracker struct {
 	t   *testing.T
@@ -152,10 +132,10 @@ func (f *fakeTracker) leaseLog() []LeaseRequest {
 	return slices.Clone(f.leases)
 }
 
-func newTestClient(t *testing.T, id nodeID, urls ...string) *Client {
+func newTestClient(t *testing.T, id *testPeer, urls ...string) *Client {
 	t.Helper()
 	c, err := NewClient(ClientOptions{
-		URLs: urls, Signer: id.signer, Addrs: func() []string { return []string{id.addr} },
+		URLs: urls, Signer: id.signer, Addrs: func() []string { return []string{id.addrs[0]} },
 		Timeout: 300 * time.Millisecond, Backoff: time.Minute,
 	})
 	if err != nil {
@@ -180,23 +160,23 @@ var clientBlob = digest.FromString("blob a")
 
 func TestClientAnnounceMembers(t *testing.T) {
 	t.Parallel()
-	self, other, third := newNodeID(t), newNodeID(t), newNodeID(t)
+	self, other, third := newTestPeer(t), newTestPeer(t), newTestPeer(t)
 	f := newFakeTracker(t)
 	many := make([]Member, 0, MaxMembers+10)
 	for range MaxMembers + 10 {
-		many = append(many, Member{Peer: other.signer.ID(), Addrs: []string{other.addr}})
+		many = append(many, Member{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}})
 	}
 	tests := []struct {
 		name    string
 		members []Member
 		want    []Member
 	}{
-		{"valid", []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}, Done: 5}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}, Done: 5}}},
-		{"bad peer ID", []Member{{Peer: "not-a-peer", Addrs: []string{other.addr}}, {Peer: third.signer.ID(), Addrs: []string{third.addr}}}, []Member{{Peer: third.signer.ID(), Addrs: []string{third.addr}}}},
-		{"addr of another peer", []Member{{Peer: other.signer.ID(), Addrs: []string{third.addr, other.addr, "/garbage"}}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}}}},
-		{"self left out", []Member{{Peer: self.signer.ID(), Addrs: []string{self.addr}}}, nil},
+		{"valid", []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}},
+		{"bad peer ID", []Member{{Peer: "not-a-peer", Addrs: []string{other.addrs[0]}}, {Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}, []Member{{Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}},
+		{"addr of another peer", []Member{{Peer: other.signer.ID(), Addrs: []string{third.addrs[0], other.addrs[0], "/garbage"}}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
+		{"self left out", []Member{{Peer: self.signer.ID(), Addrs: []string{self.addrs[0]}}}, nil},
 		{"negative done", []Member{{Peer: other.signer.ID(), Done: -3, Complete: true}}, []Member{{Peer: other.signer.ID(), Complete: true}}},
-		{"duplicates", many, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addr}}}},
+		{"duplicates", many, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,8 +198,8 @@ func TestClientAnnounceMembers(t *testing.T) {
 	// Too many distinct members: capped.
 	ids := make([]Member, 0, MaxMembers+5)
 	for range MaxMembers + 5 {
-		id := newNodeID(t)
-		ids = append(ids, Member{Peer: id.signer.ID(), Addrs: []string{id.addr}})
+		id := newTestPeer(t)
+		ids = append(ids, Member{Peer: id.signer.ID(), Addrs: []string{id.addrs[0]}})
 	}
 	f.set(func(f *fakeTracker) { f.members = ids })
 	c := newTestClient(t, self, f.srv.URL)
@@ -235,8 +215,8 @@ func TestClientAnnounceMembers(t *testing.T) {
 	f.mu.Lock()
 	last := f.announces[len(f.announces)-1]
 	f.mu.Unlock()
-	if last.Peer != self.signer.ID() || !slices.Equal(last.Addrs, []string{self.addr}) {
-		t.Errorf("announce = %+v, want peer %s addrs [%s]", last, self.signer.ID(), self.addr)
+	if last.Peer != self.signer.ID() || !slices.Equal(last.Addrs, []string{self.addrs[0]}) {
+		t.Errorf("announce = %+v, want peer %s addrs [%s]", last, self.signer.ID(), self.addrs[0])
 	}
 }
 
@@ -249,7 +229,7 @@ func sameMembers(a, b []Member) bool {
 func TestClientBatches(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
-	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	c := newTestClient(t, newTestPeer(t), f.srv.URL)
 	blobs := make([]BlobState, MaxBlobs+3)
 	for i := range blobs {
 		blobs[i] = BlobState{Digest: digest.FromString(fmt.Sprint(i)), Complete: true}
@@ -276,7 +256,7 @@ func TestClientStrictAnswers(t *testing.T) {
 			t.Parallel()
 			f := newFakeTracker(t)
 			f.set(func(f *fakeTracker) { f.raw = raw })
-			c := newTestClient(t, newNodeID(t), f.srv.URL)
+			c := newTestClient(t, newTestPeer(t), f.srv.URL)
 			if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
 				t.Errorf("Announce answered %s = %v, want ErrUnavailable", name, err)
 			}
@@ -290,7 +270,7 @@ func TestClientBackoff(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
 	f.hang.Store(true)
-	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	c := newTestClient(t, newTestPeer(t), f.srv.URL)
 	ctx := context.Background()
 	if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Lease from a hanging tracker = %v, want ErrUnavailable", err)
@@ -315,7 +295,7 @@ func TestClientBackoff(t *testing.T) {
 	// A closed port fails fast too, and marks the tracker down.
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close()
-	c2 := newTestClient(t, newNodeID(t), dead.URL)
+	c2 := newTestClient(t, newTestPeer(t), dead.URL)
 	if _, _, err := c2.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Lease from a closed port = %v, want ErrUnavailable", err)
 	}
@@ -324,7 +304,7 @@ func TestClientBackoff(t *testing.T) {
 func TestClientInstanceChange(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
-	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	c := newTestClient(t, newTestPeer(t), f.srv.URL)
 	ctx := context.Background()
 	for range 2 {
 		if _, err := c.Announce(ctx, []BlobState{{Digest: clientBlob}}); err != nil {
@@ -351,7 +331,7 @@ func TestClientLeaseRenewRelease(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
 	f.set(func(f *fakeTracker) { f.lease = LeaseResponse{Granted: true, TTLMillis: 150} })
-	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	c := newTestClient(t, newTestPeer(t), f.srv.URL)
 	l, _, err := c.Lease(context.Background(), clientBlob, 100, 10, 3)
 	if err != nil || l == nil {
 		t.Fatalf("Lease = %v, %v; want granted", l, err)
@@ -383,8 +363,8 @@ func TestClientLeaseRenewRelease(t *testing.T) {
 
 	// Refused: the holder comes back when it is a peer ID.
 	f2 := newFakeTracker(t)
-	other := newNodeID(t)
-	c2 := newTestClient(t, newNodeID(t), f2.srv.URL)
+	other := newTestPeer(t)
+	c2 := newTestClient(t, newTestPeer(t), f2.srv.URL)
 	for holder, want := range map[string]string{other.signer.ID(): other.signer.ID(), "garbage": ""} {
 		f2.set(func(f *fakeTracker) { f.lease = LeaseResponse{Holder: holder} })
 		l, got, err := c2.Lease(context.Background(), clientBlob, 100, 10, 0)
@@ -399,8 +379,8 @@ func TestClientLeaseRenewRelease(t *testing.T) {
 func TestClientLeaseRendezvous(t *testing.T) {
 	t.Parallel()
 	a, b := newFakeTracker(t), newFakeTracker(t)
-	c1 := newTestClient(t, newNodeID(t), a.srv.URL, b.srv.URL)
-	c2 := newTestClient(t, newNodeID(t), b.srv.URL, a.srv.URL)
+	c1 := newTestClient(t, newTestPeer(t), a.srv.URL, b.srv.URL)
+	c2 := newTestClient(t, newTestPeer(t), b.srv.URL, a.srv.URL)
 	used := map[*fakeTracker]int{}
 	for i := range 20 {
 		d := digest.FromString(fmt.Sprint("blob ", i))
@@ -463,15 +443,15 @@ func TestClientLeaseRendezvous(t *testing.T) {
 
 func TestClientBootstrap(t *testing.T) {
 	t.Parallel()
-	self, other := newNodeID(t), newNodeID(t)
+	self, other := newTestPeer(t), newTestPeer(t)
 	f := newFakeTracker(t)
 	f.set(func(f *fakeTracker) {
-		f.peers = []string{other.addr, self.addr, "/ip4/1.2.3.4/tcp/1", "nonsense", other.addr}
+		f.peers = []string{other.addrs[0], self.addrs[0], "/ip4/1.2.3.4/tcp/1", "nonsense", other.addrs[0]}
 	})
 	c := newTestClient(t, self, f.srv.URL)
 	got, err := c.Bootstrap(context.Background())
-	if err != nil || !slices.Equal(got, []string{other.addr}) {
-		t.Errorf("Bootstrap = %v, %v; want [%s]", got, err, other.addr)
+	if err != nil || !slices.Equal(got, []string{other.addrs[0]}) {
+		t.Errorf("Bootstrap = %v, %v; want [%s]", got, err, other.addrs[0])
 	}
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close()
@@ -503,7 +483,7 @@ func TestParseURL(t *testing.T) {
 func TestClientMetrics(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
-	c := newTestClient(t, newNodeID(t), f.srv.URL)
+	c := newTestClient(t, newTestPeer(t), f.srv.URL)
 	if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}}); err != nil {
 		t.Fatal(err)
 	}
@@ -532,7 +512,7 @@ func TestClientAgainstServer(t *testing.T) {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	a, b := newNodeID(t), newNodeID(t)
+	a, b := newTestPeer(t), newTestPeer(t)
 	ca, cb := newTestClient(t, a, hs.URL), newTestClient(t, b, hs.URL)
 	ctx := context.Background()
 	state := BlobState{Digest: clientBlob, Size: 100, ChunkSize: 10, Done: 10}

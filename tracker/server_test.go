@@ -2,7 +2,6 @@ package tracker
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -42,17 +41,13 @@ func newTestPeer(t *testing.T) *testPeer {
 // signedRequest builds a POST as a node sends it: body signed by signer for path.
 func signedRequest(t *testing.T, url, path string, signer *p2p.Signer, body []byte) *http.Request {
 	t.Helper()
-	sig, err := signer.Sign(SigningBytes(http.MethodPost, path, body))
-	if err != nil {
-		t.Fatal(err)
-	}
 	req, err := http.NewRequest(http.MethodPost, url+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(HeaderPeer, signer.ID())
-	req.Header.Set(HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+	if err := Sign(req, signer, body); err != nil {
+		t.Fatal(err)
+	}
 	return req
 }
 

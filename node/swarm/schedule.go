@@ -2,10 +2,10 @@ package swarm
 
 import (
 	"cmp"
-	"encoding/binary"
-	"hash/fnv"
 	"slices"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/rendezvous"
 )
 
 // This file is the chunk scheduling policy: which chunk to ask of whom next. It does no I/O
@@ -309,17 +309,5 @@ func (p Policy) designated(s Snapshot, chunks []int) []int {
 // designation is member id's weight for chunk c of the blob salt: the member with the highest
 // weight fetches the chunk from the origin. Every node computes the same weights.
 func designation(salt, id string, c int) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(salt))
-	h.Write([]byte{0})
-	h.Write([]byte(id))
-	h.Write(binary.BigEndian.AppendUint64(nil, uint64(c)))
-	// splitmix64 finalizer: FNV's low bits alone spread poorly.
-	x := h.Sum64()
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
+	return rendezvous.Weight(salt, id, uint64(c))
 }

@@ -3,9 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -46,7 +44,7 @@ func TestTrackerFleet(t *testing.T) {
 
 	cold := o.push(t, "e2e/tracker-cold", "v1", 4, 8<<20)
 	o.proxy.Reset()
-	ratio := pullAtOnce(t, ctx, o, nodes, cold)
+	ratio, _ := pullAtOnce(t, ctx, o, nodes, cold)
 	if ratio > 1.05 {
 		t.Errorf("8 nodes with a tracker pulling a cold image cost the origin %.3fx the image, want <= 1.05x", ratio)
 	}
@@ -65,7 +63,7 @@ func TestTrackerFleet(t *testing.T) {
 	tr.Kill()
 	down := o.push(t, "e2e/tracker-down", "v1", 2, 8<<20)
 	o.proxy.Reset()
-	ratio = pullAtOnce(t, ctx, o, nodes[:4], down)
+	ratio, _ = pullAtOnce(t, ctx, o, nodes[:4], down)
 	if ratio > 1.5 {
 		t.Errorf("4 nodes pulling a cold image with the tracker down cost the origin %.3fx, want <= 1.5x", ratio)
 	}
@@ -78,7 +76,7 @@ func TestTrackerFleet(t *testing.T) {
 	}
 	again := o.push(t, "e2e/tracker-again", "v1", 2, 8<<20)
 	o.proxy.Reset()
-	ratio = pullAtOnce(t, ctx, o, nodes, again)
+	ratio, _ = pullAtOnce(t, ctx, o, nodes, again)
 	if ratio > 1.05 {
 		t.Errorf("after a tracker restart, 8 nodes pulling a cold image cost the origin %.3fx, want <= 1.05x", ratio)
 	}
@@ -126,27 +124,6 @@ func waitPeers(t *testing.T, ctx context.Context, nodes []*harness.Node, min int
 	}
 }
 
-// pullAtOnce has every node's client pull im at the same instant, checks every pull and what
-// the nodes stored, logs where the bytes came from, and returns the origin's blob bytes as a
-// multiple of the image's.
-func pullAtOnce(t *testing.T, ctx context.Context, o origin, nodes []*harness.Node, im harness.Image) float64 {
-	t.Helper()
-	pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	start := make(chan struct{})
-	wait := startPulls(pctx, nodes, im, true, start)
-	began := time.Now()
-	close(start)
-	res := wait()
-	took := time.Since(began)
-	checkPulls(t, fmt.Sprintf("pull of %s", im.Repo), res)
-	checkStored(t, ctx, nodes, im)
-	sent := originBlobBytes(t, ctx, o.proxy)
-	ratio := float64(sent) / float64(im.BlobBytes())
-	t.Logf("%s: %d nodes in %v, the origin sent %.3fx the image's %s", im.Repo, len(nodes), took.Round(time.Millisecond), ratio, mib(float64(im.BlobBytes())))
-	return ratio
-}
-
 type trackerSwarm = tracker.SwarmView
 
 // TestTrackerBadInput sends a real tracker malformed, oversized, unsigned, forged and
@@ -157,7 +134,7 @@ func TestTrackerBadInput(t *testing.T) {
 	tr := harness.StartTracker(t, harness.TrackerOptions{})
 	a, b := newTrackerSigner(t), newTrackerSigner(t)
 	blob := digest.FromString("bad input")
-	announce := func(s *p2p.Signer, peer string, addrs []string) []byte {
+	announce := func(peer string, addrs []string) []byte {
 		body, err := json.Marshal(tracker.AnnounceRequest{
 			Peer: peer, Addrs: addrs, Time: time.Now().UnixMilli(),
 			Blobs: []tracker.BlobState{{Digest: blob, Size: 100, ChunkSize: 10, Done: 10}},
@@ -177,13 +154,13 @@ func TestTrackerBadInput(t *testing.T) {
 		body   []byte
 		tamper bool // change the body after signing
 	}{
-		{"unsigned", tracker.PathAnnounce, nil, "", announce(a.s, a.s.ID(), a.addrs), false},
+		{"unsigned", tracker.PathAnnounce, nil, "", announce(a.s.ID(), a.addrs), false},
 		{"not JSON", tracker.PathAnnounce, a, "", []byte("announce everything"), false},
 		{"unknown field", tracker.PathAnnounce, a, "", []byte(`{"peer":"` + a.s.ID() + `","evil":1}`), false},
 		{"huge", tracker.PathAnnounce, a, "", huge, false},
-		{"body changed after signing", tracker.PathAnnounce, a, "", announce(a.s, a.s.ID(), a.addrs), true},
-		{"signed by one peer, in another's name", tracker.PathAnnounce, a, b.s.ID(), announce(a.s, b.s.ID(), b.addrs), false},
-		{"addresses of another peer", tracker.PathAnnounce, a, "", announce(a.s, a.s.ID(), b.addrs), false},
+		{"body changed after signing", tracker.PathAnnounce, a, "", announce(a.s.ID(), a.addrs), true},
+		{"signed by one peer, in another's name", tracker.PathAnnounce, a, b.s.ID(), announce(b.s.ID(), b.addrs), false},
+		{"addresses of another peer", tracker.PathAnnounce, a, "", announce(a.s.ID(), b.addrs), false},
 		{"lease from a peer in no swarm", tracker.PathLease, b, "", lease, false},
 	}
 	for _, c := range cases {
@@ -193,12 +170,9 @@ func TestTrackerBadInput(t *testing.T) {
 		}
 		req.Header.Set("Content-Type", "application/json")
 		if c.signer != nil {
-			sig, err := c.signer.s.Sign(tracker.SigningBytes(http.MethodPost, c.path, c.body))
-			if err != nil {
+			if err := tracker.Sign(req, c.signer.s, c.body); err != nil {
 				t.Fatal(err)
 			}
-			req.Header.Set(tracker.HeaderPeer, c.signer.s.ID())
-			req.Header.Set(tracker.HeaderSignature, base64.StdEncoding.EncodeToString(sig))
 		}
 		if c.header != "" {
 			req.Header.Set(tracker.HeaderPeer, c.header)
@@ -226,12 +200,11 @@ func TestTrackerBadInput(t *testing.T) {
 		t.Errorf("after refused requests only, /swarms = %+v, want nothing", sw.Swarms)
 	}
 	// Still serving: a well-formed, signed announce is taken.
-	body := announce(a.s, a.s.ID(), a.addrs)
-	sig, _ := a.s.Sign(tracker.SigningBytes(http.MethodPost, tracker.PathAnnounce, body))
+	body := announce(a.s.ID(), a.addrs)
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, tr.URL+tracker.PathAnnounce, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(tracker.HeaderPeer, a.s.ID())
-	req.Header.Set(tracker.HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+	if err := tracker.Sign(req, a.s, body); err != nil {
+		t.Fatal(err)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -23,10 +23,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/units"
@@ -34,15 +32,7 @@ import (
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-fleet:", err)
-		os.Exit(1)
-	}
-}
+func main() { harness.Main("bench-fleet", run) }
 
 // bar is what a scenario must reach on a cold rollout.
 type bar struct {

@@ -2,8 +2,10 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -142,4 +144,50 @@ var logTailLines = func() int {
 // was taken, so the caller can retry with another.
 func addrInUse(p *Process) bool {
 	return strings.Contains(p.Log(), "address already in use")
+}
+
+// launch is one attempt at starting a server: what to run, where it logs, and the URL that
+// answers 200 once it is up.
+type launch struct {
+	name    string // for messages: "registry", "shoal node"
+	logPath string
+	env     []string
+	netns   string // run inside this network namespace (`ip netns exec` execs in place)
+	bin     string
+	args    []string
+	ready   string
+	timeout time.Duration
+}
+
+// startServer starts what next returns and waits until its ready URL answers 200. When the
+// server could not listen because its address was taken and the addresses are picked here
+// (repick), it tries again with a fresh launch from next, three times at most.
+func startServer(ctx context.Context, repick bool, next func() (launch, error)) (*Process, error) {
+	var lastErr error
+	name := "server"
+	for range 3 {
+		l, err := next()
+		if err != nil {
+			return nil, err
+		}
+		name = l.name
+		path, args := l.bin, l.args
+		if l.netns != "" {
+			path, args = "ip", append([]string{"netns", "exec", l.netns, l.bin}, args...)
+		}
+		p, err := startProcess(l.name, l.logPath, l.env, path, args...)
+		if err != nil {
+			return nil, err
+		}
+		err = waitHTTP(ctx, p, l.ready, http.StatusOK, l.timeout)
+		if err == nil {
+			return p, nil
+		}
+		p.Kill()
+		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(30))
+		if !repick || !addrInUse(p) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("start %s: %w", name, lastErr)
 }

@@ -61,12 +61,13 @@ func RunRegistryWith(ctx context.Context, dir string, o RegistryOptions) (*Regis
 	if err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for attempt := range 3 {
-		addr := o.Addr
-		if addr == "" {
+	var addr string
+	attempt := 0
+	p, err := startServer(ctx, o.Addr == "", func() (launch, error) {
+		if addr = o.Addr; addr == "" {
+			var err error
 			if addr, err = FreeAddr(); err != nil {
-				return nil, err
+				return launch{}, err
 			}
 		}
 		cfg := filepath.Join(dir, "config.yml")
@@ -76,30 +77,21 @@ func RunRegistryWith(ctx context.Context, dir string, o RegistryOptions) (*Regis
 			conf = fmt.Appendf(conf, "proxy:\n  remoteurl: %q\n", o.ProxyRemote)
 		}
 		if err := os.WriteFile(cfg, conf, 0o644); err != nil {
-			return nil, fmt.Errorf("write registry config: %w", err)
+			return launch{}, fmt.Errorf("write registry config: %w", err)
 		}
-		logPath := filepath.Join(dir, fmt.Sprintf("registry-%d.log", attempt))
-		// Without OTEL_TRACES_EXPORTER=none, v3 tries to export traces to localhost:4318.
-		path, args := bin, []string{"serve", cfg}
-		if o.Netns != "" {
-			path, args = "ip", append([]string{"netns", "exec", o.Netns, bin}, args...)
-		}
-		p, err := startProcess("registry", logPath, []string{"OTEL_TRACES_EXPORTER=none"}, path, args...)
-		if err != nil {
-			return nil, err
-		}
-		r := &Registry{Process: p, Addr: addr, URL: "http://" + addr, Dir: dir}
-		err = waitHTTP(ctx, p, r.URL+"/v2/", http.StatusOK, 30*time.Second)
-		if err == nil {
-			return r, nil
-		}
-		p.Kill()
-		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(20))
-		if o.Addr != "" || !addrInUse(p) {
-			break
-		}
+		attempt++
+		return launch{
+			name: "registry", logPath: filepath.Join(dir, fmt.Sprintf("registry-%d.log", attempt-1)),
+			// Without OTEL_TRACES_EXPORTER=none, v3 tries to export traces to localhost:4318.
+			env:   []string{"OTEL_TRACES_EXPORTER=none"},
+			netns: o.Netns, bin: bin, args: []string{"serve", cfg},
+			ready: "http://" + addr + "/v2/", timeout: 30 * time.Second,
+		}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("start registry: %w", lastErr)
+	return &Registry{Process: p, Addr: addr, URL: "http://" + addr, Dir: dir}, nil
 }
 
 // StartRegistry is RunRegistry for tests: storage in a temp dir, stopped on cleanup, its

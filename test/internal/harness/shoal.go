@@ -164,17 +164,16 @@ func RunNode(ctx context.Context, o NodeOptions) (*Node, error) {
 		o.ReadyTimeout = 30 * time.Second
 	}
 	pickRegistry, pickAdmin := o.RegistryAddr == "", o.AdminAddr == ""
-	var lastErr error
-	for range 3 {
+	p, err := startServer(ctx, pickRegistry || pickAdmin, func() (launch, error) {
 		var err error
 		if pickRegistry {
 			if o.RegistryAddr, err = FreeAddr(); err != nil {
-				return nil, err
+				return launch{}, err
 			}
 		}
 		if pickAdmin {
 			if o.AdminAddr, err = FreeAddr(); err != nil {
-				return nil, err
+				return launch{}, err
 			}
 		}
 		args := []string{"node",
@@ -193,37 +192,23 @@ func RunNode(ctx context.Context, o NodeOptions) (*Node, error) {
 		if o.CacheSize != "" {
 			args = append(args, "--cache-size", o.CacheSize)
 		}
-		args = append(args, o.Args...)
-		// `ip netns exec` execs the binary in place, so the process (its pid, its signals)
-		// is the node's own.
-		path := o.Binary
-		if o.Netns != "" {
-			path, args = "ip", append([]string{"netns", "exec", o.Netns, o.Binary}, args...)
-		}
-		p, err := startProcess("shoal node", o.LogPath, nil, path, args...)
-		if err != nil {
-			return nil, err
-		}
-		n := &Node{
-			Process:      p,
-			RegistryAddr: o.RegistryAddr,
-			AdminAddr:    o.AdminAddr,
-			URL:          "http://" + o.RegistryAddr,
-			AdminURL:     "http://" + o.AdminAddr,
-			DataDir:      o.DataDir,
-			client:       &http.Client{Timeout: 10 * time.Second},
-		}
-		err = waitHTTP(ctx, p, n.AdminURL+"/readyz", http.StatusOK, o.ReadyTimeout)
-		if err == nil {
-			return n, nil
-		}
-		p.Kill()
-		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(30))
-		if !addrInUse(p) || (!pickRegistry && !pickAdmin) {
-			break
-		}
+		return launch{
+			name: "shoal node", logPath: o.LogPath, netns: o.Netns, bin: o.Binary,
+			args: append(args, o.Args...), ready: "http://" + o.AdminAddr + "/readyz", timeout: o.ReadyTimeout,
+		}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("start shoal node: %w", lastErr)
+	return &Node{
+		Process:      p,
+		RegistryAddr: o.RegistryAddr,
+		AdminAddr:    o.AdminAddr,
+		URL:          "http://" + o.RegistryAddr,
+		AdminURL:     "http://" + o.AdminAddr,
+		DataDir:      o.DataDir,
+		client:       &http.Client{Timeout: 10 * time.Second},
+	}, nil
 }
 
 // StartNode is RunNode for tests. The data dir defaults to a temp dir and the log goes to

@@ -58,12 +58,11 @@ func RunTracker(ctx context.Context, o TrackerOptions) (*Tracker, error) {
 		o.P2PListen = "/ip4/127.0.0.1/tcp/0"
 	}
 	pick := o.Listen == ""
-	var lastErr error
-	for range 3 {
+	p, err := startServer(ctx, pick, func() (launch, error) {
 		if pick {
 			var err error
 			if o.Listen, err = FreeAddr(); err != nil {
-				return nil, err
+				return launch{}, err
 			}
 		}
 		args := append([]string{"tracker",
@@ -73,26 +72,15 @@ func RunTracker(ctx context.Context, o TrackerOptions) (*Tracker, error) {
 			"--log-format", "json",
 			"--log-level", "debug",
 		}, o.Args...)
-		path := o.Binary
-		if o.Netns != "" {
-			path, args = "ip", append([]string{"netns", "exec", o.Netns, o.Binary}, args...)
-		}
-		p, err := startProcess("shoal tracker", o.LogPath, nil, path, args...)
-		if err != nil {
-			return nil, err
-		}
-		t := &Tracker{Process: p, Addr: o.Listen, URL: "http://" + o.Listen, DataDir: o.DataDir, client: &http.Client{Timeout: 10 * time.Second}}
-		err = waitHTTP(ctx, p, t.URL+"/healthz", http.StatusOK, 30*time.Second)
-		if err == nil {
-			return t, nil
-		}
-		p.Kill()
-		lastErr = fmt.Errorf("%w\n%s", err, p.LogTail(30))
-		if !pick || !addrInUse(p) {
-			break
-		}
+		return launch{
+			name: "shoal tracker", logPath: o.LogPath, netns: o.Netns, bin: o.Binary,
+			args: args, ready: "http://" + o.Listen + "/healthz", timeout: 30 * time.Second,
+		}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("start shoal tracker: %w", lastErr)
+	return &Tracker{Process: p, Addr: o.Listen, URL: "http://" + o.Listen, DataDir: o.DataDir, client: &http.Client{Timeout: 10 * time.Second}}, nil
 }
 
 // StartTracker is RunTracker for tests: data and log in temp dirs unless given, stopped on
