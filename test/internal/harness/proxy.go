@@ -75,13 +75,28 @@ type CountingProxy struct {
 	serving chan struct{} // closed when the current Serve returns
 	down    bool
 	conns   map[net.Conn]struct{}
-	nconns  int // connections accepted, ever
-	log     []Request
+	nconns  int            // connections accepted, ever
+	log     []*liveRequest // in order of arrival, in-flight ones included
 	tamper  map[digest.Digest]bool
 	tampAll bool
 	limiter *rate.Limiter
 
-	inflight atomic.Int64 // requests being served; counted in log once done
+	inflight atomic.Int64 // requests being served
+}
+
+// liveRequest is a Request whose status and byte count are set while it is served, so
+// that counts read at any time include what clients have already received.
+type liveRequest struct {
+	Request // fixed once logged
+	status  atomic.Int64
+	n       atomic.Int64
+}
+
+func (l *liveRequest) snapshot() Request {
+	r := l.Request
+	r.Status = int(l.status.Load())
+	r.Bytes = l.n.Load()
+	return r
 }
 
 // NewCountingProxy starts a proxy on a free loopback port that forwards to target (an
@@ -273,8 +288,8 @@ func (p *CountingProxy) Connections() int {
 	return p.nconns
 }
 
-// InFlight is the number of requests the proxy is serving now. Their bytes are counted
-// only once they finish.
+// InFlight is the number of requests the proxy is serving now. Their status and the bytes
+// sent so far are already counted.
 func (p *CountingProxy) InFlight() int { return int(p.inflight.Load()) }
 
 // WaitIdle waits until no request is in flight, so that the counts are final, or fails
@@ -288,11 +303,16 @@ func (p *CountingProxy) WaitIdle(ctx context.Context, timeout time.Duration) err
 	})
 }
 
-// Requests returns every request counted so far, in order of completion.
+// Requests returns every request counted so far, in order of arrival; those in flight
+// with the status and bytes sent so far.
 func (p *CountingProxy) Requests() []Request {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]Request(nil), p.log...)
+	out := make([]Request, len(p.log))
+	for i, l := range p.log {
+		out[i] = l.snapshot()
+	}
+	return out
 }
 
 // Total sums the requests of one kind.
@@ -314,7 +334,8 @@ func (p *CountingProxy) count(match func(Request) bool) Count {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var c Count
-	for _, r := range p.log {
+	for _, l := range p.log {
+		r := l.snapshot()
 		if !match(r) {
 			continue
 		}
@@ -352,22 +373,15 @@ type ctxKey struct{}
 
 func (p *CountingProxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	kind, repo, ref := ParsePath(r.URL.Path)
-	rec := &Request{
+	rec := &liveRequest{Request: Request{
 		Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Range: r.Header.Get("Range"),
 		Kind: kind, Repo: repo, Ref: ref,
-	}
-	cw := &countingResponseWriter{ResponseWriter: w}
-	// Registered first so that it runs last: once InFlight is 0, the log holds everything.
+	}}
+	cw := &countingResponseWriter{ResponseWriter: w, rec: rec}
 	p.inflight.Add(1)
 	defer p.inflight.Add(-1)
-	defer func() {
-		rec.Status = cw.status
-		rec.Bytes = cw.n
-		p.mu.Lock()
-		p.log = append(p.log, *rec)
-		p.mu.Unlock()
-	}()
 	p.mu.Lock()
+	p.log = append(p.log, rec)
 	down := p.down
 	p.mu.Unlock()
 	if down {
@@ -379,7 +393,7 @@ func (p *CountingProxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	p.rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, rec)))
+	p.rp.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, &rec.Request)))
 }
 
 func (p *CountingProxy) modifyResponse(resp *http.Response) error {
@@ -434,25 +448,23 @@ func (l *limitedBody) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// countingResponseWriter records status and bytes in rec before passing them on, so that a
+// client never sees more than has been counted.
 type countingResponseWriter struct {
 	http.ResponseWriter
-	status int
-	n      int64
+	rec *liveRequest
 }
 
 func (c *countingResponseWriter) WriteHeader(code int) {
-	if c.status == 0 {
-		c.status = code
-	}
+	c.rec.status.CompareAndSwap(0, int64(code))
 	c.ResponseWriter.WriteHeader(code)
 }
 
 func (c *countingResponseWriter) Write(b []byte) (int, error) {
-	if c.status == 0 {
-		c.status = http.StatusOK
-	}
+	c.rec.status.CompareAndSwap(0, http.StatusOK)
+	c.rec.n.Add(int64(len(b)))
 	n, err := c.ResponseWriter.Write(b)
-	c.n += int64(n)
+	c.rec.n.Add(int64(n - len(b))) // what was not written after all
 	return n, err
 }
 
