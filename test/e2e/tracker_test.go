@@ -103,6 +103,66 @@ func TestTrackerFleet(t *testing.T) {
 	}
 }
 
+// TestTrackersSideBySide runs two trackers and six nodes given both: each tracker knows every
+// swarm (nodes announce to all), leases for a blob come from one of them, and a cold rollout
+// costs the origin at most 1.05x. With one tracker killed, the other takes over its leases and
+// a new rollout is still exact.
+func TestTrackersSideBySide(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	o := startOrigin(t)
+	trackers := []*harness.Tracker{
+		harness.StartTracker(t, harness.TrackerOptions{}),
+		harness.StartTracker(t, harness.TrackerOptions{}),
+	}
+	nodes := make([]*harness.Node, 6)
+	for i := range nodes {
+		nodes[i] = o.startNode(t, harness.NodeOptions{
+			Args: []string{"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--tracker", trackers[0].URL, "--tracker", trackers[1].URL},
+		})
+	}
+	waitPeers(t, ctx, nodes, 3)
+	o.proxy.SetRateLimit(12 << 20)
+
+	cold := o.push(t, "e2e/trackers-cold", "v1", 4, 6<<20)
+	o.proxy.Reset()
+	if ratio, _ := pullAtOnce(t, ctx, o, nodes, cold); ratio > 1.05 {
+		t.Errorf("6 nodes with two trackers pulling a cold image cost the origin %.3fx the image, want <= 1.05x", ratio)
+	}
+	for i, tr := range trackers {
+		sw, err := tr.Swarms(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range cold.Blobs() {
+			if !slices.ContainsFunc(sw.Swarms, func(s trackerSwarm) bool { return s.Digest == b.Digest && s.Members >= len(nodes) }) {
+				t.Errorf("tracker %d /swarms: blob %s missing or with fewer than %d members: %+v", i, b.Digest, len(nodes), sw.Swarms)
+			}
+		}
+	}
+
+	granted := func(tr *harness.Tracker) float64 {
+		m, err := tr.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Sum("shoal_tracker_leases_total", harness.Labels{"result": "granted"})
+	}
+	before := granted(trackers[1])
+	t.Logf("leases granted: tracker 0 %.0f, tracker 1 %.0f", granted(trackers[0]), before)
+
+	trackers[0].Kill()
+	next := o.push(t, "e2e/trackers-one-left", "v1", 4, 6<<20)
+	o.proxy.Reset()
+	if ratio, _ := pullAtOnce(t, ctx, o, nodes, next); ratio > 1.05 {
+		t.Errorf("6 nodes with one of two trackers dead pulling a cold image cost the origin %.3fx, want <= 1.05x", ratio)
+	}
+	// Every blob came from the origin under a lease, and only the survivor could grant it.
+	if got := granted(trackers[1]) - before; got < float64(len(next.Blobs())) {
+		t.Errorf("the surviving tracker granted %.0f leases for %d blobs, want at least one per blob", got, len(next.Blobs()))
+	}
+}
+
 // waitPeers waits until every node is connected to at least min libp2p peers.
 func waitPeers(t *testing.T, ctx context.Context, nodes []*harness.Node, min int) {
 	t.Helper()

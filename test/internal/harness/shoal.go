@@ -269,7 +269,12 @@ type Metrics map[string]*dto.MetricFamily
 
 // Metrics reads and parses GET /metrics on the admin address.
 func (n *Node) Metrics(ctx context.Context) (Metrics, error) {
-	body, err := n.adminGet(ctx, "/metrics")
+	return readMetrics(ctx, n.client, n.AdminURL+"/metrics")
+}
+
+// readMetrics reads and parses the Prometheus text at url.
+func readMetrics(ctx context.Context, c *http.Client, url string) (Metrics, error) {
+	body, err := getOK(ctx, c, url)
 	if err != nil {
 		return nil, err
 	}
@@ -277,7 +282,7 @@ func (n *Node) Metrics(ctx context.Context) (Metrics, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(body)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s/metrics: %w", n.AdminURL, err)
+		return nil, fmt.Errorf("parse %s: %w", url, err)
 	}
 	return Metrics(fams), nil
 }
@@ -372,17 +377,24 @@ func (n *Node) Status(ctx context.Context) (NodeStatus, error) {
 }
 
 func (n *Node) adminGet(ctx context.Context, path string) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.AdminURL+path, nil)
+	return getOK(ctx, n.client, n.AdminURL+path)
+}
+
+// getOK GETs url and returns the body of a 200 answer; any other status is an error that
+// quotes the start of the body.
+func getOK(ctx context.Context, c *http.Client, url string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := n.client.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s%s: status %d", n.AdminURL, path, resp.StatusCode)
+		return nil, fmt.Errorf("GET %s: status %d %q", url, resp.StatusCode, b)
 	}
 	return resp.Body, nil
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"testing"
@@ -128,21 +127,18 @@ func (t *Tracker) Kill() {
 // Swarms reads GET /swarms.
 func (t *Tracker) Swarms(ctx context.Context) (tracker.SwarmsResponse, error) {
 	var out tracker.SwarmsResponse
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.URL+tracker.PathSwarms, nil)
+	body, err := getOK(ctx, t.client, t.URL+tracker.PathSwarms)
 	if err != nil {
 		return out, err
 	}
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return out, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return out, fmt.Errorf("GET %s/swarms: %d %s", t.URL, resp.StatusCode, b)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return out, fmt.Errorf("decode %s/swarms: %w", t.URL, err)
+	defer body.Close()
+	if err := json.NewDecoder(body).Decode(&out); err != nil {
+		return out, fmt.Errorf("decode %s%s: %w", t.URL, tracker.PathSwarms, err)
 	}
 	return out, nil
+}
+
+// Metrics reads and parses GET /metrics.
+func (t *Tracker) Metrics(ctx context.Context) (Metrics, error) {
+	return readMetrics(ctx, t.client, t.URL+"/metrics")
 }
