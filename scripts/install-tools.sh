@@ -11,6 +11,8 @@ CRANE_PKG=github.com/google/go-containerregistry/cmd/crane
 CRANE_VERSION=v0.22.1
 CONFORMANCE_PKG=github.com/opencontainers/distribution-spec/conformance
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+HELM_PKG=helm.sh/helm/v3/cmd/helm
+HELM_VERSION=v3.22.0
 
 command -v go >/dev/null || { echo "install-tools: go is not installed" >&2; exit 1; }
 GOBIN_DIR="$(go env GOBIN)"
@@ -34,7 +36,7 @@ go_tool() {
 go_tool registry "$REGISTRY_PKG" "$REGISTRY_VERSION"
 go_tool crane "$CRANE_PKG" "$CRANE_VERSION"
 go_tool conformance "$CONFORMANCE_PKG" "$CONFORMANCE_VERSION"
-go_tool helm helm.sh/helm/v3/cmd/helm v3.22.0
+go_tool helm "$HELM_PKG" "$HELM_VERSION"
 
 if command -v containerd >/dev/null && command -v ctr >/dev/null; then
 	echo "containerd $(containerd --version | awk '{print $3}') (with ctr): already installed at $(command -v containerd)"
