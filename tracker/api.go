@@ -85,7 +85,9 @@ type BlobState struct {
 	Gone bool `json:"gone,omitempty"`
 }
 
-// AnnounceResponse gives, for each blob announced (not Gone), the other members of its swarm.
+// AnnounceResponse gives, for each blob the node announces as downloading (not Complete, not
+// Gone), the other members of its swarm. A node holding a blob needs nobody, and a node
+// holding many in large swarms would otherwise get an answer the size of the whole fleet.
 type AnnounceResponse struct {
 	// Instance identifies this run of the tracker: a client seeing it change knows the
 	// tracker restarted and lost its state, and announces everything again at once.

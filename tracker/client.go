@@ -416,14 +416,16 @@ func (c *Client) announceOne(ctx context.Context, e *endpoint, blobs []BlobState
 		default:
 		}
 	}
-	asked := make(map[digest.Digest]bool, len(blobs))
+	downloading := make(map[digest.Digest]bool, len(blobs))
 	for _, b := range blobs {
-		asked[b.Digest] = !b.Gone
+		downloading[b.Digest] = !b.Complete && !b.Gone
 	}
 	out := make(map[digest.Digest][]Member)
 	for _, s := range resp.Swarms {
-		if !asked[s.Digest] {
-			continue // not asked about, or gone: an answer from outside is input, not truth
+		if !downloading[s.Digest] {
+			// Not a download of ours: the tracker sends members only for those, and an
+			// answer from outside is input, not truth.
+			continue
 		}
 		out[s.Digest] = c.validMembers(s.Members)
 	}

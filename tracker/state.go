@@ -214,7 +214,9 @@ func (s *State) Announce(req AnnounceRequest) (AnnounceResult, error) {
 		if p == nil || !s.join(now, p, b) {
 			res.Refused++
 		}
-		res.Swarms = append(res.Swarms, Swarm{Digest: b.Digest, Members: s.pick(now, b.Digest, req.Peer, MaxMembers)})
+		if !b.Complete {
+			res.Swarms = append(res.Swarms, Swarm{Digest: b.Digest, Members: s.pick(now, b.Digest, req.Peer, MaxMembers)})
+		}
 	}
 	return res, nil
 }

@@ -93,8 +93,9 @@ func TestStateMembership(t *testing.T) {
 	if got := peersOf(announce(t, s, "A", downloading(blobA, 0)), blobA); len(got) != 0 {
 		t.Fatalf("first announce sees %v, want nobody", got)
 	}
-	if got := peersOf(announce(t, s, "B", holding(blobA)), blobA); !slices.Equal(got, []string{"A"}) {
-		t.Fatalf("B sees %v, want [A]", got)
+	// A holder is told nobody: it needs no peers (TestStateHoldersGetNoMembers).
+	if res := announce(t, s, "B", holding(blobA)); len(res.Swarms) != 0 {
+		t.Fatalf("B, holding, is answered %+v, want no swarms", res.Swarms)
 	}
 	res := announce(t, s, "A", downloading(blobA, 1<<20))
 	if got := peersOf(res, blobA); !slices.Equal(got, []string{"B"}) {
@@ -121,6 +122,28 @@ func TestStateMembership(t *testing.T) {
 	s.Sweep()
 	if st := s.Stats(); st.Swarms != 0 || st.Members != 0 || st.Peers != 0 {
 		t.Errorf("after HolderTTL Stats() = %+v, want empty", st)
+	}
+}
+
+// TestStateHoldersGetNoMembers: a node announcing everything it holds in a large fleet gets
+// an answer of constant size (members of a held blob would fill it: 200 held blobs in swarms
+// of 60 came to more than the client's 1 MiB limit), while a download in the same swarms is
+// still told MaxMembers others.
+func TestStateHoldersGetNoMembers(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{}, newFakeClock().Now)
+	held := make([]BlobState, 200)
+	for i := range held {
+		held[i] = holding(digest.FromString(fmt.Sprint("held ", i)))
+	}
+	for i := range 60 {
+		if res := announce(t, s, fmt.Sprint("P", i), held...); len(res.Swarms) != 0 || res.Refused != 0 {
+			t.Fatalf("holder %d is answered %d swarms, %d refused; want 0 and 0", i, len(res.Swarms), res.Refused)
+		}
+	}
+	res := announce(t, s, "D", downloading(held[0].Digest, 0))
+	if got := len(peersOf(res, held[0].Digest)); got != MaxMembers {
+		t.Errorf("a downloader is told %d members of a 60-member swarm, want %d", got, MaxMembers)
 	}
 }
 
