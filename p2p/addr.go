@@ -20,23 +20,30 @@ func CheckPeerAddr(s, peerID string) error {
 	if err != nil {
 		return fmt.Errorf("%w: peer ID %q: %w", ErrBadAddr, peerID, err)
 	}
+	_, err = transportOf(s, want)
+	return err
+}
+
+// transportOf checks that s is a multiaddr of peer want, as CheckPeerAddr describes, and
+// returns its transport part.
+func transportOf(s string, want peer.ID) (ma.Multiaddr, error) {
 	a, err := ma.NewMultiaddr(s)
 	if err != nil {
-		return fmt.Errorf("%w: %q: %w", ErrBadAddr, s, err)
+		return nil, fmt.Errorf("%w: %q: %w", ErrBadAddr, s, err)
 	}
 	transport, id := peer.SplitAddr(a)
 	switch {
 	case id == "":
-		return fmt.Errorf("%w: %q does not end in /p2p/<id>", ErrBadAddr, s)
+		return nil, fmt.Errorf("%w: %q does not end in /p2p/<id>", ErrBadAddr, s)
 	case id != want:
-		return fmt.Errorf("%w: %q is for peer %s, not %s", ErrBadAddr, s, id, want)
+		return nil, fmt.Errorf("%w: %q is for peer %s, not %s", ErrBadAddr, s, id, want)
 	case len(transport) == 0:
-		return fmt.Errorf("%w: %q has no transport address", ErrBadAddr, s)
+		return nil, fmt.Errorf("%w: %q has no transport address", ErrBadAddr, s)
 	}
 	for _, c := range transport {
 		if c.Code() == ma.P_P2P || c.Code() == ma.P_CIRCUIT {
-			return fmt.Errorf("%w: %q: relayed addresses are not used", ErrBadAddr, s)
+			return nil, fmt.Errorf("%w: %q: relayed addresses are not used", ErrBadAddr, s)
 		}
 	}
-	return nil
+	return transport, nil
 }

@@ -77,7 +77,7 @@ type HostOptions struct {
 	Logger *slog.Logger
 }
 
-// NewHost builds a libp2p host for a shoal node: TCP only, TLS preferred with
+// NewHost builds a libp2p host for a shoal node: TCP, TLS preferred with
 // Noise as fallback, yamux, a resource manager and a connection manager with
 // the fixed limits above. QUIC (its own encryption and streams) is there too,
 // except on a private network: libp2p's QUIC cannot carry a PSK. Relaying is
@@ -135,15 +135,14 @@ func NewHost(o HostOptions) (host.Host, error) {
 		libp2p.DisableMetrics(),
 		libp2p.UserAgent("shoal"),
 	}
-	if o.PSK == nil {
+	switch {
+	case o.PSK == nil:
 		opts = append(opts, libp2p.Transport(libp2pquic.NewTransport))
-	}
-	if o.PSK != nil {
-		if len(o.PSK) != 32 {
-			rm.Close()
-			cm.Close()
-			return nil, fmt.Errorf("host: %w: %d bytes, want 32", ErrInvalidPSK, len(o.PSK))
-		}
+	case len(o.PSK) != 32:
+		rm.Close()
+		cm.Close()
+		return nil, fmt.Errorf("host: %w: %d bytes, want 32", ErrInvalidPSK, len(o.PSK))
+	default:
 		opts = append(opts, libp2p.PrivateNetwork(pnet.PSK(bytes.Clone(o.PSK))))
 	}
 	h, err := libp2p.New(opts...)
@@ -158,7 +157,8 @@ func NewHost(o HostOptions) (host.Host, error) {
 	return h, nil
 }
 
-// checkListenAddr accepts plain TCP multiaddrs only. Checking up front keeps
+// checkListenAddr accepts plain TCP multiaddrs, and QUIC ones off a private
+// network (private says a PSK is set). Checking up front keeps
 // an unsupported address from reaching libp2p, which in v0.49 leaves the
 // swarm's goroutines running when it fails to listen.
 func checkListenAddr(s string, private bool) error {

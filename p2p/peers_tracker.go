@@ -8,9 +8,9 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// PeerAddrs checks that id is a peer ID and returns those of addrs that are multiaddrs of
-// that peer (ending in /p2p/<id>), in order. It is for peers learned from outside libp2p,
-// such as a tracker's answers: an addr for another peer is dropped, not trusted.
+// PeerAddrs checks that id is a peer ID and returns those of addrs that pass CheckPeerAddr
+// for it, in order. It is for peers learned from outside libp2p, such as a tracker's
+// answers: an addr for another peer is dropped, not trusted.
 func PeerAddrs(id string, addrs []string) ([]string, error) {
 	pid, err := peer.Decode(id)
 	if err != nil {
@@ -18,22 +18,16 @@ func PeerAddrs(id string, addrs []string) ([]string, error) {
 	}
 	var out []string
 	for _, s := range addrs {
-		a, err := ma.NewMultiaddr(s)
-		if err != nil {
-			continue
+		if _, err := transportOf(s, pid); err == nil {
+			out = append(out, s)
 		}
-		info, err := peer.AddrInfoFromP2pAddr(a)
-		if err != nil || info.ID != pid || len(info.Addrs) == 0 {
-			continue
-		}
-		out = append(out, s)
 	}
 	return out, nil
 }
 
 // AddAddrs records addrs (multiaddrs ending in /p2p/<peerID>) of a peer learned outside the
 // DHT, such as from a tracker, so chunk requests can dial it before the DHT knows it.
-// Malformed addrs and those of another peer are skipped.
+// Addrs that do not pass CheckPeerAddr are skipped.
 func (n *Network) AddAddrs(peerID string, addrs []string) {
 	pid, err := peer.Decode(peerID)
 	if err != nil || pid == n.Host.ID() {
@@ -41,15 +35,9 @@ func (n *Network) AddAddrs(peerID string, addrs []string) {
 	}
 	var mas []ma.Multiaddr
 	for _, s := range addrs {
-		a, err := ma.NewMultiaddr(s)
-		if err != nil {
-			continue
+		if transport, err := transportOf(s, pid); err == nil {
+			mas = append(mas, transport)
 		}
-		info, err := peer.AddrInfoFromP2pAddr(a)
-		if err != nil || info.ID != pid {
-			continue
-		}
-		mas = append(mas, info.Addrs...)
 	}
 	if len(mas) > 0 {
 		n.Host.Peerstore().AddAddrs(pid, mas, peerstore.TempAddrTTL)

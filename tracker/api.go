@@ -15,7 +15,10 @@ package tracker
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -173,8 +176,8 @@ func SigningBytes(method, path string, body []byte) []byte {
 	return b.Bytes()
 }
 
-// Sign makes req, whose body is body, a signed request from signer's peer (a p2p.Signer): the JSON content
-// type, HeaderPeer and HeaderSignature over SigningBytes.
+// Sign makes req, whose body is body, a signed request from signer's peer (a p2p.Signer):
+// the JSON content type, HeaderPeer and HeaderSignature over SigningBytes.
 func Sign(req *http.Request, signer Signer, body []byte) error {
 	sig, err := signer.Sign(SigningBytes(req.Method, req.URL.Path, body))
 	if err != nil {
@@ -183,5 +186,19 @@ func Sign(req *http.Request, signer Signer, body []byte) error {
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(HeaderPeer, signer.ID())
 	req.Header.Set(HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+	return nil
+}
+
+// decodeStrict decodes raw, which must be exactly one JSON value with only known fields,
+// into v: requests and answers alike are input from outside.
+func decodeStrict(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("data after the JSON value")
+	}
 	return nil
 }

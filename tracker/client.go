@@ -220,10 +220,11 @@ func (e errDown) Unwrap() error { return e.err }
 
 // result records how a request to e ended.
 func (c *Client) result(e *endpoint, op string, err error) {
+	down := errors.As(err, new(errDown))
 	switch {
 	case err == nil:
 		c.requests.WithLabelValues(op, "ok").Inc()
-	case errors.As(err, new(errDown)):
+	case down:
 		c.requests.WithLabelValues(op, "error").Inc()
 	default:
 		// The tracker answered, refusing the request: it is up.
@@ -231,7 +232,7 @@ func (c *Client) result(e *endpoint, op string, err error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err != nil && errors.As(err, new(errDown)) {
+	if down {
 		wait := min(c.opts.Backoff<<min(e.failures, 8), maxBackoff)
 		e.failures++
 		e.downUntil = time.Now().Add(wait)
@@ -288,20 +289,7 @@ func (c *Client) do(ctx context.Context, e *endpoint, method, path string, in, o
 		return errDown{fmt.Errorf("%s %s%s: answer over %d bytes", method, e.base, path, MaxBody)}
 	}
 	if err := decodeStrict(raw, out); err != nil {
-		return errDown{fmt.Errorf("%s %s%s: %w", method, e.base, path, err)}
-	}
-	return nil
-}
-
-// decodeStrict decodes exactly one JSON value with only known fields.
-func decodeStrict(raw []byte, out any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(out); err != nil {
-		return fmt.Errorf("decode answer: %w", err)
-	}
-	if dec.More() {
-		return errors.New("decode answer: data after the JSON value")
+		return errDown{fmt.Errorf("%s %s%s: answer: %w", method, e.base, path, err)}
 	}
 	return nil
 }
@@ -396,7 +384,8 @@ func (c *Client) Announce(ctx context.Context, blobs []BlobState) (map[digest.Di
 	return merged, nil
 }
 
-// announceOne sends one announce to e and returns the validated members of each swarm.
+// announceOne sends one announce to e and returns the validated members of the swarm of
+// each download among blobs.
 func (c *Client) announceOne(ctx context.Context, e *endpoint, blobs []BlobState) (map[digest.Digest][]Member, error) {
 	req := AnnounceRequest{Peer: c.self, Addrs: c.addrs(), Time: nowMillis(), Blobs: blobs}
 	var resp AnnounceResponse
@@ -517,10 +506,7 @@ func (c *Client) Bootstrap(ctx context.Context) ([]string, error) {
 				continue
 			}
 			id := a[strings.LastIndex(a, "/")+1:]
-			if id == c.self {
-				continue
-			}
-			if ok, err := p2p.PeerAddrs(id, []string{a}); err != nil || len(ok) == 0 {
+			if id == c.self || p2p.CheckPeerAddr(a, id) != nil {
 				continue
 			}
 			seen[a] = true
@@ -583,9 +569,7 @@ func (c *Client) Lease(ctx context.Context, d digest.Digest, size, chunkSize int
 		if !e.available(now) {
 			continue
 		}
-		req.Time = nowMillis()
-		var resp LeaseResponse
-		err := c.do(ctx, e, http.MethodPost, PathLease, req, &resp)
+		resp, err := c.postLease(ctx, e, req)
 		if err == nil && !resp.Granted {
 			c.result(e, "lease", errors.New("refused"))
 			holder := ""
@@ -622,6 +606,14 @@ func (c *Client) Lease(ctx context.Context, d digest.Digest, size, chunkSize int
 	return nil, "", fmt.Errorf("lease chunk %d of %s: %w: %w", chunk, d, ErrUnavailable, errors.Join(errs...))
 }
 
+// postLease sends req to e, stamped with the time now.
+func (c *Client) postLease(ctx context.Context, e *endpoint, req LeaseRequest) (LeaseResponse, error) {
+	req.Time = nowMillis()
+	var resp LeaseResponse
+	err := c.do(ctx, e, http.MethodPost, PathLease, req, &resp)
+	return resp, err
+}
+
 // renew keeps the lease alive until it is released or refused.
 func (l *Lease) renew(every time.Duration) {
 	t := time.NewTicker(every)
@@ -634,10 +626,7 @@ func (l *Lease) renew(every time.Duration) {
 			return
 		case <-t.C:
 		}
-		req := l.req
-		req.Time = nowMillis()
-		var resp LeaseResponse
-		err := l.c.do(l.c.ctx, l.e, http.MethodPost, PathLease, req, &resp)
+		resp, err := l.c.postLease(l.c.ctx, l.e, l.req)
 		if err == nil && !resp.Granted {
 			err = errors.New("renewal refused")
 		}
@@ -657,10 +646,8 @@ func (l *Lease) Release(done bool) {
 		l.c.background(func() {
 			l.renewed.Wait()
 			req := l.req
-			req.Time = nowMillis()
 			req.Release, req.Done = true, done
-			var resp LeaseResponse
-			err := l.c.do(l.c.ctx, l.e, http.MethodPost, PathLease, req, &resp)
+			_, err := l.c.postLease(l.c.ctx, l.e, req)
 			if l.c.ctx.Err() != nil {
 				return // closing: the lease runs out on its own
 			}

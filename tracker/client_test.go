@@ -506,12 +506,7 @@ func TestClientMetrics(t *testing.T) {
 // see each other in a swarm, one gets the lease on a chunk, the other is told it holds it.
 func TestClientAgainstServer(t *testing.T) {
 	t.Parallel()
-	srv, err := NewServer(ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(hs.Close)
+	hs := newHTTPTracker(t)
 	a, b := newTestPeer(t), newTestPeer(t)
 	ca, cb := newTestClient(t, a, hs.URL), newTestClient(t, b, hs.URL)
 	ctx := context.Background()

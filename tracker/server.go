@@ -1,7 +1,6 @@
 package tracker
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -44,7 +43,6 @@ type Server struct {
 	instance string
 	addrs    func() []string
 	log      *slog.Logger
-	now      func() time.Time
 	mux      *http.ServeMux
 
 	announces *prometheus.CounterVec
@@ -76,13 +74,9 @@ func NewServer(o ServerOptions) (*Server, error) {
 		instance: hex.EncodeToString(id[:]),
 		addrs:    o.Addrs,
 		log:      o.Logger,
-		now:      o.Now,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
-	}
-	if s.now == nil {
-		s.now = time.Now
 	}
 	if s.addrs == nil {
 		s.addrs = func() []string { return nil }
@@ -226,30 +220,25 @@ func (s *Server) readSigned(w http.ResponseWriter, r *http.Request, path string,
 		}
 		return refuse(http.StatusBadRequest, resultInvalid, "read body: %v", err)
 	}
-	peer := r.Header.Get(HeaderPeer)
-	sig, err := base64.StdEncoding.DecodeString(r.Header.Get(HeaderSignature))
-	switch {
-	case peer == "" || r.Header.Get(HeaderSignature) == "":
+	peer, sig64 := r.Header.Get(HeaderPeer), r.Header.Get(HeaderSignature)
+	if peer == "" || sig64 == "" {
 		return refuse(http.StatusUnauthorized, resultUnauthorized, "missing %s or %s header", HeaderPeer, HeaderSignature)
-	case err != nil:
+	}
+	sig, err := base64.StdEncoding.DecodeString(sig64)
+	if err != nil {
 		return refuse(http.StatusUnauthorized, resultUnauthorized, "%s: not base64", HeaderSignature)
 	}
 	if err := p2p.VerifySignature(peer, SigningBytes(r.Method, path, body), sig); err != nil {
 		return refuse(http.StatusUnauthorized, resultUnauthorized, "signature: %v", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := decodeStrict(body, v); err != nil {
 		return refuse(http.StatusBadRequest, resultInvalid, "body: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return refuse(http.StatusBadRequest, resultInvalid, "body: data after the JSON object")
 	}
 	claimed, ms := sender()
 	if claimed != peer {
 		return refuse(http.StatusUnauthorized, resultUnauthorized, "peer %q is not the signer %s", claimed, peer)
 	}
-	if skew := s.now().Sub(time.UnixMilli(ms)).Abs(); skew > MaxClockSkew {
+	if skew := s.state.now().Sub(time.UnixMilli(ms)).Abs(); skew > MaxClockSkew {
 		return refuse(http.StatusUnauthorized, resultUnauthorized, "time is %v off the tracker's clock, over %v", skew.Round(time.Second), MaxClockSkew)
 	}
 	return nil

@@ -24,7 +24,7 @@ type testPeer struct {
 	signer *p2p.Signer
 }
 
-func newTestPeer(t *testing.T) *testPeer {
+func newTestPeer(t testing.TB) *testPeer {
 	t.Helper()
 	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
 	if err != nil {
@@ -36,6 +36,18 @@ func newTestPeer(t *testing.T) *testPeer {
 		t.Fatal(err)
 	}
 	return &testPeer{id: signer.ID(), addrs: p2p.Addrs(h), signer: signer}
+}
+
+// newHTTPTracker serves a tracker with default options over real HTTP.
+func newHTTPTracker(t *testing.T) *httptest.Server {
+	t.Helper()
+	s, err := NewServer(ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // signedRequest builds a POST as a node sends it: body signed by signer for path.
@@ -467,12 +479,7 @@ func TestServerMetricsAndHealth(t *testing.T) {
 // against the real clock.
 func TestServerAcceptsNodeSigner(t *testing.T) {
 	t.Parallel()
-	s, err := NewServer(ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(s)
-	t.Cleanup(srv.Close)
+	srv := newHTTPTracker(t)
 	a := newTestPeer(t)
 	do := func(path string, v any) []byte {
 		body, _ := json.Marshal(v)
@@ -502,15 +509,7 @@ func FuzzServerAnnounce(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { h.Close() })
-	signer, err := p2p.NewSigner(h)
-	if err != nil {
-		f.Fatal(err)
-	}
+	signer := newTestPeer(f).signer
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, path := range []string{PathAnnounce, PathLease} {
 			rec := httptest.NewRecorder()

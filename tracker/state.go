@@ -392,17 +392,13 @@ func (s *State) Lease(req LeaseRequest) (LeaseResponse, error) {
 	}
 
 	if holder, ok := sw.done[i]; ok {
-		switch {
-		case holder == req.Peer:
-			// It said it had the chunk and asks again: it lost it.
-			delete(sw.done, i)
-			s.marks--
-		case s.liveMember(sw, holder, now):
+		if holder != req.Peer && s.liveMember(sw, holder, now) {
 			return LeaseResponse{Holder: holder}, nil
-		default:
-			delete(sw.done, i)
-			s.marks--
 		}
+		// The holder left, or it is the sender, which said it had the chunk and asks
+		// again: it lost it.
+		delete(sw.done, i)
+		s.marks--
 	}
 	l, held := sw.leases[i]
 	if held && l.holder != req.Peer && l.live(now) && s.liveMember(sw, l.holder, now) {

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -374,7 +375,7 @@ func TestStateSwarmsAndBootstrap(t *testing.T) {
 		{Digest: blobA, Size: testSize, Members: 2, Complete: 1, Progress: 0.75, FromOrigin: 5, FromPeers: 7, Leases: 1},
 		{Digest: blobB, Members: 1},
 	}
-	slices.SortFunc(want, func(a, b SwarmView) int { return compareDigests(a.Digest, b.Digest) })
+	slices.SortFunc(want, func(a, b SwarmView) int { return cmp.Compare(a.Digest, b.Digest) })
 	if !slices.Equal(got, want) {
 		t.Fatalf("Swarms() = %+v, want %+v", got, want)
 	}
@@ -385,14 +386,4 @@ func TestStateSwarmsAndBootstrap(t *testing.T) {
 	if addrs := s.Bootstrap(); len(addrs) != bootstrapPeers {
 		t.Fatalf("Bootstrap() = %d addrs, want %d", len(addrs), bootstrapPeers)
 	}
-}
-
-func compareDigests(a, b digest.Digest) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
