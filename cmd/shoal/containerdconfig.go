@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -15,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/shoal-dev/shoal/registryapi"
 )
 
 const containerdConfigSummary = `Usage: shoal containerd-config --hosts-dir DIR --mirror URL [--registry HOST[=URL] ...] [--default] [flags]
@@ -28,17 +29,17 @@ same command with --remove puts it back, or deletes the file shoal wrote. Give a
 --registry or --default.`
 
 // hostsMarker starts every hosts.toml this command writes: it is how --remove, and a second
-// run, tell shoal's files from the operator's.
-const hostsMarker = "# Written by shoal containerd-config; --remove restores what was here."
-
-// hostsMarkerPrefix recognises the marker even if its wording changes in a later version.
-const hostsMarkerPrefix = "# Written by shoal containerd-config"
+// run, tell shoal's files from the operator's. Only hostsMarkerPrefix is looked for, so the
+// rest of the wording may change in a later version.
+const (
+	hostsMarkerPrefix = "# Written by shoal containerd-config"
+	hostsMarker       = hostsMarkerPrefix + "; --remove restores what was here."
+)
 
 const (
 	hostsFileName  = "hosts.toml"
 	hostsBackupExt = ".shoal-backup"
 	defaultHostDir = "_default"
-	dockerHubHost  = "docker.io"
 	dockerHubURL   = "https://registry-1.docker.io"
 )
 
@@ -51,7 +52,6 @@ type hostsTarget struct {
 func runContainerdConfig(args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("containerd-config")
 	var (
-		noConfig    string
 		hostsDir    = flags.String("hosts-dir", "", "containerd's registry config_path `directory`, usually /etc/containerd/certs.d (required)")
 		withDefault = flags.Bool("default", false, "also write _default/hosts.toml: registries not listed go through the node too, then to themselves")
 		dialTimeout = flags.Duration("dial-timeout", 200*time.Millisecond, "how long containerd (2.1 and later; older versions ignore it) tries to connect to a mirror before the next")
@@ -61,7 +61,7 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) error {
 	)
 	flags.Var(&mirrors, "mirror", "`URL` of the node's /v2 mirror, e.g. http://127.0.0.1:5080 (repeatable: tried in order)")
 	flags.Var(&registries, "registry", "registry to pull through the node, `HOST[=URL]` (repeatable); URL names the upstream, by default https://HOST, or https://registry-1.docker.io for docker.io")
-	if err := parseFlags(flags, args, &noConfig, stdout, containerdConfigSummary); err != nil {
+	if err := parseFlags(flags, args, nil, stdout, containerdConfigSummary); err != nil {
 		return err
 	}
 
@@ -135,7 +135,7 @@ func parseRegistryArg(arg string) (hostsTarget, error) {
 			return hostsTarget{}, fmt.Errorf("upstream: %w", err)
 		}
 		t.server = u
-	case host == dockerHubHost:
+	case host == registryapi.DockerHub:
 		t.server = dockerHubURL
 	default:
 		t.server = "https://" + host
@@ -323,7 +323,7 @@ func installHostsFile(root, host string, body []byte, stdout io.Writer) error {
 	}
 	note := ""
 	if exists && !writtenByShoal(old) {
-		if err := backUp(path, path+hostsBackupExt); err != nil {
+		if err := backUp(path, path+hostsBackupExt, old); err != nil {
 			return err
 		}
 		note = fmt.Sprintf(" (kept the previous one as %s)", hostsFileName+hostsBackupExt)
@@ -389,14 +389,13 @@ func removeHostsFile(root, host string, stdout, stderr io.Writer) error {
 
 // writtenByShoal reports whether a hosts.toml starts with shoal's marker line.
 func writtenByShoal(body []byte) bool {
-	first, _, _ := bufio.NewReader(bytes.NewReader(body)).ReadLine()
-	return strings.HasPrefix(string(first), hostsMarkerPrefix)
+	return bytes.HasPrefix(body, []byte(hostsMarkerPrefix))
 }
 
-// backUp makes backup an exact copy of path: a hard link when the file system allows it
-// (same inode, so mode, owner and a symlink stay as they were), else a copy of the bytes
-// with the same mode. backup appears complete or not at all.
-func backUp(path, backup string) error {
+// backUp makes backup an exact copy of path, whose content is data: a hard link when the
+// file system allows it (same inode, so mode, owner and a symlink stay as they were), else
+// data written with the same mode. backup appears complete or not at all.
+func backUp(path, backup string, data []byte) error {
 	tmp := backup + ".tmp"
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -409,10 +408,6 @@ func backUp(path, backup string) error {
 		return syncDir(filepath.Dir(backup))
 	}
 	st, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -21,20 +22,19 @@ func newFlagSet(name string) *flag.FlagSet {
 }
 
 // parseFlags parses args; with --config FILE it also applies the YAML file's keys (named
-// like the flags) for every flag not given on the command line. On --help it prints usage
-// to w and returns flag.ErrHelp.
+// like the flags) for every flag not given on the command line. configPath is nil for a
+// command without --config. On --help it prints usage to w and returns flag.ErrHelp.
 func parseFlags(fs *flag.FlagSet, args []string, configPath *string, w io.Writer, summary string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(w, fs, summary)
-			return err
 		}
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if *configPath == "" {
+	if configPath == nil || *configPath == "" {
 		return nil
 	}
 	set := map[string]bool{}
@@ -110,6 +110,14 @@ func printUsage(w io.Writer, fs *flag.FlagSet, summary string) {
 		}
 		fmt.Fprintf(w, "        %s%s\n", help, def)
 	})
+}
+
+// logFlags defines --log-level and --log-format on fs, and returns what builds the logger
+// they describe once fs is parsed.
+func logFlags(fs *flag.FlagSet) func(w io.Writer) (*slog.Logger, error) {
+	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
+	format := fs.String("log-format", "text", "log `format`: text or json")
+	return func(w io.Writer) (*slog.Logger, error) { return newLogger(w, *level, *format) }
 }
 
 // listFlag is a repeatable string flag.

@@ -19,23 +19,29 @@ its cache or downloads them once from the upstream registry, verifying every dig
 flag can also be set in a YAML file given with --config (keys are flag names; repeatable
 flags take a list); flags on the command line win.`
 
+// defaultAdminAddr is the default --admin-addr, and defaultAdminPort its port, which
+// prefetch --nodes-dns asks when the name carries none.
+const (
+	defaultAdminPort = "5081"
+	defaultAdminAddr = "127.0.0.1:" + defaultAdminPort
+)
+
 func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("node")
 	var (
 		configPath   = fs.String("config", "", "YAML `file` with flag values")
 		registryAddr = fs.String("registry-addr", "127.0.0.1:5080", "`address` of the /v2 mirror")
-		adminAddr    = fs.String("admin-addr", "127.0.0.1:5081", "`address` of /metrics, /healthz, /readyz and /status (empty: off)")
+		adminAddr    = fs.String("admin-addr", defaultAdminAddr, "`address` of /metrics, /healthz, /readyz and /status (empty: off)")
 		originURL    = fs.String("origin", "", "registry `URL` used for requests that carry no ns")
 		dataDir      = fs.String("data-dir", "/var/lib/shoal", "`directory` of the blob cache")
 		dockerConfig = fs.String("docker-config", "", "docker config.json `file` with upstream credentials")
 		tagTTL       = fs.Duration("tag-ttl", node.DefaultTagTTL, "how long a tag resolution is reused before asking the origin again")
 		tagMaxStale  = fs.Duration("tag-max-stale", node.DefaultTagMaxStale, "how long a resolved tag is served while the origin is unreachable")
-		logLevel     = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
-		logFormat    = fs.String("log-format", "text", "log `format`: text or json")
 		identity     = fs.String("identity", "", "`file` holding the node's p2p key, created if absent (default DATA-DIR/identity)")
 		psk          = fs.String("psk", "", "private network key `file` (/key/swarm/psk/1.0.0/ format): only nodes with the same key connect")
 		bootstrapDNS = fs.String("bootstrap-dns", "", "DNS `name[:port]` whose A/AAAA records are fleet nodes, e.g. a headless Service; each is asked for its /status addrs on port (default 5081, the admin port)")
 		pprofOn      = fs.Bool("pprof", false, "serve Go profiles at /debug/pprof/ on the admin address")
+		newLog       = logFlags(fs)
 		upstreams    listFlag
 		p2pListen    listFlag
 		bootstrap    listFlag
@@ -55,7 +61,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
-	logger, err := newLogger(stderr, *logLevel, *logFormat)
+	logger, err := newLog(stderr)
 	if err != nil {
 		return err
 	}

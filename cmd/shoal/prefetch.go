@@ -32,10 +32,7 @@ docker.io); its registry must be one the nodes mirror. For an index, every platf
 manifest is fetched unless --platform narrows it. Exits 1 if any node failed.`
 
 // defaultAdminURL is where a node started with the default --admin-addr answers.
-const defaultAdminURL = "http://127.0.0.1:5081"
-
-// defaultAdminPort is the port --nodes-dns asks when it names none.
-const defaultAdminPort = "5081"
+const defaultAdminURL = "http://" + defaultAdminAddr
 
 // prefetchOutput says how progress is shown.
 type prefetchOutput struct {
@@ -134,7 +131,6 @@ func nodeURLs(ctx context.Context, nodes []string, dnsName string) ([]string, er
 		if err != nil {
 			return nil, fmt.Errorf("--nodes-dns: %w", err)
 		}
-		slices.Sort(addrs)
 		for _, a := range addrs {
 			urls = append(urls, "http://"+net.JoinHostPort(a, port))
 		}
