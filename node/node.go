@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/shoal-dev/shoal/internal/serve"
 	"github.com/shoal-dev/shoal/node/store"
 	"github.com/shoal-dev/shoal/node/swarm"
 	"github.com/shoal-dev/shoal/registryapi"
@@ -267,35 +268,15 @@ func (n *Node) Run(ctx context.Context) error {
 		defer n.tracker.client.Close()
 		g.Go(func() error { return n.runTracker(ctx) })
 	}
-	g.Go(func() error { return serve(ctx, n.registry, n.registryLn) })
+	g.Go(func() error { return serve.HTTP(ctx, n.registry, n.registryLn) })
 	if n.adminLn != nil {
-		g.Go(func() error { return serve(ctx, n.admin, n.adminLn) })
+		g.Go(func() error { return serve.HTTP(ctx, n.admin, n.adminLn) })
 	}
 	n.log.Info("node started", "registry", n.RegistryAddr(), "admin", n.AdminAddr(), "upstreams", strings.Join(n.registries, ","))
 	close(n.ready)
 	err := g.Wait()
 	n.log.Info("node stopped")
 	return err
-}
-
-// serve runs srv on ln until ctx ends, then drains it for a bounded time.
-func serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		srv.Close()
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
 
 // dockerHub is the registry key containerd sends for Docker Hub, and dockerHubURL its

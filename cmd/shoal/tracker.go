@@ -3,18 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"path/filepath"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"golang.org/x/sync/errgroup"
-
-	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/tracker"
 )
 
@@ -35,15 +25,14 @@ func runTracker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		psk        = fs.String("psk", "", "private network key `file` (/key/swarm/psk/1.0.0/ format), the fleet's")
 		maxPeers   = fs.Int("max-peers", tracker.DefaultMaxPeers, "most peers tracked; new ones are refused beyond it")
 		maxMembers = fs.Int("max-members", tracker.DefaultMaxMembers, "most swarm memberships tracked over all blobs; new ones are refused beyond it")
-		logLevel   = fs.String("log-level", "info", "log `level`: debug, info, warn, error")
-		logFormat  = fs.String("log-format", "text", "log `format`: text or json")
+		newLog     = logFlags(fs)
 		p2pListen  listFlag
 	)
 	fs.Var(&p2pListen, "p2p-listen", "libp2p `multiaddr` nodes join the DHT through (repeatable; default /ip4/0.0.0.0/tcp/5091)")
 	if err := parseFlags(fs, args, configPath, stdout, trackerSummary); err != nil {
 		return err
 	}
-	logger, err := newLogger(stderr, *logLevel, *logFormat)
+	logger, err := newLog(stderr)
 	if err != nil {
 		return err
 	}
@@ -53,72 +42,12 @@ func runTracker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(p2pListen) == 0 {
 		p2pListen = listFlag{"/ip4/0.0.0.0/tcp/5091"}
 	}
-	hostOpts := p2p.HostOptions{
-		ListenAddrs:  p2pListen,
-		IdentityPath: filepath.Join(*dataDir, "identity"),
-		Logger:       logger,
-	}
-	if *psk != "" {
-		if hostOpts.PSK, err = p2p.LoadPSK(*psk); err != nil {
-			return err
-		}
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
-	defer ln.Close()
-	h, err := p2p.NewHost(hostOpts)
-	if err != nil {
-		return fmt.Errorf("p2p: %w", err)
-	}
-	defer h.Close()
-	// The tracker is a DHT server peer like any node, so a node that knows only the
-	// tracker's URL joins the DHT through the addresses /bootstrap gives.
-	router, err := p2p.NewRouter(h, p2p.RouterOptions{Logger: logger, Registerer: reg})
-	if err != nil {
-		return fmt.Errorf("p2p: %w", err)
-	}
-	defer router.Close()
-	srv, err := tracker.NewServer(tracker.ServerOptions{
-		Addrs:    func() []string { return p2p.Addrs(h) },
-		Limits:   tracker.Limits{MaxPeers: *maxPeers, MaxMembers: *maxMembers},
-		Registry: reg,
-		Logger:   logger,
+	return tracker.Run(ctx, tracker.Config{
+		Listen:    *listen,
+		P2PListen: p2pListen,
+		DataDir:   *dataDir,
+		PSK:       *psk,
+		Limits:    tracker.Limits{MaxPeers: *maxPeers, MaxMembers: *maxMembers},
+		Logger:    logger,
 	})
-	if err != nil {
-		return err
-	}
-	httpSrv := &http.Server{
-		Handler:           srv,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-	}
-	logger.Info("tracker listening", "http", ln.Addr().String(), "peer", h.ID().String(), "addrs", p2p.Addrs(h))
-
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := httpSrv.Shutdown(shutdownCtx); err != nil {
-			httpSrv.Close()
-		}
-		return nil
-	})
-	err = g.Wait()
-	logger.Info("tracker stopped")
-	return err
 }
