@@ -43,6 +43,26 @@ func eventually(t *testing.T, what string, check func() bool) {
 	}
 }
 
+// readyz reports whether n's /readyz answers 200.
+func readyz(t *testing.T, n *Node) bool {
+	t.Helper()
+	resp, _ := get(t, "http://"+n.AdminAddr()+"/readyz", nil)
+	return resp.StatusCode == http.StatusOK
+}
+
+// pullFromPeer pulls team/app:v1, which a peer holds, through n: want blob bytes, none of
+// them from the origin o.
+func pullFromPeer(t *testing.T, o *countingOrigin, n *Node, want int64) {
+	t.Helper()
+	o.blobBytes.Store(0)
+	if got := pullImage(t, n, "team/app", "v1", ""); got != want {
+		t.Fatalf("pulled %d blob bytes from a peer, want %d", got, want)
+	}
+	if got := o.blobBytes.Load(); got != 0 {
+		t.Errorf("origin sent %d blob bytes for an image a peer held, want 0", got)
+	}
+}
+
 // TestFleetDiscovery: a node bootstraps from another's /status addrs, and finds through the
 // DHT the blobs the other pulled.
 func TestFleetDiscovery(t *testing.T) {
@@ -56,10 +76,7 @@ func TestFleetDiscovery(t *testing.T) {
 		t.Fatalf("/status of the first node = %+v, want a peer ID and addrs ending in /p2p/<id>", stA)
 	}
 	b := startNode(t, Config{Origin: o.URL, P2PListen: listen, Bootstrap: stA.Addrs})
-	eventually(t, "the second node to join", func() bool {
-		resp, _ := get(t, "http://"+b.AdminAddr()+"/readyz", nil)
-		return resp.StatusCode == http.StatusOK
-	})
+	eventually(t, "the second node to join", func() bool { return readyz(t, b) })
 	if st := status(t, b); !st.Joined || st.Peers < 1 {
 		t.Errorf("/status of the joined node = %+v, want joined with a peer", st)
 	}
@@ -82,6 +99,19 @@ func TestFleetDiscovery(t *testing.T) {
 	}
 }
 
+// newError returns New's error for cfg given a data directory, an origin and a registry
+// address; a node it did build is closed.
+func newError(t *testing.T, cfg Config) error {
+	cfg.DataDir = t.TempDir()
+	cfg.Origin = "http://127.0.0.1:9"
+	cfg.RegistryAddr = "127.0.0.1:0"
+	n, err := New(cfg)
+	if err == nil {
+		n.closeAll()
+	}
+	return err
+}
+
 func TestFleetConfig(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -102,13 +132,8 @@ func TestFleetConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			cfg := tt.cfg
-			cfg.DataDir = t.TempDir()
-			cfg.Origin = "http://127.0.0.1:9"
-			cfg.RegistryAddr = "127.0.0.1:0"
-			n, err := New(cfg)
+			err := newError(t, tt.cfg)
 			if err == nil {
-				n.closeAll()
 				t.Fatalf("New(%s) = nil error, want one containing %q", tt.name, tt.want)
 			}
 			if !strings.Contains(err.Error(), tt.want) {
@@ -190,7 +215,7 @@ func TestFleetBootstrapDNS(t *testing.T) {
 	a := startNode(t, Config{Origin: o.URL, P2PListen: listen, BootstrapDNS: "localhost:1"})
 	// Port 1 answers nothing: every record failed, which is not "alone", so not ready.
 	time.Sleep(300 * time.Millisecond)
-	if resp, _ := get(t, "http://"+a.AdminAddr()+"/readyz", nil); resp.StatusCode == http.StatusOK {
+	if readyz(t, a) {
 		t.Errorf("/readyz of a node whose bootstrap name answers nothing = 200, want 503")
 	}
 
@@ -203,15 +228,9 @@ func TestFleetBootstrapDNS(t *testing.T) {
 	ln.Close()
 	_, port, _ := strings.Cut(admin, ":")
 	first := startNode(t, Config{Origin: o.URL, P2PListen: listen, AdminAddr: admin, BootstrapDNS: "localhost:" + port})
-	eventually(t, "the first node to start alone", func() bool {
-		resp, _ := get(t, "http://"+first.AdminAddr()+"/readyz", nil)
-		return resp.StatusCode == http.StatusOK
-	})
+	eventually(t, "the first node to start alone", func() bool { return readyz(t, first) })
 	b := startNode(t, Config{Origin: o.URL, P2PListen: listen, BootstrapDNS: "localhost:" + port})
-	eventually(t, "the second node to join through DNS", func() bool {
-		resp, _ := get(t, "http://"+b.AdminAddr()+"/readyz", nil)
-		return resp.StatusCode == http.StatusOK
-	})
+	eventually(t, "the second node to join through DNS", func() bool { return readyz(t, b) })
 	if st := status(t, b); !st.Joined || st.Peers < 1 {
 		t.Errorf("/status of the node joined through DNS = %+v, want joined with a peer", st)
 	}
@@ -231,20 +250,11 @@ func TestFleetPullFromPeer(t *testing.T) {
 	b := startNode(t, Config{Origin: o.URL, P2PListen: listen, Bootstrap: status(t, a).Addrs})
 	c := startNode(t, Config{Origin: o.URL, P2PListen: listen, Bootstrap: status(t, a).Addrs})
 	for _, n := range []*Node{b, c} {
-		eventually(t, "a node to join", func() bool {
-			resp, _ := get(t, "http://"+n.AdminAddr()+"/readyz", nil)
-			return resp.StatusCode == http.StatusOK
-		})
+		eventually(t, "a node to join", func() bool { return readyz(t, n) })
 	}
 	eventually(t, "the holder's announcements to land", func() bool { return status(t, a).Peers >= 2 })
 
-	o.blobBytes.Store(0)
-	if got := pullImage(t, b, "team/app", "v1", ""); got != want {
-		t.Fatalf("pulled %d blob bytes through b, want %d", got, want)
-	}
-	if n := o.blobBytes.Load(); n != 0 {
-		t.Errorf("origin sent %d blob bytes for an image a peer held, want 0", n)
-	}
+	pullFromPeer(t, o, b, want)
 	_, metrics := get(t, "http://"+b.AdminAddr()+"/metrics", nil)
 	if !strings.Contains(string(metrics), `shoal_blob_fetched_bytes_total{source="peer"}`) ||
 		strings.Contains(string(metrics), `shoal_blob_fetched_bytes_total{source="peer"} 0`+"\n") {

@@ -94,18 +94,24 @@ func (o *countingOrigin) push(t *testing.T, repoTag string) v1.Image {
 	if err != nil {
 		t.Fatal(err)
 	}
+	o.upload(t, repoTag, func(ref name.Reference) error { return remote.Write(ref, img) })
+	return img
+}
+
+// upload writes to repoTag at o, then zeroes o's counts.
+func (o *countingOrigin) upload(t *testing.T, repoTag string, write func(name.Reference) error) {
+	t.Helper()
 	ref, err := name.ParseReference(o.host()+"/"+repoTag, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(ref, img); err != nil {
+	if err := write(ref); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	o.requests.Store(0)
 	o.blobGets.Store(0)
 	o.blobBytes.Store(0)
 	o.manifests.Store(0)
-	return img
 }
 
 // startNode runs a node against the origin until the test ends.

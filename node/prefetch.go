@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -48,10 +49,10 @@ const (
 // prefetchAccept is what a prefetch accepts when it resolves a tag: containerd's list, so
 // the tag's resolution is cached under the same key a containerd pull then looks up.
 var prefetchAccept = []string{
-	"application/vnd.docker.distribution.manifest.v2+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.oci.image.index.v1+json",
+	string(types.DockerManifestSchema2),
+	string(types.DockerManifestList),
+	string(types.OCIManifestSchema1),
+	string(types.OCIImageIndex),
 	"*/*",
 }
 
@@ -141,7 +142,7 @@ func refuse(status int, format string, args ...any) error {
 
 func (p *prefetcher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	begin := time.Now()
-	req, ref, platforms, err := p.parse(w, r)
+	ref, platforms, err := p.parse(w, r)
 	if err != nil {
 		p.fail(w, r, err, prefetchResultInvalid)
 		return
@@ -168,7 +169,7 @@ func (p *prefetcher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.fail(w, r, err, result)
 		return
 	}
-	log.Info("prefetch started", "digest", plan.digest, "blobs", len(plan.blobs), "bytes", plan.total, "platforms", strings.Join(req.Platforms, ","))
+	log.Info("prefetch started", "digest", plan.digest, "blobs", len(plan.blobs), "bytes", plan.total, "platforms", platformList(platforms))
 
 	h := w.Header()
 	h.Set("Content-Type", "application/x-ndjson")
@@ -245,10 +246,10 @@ func (p *prefetcher) fail(w http.ResponseWriter, r *http.Request, err error, res
 // parse reads and checks the body: JSON (by Content-Type, so a browser cannot send it
 // without a preflight), small, strict, an image reference of a mirrored registry, known
 // platforms.
-func (p *prefetcher) parse(w http.ResponseWriter, r *http.Request) (PrefetchRequest, ImageRef, []Platform, error) {
+func (p *prefetcher) parse(w http.ResponseWriter, r *http.Request) (ImageRef, []Platform, error) {
 	var req PrefetchRequest
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return req, ImageRef{}, nil, refuse(http.StatusUnsupportedMediaType, "the body must be JSON sent with Content-Type: application/json")
+		return ImageRef{}, nil, refuse(http.StatusUnsupportedMediaType, "the body must be JSON sent with Content-Type: application/json")
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxPrefetchBody))
 	dec.DisallowUnknownFields()
@@ -263,33 +264,33 @@ func (p *prefetcher) parse(w http.ResponseWriter, r *http.Request) (PrefetchRequ
 		}
 	}
 	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-		return req, ImageRef{}, nil, refuse(http.StatusRequestEntityTooLarge, "the body exceeds %d bytes", maxPrefetchBody)
+		return ImageRef{}, nil, refuse(http.StatusRequestEntityTooLarge, "the body exceeds %d bytes", maxPrefetchBody)
 	}
 	if err != nil {
-		return req, ImageRef{}, nil, refuse(http.StatusBadRequest, "bad body: %v (want {\"image\": \"REGISTRY/REPO:TAG\", \"platforms\": [\"linux/amd64\"]})", err)
+		return ImageRef{}, nil, refuse(http.StatusBadRequest, "bad body: %v (want {\"image\": \"REGISTRY/REPO:TAG\", \"platforms\": [\"linux/amd64\"]})", err)
 	}
 	if req.Image == "" {
-		return req, ImageRef{}, nil, refuse(http.StatusBadRequest, "no image given")
+		return ImageRef{}, nil, refuse(http.StatusBadRequest, "no image given")
 	}
 	ref, err := ParseImageRef(req.Image)
 	if err != nil {
-		return req, ImageRef{}, nil, refuse(http.StatusBadRequest, "%w", err)
+		return ImageRef{}, nil, refuse(http.StatusBadRequest, "%w", err)
 	}
 	if !slices.Contains(p.n.registries, ref.Registry) {
-		return req, ImageRef{}, nil, refuse(http.StatusForbidden, "registry %s is not mirrored by this node", ref.Registry)
+		return ImageRef{}, nil, refuse(http.StatusForbidden, "registry %s is not mirrored by this node", ref.Registry)
 	}
 	if len(req.Platforms) > maxPrefetchPlatforms {
-		return req, ImageRef{}, nil, refuse(http.StatusBadRequest, "%d platforms given, at most %d", len(req.Platforms), maxPrefetchPlatforms)
+		return ImageRef{}, nil, refuse(http.StatusBadRequest, "%d platforms given, at most %d", len(req.Platforms), maxPrefetchPlatforms)
 	}
 	var platforms []Platform
 	for _, s := range req.Platforms {
 		pl, err := ParsePlatform(s)
 		if err != nil {
-			return req, ImageRef{}, nil, refuse(http.StatusBadRequest, "%w", err)
+			return ImageRef{}, nil, refuse(http.StatusBadRequest, "%w", err)
 		}
 		platforms = append(platforms, pl)
 	}
-	return req, ref, platforms, nil
+	return ref, platforms, nil
 }
 
 // progressWriter writes progress lines, each flushed at once and each bounded in time, so
@@ -363,25 +364,13 @@ func (pl *prefetchPlan) progress(n *Node, status string, begin time.Time) Prefet
 			p.BlobsDone++
 			p.BytesDone += b.size
 		case blobFetching:
-			p.BytesDone += fetchedBytes(n, b.digest)
+			// What of its running download has landed, in whole chunks.
+			if st, ok := n.downloader.Status(b.digest); ok {
+				p.BytesDone += st.Done
+			}
 		}
 	}
 	return p
-}
-
-// fetchedBytes is how much of a running download of d has landed, in whole chunks.
-func fetchedBytes(n *Node, d digest.Digest) int64 {
-	have, ok := n.downloader.Progress(d)
-	if !ok || have.ChunkSize <= 0 {
-		return 0
-	}
-	var got int64
-	for i, ok := range have.Chunks {
-		if ok {
-			got += min(have.ChunkSize, have.Size-int64(i)*have.ChunkSize)
-		}
-	}
-	return got
 }
 
 // planPrefetch resolves ref (the tag at the origin, as a pull would, or the digest) and
@@ -434,8 +423,6 @@ func manifestError(repo registryapi.Repo, reference string, err error) error {
 		status = http.StatusTooManyRequests
 	case errors.Is(err, registryapi.ErrTooLarge):
 		status = http.StatusUnprocessableEntity
-	case errors.Is(err, registryapi.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		status = http.StatusBadGateway
 	}
 	return &prefetchError{status: status, err: fmt.Errorf("manifest %s of %s: %w", reference, repo, err)}
 }
@@ -457,15 +444,11 @@ type descriptorDoc struct {
 	Platform  *Platform `json:"platform"`
 }
 
-func isIndex(mediaType string) bool {
-	return mediaType == "application/vnd.oci.image.index.v1+json" ||
-		mediaType == "application/vnd.docker.distribution.manifest.list.v2+json"
-}
-
 // nonDistributable layers are fetched by clients from their own URLs, not from the
-// registry; a prefetch leaves them out.
+// registry; a prefetch leaves them out. (types.MediaType.IsDistributable misses the zstd
+// variant.)
 func nonDistributable(mediaType string) bool {
-	return mediaType == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" ||
+	return mediaType == string(types.DockerForeignLayer) ||
 		strings.HasPrefix(mediaType, "application/vnd.oci.image.layer.nondistributable.")
 }
 
@@ -483,7 +466,7 @@ func (n *Node) walkManifest(ctx context.Context, pl *prefetchPlan, m registryapi
 	switch {
 	case doc.SchemaVersion == 1 || doc.FSLayers != nil:
 		return refuse(http.StatusUnprocessableEntity, "manifest %s of %s is Docker schema 1, which is not supported", m.Digest, pl.repo)
-	case isIndex(mt) || doc.Manifests != nil && doc.Config == nil:
+	case types.MediaType(mt).IsIndex() || doc.Manifests != nil && doc.Config == nil:
 		if depth >= maxPrefetchIndexDepth {
 			return refuse(http.StatusUnprocessableEntity, "index %s of %s nests indexes more than %d deep", m.Digest, pl.repo, maxPrefetchIndexDepth)
 		}

@@ -205,16 +205,7 @@ func pushIndex(t *testing.T, o *countingOrigin, repoTag string) (amd64, arm64 v1
 		mutate.IndexAddendum{Add: amd64, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
 		mutate.IndexAddendum{Add: arm64, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}},
 	)
-	ref, err := name.ParseReference(o.host()+"/"+repoTag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteIndex(ref, idx); err != nil {
-		t.Fatalf("push index %s: %v", ref, err)
-	}
-	o.requests.Store(0)
-	o.blobGets.Store(0)
-	o.blobBytes.Store(0)
+	o.upload(t, repoTag, func(ref name.Reference) error { return remote.WriteIndex(ref, idx) })
 	return amd64, arm64
 }
 
@@ -353,11 +344,11 @@ func TestPrefetchClientLeaves(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&first); err != nil || first.Status != PrefetchRunning {
 		t.Fatalf("first progress line = %+v, %v; want running", first, err)
 	}
-	waitFor(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
+	eventually(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
 	cancel()
 	resp.Body.Close()
 
-	waitFor(t, "the prefetch to count as canceled", func() bool {
+	eventually(t, "the prefetch to count as canceled", func() bool {
 		_, body := get(t, "http://"+n.AdminAddr()+"/metrics", nil)
 		return strings.Contains(string(body), `shoal_prefetch_requests_total{result="canceled"} 1`)
 	})
@@ -379,20 +370,31 @@ func gatedServer(t *testing.T, h http.Handler) (srv *httptest.Server, held *atom
 		}
 	}
 	held = new(atomic.Int64)
-	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-			held.Add(1)
-			select {
-			case <-gate:
-			case <-r.Context().Done():
-				return
-			}
+	srv = holdBlobs(t, h, func(r *http.Request) bool {
+		held.Add(1)
+		select {
+		case <-gate:
+			return true
+		case <-r.Context().Done():
+			return false
+		}
+	})
+	t.Cleanup(open)
+	return srv, held, open
+}
+
+// holdBlobs serves h, each blob GET first waiting in hold, which reports false when the
+// request ended meanwhile.
+func holdBlobs(t *testing.T, h http.Handler, hold func(r *http.Request) bool) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") && !hold(r) {
+			return
 		}
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	t.Cleanup(open)
-	return srv, held, open
+	return srv
 }
 
 // TestPrefetchNodeStops stops a node in the middle of a prefetch: the client gets a last
@@ -413,7 +415,7 @@ func TestPrefetchNodeStops(t *testing.T) {
 
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, "http://"+n.AdminAddr()+"/prefetch", strings.NewReader(prefetchBody(strings.TrimPrefix(gated.URL, "http://")+"/team/app:v1")))
 	req.Header.Set("Content-Type", "application/json")
-	waitFor(t, "the node to serve", func() bool {
+	eventually(t, "the node to serve", func() bool {
 		select {
 		case <-n.ready:
 			return true
@@ -431,7 +433,7 @@ func TestPrefetchNodeStops(t *testing.T) {
 	if err := dec.Decode(&line); err != nil || line.Status != PrefetchRunning {
 		t.Fatalf("first progress line = %+v, %v; want running", line, err)
 	}
-	waitFor(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
+	eventually(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
 	began := time.Now()
 	cancel()
 	for line.Status == PrefetchRunning {
@@ -473,18 +475,6 @@ func TestPrefetchBusy(t *testing.T) {
 	}
 	if got := o.requests.Load(); got != 0 {
 		t.Errorf("origin requests = %d, want 0", got)
-	}
-}
-
-// waitFor polls cond until it holds, failing t after a while.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

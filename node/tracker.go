@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -53,10 +52,7 @@ const (
 // startTracker sets up the tracker client when trackers are configured. It needs the fleet.
 func (n *Node) startTracker() error {
 	if len(n.cfg.Trackers) == 0 {
-		return nil
-	}
-	if n.fleet == nil {
-		return errors.New("tracker given but no p2p listen address")
+		return nil // startFleet refused trackers without a fleet
 	}
 	signer, err := p2p.NewSigner(n.fleet.net.Host)
 	if err != nil {
@@ -101,11 +97,7 @@ func (t *trackerLink) event(d digest.Digest, e blobEvent) {
 }
 
 // evicted is the store's OnEvict: the trackers hear the blob is gone.
-func (n *Node) evicted(d digest.Digest) {
-	if n.tracker != nil {
-		n.tracker.event(d, blobGone)
-	}
-}
+func (n *Node) evicted(d digest.Digest) { n.tracker.event(d, blobGone) }
 
 // runTracker announces to the trackers until ctx ends.
 func (n *Node) runTracker(ctx context.Context) error {
@@ -120,7 +112,7 @@ func (n *Node) runTracker(ctx context.Context) error {
 	var retry <-chan time.Time
 	held := func() {
 		retry = nil
-		if !t.announceHeld(ctx, n) {
+		if !t.announceHeld(ctx) {
 			retry = time.After(heldRetry)
 		}
 	}
@@ -162,7 +154,12 @@ func (t *trackerLink) held(d digest.Digest) (tracker.BlobState, bool) {
 	if err != nil {
 		return tracker.BlobState{}, false
 	}
-	return tracker.BlobState{Digest: d, Size: info.Size, ChunkSize: t.cs, Done: info.Size, Complete: true}, true
+	return t.complete(info), true
+}
+
+// complete is the BlobState of a blob the store holds.
+func (t *trackerLink) complete(info store.Info) tracker.BlobState {
+	return tracker.BlobState{Digest: info.Digest, Size: info.Size, ChunkSize: t.cs, Done: info.Size, Complete: true}
 }
 
 // announceRunning announces the running downloads with their progress, and what happened
@@ -222,28 +219,29 @@ func (t *trackerLink) announceRunning(ctx context.Context) {
 			t.client.Forget(b.Digest)
 		}
 	}
-	t.announce(ctx, blobs)
+	t.announce(ctx, blobs) // a failure is counted in the metrics; the DHT carries on
 }
 
 // announceHeld announces every blob in the store; it reports whether a tracker took it (or
 // there was nothing to announce).
-func (t *trackerLink) announceHeld(ctx context.Context, n *Node) bool {
+func (t *trackerLink) announceHeld(ctx context.Context) bool {
 	var blobs []tracker.BlobState
-	n.store.Walk(func(info store.Info) bool {
-		blobs = append(blobs, tracker.BlobState{Digest: info.Digest, Size: info.Size, ChunkSize: t.cs, Done: info.Size, Complete: true})
+	t.store.Walk(func(info store.Info) bool {
+		blobs = append(blobs, t.complete(info))
 		return ctx.Err() == nil
 	})
-	return len(blobs) == 0 || t.announce(ctx, blobs) != nil
+	_, err := t.announce(ctx, blobs)
+	return err == nil
 }
 
 // announce sends blobs to the trackers and takes in the members they answer.
-func (t *trackerLink) announce(ctx context.Context, blobs []tracker.BlobState) map[digest.Digest][]tracker.Member {
+func (t *trackerLink) announce(ctx context.Context, blobs []tracker.BlobState) (map[digest.Digest][]tracker.Member, error) {
 	if len(blobs) == 0 {
-		return nil
+		return nil, nil
 	}
 	swarms, err := t.client.Announce(ctx, blobs)
 	if err != nil {
-		return nil // counted in the metrics; the DHT carries on
+		return nil, err
 	}
 	at := time.Now()
 	t.mu.Lock()
@@ -258,7 +256,7 @@ func (t *trackerLink) announce(ctx context.Context, blobs []tracker.BlobState) m
 			t.net.AddAddrs(m.Peer, m.Addrs)
 		}
 	}
-	return swarms
+	return swarms, nil
 }
 
 // announceNow announces the download of d alone, unless another announce of it is under
@@ -284,12 +282,11 @@ func (t *trackerLink) announceNow(ctx context.Context, d digest.Digest) []tracke
 		close(ch)
 	}()
 	b := tracker.BlobState{Digest: d}
-	for _, s := range t.dl.Downloads() {
-		if s.Digest == d {
-			b = t.state(s)
-		}
+	if s, ok := t.dl.Status(d); ok {
+		b = t.state(s)
 	}
-	return t.announce(ctx, []tracker.BlobState{b})[d]
+	swarms, _ := t.announce(ctx, []tracker.BlobState{b}) // on failure: nobody, the DHT carries on
+	return swarms[d]
 }
 
 // fresh reports whether the trackers answered about d's download within the last announce
@@ -366,9 +363,6 @@ type leasingLink struct{ *fleetLink }
 // refusal naming the holder hints the download to it.
 func (l leasingLink) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
 	t := l.t
-	if t == nil {
-		return nil, false, tracker.ErrUnavailable
-	}
 	t.mu.Lock()
 	_, announced := t.answered[d]
 	t.mu.Unlock()

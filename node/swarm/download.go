@@ -415,6 +415,27 @@ func (dl *Download) written() int64 {
 	return n
 }
 
+// status is where the download stands, in chunks of cs.
+func (dl *Download) status(cs int64) DownloadStatus {
+	st := DownloadStatus{
+		Digest: dl.digest, ChunkSize: cs,
+		FromPeers: dl.fromPeers.Load(), FromOrigin: dl.fromOrigin.Load(),
+	}
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	st.Size = dl.size
+	if dl.done {
+		st.Done = dl.size
+		return st
+	}
+	for i, f := range dl.fill {
+		if n := chunkLen(dl.size, cs, i); f == n {
+			st.Done += n
+		}
+	}
+	return st
+}
+
 // chunkFill is how many bytes of chunk c are written from its start.
 func (dl *Download) chunkFill(c int) int64 {
 	dl.mu.Lock()

@@ -165,13 +165,9 @@ func (dl *Downloader) Banned(id string) bool {
 	return ok
 }
 
-// Fetched counts n bytes the node fetched from source ("peer" or "origin") outside of a
-// download, such as a manifest.
+// Fetched counts n bytes the node fetched from source ("peer" or "origin"): a download's
+// chunks, or something outside of a download, such as a manifest.
 func (dl *Downloader) Fetched(source string, n int) {
-	dl.fetchedFrom(source, n)
-}
-
-func (dl *Downloader) fetchedFrom(source string, n int) {
 	dl.metrics.fetched.WithLabelValues(source).Add(float64(n))
 	if source == "peer" {
 		dl.peerBytes.Add(int64(n))
@@ -286,16 +282,24 @@ func (dl *Downloader) join(ctx context.Context, registry, repo string, d digest.
 	download.opening++
 	dl.active[d] = download
 	dl.mu.Unlock()
+	if err := dl.launch(ctx, download); err != nil {
+		return nil, err
+	}
+	return download, nil
+}
+
+// launch hands a download just put in the active set to Run; it fails the download if Run
+// has returned or ctx ends first.
+func (dl *Downloader) launch(ctx context.Context, download *Download) error {
 	select {
 	case dl.starts <- download:
-		return download, nil
+		return nil
 	case <-dl.stopped:
-		err := ErrStopped
-		dl.finish(download, err)
-		return nil, err
+		dl.finish(download, ErrStopped)
+		return ErrStopped
 	case <-ctx.Done():
 		dl.finish(download, ctx.Err())
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
 }
 
@@ -353,13 +357,7 @@ func (dl *Downloader) restart(ctx context.Context, old *Download) {
 	download := newDownload(old.digest, old.registry, old.repo)
 	dl.active[old.digest] = download
 	dl.mu.Unlock()
-	select {
-	case dl.starts <- download:
-	case <-dl.stopped:
-		dl.finish(download, ErrStopped)
-	case <-ctx.Done():
-		dl.finish(download, ctx.Err())
-	}
+	dl.launch(ctx, download)
 }
 
 func backoff(attempt int) time.Duration {
@@ -462,25 +460,17 @@ func (dl *Downloader) Downloads() []DownloadStatus {
 	}
 	dl.mu.Unlock()
 	out := make([]DownloadStatus, 0, len(running))
-	cs := dl.opts.ChunkSize
 	for _, download := range running {
-		st := DownloadStatus{
-			Digest: download.digest, ChunkSize: cs,
-			FromPeers: download.fromPeers.Load(), FromOrigin: download.fromOrigin.Load(),
-		}
-		download.mu.Lock()
-		st.Size = download.size
-		if download.done {
-			st.Done = download.size
-		} else if download.size >= 0 {
-			for i, f := range download.fill {
-				if n := chunkLen(download.size, cs, i); f == n {
-					st.Done += n
-				}
-			}
-		}
-		download.mu.Unlock()
-		out = append(out, st)
+		out = append(out, download.status(dl.opts.ChunkSize))
 	}
 	return out
+}
+
+// Status reports where the running download of d stands, if there is one.
+func (dl *Downloader) Status(d digest.Digest) (DownloadStatus, bool) {
+	download := dl.lookup(d)
+	if download == nil {
+		return DownloadStatus{}, false
+	}
+	return download.status(dl.opts.ChunkSize), true
 }

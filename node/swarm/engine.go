@@ -815,7 +815,7 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err e
 			if err != nil {
 				return total, err
 			}
-			e.dl.fetchedFrom("origin", n)
+			e.dl.Fetched("origin", n)
 			e.d.fromOrigin.Add(int64(n))
 			off += int64(n)
 			total += int64(n)
@@ -876,7 +876,7 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 	}
 	p := e.peers[req.peer]
 	if err == nil {
-		e.dl.fetchedFrom("peer", int(n))
+		e.dl.Fetched("peer", int(n))
 		e.d.fromPeers.Add(int64(n))
 		e.suppliers[req.peer] = true
 		if p != nil {

@@ -2,7 +2,6 @@ package swarm
 
 import (
 	"context"
-	"errors"
 	"sync"
 )
 
@@ -26,24 +25,9 @@ func newReader(ctx context.Context, d *Download) *Reader {
 
 func (r *Reader) closeAbort() { r.once.Do(func() { close(r.abort) }) }
 
-// Wait waits until the download has ended: nil once the blob is verified and committed to
-// the store, the download's error otherwise.
-func (r *Reader) Wait(ctx context.Context) error {
-	select {
-	case <-r.download.ended:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	r.download.mu.Lock()
-	defer r.download.mu.Unlock()
-	switch {
-	case r.download.done:
-		return nil
-	case r.download.err != nil:
-		return r.download.err
-	}
-	return errors.New("download ended without committing the blob")
-}
+// Wait blocks until the blob is verified and committed to the store (nil) or the download
+// failed (its error).
+func (r *Reader) Wait(ctx context.Context) error { return r.download.waitDone(ctx) }
 
 // Size is the blob's length in bytes.
 func (r *Reader) Size() int64 { return r.size }

@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -63,7 +64,7 @@ func simulate(n, chunks, origin, upload, view int, randomView bool, seed uint64)
 					Member: slices.Contains(have[j], false),
 				})
 			}
-			slices.SortFunc(s.Peers, func(a, b PeerView) int { return cmpID(a.ID, b.ID) })
+			slices.SortFunc(s.Peers, func(a, b PeerView) int { return cmp.Compare(a.ID, b.ID) })
 			for _, r := range policies[i].Next(s) {
 				from := -1
 				if r.Peer != "" {
@@ -102,16 +103,6 @@ func simulate(n, chunks, origin, upload, view int, randomView bool, seed uint64)
 		}
 	}
 	return float64(served) / float64(chunks), -1
-}
-
-func cmpID(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // TestFleetSimulation runs the policy on simulated fleets starting cold together. Where every
