@@ -58,9 +58,12 @@ type trackerExpect struct {
 	image    string
 }
 
+// defaultImage is the image of the chart's defaults: its repository at the appVersion.
+const defaultImage = "ghcr.io/shoal-dev/shoal:0.1.0"
+
 // withTracker is e with the tracker enabled and its other values left at their defaults.
-func (e expect) withTracker(image string) expect {
-	e.tracker = &trackerExpect{name: e.fullname + "-tracker", replicas: 1, port: 5090, p2pPort: 5091, image: image}
+func (e expect) withTracker() expect {
+	e.tracker = &trackerExpect{name: e.fullname + "-tracker", replicas: 1, port: 5090, p2pPort: 5091, image: defaultImage}
 	return e
 }
 
@@ -178,7 +181,7 @@ func TestTracker(t *testing.T) {
 				t.Errorf("%s/%s rendered, want only %q for the tracker", o.kind, o.meta.Name, want)
 			}
 		}
-		checkRendering(t, r, defaults.withTracker("ghcr.io/shoal-dev/shoal:0.1.0"))
+		checkRendering(t, r, defaults.withTracker())
 		pod := &get[appsv1.StatefulSet](t, r, "shoal-tracker").Spec.Template.Spec
 		if len(pod.Tolerations) != 0 {
 			t.Errorf("tracker tolerations = %+v, want none by default", pod.Tolerations)
@@ -191,7 +194,7 @@ func TestTracker(t *testing.T) {
 		t.Parallel()
 		name := strings.Repeat("n", 55)
 		r := render(t, h, "shoal", "--set", "tracker.enabled=true", "--set", "fullnameOverride="+name)
-		e := defaults.withTracker("ghcr.io/shoal-dev/shoal:0.1.0")
+		e := defaults.withTracker()
 		e.fullname = name
 		e.tracker.name = strings.Repeat("n", 44) + "-tracker"
 		checkRendering(t, r, e)
@@ -199,7 +202,7 @@ func TestTracker(t *testing.T) {
 	t.Run("psk existing secret", func(t *testing.T) {
 		t.Parallel()
 		r := render(t, h, "shoal", "--set", "tracker.enabled=true", "--set", "psk.existingSecret=fleet-key", "--set", "psk.secretKey=key")
-		checkRendering(t, r, defaults.withTracker("ghcr.io/shoal-dev/shoal:0.1.0"))
+		checkRendering(t, r, defaults.withTracker())
 	})
 }
 
@@ -401,10 +404,9 @@ func TestCleanupDisabled(t *testing.T) {
 			t.Errorf("%s/%s: a %s hook with cleanup.enabled false", o.kind, o.meta.Name, o.hook())
 		}
 	}
-	checkRendering(t, r, expect{
-		namespace: "shoal", fullname: "shoal", registries: defaults.registries, hostsDir: defaults.hostsDir,
-		dataDir: defaults.dataDir, clusterDomain: "cluster.local", mirrorPort: 5080, adminPort: 5081, p2pPort: 5082,
-	})
+	e := defaults
+	e.cleanup = false
+	checkRendering(t, r, e)
 }
 
 // TestValueErrors: values that cannot work fail at template time, with a message.
@@ -463,12 +465,7 @@ func TestFlagsExist(t *testing.T) {
 					if len(c.Args) == 0 || c.Args[0] != "node" {
 						continue
 					}
-					for _, f := range flagNames(c.Args) {
-						if !slices.Contains(nodeFlags, f) {
-							t.Errorf("%s: DaemonSet %s passes --%s, which shoal node --help does not list (%v)", name, ds.Name, f, nodeFlags)
-						}
-					}
-					runWithHelp(t, bin, c.Args)
+					checkArgs(t, bin, fmt.Sprintf("%s: DaemonSet %s", name, ds.Name), c.Args, nodeFlags)
 				}
 			}
 		}
@@ -487,12 +484,7 @@ func TestFlagsExist(t *testing.T) {
 						continue
 					}
 					n++
-					for _, f := range flagNames(c.Args) {
-						if !slices.Contains(trackerFlags, f) {
-							t.Errorf("%s: StatefulSet %s passes --%s, which shoal tracker --help does not list (%v)", name, sts.Name, f, trackerFlags)
-						}
-					}
-					runWithHelp(t, bin, c.Args)
+					checkArgs(t, bin, fmt.Sprintf("%s: StatefulSet %s", name, sts.Name), c.Args, trackerFlags)
 				}
 			}
 		}
@@ -515,16 +507,23 @@ func TestFlagsExist(t *testing.T) {
 					if len(c.Args) == 0 || c.Args[0] != "containerd-config" {
 						continue
 					}
-					for _, f := range flagNames(c.Args) {
-						if !slices.Contains(ccFlags, f) {
-							t.Errorf("%s: DaemonSet %s container %s passes --%s, which shoal containerd-config --help does not list (%v)", name, ds.Name, c.Name, f, ccFlags)
-						}
-					}
-					runWithHelp(t, bin, c.Args)
+					checkArgs(t, bin, fmt.Sprintf("%s: DaemonSet %s container %s", name, ds.Name, c.Name), c.Args, ccFlags)
 				}
 			}
 		}
 	})
+}
+
+// checkArgs checks the arguments what passes to shoal: every flag is one that
+// `shoal <args[0]> --help` lists (known), and runWithHelp accepts them.
+func checkArgs(t *testing.T, bin, what string, args, known []string) {
+	t.Helper()
+	for _, f := range flagNames(args) {
+		if !slices.Contains(known, f) {
+			t.Errorf("%s passes --%s, which shoal %s --help does not list (%v)", what, f, args[0], known)
+		}
+	}
+	runWithHelp(t, bin, args)
 }
 
 // runWithHelp runs shoal with args and --help, with the pod's $(POD_IP) given a value.

@@ -552,12 +552,15 @@ var goBuildValueFlags = map[string]bool{
 	"-buildmode": true, "-p": true, "-pgo": true, "-modfile": true, "-overlay": true, "-C": true,
 }
 
+// envName matches the name of an environment variable.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
 // parseGoBuild finds `[VAR=value...] go build ARGS` in a command's words.
 func parseGoBuild(words []string) (*goBuild, error) {
 	b := &goBuild{env: map[string]string{}, flags: map[string]string{}, x: map[string]string{}}
 	i := 0
 	for ; i+1 < len(words) && !(words[i] == "go" && words[i+1] == "build"); i++ {
-		if k, v, ok := strings.Cut(words[i], "="); ok && regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`).MatchString(k) {
+		if k, v, ok := strings.Cut(words[i], "="); ok && envName.MatchString(k) {
 			b.env[k] = v
 		} else {
 			// Anything else before go build (another command) starts the environment over.

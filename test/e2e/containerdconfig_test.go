@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -25,33 +24,11 @@ import (
 // containerdConfig runs `shoal containerd-config ARGS` and returns what it printed.
 func containerdConfig(t *testing.T, ctx context.Context, args ...string) string {
 	t.Helper()
-	bin := harness.BuildShoal(t)
-	cmd := exec.CommandContext(ctx, bin, append([]string{"containerd-config"}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("shoal containerd-config %q: %v\n%s%s", args, err, stdout.String(), stderr.String())
+	stdout, stderr, code := runShoal(t, ctx, append([]string{"containerd-config"}, args...)...)
+	if code != 0 {
+		t.Fatalf("shoal containerd-config %q: exit %d\n%s%s", args, code, stdout, stderr)
 	}
-	return stdout.String() + stderr.String()
-}
-
-// eventually polls check until it passes or timeout passes, and returns its last error.
-func eventually(ctx context.Context, timeout time.Duration, check func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-tick.C:
-		}
-	}
+	return stdout + stderr
 }
 
 // wantFetched waits until n's shoal_blob_fetched_bytes_total reads peer and origin: the
@@ -59,7 +36,7 @@ func eventually(ctx context.Context, timeout time.Duration, check func() error) 
 func wantFetched(t *testing.T, ctx context.Context, n *harness.Node, peer, origin int64) {
 	t.Helper()
 	var gotPeer, gotOrigin float64
-	err := eventually(ctx, 10*time.Second, func() error {
+	err := harness.Poll(ctx, "shoal_blob_fetched_bytes_total", 10*time.Second, func() error {
 		m, err := n.Metrics(ctx)
 		if err != nil {
 			return err

@@ -88,6 +88,9 @@ type family struct {
 	labels map[string]map[string]bool
 }
 
+// shoalMetric matches the name of a shoal metric in a query.
+var shoalMetric = regexp.MustCompile(`shoal_[a-z0-9_]+`)
+
 // grafanaDurations stand in for Grafana's own range variables so that PromQL parses.
 var grafanaDurations = map[string]string{
 	"$__rate_interval": "5m",
@@ -214,7 +217,7 @@ func TestDashboard(t *testing.T) {
 	textNames := map[string]string{} // metric names found by regexp, to where
 	p := parser.NewParser(parser.Options{})
 	for _, q := range queries {
-		for _, m := range regexp.MustCompile(`shoal_[a-z0-9_]+`).FindAllString(q.expr, -1) {
+		for _, m := range shoalMetric.FindAllString(q.expr, -1) {
 			textNames[m] = q.where
 		}
 		expr, err := p.ParseExpr(grafanaExpand(q.expr))
@@ -294,7 +297,7 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 	for _, q := range varQueries {
-		for _, m := range regexp.MustCompile(`shoal_[a-z0-9_]+`).FindAllString(q, -1) {
+		for _, m := range shoalMetric.FindAllString(q, -1) {
 			if _, _, ok := familyOf(m); !ok {
 				t.Errorf("variable %s: %s is not a metric a node exports", nodeVar, m)
 			}

@@ -4,12 +4,15 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +91,22 @@ func (o origin) startNode(t *testing.T, opts harness.NodeOptions) *harness.Node 
 	opts.Origin = o.proxy.URL
 	opts.Upstreams = append(opts.Upstreams, o.reg.Addr+"="+o.proxy.URL)
 	return harness.StartNode(t, opts)
+}
+
+// runShoal runs the built `shoal ARGS...` and returns its stdout, its stderr and its exit
+// code; it fails t if shoal could not run at all.
+func runShoal(t *testing.T, ctx context.Context, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, harness.BuildShoal(t), args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if exit := (*exec.ExitError)(nil); errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatalf("shoal %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), errOut.String(), code
 }
 
 // fetched is the outcome of one GET or HEAD.

@@ -1,10 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -20,18 +17,9 @@ import (
 // code.
 func prefetchCLI(t *testing.T, ctx context.Context, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, harness.BuildShoal(t), append([]string{"prefetch"}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if exit := (*exec.ExitError)(nil); errors.As(err, &exit) {
-		code = exit.ExitCode()
-	} else if err != nil {
-		t.Fatalf("shoal prefetch %s: %v", strings.Join(args, " "), err)
-	}
-	t.Logf("shoal prefetch %s: exit %d\n%s%s", strings.Join(args, " "), code, stdout.String(), stderr.String())
-	return stdout.String(), stderr.String(), code
+	stdout, stderr, code := runShoal(t, ctx, append([]string{"prefetch"}, args...)...)
+	t.Logf("shoal prefetch %s: exit %d\n%s%s", strings.Join(args, " "), code, stdout, stderr)
+	return stdout, stderr, code
 }
 
 // wantPrefetched checks that the CLI succeeded with an ok summary line for each node.

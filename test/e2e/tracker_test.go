@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -33,7 +34,7 @@ func TestTrackerFleet(t *testing.T) {
 	nodes := make([]*harness.Node, 8)
 	for i := range nodes {
 		nodes[i] = o.startNode(t, harness.NodeOptions{
-			Args: []string{"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--tracker", tr.URL},
+			Args: slices.Concat(p2pListen, []string{"--tracker", tr.URL}),
 		})
 	}
 	// Every node reaches other nodes, not only the tracker.
@@ -52,11 +53,8 @@ func TestTrackerFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range cold.Blobs() {
-		i := slices.IndexFunc(sw.Swarms, func(s trackerSwarm) bool { return s.Digest == b.Digest })
-		if i < 0 || sw.Swarms[i].Members < len(nodes) {
-			t.Errorf("tracker /swarms: blob %s has %v, want %d members", b.Digest, sw.Swarms, len(nodes))
-		}
+	for _, d := range lackingSwarms(sw, cold.Blobs(), len(nodes)) {
+		t.Errorf("tracker /swarms: blob %s has %v, want %d members", d, sw.Swarms, len(nodes))
 	}
 
 	// The tracker dies: the nodes carry on with the DHT, and clients notice nothing.
@@ -80,27 +78,32 @@ func TestTrackerFleet(t *testing.T) {
 	if ratio > 1.05 {
 		t.Errorf("after a tracker restart, 8 nodes pulling a cold image cost the origin %.3fx, want <= 1.05x", ratio)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		sw, err := tr2.Swarms(ctx)
-		if err != nil {
+	held := append(cold.Blobs(), again.Blobs()...)
+	var missing []digest.Digest
+	err = harness.Poll(ctx, "the restarted tracker's swarms", 30*time.Second, func() error {
+		var err error
+		if sw, err = tr2.Swarms(ctx); err != nil {
 			t.Fatal(err)
 		}
-		missing := 0
-		for _, b := range append(cold.Blobs(), again.Blobs()...) {
-			if !slices.ContainsFunc(sw.Swarms, func(s trackerSwarm) bool { return s.Digest == b.Digest && s.Members >= len(nodes) }) {
-				missing++
-			}
+		if missing = lackingSwarms(sw, held, len(nodes)); len(missing) > 0 {
+			return errors.New("blobs missing")
 		}
-		if missing == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("restarted tracker: %d blobs the nodes hold are not back in /swarms after 30 s: %+v", missing, sw.Swarms)
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Errorf("restarted tracker: %d blobs the nodes hold are not back in /swarms after 30 s: %+v", len(missing), sw.Swarms)
 	}
+}
+
+// lackingSwarms returns the blobs that sw lists with fewer than members members, or not at all.
+func lackingSwarms(sw tracker.SwarmsResponse, blobs []harness.Descriptor, members int) []digest.Digest {
+	var out []digest.Digest
+	for _, b := range blobs {
+		if !slices.ContainsFunc(sw.Swarms, func(s tracker.SwarmView) bool { return s.Digest == b.Digest && s.Members >= members }) {
+			out = append(out, b.Digest)
+		}
+	}
+	return out
 }
 
 // TestTrackersSideBySide runs two trackers and six nodes given both: each tracker knows every
@@ -118,7 +121,7 @@ func TestTrackersSideBySide(t *testing.T) {
 	nodes := make([]*harness.Node, 6)
 	for i := range nodes {
 		nodes[i] = o.startNode(t, harness.NodeOptions{
-			Args: []string{"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--tracker", trackers[0].URL, "--tracker", trackers[1].URL},
+			Args: slices.Concat(p2pListen, []string{"--tracker", trackers[0].URL, "--tracker", trackers[1].URL}),
 		})
 	}
 	waitPeers(t, ctx, nodes, 3)
@@ -134,10 +137,8 @@ func TestTrackersSideBySide(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, b := range cold.Blobs() {
-			if !slices.ContainsFunc(sw.Swarms, func(s trackerSwarm) bool { return s.Digest == b.Digest && s.Members >= len(nodes) }) {
-				t.Errorf("tracker %d /swarms: blob %s missing or with fewer than %d members: %+v", i, b.Digest, len(nodes), sw.Swarms)
-			}
+		for _, d := range lackingSwarms(sw, cold.Blobs(), len(nodes)) {
+			t.Errorf("tracker %d /swarms: blob %s missing or with fewer than %d members: %+v", i, d, len(nodes), sw.Swarms)
 		}
 	}
 
@@ -168,23 +169,22 @@ func waitPeers(t *testing.T, ctx context.Context, nodes []*harness.Node, min int
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range nodes {
-		for {
-			st, err := n.Status(ctx)
-			if err != nil {
+		var st harness.NodeStatus
+		err := harness.Poll(ctx, "peers", time.Until(deadline), func() error {
+			var err error
+			if st, err = n.Status(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if st.Peers >= min {
-				break
+			if st.Peers < min {
+				return errors.New("too few peers")
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node %s: %d peers after 20 s, want >= %d", n.URL, st.Peers, min)
-			}
-			time.Sleep(100 * time.Millisecond)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("node %s: %d peers after 20 s, want >= %d", n.URL, st.Peers, min)
 		}
 	}
 }
-
-type trackerSwarm = tracker.SwarmView
 
 // TestTrackerBadInput sends a real tracker malformed, oversized, unsigned, forged and
 // unauthorised requests: each gets a 4xx, and none makes it record a member or hand out a

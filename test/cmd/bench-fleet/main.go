@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -62,7 +61,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	layers := fs.Int("layers", 0, fmt.Sprintf("layers in the image (default %d, quick %d)", full.Layers, quick.Layers))
 	var layerSize units.Size
 	fs.Var(&layerSize, "layer-size", fmt.Sprintf("bytes per layer (default %s, quick %s)", units.Human(full.LayerSize), units.Human(quick.LayerSize)))
-	scenarioList := fs.String("scenarios", scenarioNames(), "comma-separated scenarios to run")
+	scenarioList := fs.String("scenarios", strings.Join(fleet.ScenarioNames(), ","), "comma-separated scenarios to run")
 	timingList := fs.String("timings", strings.Join(fleet.Timings, ","), "comma-separated timings: cold, rolling")
 	out := fs.String("json", "", "write every run as a JSON array to this file")
 	plotPath := fs.String("plot", "", "draw the completion-time CDFs into this PNG file")
@@ -144,11 +143,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 	pass := report(stdout, results, time.Since(began))
 	if *out != "" {
-		b, _ := json.MarshalIndent(results, "", "  ")
-		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+		if err := harness.WriteJSON(*out, results); err != nil {
 			return err
 		}
 	}
@@ -189,14 +184,6 @@ func reportSaved(file, plotPath string, stdout io.Writer) error {
 		return errors.New("a bar was missed (see above)")
 	}
 	return nil
-}
-
-func scenarioNames() string {
-	names := make([]string, len(fleet.Scenarios))
-	for i, s := range fleet.Scenarios {
-		names[i] = s.Name
-	}
-	return strings.Join(names, ",")
 }
 
 // report prints the table, the ratios against the baselines and the verdicts; it reports

@@ -12,41 +12,14 @@ import (
 	"github.com/shoal-dev/shoal/p2p"
 )
 
-// probeReport is what probeDHT measured: raw latencies, summarised by runProbe.
-type probeReport struct {
-	Nodes          int     `json:"nodes"`
-	Keys           int     `json:"keys"`
-	MissKeys       int     `json:"miss_keys"`
-	JoinSeconds    float64 `json:"join_seconds"`
-	ProvideSeconds float64 `json:"provide_seconds"`
-	// RoutingTable is the size of every node's routing table once all joined.
-	RoutingTable []int `json:"routing_table"`
-	// FirstNs are FindProviders latencies (the node's first lookup of the key), FreshNs
-	// FindProvidersFresh latencies, both of lookups that found the provider; MissNs are
-	// FindProvidersFresh latencies of keys nobody provides. Nanoseconds.
-	FirstNs []int64 `json:"first_ns"`
-	FreshNs []int64 `json:"fresh_ns"`
-	MissNs  []int64 `json:"miss_ns"`
-	// NotFound counts lookups of provided keys that did not return the provider, Errors
-	// those that failed; FalseHits counts lookups of keys nobody provides that returned
-	// someone, MissErrors those that failed.
-	NotFound   int      `json:"not_found"`
-	Errors     int      `json:"errors"`
-	FalseHits  int      `json:"false_hits"`
-	MissErrors int      `json:"miss_errors"`
-	FirstErr   string   `json:"first_err,omitempty"`
-	Provider   string   `json:"provider"`
-	Seed       []string `json:"seed"`
-}
-
-// probeDHT measures DHT lookups in a fleet of nodes real libp2p hosts on loopback TCP, all in
+// runProbe measures DHT lookups in a fleet of nodes real libp2p hosts on loopback TCP, all in
 // this process, built with shoal's own p2p package as a node builds them (p2p.Start: the host
 // with TLS, yamux and the resource manager, the kad-dht router with the node's defaults). The
 // nodes join through one seed; one node provides keys random digests; every other node looks
 // each one up, one lookup at a time, with FindProviders (its first lookup of the key, so never
 // a cache hit) and then with FindProvidersFresh; then it looks up misses digests nobody
-// provides.
-func probeDHT(ctx context.Context, nodes, keys, misses int) (probeReport, error) {
+// provides. It returns the latencies summarised.
+func runProbe(ctx context.Context, nodes, keys, misses int) (*dhtResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 
@@ -56,15 +29,16 @@ func probeDHT(ctx context.Context, nodes, keys, misses int) (probeReport, error)
 			n.Close()
 		}
 	}()
-	rep := probeReport{Nodes: nodes, Keys: keys, MissKeys: misses}
+	r := &dhtResult{Nodes: nodes, Keys: keys, MissKeys: misses, Lookups: 2 * keys * (nodes - 1)}
 
 	// The seed first, then every other node bootstrapping from it, one after the other, as
 	// a fleet's nodes start given one seed address.
 	start := time.Now()
+	var seed []string
 	for i := range nodes {
 		var boot []string
 		if i > 0 {
-			boot = rep.Seed
+			boot = seed
 		}
 		n, err := p2p.Start(p2p.NetworkOptions{
 			Host:     p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}},
@@ -72,33 +46,35 @@ func probeDHT(ctx context.Context, nodes, keys, misses int) (probeReport, error)
 			Exchange: p2p.ExchangeOptions{Store: emptyStore{}},
 		})
 		if err != nil {
-			return rep, fmt.Errorf("start node %d: %w", i, err)
+			return nil, fmt.Errorf("start node %d: %w", i, err)
 		}
 		fleet = append(fleet, n)
 		if i == 0 {
-			rep.Seed = n.Addrs()
+			seed = n.Addrs()
 			continue
 		}
 		if err := n.Router.Bootstrap(ctx); err != nil {
-			return rep, fmt.Errorf("node %d: %w", i, err)
+			return nil, fmt.Errorf("node %d: %w", i, err)
 		}
 	}
 	// Each node bootstraps once more, now that all are up: its routing-table refresh learns
 	// of the nodes that joined after it, as the periodic refresh would within a minute.
 	for i, n := range fleet[1:] {
 		if err := n.Router.Bootstrap(ctx); err != nil {
-			return rep, fmt.Errorf("node %d: second bootstrap: %w", i+1, err)
+			return nil, fmt.Errorf("node %d: second bootstrap: %w", i+1, err)
 		}
 	}
-	rep.JoinSeconds = time.Since(start).Seconds()
-	for _, n := range fleet {
-		rep.RoutingTable = append(rep.RoutingTable, n.RoutingPeers())
+	r.JoinSeconds = time.Since(start).Seconds()
+	table := make([]int, len(fleet))
+	for i, n := range fleet {
+		table[i] = n.RoutingPeers()
 	}
+	r.TableMin, r.TableMax = slices.Min(table), slices.Max(table)
 
 	// The provider is the last node to have joined, not the seed, so lookups do not all
 	// end at the node everyone bootstrapped from.
 	provider := fleet[len(fleet)-1]
-	rep.Provider = provider.ID()
+	providerID := provider.ID()
 	provided := randomDigests(keys)
 	start = time.Now()
 	for _, d := range provided {
@@ -106,23 +82,27 @@ func probeDHT(ctx context.Context, nodes, keys, misses int) (probeReport, error)
 		err := provider.Router.Provide(pctx, d)
 		pcancel()
 		if err != nil {
-			return rep, err
+			return nil, err
 		}
 	}
-	rep.ProvideSeconds = time.Since(start).Seconds()
+	r.ProvideSeconds = time.Since(start).Seconds()
 
 	note := func(count *int, err error) {
 		*count++
-		if rep.FirstErr == "" {
-			rep.FirstErr = err.Error()
+		if r.FirstErr == "" {
+			r.FirstErr = err.Error()
 		}
 	}
+	// Lookup latencies in nanoseconds: first are FindProviders lookups, fresh
+	// FindProvidersFresh ones, both of provided keys that found the provider; miss are
+	// FindProvidersFresh lookups of keys nobody provides.
+	var firstNs, freshNs, missNs []int64
 	// One lookup at a time across the whole fleet, so each measures a lookup rather than
 	// the machine's two cores shared by many.
 	for _, d := range provided {
 		for _, n := range fleet[:len(fleet)-1] {
 			if ctx.Err() != nil {
-				return rep, ctx.Err()
+				return nil, ctx.Err()
 			}
 			for _, fresh := range []bool{false, true} {
 				t := time.Now()
@@ -136,13 +116,13 @@ func probeDHT(ctx context.Context, nodes, keys, misses int) (probeReport, error)
 				took := time.Since(t).Nanoseconds()
 				switch {
 				case err != nil:
-					note(&rep.Errors, err)
-				case !holds(peers, rep.Provider):
-					rep.NotFound++
+					note(&r.Errors, err)
+				case !holds(peers, providerID):
+					r.NotFound++
 				case fresh:
-					rep.FreshNs = append(rep.FreshNs, took)
+					freshNs = append(freshNs, took)
 				default:
-					rep.FirstNs = append(rep.FirstNs, took)
+					firstNs = append(firstNs, took)
 				}
 			}
 		}
@@ -150,22 +130,23 @@ func probeDHT(ctx context.Context, nodes, keys, misses int) (probeReport, error)
 	for _, d := range randomDigests(misses) {
 		for _, n := range fleet[:len(fleet)-1] {
 			if ctx.Err() != nil {
-				return rep, ctx.Err()
+				return nil, ctx.Err()
 			}
 			t := time.Now()
 			peers, err := n.Router.FindProvidersFresh(ctx, d)
 			took := time.Since(t).Nanoseconds()
 			switch {
 			case err != nil:
-				note(&rep.MissErrors, err)
+				note(&r.MissErrors, err)
 			case len(peers) > 0:
-				rep.FalseHits++
+				r.FalseHits++
 			default:
-				rep.MissNs = append(rep.MissNs, took)
+				missNs = append(missNs, took)
 			}
 		}
 	}
-	return rep, nil
+	r.Fresh, r.First, r.Miss = summarize(freshNs), summarize(firstNs), summarize(missNs)
+	return r, nil
 }
 
 func holds(peers []p2p.Peer, id string) bool {
@@ -217,25 +198,6 @@ type dhtResult struct {
 	FalseHits  int    `json:"false_hits"`
 	MissErrors int    `json:"miss_errors"`
 	FirstErr   string `json:"first_err,omitempty"`
-}
-
-// runProbe runs probeDHT and summarises its latencies.
-func runProbe(ctx context.Context, nodes, keys, misses int) (*dhtResult, error) {
-	p, err := probeDHT(ctx, nodes, keys, misses)
-	if err != nil {
-		return nil, fmt.Errorf("dht probe: %w", err)
-	}
-	r := &dhtResult{
-		Nodes: p.Nodes, Keys: p.Keys, MissKeys: p.MissKeys,
-		JoinSeconds: p.JoinSeconds, ProvideSeconds: p.ProvideSeconds,
-		Fresh: summarize(p.FreshNs), First: summarize(p.FirstNs), Miss: summarize(p.MissNs),
-		Lookups:  2 * p.Keys * (p.Nodes - 1),
-		NotFound: p.NotFound, Errors: p.Errors, FalseHits: p.FalseHits, MissErrors: p.MissErrors, FirstErr: p.FirstErr,
-	}
-	if len(p.RoutingTable) > 0 {
-		r.TableMin, r.TableMax = slices.Min(p.RoutingTable), slices.Max(p.RoutingTable)
-	}
-	return r, nil
 }
 
 func (r *dhtResult) checks() []check {

@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/shoal-dev/shoal/test/internal/harness"
@@ -42,9 +39,6 @@ const (
 	holderNetns     = "shoal-p2p-holder"
 )
 
-// tcRate matches the tc rates --links takes besides loopback.
-var tcRate = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?([kmgt]i?)?(bit|bps)$`)
-
 // parseLinks reads --links and checks, before anything slow starts, that shaped links can be
 // built here.
 func parseLinks(s string) ([]string, error) {
@@ -52,21 +46,17 @@ func parseLinks(s string) ([]string, error) {
 	shaped := false
 	for _, l := range strings.Split(s, ",") {
 		l = strings.ToLower(strings.TrimSpace(l))
-		switch {
-		case l == "loopback":
-		case tcRate.MatchString(l):
+		if l != "loopback" {
+			if _, err := harness.ParseRate(l); err != nil {
+				return nil, fmt.Errorf("--links: %q is neither loopback nor a tc rate such as 1gbit", l)
+			}
 			shaped = true
-		default:
-			return nil, fmt.Errorf("--links: %q is neither loopback nor a tc rate such as 1gbit", l)
 		}
 		links = append(links, l)
 	}
 	if shaped {
-		if os.Geteuid() != 0 {
-			return nil, errors.New("--links: a shaped link puts the origin and a node in network namespaces, which needs root (or use --links loopback)")
-		}
-		if _, err := exec.LookPath("tc"); err != nil {
-			return nil, errors.New("--links: tc not found (install iproute2), or use --links loopback")
+		if err := harness.CheckNetns(); err != nil {
+			return nil, fmt.Errorf("--links: a shaped link puts the origin and a node in network namespaces: %w (or use --links loopback)", err)
 		}
 	}
 	return links, nil

@@ -25,13 +25,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -191,11 +189,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 	pass := printReport(stdout, rep)
 	if *out != "" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(*out, append(b, '\n'), 0o644); err != nil {
+		if err := harness.WriteJSON(*out, rep); err != nil {
 			return err
 		}
 	}

@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -119,16 +118,16 @@ func Setup(ctx context.Context, c Config) (_ *Env, err error) {
 }
 
 // Close stops everything and removes the fleet's network and, unless Keep, its files.
+// Calling it again does nothing.
 func (e *Env) Close() error {
-	var errs []error
 	for i := len(e.undo) - 1; i >= 0; i-- {
 		e.undo[i]()
 	}
 	e.undo = nil
 	if e.ownWork && !e.Keep {
-		errs = append(errs, os.RemoveAll(e.work))
+		return os.RemoveAll(e.work)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // runDir returns a fresh directory for one run's files.

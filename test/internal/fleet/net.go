@@ -14,11 +14,10 @@ package fleet
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
+
+	"github.com/shoal-dev/shoal/test/internal/harness"
 )
 
 // Fixed names and addresses: one fleet at a time owns them, and the next run removes what an
@@ -64,19 +63,14 @@ type NetOptions struct {
 // BuildNet creates the namespaces, the bridge and the links, unshaped (Shape limits them).
 // It needs root and iproute2. Close removes everything.
 func BuildNet(o NetOptions) (_ *Net, err error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("the fleet is built from network namespaces, which needs root")
-	}
-	for _, tool := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("%s not found (install iproute2)", tool)
-		}
+	if err := harness.CheckNetns(); err != nil {
+		return nil, fmt.Errorf("the fleet is built from network namespaces: %w", err)
 	}
 	if o.Hosts < 1 || o.Hosts > maxHosts {
 		return nil, fmt.Errorf("%d hosts: want 1 to %d", o.Hosts, maxHosts)
 	}
 	for _, r := range []string{o.HostLink, o.OriginLink, o.CacheLink} {
-		if _, err := ParseRate(r); err != nil {
+		if _, err := harness.ParseRate(r); err != nil {
 			return nil, err
 		}
 	}
@@ -118,7 +112,7 @@ func BuildNet(o NetOptions) (_ *Net, err error) {
 			[]string{"ip", "-n", m.Netns, "link", "set", "eth0", "up"},
 		)
 	}
-	if err := run(steps); err != nil {
+	if err := harness.RunCommands(steps); err != nil {
 		return nil, err
 	}
 	return n, nil
@@ -144,7 +138,7 @@ func (n *Net) Shape() error {
 			append([]string{"tc", "-n", switchNetns, "qdisc", "replace", "dev", m.port}, tbf...),
 		)
 	}
-	return run(steps)
+	return harness.RunCommands(steps)
 }
 
 // Close removes the fleet's namespaces and links.
@@ -172,36 +166,4 @@ func RemoveLeftovers() error {
 	}
 	exec.Command("ip", "link", "del", controllerDev).Run() // gone with the switch, normally
 	return errors.Join(errs...)
-}
-
-func run(steps [][]string) error {
-	for _, s := range steps {
-		if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %v: %s", strings.Join(s, " "), err, strings.TrimSpace(string(out)))
-		}
-	}
-	return nil
-}
-
-var rateRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)([kmgt]?)(i?)(bit|bps)$`)
-
-// ParseRate reads a tc rate ("250mbit", "1gbit", "100mbps", "1gibit") as bits per second.
-func ParseRate(s string) (float64, error) {
-	m := rateRE.FindStringSubmatch(strings.ToLower(s))
-	if m == nil {
-		return 0, fmt.Errorf("link rate %q: want a tc rate such as 250mbit or 1gbit", s)
-	}
-	v, err := strconv.ParseFloat(m[1], 64)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("link rate %q: want a positive number", s)
-	}
-	base := 1000.0
-	if m[3] == "i" {
-		base = 1024
-	}
-	v *= map[string]float64{"": 1, "k": base, "m": base * base, "g": base * base * base, "t": base * base * base * base}[m[2]]
-	if m[4] == "bps" {
-		v *= 8
-	}
-	return v, nil
 }

@@ -172,11 +172,11 @@ func Run(ctx context.Context, e *Env, s Scenario, timing string) (Result, error)
 // bound is the least time any design needs to get the image to a host: across the origin's
 // link once, and across the host's own link once.
 func (e *Env) bound() (float64, error) {
-	origin, err := ParseRate(e.OriginLink)
+	origin, err := harness.ParseRate(e.OriginLink)
 	if err != nil {
 		return 0, err
 	}
-	host, err := ParseRate(e.HostLink)
+	host, err := harness.ParseRate(e.HostLink)
 	if err != nil {
 		return 0, err
 	}

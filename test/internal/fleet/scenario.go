@@ -47,11 +47,16 @@ func ScenarioNamed(name string) (Scenario, error) {
 			return s, nil
 		}
 	}
+	return Scenario{}, fmt.Errorf("no scenario %q (have %v)", name, ScenarioNames())
+}
+
+// ScenarioNames lists the scenarios' names, in order.
+func ScenarioNames() []string {
 	names := make([]string, len(Scenarios))
 	for i, s := range Scenarios {
 		names[i] = s.Name
 	}
-	return Scenario{}, fmt.Errorf("no scenario %q (have %v)", name, names)
+	return names
 }
 
 // deployDirect: every host pulls straight from the origin, what users do without a mirror.

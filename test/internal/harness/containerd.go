@@ -61,7 +61,7 @@ func RunContainerd(ctx context.Context, dir string) (*Containerd, error) {
 	}
 	c.Process = p
 	ctr := c.Ctr()
-	err = poll(ctx, "containerd to answer on "+c.Address, 30*time.Second, func() error {
+	err = Poll(ctx, "containerd to answer on "+c.Address, 30*time.Second, func() error {
 		if exited, err := p.Exited(); exited {
 			return fmt.Errorf("containerd exited during start-up (%v): %w", err, errGiveUp)
 		}

@@ -133,9 +133,9 @@ func MustFreeAddr(tb testing.TB) string {
 	return addr
 }
 
-// poll calls check every interval until it returns nil, ctx ends or timeout passes; the
-// error names what was awaited and the last failure.
-func poll(ctx context.Context, what string, timeout time.Duration, check func() error) error {
+// Poll calls check every 50 ms until it returns nil, ctx ends or timeout passes; the error
+// names what was awaited and the last failure.
+func Poll(ctx context.Context, what string, timeout time.Duration, check func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -156,7 +156,7 @@ func poll(ctx context.Context, what string, timeout time.Duration, check func() 
 	}
 }
 
-// errGiveUp, wrapped in the error of a poll check, stops the polling at once.
+// errGiveUp, wrapped in the error of a Poll check, stops the polling at once.
 var errGiveUp = errors.New("gave up")
 
 // shortTempDir makes a directory with a short path under the system temp dir: unix socket
@@ -179,16 +179,11 @@ func tempDir(tb testing.TB, prefix string, short bool) string {
 	return dir
 }
 
-// RequireNetns skips tb unless it runs as root with iproute2's ip and tc, which network
-// namespaces and shaped links need; in CI it fails instead.
+// RequireNetns skips tb unless network namespaces and shaped links can be made here (see
+// CheckNetns); in CI it fails instead.
 func RequireNetns(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(tb, "network namespaces need root")
-	}
-	for _, tool := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFail(tb, tool+" not found (install iproute2)")
-		}
+	if err := CheckNetns(); err != nil {
+		skipOrFail(tb, err.Error())
 	}
 }

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -132,10 +133,10 @@ func fetchDescriptor(ctx context.Context, f remotes.Fetcher, d ocispec.Descripto
 	defer rc.Close()
 	h := d.Digest.Algorithm().Digester()
 	var w io.Writer = h.Hash()
-	var buf []byte
+	var buf bytes.Buffer
 	if keep > 0 {
-		buf = make([]byte, 0, d.Size)
-		w = io.MultiWriter(h.Hash(), sliceWriter{&buf})
+		buf.Grow(int(d.Size))
+		w = io.MultiWriter(h.Hash(), &buf)
 	}
 	n, err := io.Copy(w, io.LimitReader(rc, d.Size+1))
 	if err != nil {
@@ -147,12 +148,5 @@ func fetchDescriptor(ctx context.Context, f remotes.Fetcher, d ocispec.Descripto
 	if got := h.Digest(); got != d.Digest {
 		return nil, fmt.Errorf("fetch %s: %w: bytes hash to %s", d.Digest, ErrBadContent, got)
 	}
-	return buf, nil
-}
-
-type sliceWriter struct{ b *[]byte }
-
-func (s sliceWriter) Write(p []byte) (int, error) {
-	*s.b = append(*s.b, p...)
-	return len(p), nil
+	return buf.Bytes(), nil
 }

@@ -8,11 +8,50 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
+
+// CheckNetns says why network namespaces and tc-shaped links cannot be made here: they need
+// root and iproute2's ip and tc.
+func CheckNetns() error {
+	if os.Geteuid() != 0 {
+		return errors.New("network namespaces need root")
+	}
+	for _, tool := range []string{"ip", "tc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found (install iproute2)", tool)
+		}
+	}
+	return nil
+}
+
+var rateRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)([kmgt]?)(i?)(bit|bps)$`)
+
+// ParseRate reads a tc rate ("250mbit", "1gbit", "100mbps", "1gibit") as bits per second.
+func ParseRate(s string) (float64, error) {
+	m := rateRE.FindStringSubmatch(strings.ToLower(s))
+	if m == nil {
+		return 0, fmt.Errorf("link rate %q: want a tc rate such as 250mbit or 1gbit", s)
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("link rate %q: want a positive number", s)
+	}
+	base := 1000.0
+	if m[3] == "i" {
+		base = 1024
+	}
+	v *= map[string]float64{"": 1, "k": base, "m": base * base, "g": base * base * base, "t": base * base * base * base}[m[2]]
+	if m[4] == "bps" {
+		v *= 8
+	}
+	return v, nil
+}
 
 // Link is a network namespace joined to the host by a veth pair whose two directions are
 // shaped with tc: a host on the far side of a link of known speed, on this one machine.
@@ -28,11 +67,8 @@ type Link struct {
 // (host) and .2 (namespace), both directions limited to rate (a tc rate such as "1gbit").
 // It needs root and iproute2. Close removes everything.
 func NewLink(name string, index int, rate string) (*Link, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("network namespaces need root")
-	}
-	if _, err := exec.LookPath("tc"); err != nil {
-		return nil, errors.New("tc not found (install iproute2)")
+	if err := CheckNetns(); err != nil {
+		return nil, err
 	}
 	if index < 0 || index > 255 {
 		return nil, fmt.Errorf("link index %d out of range", index)
@@ -57,13 +93,22 @@ func NewLink(name string, index int, rate string) (*Link, error) {
 		{"tc", "qdisc", "add", "dev", l.hostDev, "root", "tbf", "rate", rate, "burst", "1mb", "latency", "50ms"},
 		{"ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", peerDev, "root", "tbf", "rate", rate, "burst", "1mb", "latency", "50ms"},
 	}
-	for _, step := range steps {
-		if out, err := exec.Command(step[0], step[1:]...).CombinedOutput(); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("%s: %v: %s", strings.Join(step, " "), err, strings.TrimSpace(string(out)))
-		}
+	if err := RunCommands(steps); err != nil {
+		l.Close()
+		return nil, err
 	}
 	return l, nil
+}
+
+// RunCommands runs each command line in turn (ip, tc: what builds a network), stopping at
+// the first that fails; the error quotes the command and its output.
+func RunCommands(steps [][]string) error {
+	for _, s := range steps {
+		if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(s, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
 }
 
 // Close removes the namespace and the veth pair (deleting one end deletes both).

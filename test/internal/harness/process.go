@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -190,4 +191,35 @@ func startServer(ctx context.Context, repick bool, next func() (launch, error)) 
 		}
 	}
 	return nil, fmt.Errorf("start %s: %w", name, lastErr)
+}
+
+// stopOnce stops a server at most once: its Close, its Kill and a test's cleanup share the
+// first attempt, and Close returns that attempt's result ever after.
+type stopOnce struct {
+	once sync.Once
+	err  error
+}
+
+// close runs stop unless the server was stopped already, and returns the first result.
+func (s *stopOnce) close(stop func() error) error {
+	s.once.Do(func() { s.err = stop() })
+	return s.err
+}
+
+// kill runs kill unless the server was stopped already; it then counts as closed.
+func (s *stopOnce) kill(kill func()) { s.once.Do(kill) }
+
+// stopOnCleanup has tb's cleanup run stop unless the server was stopped already, and fail tb
+// if that stop failed.
+func (s *stopOnce) stopOnCleanup(tb testing.TB, name string, stop func() error) {
+	tb.Cleanup(func() {
+		stopped := false
+		s.once.Do(func() {
+			stopped = true
+			s.err = stop()
+		})
+		if stopped && s.err != nil {
+			tb.Errorf("%s shutdown: %v", name, s.err)
+		}
+	})
 }

@@ -295,7 +295,7 @@ func (p *CountingProxy) InFlight() int { return int(p.inflight.Load()) }
 // WaitIdle waits until no request is in flight, so that the counts are final, or fails
 // after timeout.
 func (p *CountingProxy) WaitIdle(ctx context.Context, timeout time.Duration) error {
-	return poll(ctx, "the origin proxy to finish its requests", timeout, func() error {
+	return Poll(ctx, "the origin proxy to finish its requests", timeout, func() error {
 		if n := p.InFlight(); n > 0 {
 			return fmt.Errorf("%d requests in flight", n)
 		}

@@ -123,7 +123,7 @@ func (r *Registry) Close() error {
 func waitHTTP(ctx context.Context, p *Process, url string, status int, timeout time.Duration) error {
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
-	return poll(ctx, fmt.Sprintf("%s to answer GET %s with %d", p.Name, url, status), timeout, func() error {
+	return Poll(ctx, fmt.Sprintf("%s to answer GET %s with %d", p.Name, url, status), timeout, func() error {
 		if exited, err := p.Exited(); exited {
 			return fmt.Errorf("%s exited during start-up (%v): %w", p.Name, err, errGiveUp)
 		}

@@ -136,9 +136,8 @@ type Node struct {
 	AdminURL     string // http://AdminAddr
 	DataDir      string
 
-	client    *http.Client
-	closeOnce sync.Once
-	closeErr  error
+	client  *http.Client
+	stopped stopOnce
 }
 
 // NodeStopTimeout is how long a node may take to exit after SIGTERM.
@@ -230,30 +229,18 @@ func StartNode(tb testing.TB, o NodeOptions) *Node {
 		tb.Fatal(err)
 	}
 	logOnFailure(tb, n.Process)
-	tb.Cleanup(func() {
-		closed := false
-		n.closeOnce.Do(func() {
-			closed = true
-			n.closeErr = n.stop()
-		})
-		if closed && n.closeErr != nil {
-			tb.Errorf("shoal node shutdown: %v", n.closeErr)
-		}
-	})
+	n.stopped.stopOnCleanup(tb, "shoal node", n.stop)
 	return n
 }
 
 // Close sends SIGTERM and waits up to NodeStopTimeout. It returns an error if the node had
 // to be killed or exited with a non-zero status. Calling it again returns the same result.
-func (n *Node) Close() error {
-	n.closeOnce.Do(func() { n.closeErr = n.stop() })
-	return n.closeErr
-}
+func (n *Node) Close() error { return n.stopped.close(n.stop) }
 
 // Kill stops the node at once with SIGKILL, as a crash would. The node then counts as
 // closed: Close and the test cleanup report nothing.
 func (n *Node) Kill() {
-	n.closeOnce.Do(func() {
+	n.stopped.kill(func() {
 		n.Process.Kill()
 		n.client.CloseIdleConnections()
 	})
@@ -424,7 +411,7 @@ func (n *Node) CheckStored(ds ...Descriptor) error {
 // WaitStored polls CheckStored until it passes or timeout passes: a node may commit a blob
 // a moment after its client has read the last byte.
 func (n *Node) WaitStored(ctx context.Context, timeout time.Duration, ds ...Descriptor) error {
-	return poll(ctx, fmt.Sprintf("node %s to commit %d blobs", n.URL, len(ds)), timeout, func() error {
+	return Poll(ctx, fmt.Sprintf("node %s to commit %d blobs", n.URL, len(ds)), timeout, func() error {
 		return n.CheckStored(ds...)
 	})
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,9 +32,8 @@ type Tracker struct {
 	URL     string // http://Addr, what nodes get as --tracker
 	DataDir string
 
-	client    *http.Client
-	closeOnce sync.Once
-	closeErr  error
+	client  *http.Client
+	stopped stopOnce
 }
 
 // RunTracker starts `shoal tracker` and waits until GET /healthz answers 200.
@@ -100,29 +98,17 @@ func StartTracker(tb testing.TB, o TrackerOptions) *Tracker {
 		tb.Fatal(err)
 	}
 	logOnFailure(tb, t.Process)
-	tb.Cleanup(func() {
-		closed := false
-		t.closeOnce.Do(func() {
-			closed = true
-			t.closeErr = t.Stop(NodeStopTimeout)
-		})
-		if closed && t.closeErr != nil {
-			tb.Errorf("shoal tracker shutdown: %v", t.closeErr)
-		}
-	})
+	t.stopped.stopOnCleanup(tb, "shoal tracker", t.stop)
 	return t
 }
 
 // Close sends SIGTERM and waits; calling it again returns the same result.
-func (t *Tracker) Close() error {
-	t.closeOnce.Do(func() { t.closeErr = t.Stop(NodeStopTimeout) })
-	return t.closeErr
-}
+func (t *Tracker) Close() error { return t.stopped.close(t.stop) }
 
 // Kill stops the tracker at once with SIGKILL, as a crash would; it then counts as closed.
-func (t *Tracker) Kill() {
-	t.closeOnce.Do(func() { t.Process.Kill() })
-}
+func (t *Tracker) Kill() { t.stopped.kill(t.Process.Kill) }
+
+func (t *Tracker) stop() error { return t.Stop(NodeStopTimeout) }
 
 // Swarms reads GET /swarms.
 func (t *Tracker) Swarms(ctx context.Context) (tracker.SwarmsResponse, error) {
