@@ -106,13 +106,19 @@ func (n *Node) runTracker(ctx context.Context) error {
 	defer downloads.Stop()
 	holding := time.NewTicker(tracker.AnnounceHolding)
 	defer holding.Stop()
-	// A held announce that failed (a tracker just restarted and busy, say) is tried again
-	// soon rather than at the next tick, so a restarted tracker is not left without the
-	// holders for a minute.
+	// After a failed announce (the trackers down, or one just restarted and busy) the held
+	// blobs are announced again soon rather than at the next tick, until a tracker takes
+	// them: a tracker that comes back is not left without the holders for a minute, nor
+	// without the commits and evictions the failed announce carried.
 	var retry <-chan time.Time
 	held := func() {
 		retry = nil
 		if !t.announceHeld(ctx) {
+			retry = time.After(heldRetry)
+		}
+	}
+	running := func() {
+		if !t.announceRunning(ctx) && retry == nil {
 			retry = time.After(heldRetry)
 		}
 	}
@@ -122,16 +128,16 @@ func (n *Node) runTracker(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.kick:
-			t.announceRunning(ctx)
+			running()
 		case <-downloads.C:
-			t.announceRunning(ctx)
+			running()
 		case <-holding.C:
 			held()
 		case <-retry:
 			held()
 		case <-t.client.Restarted():
 			held()
-			t.announceRunning(ctx)
+			running()
 		}
 	}
 }
@@ -164,8 +170,9 @@ func (t *trackerLink) complete(info store.Info) tracker.BlobState {
 
 // announceRunning announces the running downloads with their progress, and what happened
 // since the last pass: downloads started, blobs committed, evicted, or whose download ended
-// without a commit (gone).
-func (t *trackerLink) announceRunning(ctx context.Context) {
+// without a commit (gone). It reports false when there was something to announce and no
+// tracker took it.
+func (t *trackerLink) announceRunning(ctx context.Context) bool {
 	now := make(map[digest.Digest]tracker.BlobState)
 	for _, s := range t.dl.Downloads() {
 		now[s.Digest] = t.state(s)
@@ -219,7 +226,8 @@ func (t *trackerLink) announceRunning(ctx context.Context) {
 			t.client.Forget(b.Digest)
 		}
 	}
-	t.announce(ctx, blobs) // a failure is counted in the metrics; the DHT carries on
+	_, err := t.announce(ctx, blobs) // counted in the metrics; the DHT carries on
+	return err == nil
 }
 
 // announceHeld announces every blob in the store; it reports whether a tracker took it (or

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/node/swarm"
@@ -28,6 +29,7 @@ type fakeTracker struct {
 	t *testing.T
 
 	mu        sync.Mutex
+	down      bool // answer 503 to everything but /bootstrap, as a tracker that is not up
 	instance  string
 	members   map[digest.Digest][]tracker.Member
 	announces []tracker.AnnounceRequest
@@ -58,6 +60,10 @@ func (f *fakeTracker) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		http.Error(w, "down", http.StatusServiceUnavailable)
+		return
+	}
 	switch r.URL.Path {
 	case tracker.PathAnnounce:
 		var req tracker.AnnounceRequest
@@ -134,9 +140,8 @@ func TestTrackerAnnounces(t *testing.T) {
 	}
 	pullImage(t, n, "team/app", "v1", "")
 
+	d := layerDigest(t, img)
 	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
-	d := digest.Digest(ld.String())
 	size, _ := layers[0].Size()
 	eventually(t, "the layer announced complete", func() bool {
 		return slices.ContainsFunc(f.states(d), func(b tracker.BlobState) bool { return b.Complete })
@@ -184,16 +189,64 @@ func TestTrackerAnnounces(t *testing.T) {
 	f.mu.Unlock()
 	o.push(t, "team/other:v1")
 	pullImage(t, n, "team/other", "v1", "")
-	eventually(t, "the held blobs announced again", func() bool {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		for _, a := range f.announces[before:] {
-			if slices.ContainsFunc(a.Blobs, func(b tracker.BlobState) bool { return b.Digest == d && b.Complete }) {
-				return true
-			}
+	eventually(t, "the held blobs announced again", func() bool { return f.heldAnnouncedSince(before, d) })
+}
+
+// heldAnnouncedSince reports whether an announce after the first before ones said d is held.
+func (f *fakeTracker) heldAnnouncedSince(before int, d digest.Digest) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, a := range f.announces[before:] {
+		if slices.ContainsFunc(a.Blobs, func(b tracker.BlobState) bool { return b.Digest == d && b.Complete }) {
+			return true
 		}
-		return false
+	}
+	return false
+}
+
+// TestTrackerBackAfterDown: the tracker stops answering while the node pulls, then comes
+// back restarted (empty). The node, idle by then, announces everything it holds again within
+// seconds, not at its next minute announce: what it held before and what it committed while
+// the tracker was down.
+func TestTrackerBackAfterDown(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	first := o.push(t, "team/app:v1")
+	f := newFakeTracker(t)
+	n := startNode(t, Config{Origin: o.URL, P2PListen: []string{"/ip4/127.0.0.1/tcp/0"}, Trackers: []string{f.URL}})
+	eventually(t, "the node to be ready", func() bool { return readyz(t, n) })
+	pullImage(t, n, "team/app", "v1", "")
+	d := layerDigest(t, first)
+	eventually(t, "the layer announced held", func() bool { return f.heldAnnouncedSince(0, d) })
+
+	f.mu.Lock()
+	f.down = true
+	f.mu.Unlock()
+	second := o.push(t, "team/other:v1")
+	pullImage(t, n, "team/other", "v1", "")
+	d2 := layerDigest(t, second)
+
+	f.mu.Lock()
+	f.down, f.instance = false, "two"
+	before := len(f.announces)
+	f.mu.Unlock()
+	eventually(t, "both layers announced held to the tracker back up", func() bool {
+		return f.heldAnnouncedSince(before, d) && f.heldAnnouncedSince(before, d2)
 	})
+}
+
+// layerDigest is the digest of img's first layer.
+func layerDigest(t *testing.T, img v1.Image) digest.Digest {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ld, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.Digest(ld.String())
 }
 
 // TestTrackerMembers: the tracker's members of a swarm are among a download's providers, and
