@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
 	"github.com/shoal-dev/shoal/node/swarm"
 	"github.com/shoal-dev/shoal/p2p"
@@ -32,21 +33,21 @@ const chunkListTimeout = time.Minute
 
 // Have describes what the node holds of d. Committed blobs have every chunk and their chunk
 // list; running downloads the chunks written so far and those being fetched from the origin.
-func (c chunkServer) Have(d digest.Digest, withList bool) (p2p.Have, bool) {
+func (c chunkServer) Have(d digest.Digest, withList bool) (chunk.Have, bool) {
 	if info, err := c.store.Stat(d); err == nil {
 		var list []digest.Digest
 		if withList {
 			if list, err = c.chunkList(d); err != nil {
 				// Corrupt on disk (and dropped now), or unreadable: offer nothing.
 				c.log.Warn("cannot serve blob to peers", "digest", d, "err", err)
-				return p2p.Have{}, false
+				return chunk.Have{}, false
 			}
 		}
-		chunks := make([]bool, numChunks(info.Size, c.chunkSize))
+		chunks := make([]bool, chunk.Count(info.Size, c.chunkSize))
 		for i := range chunks {
 			chunks[i] = true
 		}
-		return p2p.Have{Size: info.Size, ChunkSize: c.chunkSize, Chunks: chunks, ChunkList: list}, true
+		return chunk.Have{Size: info.Size, ChunkSize: c.chunkSize, Chunks: chunks, ChunkList: list}, true
 	}
 	return c.downloader.Progress(d)
 }
@@ -75,7 +76,7 @@ func (c chunkServer) readChunk(d digest.Digest, index int, w io.Writer) (int64, 
 	if errors.Is(err, store.ErrNotFound) {
 		n, err := c.downloader.ReadChunk(d, index, w)
 		if errors.Is(err, swarm.ErrChunkMissing) {
-			return n, fmt.Errorf("%w: %w", p2p.ErrNotHeld, err)
+			return n, fmt.Errorf("%w: %w", chunk.ErrNotHeld, err)
 		}
 		return n, err
 	}
@@ -83,13 +84,9 @@ func (c chunkServer) readChunk(d digest.Digest, index int, w io.Writer) (int64, 
 		return 0, err
 	}
 	defer b.Close()
-	if index < 0 || index >= numChunks(b.Size(), c.chunkSize) {
-		return 0, fmt.Errorf("chunk %d of %s: %w", index, d, p2p.ErrNotHeld)
+	if index < 0 || int64(index) >= chunk.Count(b.Size(), c.chunkSize) {
+		return 0, fmt.Errorf("chunk %d of %s: %w", index, d, chunk.ErrNotHeld)
 	}
 	off := int64(index) * c.chunkSize
 	return io.Copy(w, io.NewSectionReader(b, off, min(c.chunkSize, b.Size()-off)))
-}
-
-func numChunks(size, chunkSize int64) int {
-	return int((size + chunkSize - 1) / chunkSize)
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/p2p"
 )
 
@@ -146,9 +147,9 @@ func TestFleetConfig(t *testing.T) {
 // emptyStore is a chunk store that holds nothing, for a client-only peer.
 type emptyStore struct{}
 
-func (emptyStore) Have(digest.Digest, bool) (p2p.Have, bool) { return p2p.Have{}, false }
+func (emptyStore) Have(digest.Digest, bool) (chunk.Have, bool) { return chunk.Have{}, false }
 func (emptyStore) ReadChunk(context.Context, digest.Digest, int, io.Writer) (int64, error) {
-	return 0, p2p.ErrNotHeld
+	return 0, chunk.ErrNotHeld
 }
 
 // TestServesChunksToPeers: a peer asks a node what it has of a blob it pulled and fetches
@@ -182,7 +183,7 @@ func TestServesChunksToPeers(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Have(%s) = %v", d, err)
 	}
-	if have.ChunkSize != 64<<10 || len(have.Chunks) != numChunks(have.Size, have.ChunkSize) || slices.Contains(have.Chunks, false) {
+	if have.ChunkSize != 64<<10 || int64(len(have.Chunks)) != chunk.Count(have.Size, have.ChunkSize) || slices.Contains(have.Chunks, false) {
 		t.Fatalf("Have(%s) = size %d chunk size %d chunks %v, want every chunk", d, have.Size, have.ChunkSize, have.Chunks)
 	}
 	var blob bytes.Buffer
@@ -194,7 +195,7 @@ func TestServesChunksToPeers(t *testing.T) {
 	if got := digest.FromBytes(blob.Bytes()); got != d {
 		t.Errorf("reassembled chunks have digest %s, want %s", got, d)
 	}
-	if _, err := peer.Exchange.Have(ctx, st.PeerID, digest.FromString("nobody has this")); !errors.Is(err, p2p.ErrNotHeld) {
+	if _, err := peer.Exchange.Have(ctx, st.PeerID, digest.FromString("nobody has this")); !errors.Is(err, chunk.ErrNotHeld) {
 		t.Errorf("Have(unknown) = %v, want ErrNotHeld", err)
 	}
 	if _, err := peer.Exchange.GetChunk(ctx, st.PeerID, d, len(have.Chunks), io.Discard); err == nil {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/internal/serve"
 	"github.com/shoal-dev/shoal/node/store"
 	"github.com/shoal-dev/shoal/node/swarm"
@@ -224,7 +225,7 @@ func (n *Node) chunkSize() int64 {
 	if n.cfg.ChunkSize > 0 {
 		return n.cfg.ChunkSize
 	}
-	return swarm.DefaultChunkSize
+	return chunk.DefaultSize
 }
 
 // closeAll releases what New acquired, for a node that will not Run.

@@ -11,8 +11,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/swarm"
-	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/registryapi"
 )
 
@@ -53,7 +53,7 @@ func (l *fleetLink) FindProviders(ctx context.Context, d digest.Digest, fresh bo
 	return dht(ctx)
 }
 
-func (l *fleetLink) Have(ctx context.Context, peer string, d digest.Digest) (p2p.Have, error) {
+func (l *fleetLink) Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error) {
 	return l.f.net.Exchange.Have(ctx, peer, d)
 }
 
@@ -89,7 +89,7 @@ func (n *Node) manifestFromPeers(ctx context.Context, d digest.Digest) (registry
 		body, err := n.manifestFromPeer(ctx, id, d)
 		if err != nil {
 			n.log.Debug("manifest from peer failed", "digest", d, "peer", id, "err", err)
-			if errors.Is(err, swarm.ErrDigestMismatch) || errors.Is(err, p2p.ErrProtocol) {
+			if errors.Is(err, swarm.ErrDigestMismatch) || errors.Is(err, chunk.ErrProtocol) {
 				n.downloader.Ban(id, err)
 			}
 			continue
@@ -121,7 +121,7 @@ func (n *Node) manifestFromPeer(ctx context.Context, id string, d digest.Digest)
 	var buf bytes.Buffer
 	for i, held := range h.Chunks {
 		if !held {
-			return nil, fmt.Errorf("peer holds only part of the manifest: %w", p2p.ErrNotHeld)
+			return nil, fmt.Errorf("peer holds only part of the manifest: %w", chunk.ErrNotHeld)
 		}
 		if _, err := n.link.GetChunk(ctx, id, d, i, &limitedBuffer{&buf, h.Size}); err != nil {
 			return nil, err
@@ -142,7 +142,7 @@ type limitedBuffer struct {
 
 func (l *limitedBuffer) Write(p []byte) (int, error) {
 	if int64(l.b.Len()+len(p)) > l.max {
-		return 0, fmt.Errorf("%w: more bytes than announced", p2p.ErrProtocol)
+		return 0, fmt.Errorf("%w: more bytes than announced", chunk.ErrProtocol)
 	}
 	return l.b.Write(p)
 }

@@ -17,6 +17,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/swarm"
 	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/tracker"
@@ -269,7 +270,7 @@ func TestTrackerMembers(t *testing.T) {
 	if err != nil || !slices.Equal(ids, []string{st.PeerID}) {
 		t.Fatalf("FindProviders(%s) = %v, %v; want [%s]", d, ids, err, st.PeerID)
 	}
-	if _, err := n.link.Have(ctx, st.PeerID, d); !errors.Is(err, p2p.ErrNotHeld) {
+	if _, err := n.link.Have(ctx, st.PeerID, d); !errors.Is(err, chunk.ErrNotHeld) {
 		t.Errorf("Have(%s) from the member = %v, want it dialled and answering not held", d, err)
 	}
 }

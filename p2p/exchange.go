@@ -18,6 +18,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/time/rate"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 // ChunkProtocol is the libp2p protocol through which nodes ask each other
@@ -37,48 +39,19 @@ const (
 const uploadBurst = 64 << 10
 
 var (
-	// ErrNotHeld reports that a peer holds nothing of a blob, or not the
-	// requested chunk. A ChunkStore may also return it from ReadChunk.
-	ErrNotHeld = errors.New("not held by peer")
-	// ErrBusy reports that a peer refused a request because it is serving
-	// as many of ours as it allows; ask another peer or later.
-	ErrBusy = errors.New("peer busy")
 	// ErrRemote reports that a peer failed a request it understood, or
 	// rejected it as invalid.
 	ErrRemote = errors.New("peer failed the request")
-	// ErrProtocol reports a malformed or oversized message from a peer,
-	// including a chunk shorter or longer than the peer announced.
-	ErrProtocol = errors.New("chunk protocol violation")
 )
-
-// Have is what a node has of a blob. Chunk i covers bytes
-// [i*ChunkSize, min((i+1)*ChunkSize, Size)).
-type Have struct {
-	Size      int64
-	ChunkSize int64
-	// Chunks has one entry per chunk, true for those the node can serve now.
-	Chunks []bool
-	// Fetching marks the chunks the node is fetching from the origin
-	// registry right now, so that a peer can wait for them rather than
-	// fetch them from the origin too. It is nil or all false when there are
-	// none, and then arrives as nil; otherwise it has one entry per chunk,
-	// never true for a chunk in Chunks. It is a hint: the fetch may fail.
-	Fetching []bool
-	// ChunkList is the SHA-256 of every chunk, set only when the node holds
-	// the whole blob verified against its digest; nil otherwise. A receiver
-	// checks chunks against it but must not trust it blindly: the final
-	// blob digest check is what proves it.
-	ChunkList []digest.Digest
-}
 
 // ChunkStore is what an Exchange serves from.
 type ChunkStore interface {
 	// Have reports what the node has of d; false when it has nothing. The
 	// chunk list is wanted only for HAVE answers: a GET needs the bitmap
 	// alone, and a list costs a read per request.
-	Have(d digest.Digest, withList bool) (Have, bool)
+	Have(d digest.Digest, withList bool) (chunk.Have, bool)
 	// ReadChunk writes exactly the bytes of chunk index of d to w. It
-	// returns an error wrapping ErrNotHeld if the chunk is gone.
+	// returns an error wrapping chunk.ErrNotHeld if the chunk is gone.
 	ReadChunk(ctx context.Context, d digest.Digest, index int, w io.Writer) (int64, error)
 }
 
@@ -172,17 +145,17 @@ func (e *Exchange) Close() error {
 	return nil
 }
 
-// Have asks peerID what it has of d. It returns ErrNotHeld when the peer has
+// Have asks peerID what it has of d. It returns chunk.ErrNotHeld when the peer has
 // nothing of it.
-func (e *Exchange) Have(ctx context.Context, peerID string, d digest.Digest) (Have, error) {
-	var h Have
+func (e *Exchange) Have(ctx context.Context, peerID string, d digest.Digest) (chunk.Have, error) {
+	var h chunk.Have
 	err := e.request(ctx, peerID, request{typ: msgHave, digest: d}, func(r byteReader) error {
 		var err error
 		h, err = readHave(r)
 		return err
 	})
 	if err != nil {
-		return Have{}, fmt.Errorf("have %s from %s: %w", d, peerID, err)
+		return chunk.Have{}, fmt.Errorf("have %s from %s: %w", d, peerID, err)
 	}
 	return h, nil
 }
@@ -209,7 +182,7 @@ func (e *Exchange) request(ctx context.Context, peerID string, req request, read
 	if err := checkDigest(req.digest); err != nil {
 		return err
 	}
-	if req.index < 0 || req.index >= maxChunks {
+	if req.index < 0 || req.index >= chunk.MaxCount {
 		return fmt.Errorf("chunk index %d out of range", req.index)
 	}
 	pid, err := peer.Decode(peerID)
@@ -391,7 +364,7 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		ctx:     ctx,
 		w:       w,
 		limiter: e.limiter,
-		left:    chunkLen(have.Size, have.ChunkSize, req.index),
+		left:    chunk.Len(have.Size, have.ChunkSize, req.index),
 	}
 	n, err := e.store.ReadChunk(ctx, req.digest, req.index, cw)
 	if err == nil && cw.left != 0 {
@@ -401,7 +374,7 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		if cw.started {
 			return req, cw.sent, fmt.Errorf("read chunk %d: %w", req.index, err)
 		}
-		if errors.Is(err, ErrNotHeld) {
+		if errors.Is(err, chunk.ErrNotHeld) {
 			return req, 0, refuse(s, statusNotHeld, nil)
 		}
 		return req, 0, refuse(s, statusError, fmt.Errorf("read chunk %d: %w", req.index, err))

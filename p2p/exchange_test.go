@@ -16,6 +16,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 // fakeStore is an in-memory ChunkStore. When gate is set, ReadChunk reports
@@ -28,7 +30,7 @@ type fakeStore struct {
 
 type fakeBlob struct {
 	data []byte
-	have Have
+	have chunk.Have
 }
 
 type gate struct {
@@ -64,7 +66,7 @@ func (s *fakeStore) setFetching(d digest.Digest, fetching ...int) {
 	s.blobs[d] = b
 }
 
-func (s *fakeStore) Have(d digest.Digest, withList bool) (Have, bool) {
+func (s *fakeStore) Have(d digest.Digest, withList bool) (chunk.Have, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.blobs[d]
@@ -81,7 +83,7 @@ func (s *fakeStore) ReadChunk(ctx context.Context, d digest.Digest, index int, w
 	g := s.gate
 	s.mu.Unlock()
 	if !ok || index >= len(b.have.Chunks) || !b.have.Chunks[index] {
-		return 0, ErrNotHeld
+		return 0, chunk.ErrNotHeld
 	}
 	if g != nil {
 		select {
@@ -96,7 +98,7 @@ func (s *fakeStore) ReadChunk(ctx context.Context, d digest.Digest, index int, w
 		}
 	}
 	start := int64(index) * b.have.ChunkSize
-	n, err := w.Write(b.data[start : start+chunkLen(b.have.Size, b.have.ChunkSize, index)])
+	n, err := w.Write(b.data[start : start+chunk.Len(b.have.Size, b.have.ChunkSize, index)])
 	return int64(n), err
 }
 
@@ -152,20 +154,20 @@ func exchangePair(t *testing.T, o ExchangeOptions) (*Exchange, string) {
 func TestExchangeHave(t *testing.T) {
 	t.Parallel()
 	store := newFakeStore()
-	data := randomBytes(t, 5*minChunkSize/2)
-	complete := store.add(data, minChunkSize, nil)
-	partial := store.add(data[1:], minChunkSize, []int{1})
-	empty := store.add(nil, minChunkSize, nil)
-	fetching := store.add(data[2:], minChunkSize, []int{0})
+	data := randomBytes(t, 5*chunk.MinSize/2)
+	complete := store.add(data, chunk.MinSize, nil)
+	partial := store.add(data[1:], chunk.MinSize, []int{1})
+	empty := store.add(nil, chunk.MinSize, nil)
+	fetching := store.add(data[2:], chunk.MinSize, []int{0})
 	store.setFetching(fetching, 2)
-	inconsistent := store.add(data[3:], minChunkSize, []int{0})
+	inconsistent := store.add(data[3:], chunk.MinSize, []int{0})
 	store.setFetching(inconsistent, 0)
 	client, server := exchangePair(t, ExchangeOptions{Store: store})
 
 	tests := []struct {
 		name string
 		d    digest.Digest
-		want Have
+		want chunk.Have
 		err  error
 	}{
 		{name: "complete", d: complete, want: store.blobs[complete].have},
@@ -173,8 +175,8 @@ func TestExchangeHave(t *testing.T) {
 		{name: "empty blob", d: empty, want: store.blobs[empty].have},
 		{name: "fetching", d: fetching, want: store.blobs[fetching].have},
 		{name: "held and fetching", d: inconsistent, err: ErrRemote},
-		{name: "unknown", d: digest.FromString("unknown"), err: ErrNotHeld},
-		{name: "unknown sha512", d: testDigest512, err: ErrNotHeld},
+		{name: "unknown", d: digest.FromString("unknown"), err: chunk.ErrNotHeld},
+		{name: "unknown sha512", d: testDigest512, err: chunk.ErrNotHeld},
 		{name: "invalid digest", d: "sha256:zz", err: ErrInvalidDigest},
 		{name: "sha384", d: digest.SHA384.FromString("x"), err: ErrInvalidDigest},
 	}
@@ -198,9 +200,9 @@ func TestExchangeHave(t *testing.T) {
 func TestExchangeGetChunk(t *testing.T) {
 	t.Parallel()
 	store := newFakeStore()
-	data := randomBytes(t, 5*minChunkSize/2)
-	complete := store.add(data, minChunkSize, nil)
-	partial := store.add(data[1:], minChunkSize, []int{1})
+	data := randomBytes(t, 5*chunk.MinSize/2)
+	complete := store.add(data, chunk.MinSize, nil)
+	partial := store.add(data[1:], chunk.MinSize, []int{1})
 	store.setFetching(partial, 0)
 	client, server := exchangePair(t, ExchangeOptions{Store: store})
 
@@ -211,14 +213,14 @@ func TestExchangeGetChunk(t *testing.T) {
 		want  []byte
 		err   error
 	}{
-		{name: "first", d: complete, index: 0, want: data[:minChunkSize]},
-		{name: "middle", d: complete, index: 1, want: data[minChunkSize : 2*minChunkSize]},
-		{name: "last short", d: complete, index: 2, want: data[2*minChunkSize:]},
-		{name: "partial held", d: partial, index: 1, want: data[1+minChunkSize : 1+2*minChunkSize]},
-		{name: "partial fetching", d: partial, index: 0, err: ErrNotHeld},
-		{name: "partial missing", d: partial, index: 2, err: ErrNotHeld},
-		{name: "past the end", d: complete, index: 3, err: ErrNotHeld},
-		{name: "unknown digest", d: digest.FromString("unknown"), err: ErrNotHeld},
+		{name: "first", d: complete, index: 0, want: data[:chunk.MinSize]},
+		{name: "middle", d: complete, index: 1, want: data[chunk.MinSize : 2*chunk.MinSize]},
+		{name: "last short", d: complete, index: 2, want: data[2*chunk.MinSize:]},
+		{name: "partial held", d: partial, index: 1, want: data[1+chunk.MinSize : 1+2*chunk.MinSize]},
+		{name: "partial fetching", d: partial, index: 0, err: chunk.ErrNotHeld},
+		{name: "partial missing", d: partial, index: 2, err: chunk.ErrNotHeld},
+		{name: "past the end", d: complete, index: 3, err: chunk.ErrNotHeld},
+		{name: "unknown digest", d: digest.FromString("unknown"), err: chunk.ErrNotHeld},
 		{name: "invalid digest", d: "sha256:", err: ErrInvalidDigest},
 		{name: "negative index", d: complete, index: -1, err: errAny},
 	}
@@ -243,7 +245,7 @@ func TestExchangeGetChunk(t *testing.T) {
 func TestExchangeOnHave(t *testing.T) {
 	t.Parallel()
 	store := newFakeStore()
-	held := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+	held := store.add(randomBytes(t, chunk.MinSize), chunk.MinSize, nil)
 	type call struct {
 		peer string
 		d    digest.Digest
@@ -269,8 +271,8 @@ func TestExchangeOnHave(t *testing.T) {
 	if _, err := client.Have(ctx, server, held); err != nil {
 		t.Fatalf("Have(held) = %v", err)
 	}
-	if _, err := client.Have(ctx, server, unknown); !errors.Is(err, ErrNotHeld) {
-		t.Fatalf("Have(unknown) = %v, want %v", err, ErrNotHeld)
+	if _, err := client.Have(ctx, server, unknown); !errors.Is(err, chunk.ErrNotHeld) {
+		t.Fatalf("Have(unknown) = %v, want %v", err, chunk.ErrNotHeld)
 	}
 	if _, err := client.GetChunk(ctx, server, held, 0, io.Discard); err != nil {
 		t.Fatalf("GetChunk = %v", err)
@@ -311,7 +313,7 @@ var errAny = errors.New("any error")
 func TestExchangeRejectsInvalidRequests(t *testing.T) {
 	t.Parallel()
 	store := newFakeStore()
-	d := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+	d := store.add(randomBytes(t, chunk.MinSize), chunk.MinSize, nil)
 	ch, sh := connectedHosts(t)
 	newTestExchange(t, sh, ExchangeOptions{Store: store})
 
@@ -372,8 +374,8 @@ func TestExchangeRejectsInvalidRequests(t *testing.T) {
 func TestExchangeBusy(t *testing.T) {
 	t.Parallel()
 	store := newFakeStore()
-	data := randomBytes(t, minChunkSize)
-	d := store.add(data, minChunkSize, nil)
+	data := randomBytes(t, chunk.MinSize)
+	d := store.add(data, chunk.MinSize, nil)
 	store.gate = newGate()
 	const maxStreams = 2
 	client, server := exchangePair(t, ExchangeOptions{Store: store, MaxStreams: maxStreams})
@@ -397,11 +399,11 @@ func TestExchangeBusy(t *testing.T) {
 			t.Fatal("requests did not reach the store")
 		}
 	}
-	if _, err := client.GetChunk(ctx, server, d, 0, io.Discard); !errors.Is(err, ErrBusy) {
-		t.Errorf("GetChunk beyond MaxStreams = %v, want %v", err, ErrBusy)
+	if _, err := client.GetChunk(ctx, server, d, 0, io.Discard); !errors.Is(err, chunk.ErrBusy) {
+		t.Errorf("GetChunk beyond MaxStreams = %v, want %v", err, chunk.ErrBusy)
 	}
-	if _, err := client.Have(ctx, server, d); !errors.Is(err, ErrBusy) {
-		t.Errorf("Have beyond MaxStreams = %v, want %v", err, ErrBusy)
+	if _, err := client.Have(ctx, server, d); !errors.Is(err, chunk.ErrBusy) {
+		t.Errorf("Have beyond MaxStreams = %v, want %v", err, chunk.ErrBusy)
 	}
 	close(store.gate.release)
 	for range maxStreams {
@@ -439,7 +441,7 @@ func TestExchangeUploadLimit(t *testing.T) {
 // TestExchangeHostilePeer answers requests with hand-made responses.
 func TestExchangeHostilePeer(t *testing.T) {
 	t.Parallel()
-	chunk := randomBytes(t, 200<<10)
+	piece := randomBytes(t, 200<<10)
 	tests := []struct {
 		name  string
 		have  bool   // send a HAVE request rather than a GET
@@ -447,16 +449,16 @@ func TestExchangeHostilePeer(t *testing.T) {
 		reset bool   // reset rather than close after resp
 		err   error
 	}{
-		{name: "shorter than announced", resp: chunkResponse(uint64(len(chunk)), chunk[:len(chunk)/2]), err: ErrProtocol},
-		{name: "longer than announced", resp: chunkResponse(uint64(len(chunk)/2), chunk), err: ErrProtocol},
-		{name: "oversized length", resp: chunkResponse(maxChunkSize+1, chunk), err: ErrProtocol},
-		{name: "unknown status", resp: []byte{200}, err: ErrProtocol},
-		{name: "nothing", resp: nil, err: ErrProtocol},
-		{name: "dies mid-chunk", resp: chunkResponse(uint64(len(chunk)), chunk[:len(chunk)/2]), reset: true, err: errAny},
+		{name: "shorter than announced", resp: chunkResponse(uint64(len(piece)), piece[:len(piece)/2]), err: chunk.ErrProtocol},
+		{name: "longer than announced", resp: chunkResponse(uint64(len(piece)/2), piece), err: chunk.ErrProtocol},
+		{name: "oversized length", resp: chunkResponse(chunk.MaxSize+1, piece), err: chunk.ErrProtocol},
+		{name: "unknown status", resp: []byte{200}, err: chunk.ErrProtocol},
+		{name: "nothing", resp: nil, err: chunk.ErrProtocol},
+		{name: "dies mid-chunk", resp: chunkResponse(uint64(len(piece)), piece[:len(piece)/2]), reset: true, err: errAny},
 		{name: "error status", resp: []byte{statusError}, err: ErrRemote},
-		{name: "have with tiny chunks", have: true, resp: []byte{statusOK, 10, 1, 0xff, 0xff, 0}, err: ErrProtocol},
-		{name: "have with trailing data", have: true, resp: append(encodeHave(t, newHave(chunk, minChunkSize, nil)), 0), err: ErrProtocol},
-		{name: "have truncated list", have: true, resp: encodeHave(t, newHave(chunk, minChunkSize, nil))[:50], err: ErrProtocol},
+		{name: "have with tiny chunks", have: true, resp: []byte{statusOK, 10, 1, 0xff, 0xff, 0}, err: chunk.ErrProtocol},
+		{name: "have with trailing data", have: true, resp: append(encodeHave(t, newHave(piece, chunk.MinSize, nil)), 0), err: chunk.ErrProtocol},
+		{name: "have truncated list", have: true, resp: encodeHave(t, newHave(piece, chunk.MinSize, nil))[:50], err: chunk.ErrProtocol},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -479,7 +481,7 @@ func TestExchangeHostilePeer(t *testing.T) {
 			})
 			client := newTestExchange(t, ch, ExchangeOptions{})
 			ctx := testContext(t)
-			d := digest.FromBytes(chunk)
+			d := digest.FromBytes(piece)
 			var err error
 			var n int64
 			if tt.have {
@@ -514,7 +516,7 @@ func TestExchangeContext(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			store := newFakeStore()
-			d := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+			d := store.add(randomBytes(t, chunk.MinSize), chunk.MinSize, nil)
 			store.gate = newGate()
 			ch, sh := connectedHosts(t)
 			newTestExchange(t, sh, ExchangeOptions{Store: store})
@@ -550,7 +552,7 @@ func TestExchangeContext(t *testing.T) {
 func TestExchangeClose(t *testing.T) {
 	t.Parallel()
 	store := newFakeStore()
-	d := store.add(randomBytes(t, minChunkSize), minChunkSize, nil)
+	d := store.add(randomBytes(t, chunk.MinSize), chunk.MinSize, nil)
 	store.gate = newGate()
 	ch, sh := connectedHosts(t)
 	server, err := NewExchange(sh, ExchangeOptions{Store: store})
@@ -590,8 +592,8 @@ func TestExchangeMocknet(t *testing.T) {
 	t.Cleanup(func() { mn.Close() })
 	hosts := mn.Hosts()
 	store := newFakeStore()
-	data := randomBytes(t, 3*minChunkSize)
-	d := store.add(data, minChunkSize, nil)
+	data := randomBytes(t, 3*chunk.MinSize)
+	d := store.add(data, chunk.MinSize, nil)
 	newTestExchange(t, hosts[1], ExchangeOptions{Store: store})
 	client := newTestExchange(t, hosts[0], ExchangeOptions{})
 	ctx := testContext(t)
@@ -632,12 +634,12 @@ func TestExchangeOverQUIC(t *testing.T) {
 		t.Fatalf("Connect over QUIC = %v", err)
 	}
 	store := newFakeStore()
-	data := randomBytes(t, 3*minChunkSize)
-	d := store.add(data, minChunkSize, nil)
+	data := randomBytes(t, 3*chunk.MinSize)
+	d := store.add(data, chunk.MinSize, nil)
 	newTestExchange(t, sh, ExchangeOptions{Store: store})
 	client := newTestExchange(t, ch, ExchangeOptions{})
 	var buf bytes.Buffer
-	if _, err := client.GetChunk(testContext(t), sh.ID().String(), d, 1, &buf); err != nil || !bytes.Equal(buf.Bytes(), data[minChunkSize:2*minChunkSize]) {
+	if _, err := client.GetChunk(testContext(t), sh.ID().String(), d, 1, &buf); err != nil || !bytes.Equal(buf.Bytes(), data[chunk.MinSize:2*chunk.MinSize]) {
 		t.Fatalf("GetChunk over QUIC = %d bytes, %v; want chunk 1", buf.Len(), err)
 	}
 }

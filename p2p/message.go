@@ -11,6 +11,8 @@ import (
 	"slices"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 // The chunk protocol carries one request per stream. The client writes the
@@ -26,7 +28,7 @@ import (
 //	type    byte     msgHave (1) or msgGet (2)
 //	dlen    uvarint  length of the digest string, 1..maxDigestLen
 //	digest  dlen bytes, e.g. "sha256:0123..."; only sha256 and sha512
-//	index   uvarint  chunk index, < maxChunks; always 0 for msgHave
+//	index   uvarint  chunk index, < chunk.MaxCount; always 0 for msgHave
 //
 // Response: a status byte. Only statusOK has a body, and nothing may follow
 // the body.
@@ -34,8 +36,8 @@ import (
 // HAVE body:
 //
 //	size       uvarint  blob size in bytes, <= math.MaxInt64
-//	chunkSize  uvarint  minChunkSize..maxChunkSize
-//	bitmap     ceil(count/8) bytes, count = ceil(size/chunkSize) <= maxChunks;
+//	chunkSize  uvarint  chunk.MinSize..chunk.MaxSize
+//	bitmap     ceil(count/8) bytes, count = ceil(size/chunkSize) <= chunk.MaxCount;
 //	           bit i (byte i/8, bit i%8 from the least significant) set when
 //	           chunk i can be served; unused high bits of the last byte are 0
 //	flags      byte     bit 0 (flagChunkList) when chunkList follows, bit 1
@@ -51,7 +53,7 @@ import (
 //
 // GET body:
 //
-//	length  uvarint  chunk length, 1..maxChunkSize
+//	length  uvarint  chunk length, 1..chunk.MaxSize
 //	data    exactly length bytes
 const (
 	msgHave byte = 1
@@ -77,11 +79,6 @@ const (
 	// maxDigestLen is the length of the longest digest accepted:
 	// "sha512:" and 128 hex digits.
 	maxDigestLen = 7 + 128
-	// minChunkSize and maxChunkSize bound a blob's chunk size; together with
-	// maxChunks they cap a blob at 64 TiB and a chunk list at 32 MiB.
-	minChunkSize = 64 << 10
-	maxChunkSize = 64 << 20
-	maxChunks    = 1 << 20
 	// maxRequestLen is the longest valid request: type, digest length,
 	// digest and index.
 	maxRequestLen = 1 + binary.MaxVarintLen64 + maxDigestLen + binary.MaxVarintLen64
@@ -128,7 +125,7 @@ func appendRequest(b []byte, req request) ([]byte, error) {
 	if len(req.digest) == 0 || len(req.digest) > maxDigestLen {
 		return nil, fmt.Errorf("encode request: digest of %d bytes", len(req.digest))
 	}
-	if req.index < 0 || req.index >= maxChunks || (req.typ == msgHave && req.index != 0) {
+	if req.index < 0 || req.index >= chunk.MaxCount || (req.typ == msgHave && req.index != 0) {
 		return nil, fmt.Errorf("encode request: chunk index %d", req.index)
 	}
 	b = append(b, req.typ)
@@ -146,25 +143,25 @@ func decodeRequest(r byteReader) (request, error) {
 		return request{}, truncated("request type", err)
 	}
 	if typ != msgHave && typ != msgGet {
-		return request{}, fmt.Errorf("%w: request type %d", ErrProtocol, typ)
+		return request{}, fmt.Errorf("%w: request type %d", chunk.ErrProtocol, typ)
 	}
 	n, err := readUvarint(r, "digest length", maxDigestLen)
 	if err != nil {
 		return request{}, err
 	}
 	if n == 0 {
-		return request{}, fmt.Errorf("%w: empty digest", ErrProtocol)
+		return request{}, fmt.Errorf("%w: empty digest", chunk.ErrProtocol)
 	}
 	var buf [maxDigestLen]byte
 	if _, err := io.ReadFull(r, buf[:n]); err != nil {
 		return request{}, truncated("digest", err)
 	}
-	index, err := readUvarint(r, "chunk index", maxChunks-1)
+	index, err := readUvarint(r, "chunk index", chunk.MaxCount-1)
 	if err != nil {
 		return request{}, err
 	}
 	if typ == msgHave && index != 0 {
-		return request{}, fmt.Errorf("%w: have request with chunk index %d", ErrProtocol, index)
+		return request{}, fmt.Errorf("%w: have request with chunk index %d", chunk.ErrProtocol, index)
 	}
 	return request{typ: typ, digest: digest.Digest(buf[:n]), index: int(index)}, nil
 }
@@ -175,27 +172,21 @@ func chunkCount(size, chunkSize int64) (int, error) {
 	if size < 0 {
 		return 0, fmt.Errorf("size %d", size)
 	}
-	if chunkSize < minChunkSize || chunkSize > maxChunkSize {
-		return 0, fmt.Errorf("chunk size %d, want %d..%d", chunkSize, minChunkSize, maxChunkSize)
+	if chunkSize < chunk.MinSize || chunkSize > chunk.MaxSize {
+		return 0, fmt.Errorf("chunk size %d, want %d..%d", chunkSize, chunk.MinSize, chunk.MaxSize)
 	}
 	count := size / chunkSize
 	if size%chunkSize != 0 {
 		count++
 	}
-	if count > maxChunks {
-		return 0, fmt.Errorf("%d chunks, want at most %d", count, maxChunks)
+	if count > chunk.MaxCount {
+		return 0, fmt.Errorf("%d chunks, want at most %d", count, chunk.MaxCount)
 	}
 	return int(count), nil
 }
 
-// chunkLen is the length of chunk index of a blob; index must be in range.
-func chunkLen(size, chunkSize int64, index int) int64 {
-	start := int64(index) * chunkSize
-	return min(chunkSize, size-start)
-}
-
 // checkHave reports whether h is something the wire format can carry.
-func checkHave(h Have) error {
+func checkHave(h chunk.Have) error {
 	count, err := chunkCount(h.Size, h.ChunkSize)
 	if err != nil {
 		return err
@@ -234,7 +225,7 @@ func checkHave(h Have) error {
 
 // writeHave writes a HAVE body. A chunk list can reach 32 MiB, so it is
 // streamed through w rather than built in memory.
-func writeHave(w *bufio.Writer, h Have) error {
+func writeHave(w *bufio.Writer, h chunk.Have) error {
 	if err := checkHave(h); err != nil {
 		return fmt.Errorf("encode have: %w", err)
 	}
@@ -281,66 +272,66 @@ func writeHave(w *bufio.Writer, h Have) error {
 }
 
 // decodeHave reads a HAVE body up to the end of the stream.
-func decodeHave(r byteReader) (Have, error) {
+func decodeHave(r byteReader) (chunk.Have, error) {
 	size, err := readUvarint(r, "size", math.MaxInt64)
 	if err != nil {
-		return Have{}, err
+		return chunk.Have{}, err
 	}
-	chunkSize, err := readUvarint(r, "chunk size", maxChunkSize)
+	chunkSize, err := readUvarint(r, "chunk size", chunk.MaxSize)
 	if err != nil {
-		return Have{}, err
+		return chunk.Have{}, err
 	}
 	count, err := chunkCount(int64(size), int64(chunkSize))
 	if err != nil {
-		return Have{}, fmt.Errorf("%w: %w", ErrProtocol, err)
+		return chunk.Have{}, fmt.Errorf("%w: %w", chunk.ErrProtocol, err)
 	}
-	h := Have{Size: int64(size), ChunkSize: int64(chunkSize)}
+	h := chunk.Have{Size: int64(size), ChunkSize: int64(chunkSize)}
 
 	if h.Chunks, err = readBitmap(r, count, "bitmap"); err != nil {
-		return Have{}, err
+		return chunk.Have{}, err
 	}
 
 	flags, err := r.ReadByte()
 	if err != nil {
-		return Have{}, truncated("flags", err)
+		return chunk.Have{}, truncated("flags", err)
 	}
 	switch {
 	case flags&^(flagChunkList|flagFetching) != 0:
-		return Have{}, fmt.Errorf("%w: flags %#02x", ErrProtocol, flags)
+		return chunk.Have{}, fmt.Errorf("%w: flags %#02x", chunk.ErrProtocol, flags)
 	case flags == flagChunkList|flagFetching:
-		return Have{}, fmt.Errorf("%w: chunk list and fetching bitmap together", ErrProtocol)
+		return chunk.Have{}, fmt.Errorf("%w: chunk list and fetching bitmap together", chunk.ErrProtocol)
 	}
 	if flags&flagFetching != 0 {
 		if h.Fetching, err = readBitmap(r, count, "fetching bitmap"); err != nil {
-			return Have{}, err
+			return chunk.Have{}, err
 		}
 		for i, fetching := range h.Fetching {
 			if fetching && h.Chunks[i] {
-				return Have{}, fmt.Errorf("%w: chunk %d both held and fetching", ErrProtocol, i)
+				return chunk.Have{}, fmt.Errorf("%w: chunk %d both held and fetching", chunk.ErrProtocol, i)
 			}
 		}
 		// One encoding per value: nothing fetching has no bitmap.
 		if !slices.Contains(h.Fetching, true) {
-			return Have{}, fmt.Errorf("%w: fetching bitmap without a chunk", ErrProtocol)
+			return chunk.Have{}, fmt.Errorf("%w: fetching bitmap without a chunk", chunk.ErrProtocol)
 		}
 	}
 	if flags&flagChunkList != 0 {
 		for i, held := range h.Chunks {
 			if !held {
-				return Have{}, fmt.Errorf("%w: chunk list but chunk %d not held", ErrProtocol, i)
+				return chunk.Have{}, fmt.Errorf("%w: chunk list but chunk %d not held", chunk.ErrProtocol, i)
 			}
 		}
 		h.ChunkList = make([]digest.Digest, 0, min(count, readBatch/32))
 		var raw [32]byte
 		for range count {
 			if _, err := io.ReadFull(r, raw[:]); err != nil {
-				return Have{}, truncated("chunk list", err)
+				return chunk.Have{}, truncated("chunk list", err)
 			}
 			h.ChunkList = append(h.ChunkList, digest.NewDigestFromBytes(digest.SHA256, raw[:]))
 		}
 	}
 	if err := expectEOF(r); err != nil {
-		return Have{}, err
+		return chunk.Have{}, err
 	}
 	return h, nil
 }
@@ -376,7 +367,7 @@ func readBitmap(r io.Reader, count int, what string) ([]bool, error) {
 			for j := 0; j < 8; j++ {
 				if len(bits) == count {
 					if c>>j != 0 {
-						return nil, fmt.Errorf("%w: %s has bits past chunk %d", ErrProtocol, what, count)
+						return nil, fmt.Errorf("%w: %s has bits past chunk %d", chunk.ErrProtocol, what, count)
 					}
 					break
 				}
@@ -397,37 +388,37 @@ func decodeStatus(r byteReader) error {
 	case statusOK:
 		return nil
 	case statusNotHeld:
-		return ErrNotHeld
+		return chunk.ErrNotHeld
 	case statusBusy:
-		return ErrBusy
+		return chunk.ErrBusy
 	case statusError:
 		return ErrRemote
 	default:
-		return fmt.Errorf("%w: status %d", ErrProtocol, s)
+		return fmt.Errorf("%w: status %d", chunk.ErrProtocol, s)
 	}
 }
 
 // readHave reads a complete HAVE response.
-func readHave(r byteReader) (Have, error) {
+func readHave(r byteReader) (chunk.Have, error) {
 	if err := decodeStatus(r); err != nil {
-		return Have{}, err
+		return chunk.Have{}, err
 	}
 	return decodeHave(r)
 }
 
 // readChunk reads a complete GET response, copying the chunk to w as it
-// arrives. A chunk shorter or longer than announced is an ErrProtocol.
+// arrives. A chunk shorter or longer than announced is an chunk.ErrProtocol.
 // On any error w may have received part of the chunk.
 func readChunk(r byteReader, w io.Writer) (int64, error) {
 	if err := decodeStatus(r); err != nil {
 		return 0, err
 	}
-	n, err := readUvarint(r, "chunk length", maxChunkSize)
+	n, err := readUvarint(r, "chunk length", chunk.MaxSize)
 	if err != nil {
 		return 0, err
 	}
 	if n == 0 {
-		return 0, fmt.Errorf("%w: empty chunk", ErrProtocol)
+		return 0, fmt.Errorf("%w: empty chunk", chunk.ErrProtocol)
 	}
 	// io.CopyN would not tell the peer's errors from w's.
 	buf := make([]byte, min(n, 32<<10))
@@ -459,12 +450,12 @@ func readUvarint(r io.ByteReader, what string, limit uint64) (uint64, error) {
 		return 0, truncated(what, rr.err)
 	case err != nil:
 		// Only the varint itself can be wrong here: too long or too large.
-		return 0, fmt.Errorf("%w: %s: %w", ErrProtocol, what, err)
+		return 0, fmt.Errorf("%w: %s: %w", chunk.ErrProtocol, what, err)
 	case rr.n != len(binary.AppendUvarint(nil, v)):
 		// One encoding per value keeps messages comparable byte for byte.
-		return 0, fmt.Errorf("%w: %s: non-minimal varint", ErrProtocol, what)
+		return 0, fmt.Errorf("%w: %s: non-minimal varint", chunk.ErrProtocol, what)
 	case v > limit:
-		return 0, fmt.Errorf("%w: %s %d exceeds %d", ErrProtocol, what, v, limit)
+		return 0, fmt.Errorf("%w: %s %d exceeds %d", chunk.ErrProtocol, what, v, limit)
 	}
 	return v, nil
 }
@@ -491,7 +482,7 @@ func (r *recordingReader) ReadByte() (byte, error) {
 // protocol violation, anything else (reset, deadline) a transport error.
 func truncated(what string, err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return fmt.Errorf("%w: %s truncated", ErrProtocol, what)
+		return fmt.Errorf("%w: %s truncated", chunk.ErrProtocol, what)
 	}
 	return fmt.Errorf("read %s: %w", what, err)
 }
@@ -501,7 +492,7 @@ func expectEOF(r io.ByteReader) error {
 	_, err := r.ReadByte()
 	switch {
 	case err == nil:
-		return fmt.Errorf("%w: data after the message", ErrProtocol)
+		return fmt.Errorf("%w: data after the message", chunk.ErrProtocol)
 	case errors.Is(err, io.EOF):
 		return nil
 	default:

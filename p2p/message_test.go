@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 var (
@@ -30,7 +32,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		{typ: msgHave, digest: testDigest512},
 		{typ: msgGet, digest: testDigest, index: 0},
 		{typ: msgGet, digest: testDigest, index: 300},
-		{typ: msgGet, digest: testDigest512, index: maxChunks - 1},
+		{typ: msgGet, digest: testDigest512, index: chunk.MaxCount - 1},
 	}
 	for _, want := range tests {
 		b, err := appendRequest(nil, want)
@@ -54,7 +56,7 @@ func TestAppendRequestInvalid(t *testing.T) {
 		{typ: msgGet, digest: ""},
 		{typ: msgGet, digest: digest.Digest(strings.Repeat("a", maxDigestLen+1))},
 		{typ: msgGet, digest: testDigest, index: -1},
-		{typ: msgGet, digest: testDigest, index: maxChunks},
+		{typ: msgGet, digest: testDigest, index: chunk.MaxCount},
 		{typ: msgHave, digest: testDigest, index: 1},
 	}
 	for _, req := range tests {
@@ -84,7 +86,7 @@ func TestDecodeRequestInvalid(t *testing.T) {
 		{name: "huge digest length", in: frame(msgGet, 1<<62, d, 0)},
 		{name: "truncated digest", in: frame(msgGet, uint64(len(d)), d, 0)[:20]},
 		{name: "missing index", in: frame(msgGet, uint64(len(d)), d, 0)[:1+1+len(d)]},
-		{name: "index too large", in: frame(msgGet, uint64(len(d)), d, maxChunks)},
+		{name: "index too large", in: frame(msgGet, uint64(len(d)), d, chunk.MaxCount)},
 		{name: "have with index", in: frame(msgHave, uint64(len(d)), d, 3)},
 		{name: "overlong varint", in: append([]byte{msgGet}, bytes.Repeat([]byte{0xff}, 11)...)},
 		{name: "non-minimal varint", in: append([]byte{msgGet, 0x80 | byte(len(d)), 0x00}, d...)},
@@ -93,8 +95,8 @@ func TestDecodeRequestInvalid(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			got, err := decodeRequest(reader(tt.in))
-			if !errors.Is(err, ErrProtocol) {
-				t.Errorf("decodeRequest(%x) = %+v, %v, want %v", tt.in, got, err, ErrProtocol)
+			if !errors.Is(err, chunk.ErrProtocol) {
+				t.Errorf("decodeRequest(%x) = %+v, %v, want %v", tt.in, got, err, chunk.ErrProtocol)
 			}
 		})
 	}
@@ -102,13 +104,13 @@ func TestDecodeRequestInvalid(t *testing.T) {
 
 // newHave describes a blob of size bytes holding the chunks in held, or
 // every chunk with its chunk list when held is nil.
-func newHave(data []byte, chunkSize int64, held []int) Have {
+func newHave(data []byte, chunkSize int64, held []int) chunk.Have {
 	size := int64(len(data))
 	count, err := chunkCount(size, chunkSize)
 	if err != nil {
 		panic(err)
 	}
-	h := Have{Size: size, ChunkSize: chunkSize, Chunks: make([]bool, count)}
+	h := chunk.Have{Size: size, ChunkSize: chunkSize, Chunks: make([]bool, count)}
 	if held != nil {
 		for _, i := range held {
 			h.Chunks[i] = true
@@ -119,13 +121,13 @@ func newHave(data []byte, chunkSize int64, held []int) Have {
 	for i := range count {
 		h.Chunks[i] = true
 		start := int64(i) * chunkSize
-		h.ChunkList[i] = digest.FromBytes(data[start : start+chunkLen(size, chunkSize, i)])
+		h.ChunkList[i] = digest.FromBytes(data[start : start+chunk.Len(size, chunkSize, i)])
 	}
 	return h
 }
 
 // withFetching returns a copy of h fetching the chunks in fetching.
-func withFetching(h Have, fetching ...int) Have {
+func withFetching(h chunk.Have, fetching ...int) chunk.Have {
 	h.Fetching = make([]bool, len(h.Chunks))
 	for _, i := range fetching {
 		h.Fetching[i] = true
@@ -133,7 +135,7 @@ func withFetching(h Have, fetching ...int) Have {
 	return h
 }
 
-func encodeHave(t testing.TB, h Have) []byte {
+func encodeHave(t testing.TB, h chunk.Have) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	w := bufio.NewWriter(&buf)
@@ -147,7 +149,7 @@ func encodeHave(t testing.TB, h Have) []byte {
 	return buf.Bytes()
 }
 
-func equalHave(a, b Have) bool {
+func equalHave(a, b chunk.Have) bool {
 	return a.Size == b.Size && a.ChunkSize == b.ChunkSize &&
 		slices.Equal(a.Chunks, b.Chunks) && slices.Equal(a.ChunkList, b.ChunkList) &&
 		(a.ChunkList == nil) == (b.ChunkList == nil) &&
@@ -159,17 +161,17 @@ func TestHaveRoundTrip(t *testing.T) {
 	data := bytes.Repeat([]byte("0123456789abcdef"), 20<<10) // 320 KiB
 	tests := []struct {
 		name string
-		have Have
+		have chunk.Have
 	}{
-		{name: "complete", have: newHave(data, minChunkSize, nil)},
-		{name: "complete one chunk", have: newHave(data, maxChunkSize, nil)},
-		{name: "empty blob", have: newHave(nil, minChunkSize, nil)},
-		{name: "partial", have: newHave(data, minChunkSize, []int{0, 2, 4})},
-		{name: "none yet", have: newHave(data, minChunkSize, []int{})},
-		{name: "nine chunks", have: newHave(make([]byte, 9*minChunkSize), minChunkSize, []int{8})},
-		{name: "fetching", have: withFetching(newHave(data, minChunkSize, []int{0, 2}), 1, 3)},
-		{name: "fetching all", have: withFetching(newHave(data, minChunkSize, []int{}), 0, 1, 2, 3, 4)},
-		{name: "nine chunks fetching", have: withFetching(newHave(make([]byte, 9*minChunkSize), minChunkSize, []int{0}), 8)},
+		{name: "complete", have: newHave(data, chunk.MinSize, nil)},
+		{name: "complete one chunk", have: newHave(data, chunk.MaxSize, nil)},
+		{name: "empty blob", have: newHave(nil, chunk.MinSize, nil)},
+		{name: "partial", have: newHave(data, chunk.MinSize, []int{0, 2, 4})},
+		{name: "none yet", have: newHave(data, chunk.MinSize, []int{})},
+		{name: "nine chunks", have: newHave(make([]byte, 9*chunk.MinSize), chunk.MinSize, []int{8})},
+		{name: "fetching", have: withFetching(newHave(data, chunk.MinSize, []int{0, 2}), 1, 3)},
+		{name: "fetching all", have: withFetching(newHave(data, chunk.MinSize, []int{}), 0, 1, 2, 3, 4)},
+		{name: "nine chunks fetching", have: withFetching(newHave(make([]byte, 9*chunk.MinSize), chunk.MinSize, []int{0}), 8)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,7 +188,7 @@ func TestHaveRoundTrip(t *testing.T) {
 // no fetching bitmap, and arrives as nil.
 func TestHaveNoneFetching(t *testing.T) {
 	t.Parallel()
-	h := newHave(make([]byte, 3*minChunkSize), minChunkSize, []int{1})
+	h := newHave(make([]byte, 3*chunk.MinSize), chunk.MinSize, []int{1})
 	none := withFetching(h)
 	if got, want := encodeHave(t, none), encodeHave(t, h); !bytes.Equal(got, want) {
 		t.Fatalf("writeHave(all false Fetching) = %x, want %x", got, want)
@@ -195,7 +197,7 @@ func TestHaveNoneFetching(t *testing.T) {
 	if err != nil || got.Fetching != nil || !equalHave(got, h) {
 		t.Errorf("readHave(encoded all false Fetching) = %+v, %v, want %+v", got, err, h)
 	}
-	complete := withFetching(newHave(make([]byte, 3*minChunkSize), minChunkSize, nil))
+	complete := withFetching(newHave(make([]byte, 3*chunk.MinSize), chunk.MinSize, nil))
 	if got, err := readHave(reader(encodeHave(t, complete))); err != nil || got.Fetching != nil {
 		t.Errorf("readHave(encoded complete, all false Fetching) = %+v, %v, want nil Fetching", got, err)
 	}
@@ -203,24 +205,24 @@ func TestHaveNoneFetching(t *testing.T) {
 
 func TestWriteHaveInvalid(t *testing.T) {
 	t.Parallel()
-	good := newHave(make([]byte, 3*minChunkSize), minChunkSize, nil)
+	good := newHave(make([]byte, 3*chunk.MinSize), chunk.MinSize, nil)
 	tests := []struct {
 		name string
-		edit func(h *Have)
+		edit func(h *chunk.Have)
 	}{
-		{name: "small chunk size", edit: func(h *Have) { h.ChunkSize = minChunkSize - 1 }},
-		{name: "large chunk size", edit: func(h *Have) { h.ChunkSize = maxChunkSize + 1 }},
-		{name: "negative size", edit: func(h *Have) { h.Size = -1 }},
-		{name: "too many chunks", edit: func(h *Have) { h.Size = minChunkSize*maxChunks + 1 }},
-		{name: "short bitmap", edit: func(h *Have) { h.Chunks = h.Chunks[:2] }},
-		{name: "short chunk list", edit: func(h *Have) { h.ChunkList = h.ChunkList[:2] }},
-		{name: "list with missing chunk", edit: func(h *Have) { h.Chunks[1] = false }},
-		{name: "list of sha512", edit: func(h *Have) { h.ChunkList[0] = testDigest512 }},
-		{name: "list with junk", edit: func(h *Have) { h.ChunkList[0] = "sha256:zz" }},
-		{name: "short fetching bitmap", edit: func(h *Have) { h.ChunkList = nil; h.Chunks[1] = false; h.Fetching = []bool{false, true} }},
-		{name: "long fetching bitmap", edit: func(h *Have) { h.ChunkList = nil; h.Fetching = make([]bool, 4) }},
-		{name: "held and fetching", edit: func(h *Have) { h.ChunkList = nil; h.Chunks[1] = false; h.Fetching = []bool{true, true, false} }},
-		{name: "list and fetching", edit: func(h *Have) { h.Fetching = []bool{false, false, true} }},
+		{name: "small chunk size", edit: func(h *chunk.Have) { h.ChunkSize = chunk.MinSize - 1 }},
+		{name: "large chunk size", edit: func(h *chunk.Have) { h.ChunkSize = chunk.MaxSize + 1 }},
+		{name: "negative size", edit: func(h *chunk.Have) { h.Size = -1 }},
+		{name: "too many chunks", edit: func(h *chunk.Have) { h.Size = chunk.MinSize*chunk.MaxCount + 1 }},
+		{name: "short bitmap", edit: func(h *chunk.Have) { h.Chunks = h.Chunks[:2] }},
+		{name: "short chunk list", edit: func(h *chunk.Have) { h.ChunkList = h.ChunkList[:2] }},
+		{name: "list with missing chunk", edit: func(h *chunk.Have) { h.Chunks[1] = false }},
+		{name: "list of sha512", edit: func(h *chunk.Have) { h.ChunkList[0] = testDigest512 }},
+		{name: "list with junk", edit: func(h *chunk.Have) { h.ChunkList[0] = "sha256:zz" }},
+		{name: "short fetching bitmap", edit: func(h *chunk.Have) { h.ChunkList = nil; h.Chunks[1] = false; h.Fetching = []bool{false, true} }},
+		{name: "long fetching bitmap", edit: func(h *chunk.Have) { h.ChunkList = nil; h.Fetching = make([]bool, 4) }},
+		{name: "held and fetching", edit: func(h *chunk.Have) { h.ChunkList = nil; h.Chunks[1] = false; h.Fetching = []bool{true, true, false} }},
+		{name: "list and fetching", edit: func(h *chunk.Have) { h.Fetching = []bool{false, false, true} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -242,37 +244,37 @@ func TestReadHaveInvalid(t *testing.T) {
 		b := binary.AppendUvarint([]byte{statusOK}, size)
 		return binary.AppendUvarint(b, chunkSize)
 	}
-	three := header(3*minChunkSize, minChunkSize) // three chunks, one bitmap byte
+	three := header(3*chunk.MinSize, chunk.MinSize) // three chunks, one bitmap byte
 	tests := []struct {
 		name string
 		in   []byte
 		want error
 	}{
-		{name: "empty", in: nil, want: ErrProtocol},
-		{name: "not held", in: []byte{statusNotHeld}, want: ErrNotHeld},
-		{name: "busy", in: []byte{statusBusy}, want: ErrBusy},
+		{name: "empty", in: nil, want: chunk.ErrProtocol},
+		{name: "not held", in: []byte{statusNotHeld}, want: chunk.ErrNotHeld},
+		{name: "busy", in: []byte{statusBusy}, want: chunk.ErrBusy},
 		{name: "error", in: []byte{statusError}, want: ErrRemote},
-		{name: "unknown status", in: []byte{42}, want: ErrProtocol},
-		{name: "size overflows int64", in: header(1<<63, minChunkSize), want: ErrProtocol},
-		{name: "small chunk size", in: append(header(10, minChunkSize-1), 0xff, 0), want: ErrProtocol},
-		{name: "large chunk size", in: header(10, maxChunkSize+1), want: ErrProtocol},
-		{name: "too many chunks", in: header(minChunkSize*maxChunks+1, minChunkSize), want: ErrProtocol},
-		{name: "missing bitmap", in: three, want: ErrProtocol},
-		{name: "bits past the end", in: append(slices.Clone(three), 0x0f, 0), want: ErrProtocol},
-		{name: "missing flags", in: append(slices.Clone(three), 0x07), want: ErrProtocol},
-		{name: "unknown flag", in: append(slices.Clone(three), 0x07, 4), want: ErrProtocol},
-		{name: "high flag", in: append(slices.Clone(three), 0x03, 0x80), want: ErrProtocol},
-		{name: "list and fetching", in: append(append(slices.Clone(three), 0x07, 3), make([]byte, 96)...), want: ErrProtocol},
-		{name: "list and fetching bitmap", in: append(append(slices.Clone(three), 0x03, 3, 0x04), make([]byte, 96)...), want: ErrProtocol},
-		{name: "list with missing chunk", in: append(append(slices.Clone(three), 0x05, 1), make([]byte, 96)...), want: ErrProtocol},
-		{name: "short list", in: append(append(slices.Clone(three), 0x07, 1), make([]byte, 95)...), want: ErrProtocol},
-		{name: "trailing data", in: append(slices.Clone(three), 0x07, 0, 0), want: ErrProtocol},
-		{name: "missing fetching bitmap", in: append(slices.Clone(three), 0x03, 2), want: ErrProtocol},
-		{name: "fetching a held chunk", in: append(slices.Clone(three), 0x03, 2, 0x06), want: ErrProtocol},
-		{name: "fetching bits past the end", in: append(slices.Clone(three), 0x03, 2, 0x0c), want: ErrProtocol},
-		{name: "fetching nothing", in: append(slices.Clone(three), 0x03, 2, 0x00), want: ErrProtocol},
-		{name: "fetching in an empty blob", in: append(header(0, minChunkSize), 2), want: ErrProtocol},
-		{name: "trailing data after fetching", in: append(slices.Clone(three), 0x03, 2, 0x04, 0), want: ErrProtocol},
+		{name: "unknown status", in: []byte{42}, want: chunk.ErrProtocol},
+		{name: "size overflows int64", in: header(1<<63, chunk.MinSize), want: chunk.ErrProtocol},
+		{name: "small chunk size", in: append(header(10, chunk.MinSize-1), 0xff, 0), want: chunk.ErrProtocol},
+		{name: "large chunk size", in: header(10, chunk.MaxSize+1), want: chunk.ErrProtocol},
+		{name: "too many chunks", in: header(chunk.MinSize*chunk.MaxCount+1, chunk.MinSize), want: chunk.ErrProtocol},
+		{name: "missing bitmap", in: three, want: chunk.ErrProtocol},
+		{name: "bits past the end", in: append(slices.Clone(three), 0x0f, 0), want: chunk.ErrProtocol},
+		{name: "missing flags", in: append(slices.Clone(three), 0x07), want: chunk.ErrProtocol},
+		{name: "unknown flag", in: append(slices.Clone(three), 0x07, 4), want: chunk.ErrProtocol},
+		{name: "high flag", in: append(slices.Clone(three), 0x03, 0x80), want: chunk.ErrProtocol},
+		{name: "list and fetching", in: append(append(slices.Clone(three), 0x07, 3), make([]byte, 96)...), want: chunk.ErrProtocol},
+		{name: "list and fetching bitmap", in: append(append(slices.Clone(three), 0x03, 3, 0x04), make([]byte, 96)...), want: chunk.ErrProtocol},
+		{name: "list with missing chunk", in: append(append(slices.Clone(three), 0x05, 1), make([]byte, 96)...), want: chunk.ErrProtocol},
+		{name: "short list", in: append(append(slices.Clone(three), 0x07, 1), make([]byte, 95)...), want: chunk.ErrProtocol},
+		{name: "trailing data", in: append(slices.Clone(three), 0x07, 0, 0), want: chunk.ErrProtocol},
+		{name: "missing fetching bitmap", in: append(slices.Clone(three), 0x03, 2), want: chunk.ErrProtocol},
+		{name: "fetching a held chunk", in: append(slices.Clone(three), 0x03, 2, 0x06), want: chunk.ErrProtocol},
+		{name: "fetching bits past the end", in: append(slices.Clone(three), 0x03, 2, 0x0c), want: chunk.ErrProtocol},
+		{name: "fetching nothing", in: append(slices.Clone(three), 0x03, 2, 0x00), want: chunk.ErrProtocol},
+		{name: "fetching in an empty blob", in: append(header(0, chunk.MinSize), 2), want: chunk.ErrProtocol},
+		{name: "trailing data after fetching", in: append(slices.Clone(three), 0x03, 2, 0x04, 0), want: chunk.ErrProtocol},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -301,13 +303,13 @@ func TestReadChunk(t *testing.T) {
 	}{
 		{name: "ok", in: chunkResponse(uint64(len(data)), data), want: data},
 		{name: "one byte", in: chunkResponse(1, []byte{7}), want: []byte{7}},
-		{name: "not held", in: []byte{statusNotHeld}, err: ErrNotHeld},
-		{name: "busy", in: []byte{statusBusy}, err: ErrBusy},
-		{name: "short", in: chunkResponse(uint64(len(data))+1, data), err: ErrProtocol},
-		{name: "long", in: chunkResponse(uint64(len(data))-1, data), err: ErrProtocol},
-		{name: "empty chunk", in: chunkResponse(0, nil), err: ErrProtocol},
-		{name: "oversized", in: chunkResponse(maxChunkSize+1, data), err: ErrProtocol},
-		{name: "no length", in: []byte{statusOK}, err: ErrProtocol},
+		{name: "not held", in: []byte{statusNotHeld}, err: chunk.ErrNotHeld},
+		{name: "busy", in: []byte{statusBusy}, err: chunk.ErrBusy},
+		{name: "short", in: chunkResponse(uint64(len(data))+1, data), err: chunk.ErrProtocol},
+		{name: "long", in: chunkResponse(uint64(len(data))-1, data), err: chunk.ErrProtocol},
+		{name: "empty chunk", in: chunkResponse(0, nil), err: chunk.ErrProtocol},
+		{name: "oversized", in: chunkResponse(chunk.MaxSize+1, data), err: chunk.ErrProtocol},
+		{name: "no length", in: []byte{statusOK}, err: chunk.ErrProtocol},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -331,10 +333,10 @@ func TestReadChunk(t *testing.T) {
 // but sending a few bytes makes the decoder allocate little. It measures the
 // process's allocations, so it does not run in parallel.
 func TestReadHaveClaimsCostNothing(t *testing.T) {
-	header := binary.AppendUvarint([]byte{statusOK}, maxChunkSize*maxChunks)
-	header = binary.AppendUvarint(header, maxChunkSize)
-	fullBitmap := append(bytes.Repeat([]byte{0xff}, maxChunks/8), flagChunkList)
-	emptyBitmap := append(make([]byte, maxChunks/8), flagFetching)
+	header := binary.AppendUvarint([]byte{statusOK}, chunk.MaxSize*chunk.MaxCount)
+	header = binary.AppendUvarint(header, chunk.MaxSize)
+	fullBitmap := append(bytes.Repeat([]byte{0xff}, chunk.MaxCount/8), flagChunkList)
+	emptyBitmap := append(make([]byte, chunk.MaxCount/8), flagFetching)
 	tests := []struct {
 		name     string
 		in       []byte
@@ -351,8 +353,8 @@ func TestReadHaveClaimsCostNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var err error
 			alloc := allocated(func() { _, err = readHave(reader(tt.in)) })
-			if !errors.Is(err, ErrProtocol) {
-				t.Errorf("readHave(%s) = %v, want %v", tt.name, err, ErrProtocol)
+			if !errors.Is(err, chunk.ErrProtocol) {
+				t.Errorf("readHave(%s) = %v, want %v", tt.name, err, chunk.ErrProtocol)
 			}
 			if alloc > tt.maxAlloc {
 				t.Errorf("readHave(%s) allocated %d bytes, want at most %d", tt.name, alloc, tt.maxAlloc)
@@ -388,7 +390,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	for _, req := range []request{
 		{typ: msgHave, digest: testDigest},
 		{typ: msgGet, digest: testDigest512, index: 77},
-		{typ: msgGet, digest: "sha256:zz", index: maxChunks - 1},
+		{typ: msgGet, digest: "sha256:zz", index: chunk.MaxCount - 1},
 	} {
 		b, err := appendRequest(nil, req)
 		if err != nil {
@@ -402,8 +404,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		var err error
 		checkAllocs(t, in, func() { req, err = decodeRequest(reader(in)) })
 		if err != nil {
-			if !errors.Is(err, ErrProtocol) {
-				t.Fatalf("decodeRequest(%x) = %v, want only %v errors", in, err, ErrProtocol)
+			if !errors.Is(err, chunk.ErrProtocol) {
+				t.Fatalf("decodeRequest(%x) = %v, want only %v errors", in, err, chunk.ErrProtocol)
 			}
 			return
 		}
@@ -419,21 +421,21 @@ func FuzzDecodeRequest(f *testing.F) {
 }
 
 func FuzzReadHave(f *testing.F) {
-	data := make([]byte, 5*minChunkSize/2)
-	f.Add(encodeHave(f, newHave(data, minChunkSize, nil)))
-	f.Add(encodeHave(f, newHave(data, minChunkSize, []int{1})))
-	f.Add(encodeHave(f, newHave(nil, maxChunkSize, nil)))
-	f.Add(encodeHave(f, withFetching(newHave(data, minChunkSize, []int{0}), 2)))
-	f.Add(encodeHave(f, withFetching(newHave(make([]byte, 17*minChunkSize), minChunkSize, []int{}), 3, 8, 16)))
+	data := make([]byte, 5*chunk.MinSize/2)
+	f.Add(encodeHave(f, newHave(data, chunk.MinSize, nil)))
+	f.Add(encodeHave(f, newHave(data, chunk.MinSize, []int{1})))
+	f.Add(encodeHave(f, newHave(nil, chunk.MaxSize, nil)))
+	f.Add(encodeHave(f, withFetching(newHave(data, chunk.MinSize, []int{0}), 2)))
+	f.Add(encodeHave(f, withFetching(newHave(make([]byte, 17*chunk.MinSize), chunk.MinSize, []int{}), 3, 8, 16)))
 	// Three chunks, chunk 0 held, with invalid flags and fetching bitmaps.
-	three := binary.AppendUvarint(binary.AppendUvarint([]byte{statusOK}, 3*minChunkSize), minChunkSize)
+	three := binary.AppendUvarint(binary.AppendUvarint([]byte{statusOK}, 3*chunk.MinSize), chunk.MinSize)
 	f.Add(append(slices.Clone(three), 0x01, flagChunkList|flagFetching, 0x06))
 	f.Add(append(slices.Clone(three), 0x01, flagFetching, 0x03))
 	f.Add([]byte{statusBusy})
-	big := binary.AppendUvarint([]byte{statusOK}, maxChunkSize*maxChunks)
-	f.Add(binary.AppendUvarint(big, maxChunkSize))
+	big := binary.AppendUvarint([]byte{statusOK}, chunk.MaxSize*chunk.MaxCount)
+	f.Add(binary.AppendUvarint(big, chunk.MaxSize))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		var h Have
+		var h chunk.Have
 		var err error
 		checkAllocs(t, in, func() { h, err = readHave(reader(in)) })
 		if err != nil {
@@ -451,7 +453,7 @@ func FuzzReadHave(f *testing.F) {
 func FuzzReadChunk(f *testing.F) {
 	f.Add(chunkResponse(5, []byte("hello")))
 	f.Add(chunkResponse(6, []byte("hello")))
-	f.Add(chunkResponse(maxChunkSize, []byte("hello")))
+	f.Add(chunkResponse(chunk.MaxSize, []byte("hello")))
 	f.Add([]byte{statusNotHeld})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		h := sha256.New()

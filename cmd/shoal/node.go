@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/node"
 	"github.com/shoal-dev/shoal/tracker"
@@ -73,7 +74,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		ups[host] = url
 	}
-	if chunkSize < 64<<10 || chunkSize > 64<<20 {
+	if chunkSize < chunk.MinSize || chunkSize > chunk.MaxSize {
 		return fmt.Errorf("--chunk-size %s: must be between 64KiB and 64MiB", chunkSize.String())
 	}
 	for _, u := range trackers {

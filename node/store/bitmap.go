@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 // A partial download's .chunks file is a fixed header naming the blob size and chunk size the
@@ -20,16 +22,6 @@ const (
 )
 
 var errMalformedChunks = errors.New("malformed chunk bitmap")
-
-// numChunks returns how many chunks of chunkSize cover size bytes, without overflowing for
-// sizes near the int64 limit.
-func numChunks(size, chunkSize int64) int64 {
-	n := size / chunkSize
-	if size%chunkSize != 0 {
-		n++
-	}
-	return n
-}
 
 // bitmapLen is the number of bytes holding n chunk bits.
 func bitmapLen(n int) int { return (n + 7) / 8 }
@@ -61,7 +53,7 @@ func parseChunks(b []byte) (size, chunkSize int64, bitmap []byte, err error) {
 		return 0, 0, nil, fmt.Errorf("%w: size %d, chunk size %d", errMalformedChunks, usize, ucs)
 	}
 	size, chunkSize = int64(usize), int64(ucs)
-	n := numChunks(size, chunkSize)
+	n := chunk.Count(size, chunkSize)
 	if n > maxChunks {
 		return 0, 0, nil, fmt.Errorf("%w: %d chunks", errMalformedChunks, n)
 	}

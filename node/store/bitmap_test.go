@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"testing"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 func TestNumChunks(t *testing.T) {
@@ -18,8 +20,8 @@ func TestNumChunks(t *testing.T) {
 		{1<<63 - 1, 1 << 62, 2},
 	}
 	for _, tc := range tests {
-		if got := numChunks(tc.size, tc.chunkSize); got != tc.want {
-			t.Errorf("numChunks(%d, %d) = %d, want %d", tc.size, tc.chunkSize, got, tc.want)
+		if got := chunk.Count(tc.size, tc.chunkSize); got != tc.want {
+			t.Errorf("chunk.Count(%d, %d) = %d, want %d", tc.size, tc.chunkSize, got, tc.want)
 		}
 	}
 }
@@ -59,7 +61,7 @@ func FuzzParseChunks(f *testing.F) {
 		if size < 0 || chunkSize <= 0 {
 			t.Fatalf("parseChunks accepted size %d, chunk size %d", size, chunkSize)
 		}
-		n := numChunks(size, chunkSize)
+		n := chunk.Count(size, chunkSize)
 		if len(bitmap) != bitmapLen(int(n)) {
 			t.Fatalf("parseChunks gave %d bitmap bytes for %d chunks", len(bitmap), n)
 		}

@@ -14,6 +14,8 @@ import (
 	"slices"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 // A chunk list is the SHA-256 of every chunk of a committed blob, for one chunk size: chunk i
@@ -34,13 +36,9 @@ import (
 // rejected before the checksum is even looked at; the checksum catches damage inside it.
 //
 // Sidecar bytes are not counted toward the store's byte accounting (Stats.Bytes, Info.Size,
-// the capacity): a list is 32 bytes per chunk of at least MinChunkSize, and at most
+// the capacity): a list is 32 bytes per chunk of at least chunk.MinSize, and at most
 // maxChunkLists are kept per blob, so all of a blob's lists together stay under 0.2% of it.
 const (
-	// MinChunkSize and MaxChunkSize bound the chunk sizes a chunk list may be made for.
-	MinChunkSize = 64 << 10
-	MaxChunkSize = 64 << 20
-
 	listMagic     = "SHOALCL1"
 	listHeaderLen = len(listMagic) + 16
 	listCRCLen    = 4
@@ -190,7 +188,7 @@ func (s *Store) PutChunkList(d digest.Digest, chunkSize int64, list []digest.Dig
 	if err != nil {
 		return fmt.Errorf("put chunk list of %s: %w", d, err)
 	}
-	if n := numChunks(info.Size, chunkSize); int64(len(list)) != n {
+	if n := chunk.Count(info.Size, chunkSize); int64(len(list)) != n {
 		return fmt.Errorf("put chunk list of %s: %d entries for %d chunks: %w", d, len(list), n, ErrOutOfRange)
 	}
 	sums := make([]byte, 0, len(list)*sha256.Size)
@@ -227,7 +225,7 @@ func (s *Store) computeList(ctx context.Context, d digest.Digest, chunkSize int6
 		s.beforeHash()
 	}
 	size := b.Size()
-	if n := numChunks(size, chunkSize); n > maxChunks {
+	if n := chunk.Count(size, chunkSize); n > maxChunks {
 		return nil, fmt.Errorf("compute chunk list of %s: %d chunks, at most %d: %w", d, n, maxChunks, ErrOutOfRange)
 	}
 
@@ -271,12 +269,12 @@ func (s *Store) computeList(ctx context.Context, d digest.Digest, chunkSize int6
 // the digest of the whole under alg. It checks ctx before every read.
 func hashChunks(ctx context.Context, r io.ReaderAt, size, chunkSize int64, alg digest.Algorithm) ([]byte, digest.Digest, error) {
 	whole := alg.Digester()
-	chunk := sha256.New()
+	sum := sha256.New()
 	buf := make([]byte, min(chunkSize, hashBufSize))
-	sums := make([]byte, 0, numChunks(size, chunkSize)*sha256.Size)
+	sums := make([]byte, 0, chunk.Count(size, chunkSize)*sha256.Size)
 	for start := int64(0); start < size; start += chunkSize {
 		end := min(start+chunkSize, size)
-		chunk.Reset()
+		sum.Reset()
 		for off := start; off < end; {
 			if err := ctx.Err(); err != nil {
 				return nil, "", err
@@ -289,11 +287,11 @@ func hashChunks(ctx context.Context, r io.ReaderAt, size, chunkSize int64, alg d
 				}
 				return nil, "", err
 			}
-			chunk.Write(p)
+			sum.Write(p)
 			whole.Hash().Write(p)
 			off += int64(n)
 		}
-		sums = chunk.Sum(sums)
+		sums = sum.Sum(sums)
 	}
 	return sums, whole.Digest(), nil
 }
@@ -367,8 +365,8 @@ func (s *Store) dropCorrupt(e *entry) {
 }
 
 func checkChunkSize(chunkSize int64) error {
-	if chunkSize < MinChunkSize || chunkSize > MaxChunkSize {
-		return fmt.Errorf("chunk size %d, want %d to %d: %w", chunkSize, MinChunkSize, MaxChunkSize, ErrOutOfRange)
+	if chunkSize < chunk.MinSize || chunkSize > chunk.MaxSize {
+		return fmt.Errorf("chunk size %d, want %d to %d: %w", chunkSize, chunk.MinSize, chunk.MaxSize, ErrOutOfRange)
 	}
 	return nil
 }
@@ -390,7 +388,7 @@ func encodeList(size, chunkSize int64, sums []byte) []byte {
 // content wraps errMalformedList; a list that vouches for wrong chunks would get this node
 // banned by its peers, while dropping a doubtful one only costs a re-hash.
 func readList(r io.Reader, size, chunkSize int64) ([]digest.Digest, error) {
-	n := numChunks(size, chunkSize)
+	n := chunk.Count(size, chunkSize)
 	if n > maxChunks {
 		return nil, fmt.Errorf("%w: %d chunks", errMalformedList, n)
 	}

@@ -20,9 +20,11 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
-const testChunk = MinChunkSize
+const testChunk = chunk.MinSize
 
 // wantList computes the chunk list of data independently of the store.
 func wantList(data []byte, chunkSize int) []digest.Digest {
@@ -429,13 +431,13 @@ func TestChunkListRejects(t *testing.T) {
 		want      error
 	}{
 		{"zero chunk size", d, 0, ErrOutOfRange},
-		{"negative chunk size", d, -MinChunkSize, ErrOutOfRange},
+		{"negative chunk size", d, -chunk.MinSize, ErrOutOfRange},
 		{"min int64 chunk size", d, math.MinInt64, ErrOutOfRange},
-		{"chunk size below minimum", d, MinChunkSize - 1, ErrOutOfRange},
-		{"chunk size above maximum", d, MaxChunkSize + 1, ErrOutOfRange},
+		{"chunk size below minimum", d, chunk.MinSize - 1, ErrOutOfRange},
+		{"chunk size above maximum", d, chunk.MaxSize + 1, ErrOutOfRange},
 		{"max int64 chunk size", d, math.MaxInt64, ErrOutOfRange},
-		{"invalid digest", "sha256:../../etc", MinChunkSize, ErrInvalidDigest},
-		{"absent blob", digest.FromString("absent"), MinChunkSize, ErrNotFound},
+		{"invalid digest", "sha256:../../etc", chunk.MinSize, ErrInvalidDigest},
+		{"absent blob", digest.FromString("absent"), chunk.MinSize, ErrNotFound},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -448,7 +450,7 @@ func TestChunkListRejects(t *testing.T) {
 			}
 		})
 	}
-	for _, cs := range []int64{MinChunkSize, MaxChunkSize} {
+	for _, cs := range []int64{chunk.MinSize, chunk.MaxSize} {
 		if _, err := s.ComputeChunkList(t.Context(), d, cs); err != nil {
 			t.Errorf("ComputeChunkList(%s, %d) = %v, want nil", d, cs, err)
 		}

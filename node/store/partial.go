@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
 )
 
 type partialState int
@@ -61,7 +63,7 @@ func (s *Store) CreatePartial(d digest.Digest, size, chunkSize int64) (*Partial,
 	if size < 0 || chunkSize <= 0 {
 		return nil, fmt.Errorf("create partial %s: size %d, chunk size %d: %w", d, size, chunkSize, ErrOutOfRange)
 	}
-	n := numChunks(size, chunkSize)
+	n := chunk.Count(size, chunkSize)
 	if n > maxChunks {
 		return nil, fmt.Errorf("create partial %s: %d chunks, at most %d: %w", d, n, maxChunks, ErrOutOfRange)
 	}

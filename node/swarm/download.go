@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
 )
 
@@ -84,7 +85,7 @@ func (dl *Download) start(p *store.Partial) {
 	cs := p.ChunkSize()
 	for i, have := range p.Chunks() {
 		if have {
-			dl.fill[i] = chunkLen(dl.size, cs, i)
+			dl.fill[i] = chunk.Len(dl.size, cs, i)
 		}
 	}
 	dl.notifyLocked()
@@ -118,7 +119,7 @@ func (dl *Download) writeStream(c int, id uint64, p []byte, off int64) (bool, er
 	}
 	dl.mu.Lock()
 	// The stream fills the chunk in order from where it stood, so fill is its written prefix.
-	n := chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	n := chunk.Len(dl.size, dl.partial.ChunkSize(), c)
 	dl.fill[c] = min(n, off+int64(len(p))-int64(c)*dl.partial.ChunkSize())
 	full := dl.fill[c] == n
 	if full {
@@ -143,7 +144,7 @@ func (dl *Download) availableLocked(off, n int64) bool {
 	for n > 0 {
 		i := int(off / cs)
 		within := off - int64(i)*cs
-		take := min(n, chunkLen(dl.size, cs, i)-within)
+		take := min(n, chunk.Len(dl.size, cs, i)-within)
 		if dl.fill[i] < within+take {
 			return false
 		}
@@ -317,7 +318,7 @@ func (dl *Download) writeOwned(c int, id uint64, p []byte, off int64) error {
 	dl.wmu.Lock()
 	defer dl.wmu.Unlock()
 	dl.mu.Lock()
-	ok := dl.owner[c] == id && dl.fill[c] < chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	ok := dl.owner[c] == id && dl.fill[c] < chunk.Len(dl.size, dl.partial.ChunkSize(), c)
 	dl.mu.Unlock()
 	if !ok {
 		return errSuperseded
@@ -339,7 +340,7 @@ func (dl *Download) complete(c int, id uint64, sum digest.Digest) error {
 		return errSuperseded
 	}
 	dl.owner[c] = 0
-	dl.fill[c] = chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	dl.fill[c] = chunk.Len(dl.size, dl.partial.ChunkSize(), c)
 	dl.sums[c] = sum
 	dl.notifyLocked()
 	dl.mu.Unlock()
@@ -352,7 +353,7 @@ func (dl *Download) takeOver(c int, id uint64, data []byte, sum digest.Digest) e
 	dl.wmu.Lock()
 	defer dl.wmu.Unlock()
 	dl.mu.Lock()
-	n := chunkLen(dl.size, dl.partial.ChunkSize(), c)
+	n := chunk.Len(dl.size, dl.partial.ChunkSize(), c)
 	if dl.fill[c] == n {
 		dl.mu.Unlock()
 		return errSuperseded
@@ -399,7 +400,7 @@ func (dl *Download) haveChunks() []bool {
 	cs := dl.partial.ChunkSize()
 	out := make([]bool, len(dl.fill))
 	for i, f := range dl.fill {
-		out[i] = f == chunkLen(dl.size, cs, i)
+		out[i] = f == chunk.Len(dl.size, cs, i)
 	}
 	return out
 }
@@ -429,7 +430,7 @@ func (dl *Download) status(cs int64) DownloadStatus {
 		return st
 	}
 	for i, f := range dl.fill {
-		if n := chunkLen(dl.size, cs, i); f == n {
+		if n := chunk.Len(dl.size, cs, i); f == n {
 			st.Done += n
 		}
 	}
@@ -550,8 +551,4 @@ func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 	dl.list = list
 	dl.mu.Unlock()
 	return nil
-}
-
-func chunkLen(size, chunkSize int64, i int) int64 {
-	return min(chunkSize, size-int64(i)*chunkSize)
 }

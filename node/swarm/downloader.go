@@ -17,12 +17,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
-	"github.com/shoal-dev/shoal/p2p"
 )
-
-// DefaultChunkSize is the unit of resumption and, with peers, of exchange.
-const DefaultChunkSize = 4 << 20
 
 // Origin is the upstream registry a download takes bytes from.
 type Origin interface {
@@ -36,7 +33,7 @@ type Origin interface {
 type Options struct {
 	Store      *store.Store
 	Origin     Origin
-	ChunkSize  int64 // 0 means DefaultChunkSize
+	ChunkSize  int64 // 0 means chunk.DefaultSize
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Fleet, if set, is where downloads find peers to fetch chunks from; nil means the origin
@@ -84,7 +81,7 @@ type metrics struct {
 // New returns a Downloader; call Run to make it work.
 func New(opts Options) *Downloader {
 	if opts.ChunkSize <= 0 {
-		opts.ChunkSize = DefaultChunkSize
+		opts.ChunkSize = chunk.DefaultSize
 	}
 	if opts.Attempts <= 0 {
 		opts.Attempts = 4
@@ -390,19 +387,19 @@ var ErrChunkMissing = errors.New("chunk not held")
 // chunk size, the chunks completely written and those being fetched from the origin. ok is
 // false when no download of d is running or its size is not known yet. Those chunks are not
 // verified until the whole blob is; peers check what they receive.
-func (dl *Downloader) Progress(d digest.Digest) (p2p.Have, bool) {
+func (dl *Downloader) Progress(d digest.Digest) (chunk.Have, bool) {
 	download := dl.lookup(d)
 	if download == nil {
-		return p2p.Have{}, false
+		return chunk.Have{}, false
 	}
 	download.mu.Lock()
 	defer download.mu.Unlock()
 	if download.size < 0 || download.err != nil || download.partial == nil && download.blob == nil {
-		return p2p.Have{}, false
+		return chunk.Have{}, false
 	}
-	h := p2p.Have{Size: download.size, ChunkSize: dl.opts.ChunkSize, Chunks: make([]bool, len(download.fill))}
+	h := chunk.Have{Size: download.size, ChunkSize: dl.opts.ChunkSize, Chunks: make([]bool, len(download.fill))}
 	for i, f := range download.fill {
-		h.Chunks[i] = download.done || f == chunkLen(download.size, dl.opts.ChunkSize, i)
+		h.Chunks[i] = download.done || f == chunk.Len(download.size, dl.opts.ChunkSize, i)
 		if !h.Chunks[i] && i < len(download.fetching) && download.fetching[i] {
 			if h.Fetching == nil {
 				h.Fetching = make([]bool, len(download.fill))
@@ -425,7 +422,7 @@ func (dl *Downloader) ReadChunk(d digest.Digest, i int, w io.Writer) (int64, err
 		return 0, fmt.Errorf("chunk %d of %s: %w", i, d, ErrChunkMissing)
 	}
 	cs := dl.opts.ChunkSize
-	n := chunkLen(download.size, cs, i)
+	n := chunk.Len(download.size, cs, i)
 	if !download.done && download.fill[i] < n {
 		download.mu.Unlock()
 		return 0, fmt.Errorf("chunk %d of %s: %w", i, d, ErrChunkMissing)

@@ -18,8 +18,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
-	"github.com/shoal-dev/shoal/p2p"
 )
 
 // Fleet is how a download reaches other nodes; the node implements it over p2p.Network.
@@ -34,7 +34,7 @@ type Fleet interface {
 	// FindProviders returns the IDs of other peers that announced d; fresh bypasses any cache.
 	FindProviders(ctx context.Context, d digest.Digest, fresh bool) ([]string, error)
 	// Have asks a peer what it holds of d.
-	Have(ctx context.Context, peer string, d digest.Digest) (p2p.Have, error)
+	Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error)
 	// GetChunk copies chunk index of d from peer to w as it arrives.
 	GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error)
 }
@@ -86,7 +86,7 @@ const (
 // peerState is what one download knows of one peer.
 type peerState struct {
 	id        string
-	have      p2p.Have // the last answer; Chunks is nil before the first
+	have      chunk.Have // the last answer; Chunks is nil before the first
 	complete  bool
 	polling   bool
 	lastPoll  time.Time
@@ -99,7 +99,7 @@ type peerState struct {
 }
 
 // observe records a peer's answer.
-func (p *peerState) observe(h p2p.Have, now time.Time) {
+func (p *peerState) observe(h chunk.Have, now time.Time) {
 	p.have = h
 	p.complete = !slices.Contains(h.Chunks, false)
 	p.fails = 0
@@ -130,7 +130,7 @@ type event struct {
 	found  []string
 	// A HAVE answer.
 	peer string
-	have p2p.Have
+	have chunk.Have
 	err  error
 	// A finished chunk request.
 	req *chunkReq
@@ -403,7 +403,7 @@ func (e *engine) trustPeerSize(size int64, votes int) bool {
 // usable reports whether a peer's answer fits this download: same chunk size and, once the
 // size is known, same size. Peers configured with another chunk size cannot exchange chunks
 // with us.
-func (e *engine) usable(h p2p.Have, size int64) bool {
+func (e *engine) usable(h chunk.Have, size int64) bool {
 	return h.ChunkSize == e.cs && (size < 0 || h.Size == size)
 }
 
@@ -509,11 +509,11 @@ func (e *engine) handle(ctx context.Context, ev event, size int64) {
 		case ev.err == nil:
 			e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
 			delete(e.peers, p.id)
-		case errors.Is(ev.err, p2p.ErrBusy):
+		case errors.Is(ev.err, chunk.ErrBusy):
 			// Serving many of our requests already; the next poll asks again.
-		case errors.Is(ev.err, p2p.ErrNotHeld):
+		case errors.Is(ev.err, chunk.ErrNotHeld):
 			// Not started yet, or evicted since: keep asking for a while.
-			p.have = p2p.Have{}
+			p.have = chunk.Have{}
 			if p.fails++; p.fails >= 4*peerFailures {
 				e.forget(p)
 			}
@@ -532,7 +532,7 @@ func (e *engine) forget(p *peerState) {
 		delete(e.peers, p.id)
 		return
 	}
-	p.have = p2p.Have{}
+	p.have = chunk.Have{}
 	p.complete = false
 }
 
@@ -698,7 +698,7 @@ var errChunkVerify = errors.New("chunk does not match the peer's chunk list")
 // chunk list entry) when there is one.
 func (e *engine) fetchPeer(ctx context.Context, req *chunkReq, want digest.Digest, keep int64) (int64, error) {
 	off := int64(req.chunk) * e.cs
-	n := chunkLen(e.d.size, e.cs, req.chunk)
+	n := chunk.Len(e.d.size, e.cs, req.chunk)
 	w := &chunkWriter{d: e.d, req: req, off: off, end: off + n, keepTo: off + keep}
 	if want != "" {
 		w.hash = sha256.New()
@@ -711,7 +711,7 @@ func (e *engine) fetchPeer(ctx context.Context, req *chunkReq, want digest.Diges
 		return got, err
 	}
 	if got != n {
-		return got, fmt.Errorf("%w: chunk %d is %d bytes, want %d", p2p.ErrProtocol, req.chunk, got, n)
+		return got, fmt.Errorf("%w: chunk %d is %d bytes, want %d", chunk.ErrProtocol, req.chunk, got, n)
 	}
 	var sum digest.Digest
 	if w.hash != nil {
@@ -743,7 +743,7 @@ type chunkWriter struct {
 
 func (w *chunkWriter) Write(p []byte) (int, error) {
 	if int64(len(p)) > w.end-w.off {
-		return 0, fmt.Errorf("%w: chunk %d longer than expected", p2p.ErrProtocol, w.req.chunk)
+		return 0, fmt.Errorf("%w: chunk %d longer than expected", chunk.ErrProtocol, w.req.chunk)
 	}
 	if w.hash != nil {
 		w.hash.Write(p)
@@ -768,7 +768,7 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err error) {
 	start := int64(req.chunk) * e.cs
 	off := start + e.d.chunkFill(req.chunk)
-	end := start + chunkLen(e.d.size, e.cs, req.chunk)
+	end := start + chunk.Len(e.d.size, e.cs, req.chunk)
 	if off >= end {
 		return 0, nil
 	}
@@ -895,12 +895,12 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 	switch {
 	case errors.Is(err, errSuperseded) || errors.Is(err, context.Canceled):
 		return
-	case errors.Is(err, p2p.ErrBusy):
+	case errors.Is(err, chunk.ErrBusy):
 		if p != nil {
 			p.busyUntil = time.Now().Add(busyBackoff + rand.N(busyBackoff))
 		}
 		return
-	case errors.Is(err, p2p.ErrNotHeld):
+	case errors.Is(err, chunk.ErrNotHeld):
 		// Its bitmap was stale: forget that chunk until the next answer.
 		e.dl.chunkFailure("not_held")
 		if p != nil && req.chunk < len(p.have.Chunks) {
@@ -912,7 +912,7 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		e.dl.chunkFailure("verify")
 		e.dl.Ban(req.peer, err)
 		e.log.Warn("peer sent a chunk that fails its own chunk list; banned", "peer", req.peer, "chunk", req.chunk)
-	case errors.Is(err, p2p.ErrProtocol):
+	case errors.Is(err, chunk.ErrProtocol):
 		e.dl.chunkFailure("protocol")
 		e.dl.Ban(req.peer, err)
 		e.log.Warn("peer broke the chunk protocol; banned", "peer", req.peer, "err", err)

@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
-	"github.com/shoal-dev/shoal/p2p"
 )
 
 // memFleet connects Downloaders in memory: each member's Have and GetChunk are answered by
@@ -122,17 +122,17 @@ func (v memView) FindProviders(ctx context.Context, d digest.Digest, fresh bool)
 	return out, nil
 }
 
-func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (p2p.Have, error) {
+func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error) {
 	m := v.f.member(peer)
 	if m == nil || m.down.Load() {
-		return p2p.Have{}, errPeerDown
+		return chunk.Have{}, errPeerDown
 	}
 	m.dl.Hint(v.id, d)
 	if b, err := m.st.Open(d); err == nil {
 		defer b.Close()
 		data := make([]byte, b.Size())
 		b.ReadAt(data, 0)
-		h := p2p.Have{Size: b.Size(), ChunkSize: 64 << 10}
+		h := chunk.Have{Size: b.Size(), ChunkSize: 64 << 10}
 		if lie := m.size.Load(); lie > 0 {
 			h.Size = lie
 		}
@@ -146,7 +146,7 @@ func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (p2p.Ha
 	}
 	h, ok := m.dl.Progress(d)
 	if !ok {
-		return p2p.Have{}, p2p.ErrNotHeld
+		return chunk.Have{}, chunk.ErrNotHeld
 	}
 	return h, nil
 }
@@ -161,11 +161,11 @@ func (v memView) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 		defer b.Close()
 		off := int64(index) * (64 << 10)
 		if off >= b.Size() {
-			return 0, p2p.ErrNotHeld
+			return 0, chunk.ErrNotHeld
 		}
 		io.Copy(&buf, io.NewSectionReader(b, off, min(64<<10, b.Size()-off)))
 	} else if _, err := m.dl.ReadChunk(d, index, &buf); err != nil {
-		return 0, fmt.Errorf("%w: %w", p2p.ErrNotHeld, err)
+		return 0, fmt.Errorf("%w: %w", chunk.ErrNotHeld, err)
 	}
 	data := buf.Bytes()
 	if int64(index) == m.flip.Load() {

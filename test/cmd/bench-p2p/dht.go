@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/p2p"
 )
 
@@ -171,10 +173,10 @@ func randomDigests(n int) []digest.Digest {
 // emptyStore holds nothing: the probe measures lookups, not chunk exchange.
 type emptyStore struct{}
 
-func (emptyStore) Have(digest.Digest, bool) (p2p.Have, bool) { return p2p.Have{}, false }
+func (emptyStore) Have(digest.Digest, bool) (chunk.Have, bool) { return chunk.Have{}, false }
 
 func (emptyStore) ReadChunk(context.Context, digest.Digest, int, io.Writer) (int64, error) {
-	return 0, p2p.ErrNotHeld
+	return 0, chunk.ErrNotHeld
 }
 
 // dhtResult is the DHT scenario's summary, as reported.
