@@ -39,10 +39,14 @@ fuzz:
 	$(FUZZ) 30000x -fuzz '^FuzzReadChunk$$' ./p2p
 	$(FUZZ) 50000x -fuzz '^FuzzBootstrapDNSStatus$$' ./node
 
-lint:
+# lint: gofmt, go vet, and golangci-lint (.golangci.yaml: errcheck, staticcheck, unused,
+# bodyclose, ineffassign) on both modules; scripts/install-tools.sh installs the pinned version.
+lint: tools
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test && $(GO) vet ./...
+	golangci-lint run ./...
+	cd test && golangci-lint run --config ../.golangci.yaml ./...
 
 demo: tools
 	cd test && $(GO) run ./cmd/demo

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the end-to-end tests, the benchmark and the demo run:
-# the CNCF distribution registry, crane, the OCI distribution-spec conformance suite, helm
-# (all with `go install` into $(go env GOPATH)/bin) and containerd with ctr (Debian package).
+# the CNCF distribution registry, crane, the OCI distribution-spec conformance suite, helm,
+# golangci-lint (all with `go install` into $(go env GOPATH)/bin) and containerd with ctr (Debian package).
 # Safe to run again: a tool already installed at the pinned version is left alone.
 set -euo pipefail
 
@@ -13,6 +13,8 @@ CONFORMANCE_PKG=github.com/opencontainers/distribution-spec/conformance
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 HELM_PKG=helm.sh/helm/v3/cmd/helm
 HELM_VERSION=v3.22.0
+GOLANGCI_PKG=github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+GOLANGCI_VERSION=v2.15.0
 
 command -v go >/dev/null || { echo "install-tools: go is not installed" >&2; exit 1; }
 GOBIN_DIR="$(go env GOBIN)"
@@ -37,6 +39,7 @@ go_tool registry "$REGISTRY_PKG" "$REGISTRY_VERSION"
 go_tool crane "$CRANE_PKG" "$CRANE_VERSION"
 go_tool conformance "$CONFORMANCE_PKG" "$CONFORMANCE_VERSION"
 go_tool helm "$HELM_PKG" "$HELM_VERSION"
+go_tool golangci-lint "$GOLANGCI_PKG" "$GOLANGCI_VERSION"
 
 if command -v containerd >/dev/null && command -v ctr >/dev/null; then
 	echo "containerd $(containerd --version | awk '{print $3}') (with ctr): already installed at $(command -v containerd)"

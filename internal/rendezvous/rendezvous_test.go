@@ -6,7 +6,7 @@ import (
 )
 
 func TestWeight(t *testing.T) {
-	if Weight("k", "a", 1) != Weight("k", "a", 1) {
+	if w1, w2 := Weight("k", "a", 1), Weight("k", "a", 1); w1 != w2 {
 		t.Fatal("the same inputs give different weights")
 	}
 	// The key, the member and the index each change the weight, and the separator keeps

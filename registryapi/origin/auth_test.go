@@ -432,9 +432,15 @@ func TestAuthCache(t *testing.T) {
 	if _, fresh, err := a.get(ctx, k("a"), ok); err != nil || fresh || builds != 1 {
 		t.Fatalf("get(a) again = %v, fresh %v after %d builds, want cached", err, fresh, builds)
 	}
-	a.get(ctx, k("b"), ok)
-	a.get(ctx, k("a"), ok) // a is now the most recently used
-	a.get(ctx, k("c"), ok) // evicts b
+	if _, _, err := a.get(ctx, k("b"), ok); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.get(ctx, k("a"), ok); err != nil { // a is now the most recently used
+		t.Fatal(err)
+	}
+	if _, _, err := a.get(ctx, k("c"), ok); err != nil { // evicts b
+		t.Fatal(err)
+	}
 	if n := a.len(); n != 2 {
 		t.Errorf("len = %d, want 2", n)
 	}
@@ -474,13 +480,16 @@ func TestAuthCacheSharedBuild(t *testing.T) {
 				bctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
 				release := make(chan struct{})
-				go a.get(bctx, k, func(ctx context.Context) (http.RoundTripper, error) {
-					<-release
-					if tt.builderErr != nil {
-						return nil, tt.builderErr
-					}
-					return http.DefaultTransport, nil
-				})
+				go func() {
+					// Its result is the second caller's to check, below.
+					_, _, _ = a.get(bctx, k, func(ctx context.Context) (http.RoundTripper, error) {
+						<-release
+						if tt.builderErr != nil {
+							return nil, tt.builderErr
+						}
+						return http.DefaultTransport, nil
+					})
+				}()
 				synctest.Wait() // the builder owns the entry
 
 				var built bool

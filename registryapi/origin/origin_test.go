@@ -284,14 +284,14 @@ func TestHTTPS(t *testing.T) {
 
 	// go-containerregistry would guess plain http for a loopback address; the
 	// configured https URL wins.
-	c, w := newClient(t, Options{Upstreams: map[string]string{"r": s.URL}, Transport: s.Client().Transport})
+	c, _ := newClient(t, Options{Upstreams: map[string]string{"r": s.URL}, Transport: s.Client().Transport})
 	got, err := readBlob(t.Context(), c, "r", "a", d)
 	if err != nil || string(got) != string(blob) {
 		t.Errorf("GetBlob(%s) over https = %d bytes, %v, want %d bytes", d, len(got), err, len(blob))
 	}
 
 	// A certificate the node does not trust is not worth retrying.
-	c, w = newClient(t, Options{Upstreams: map[string]string{host: s.URL}})
+	c, w := newClient(t, Options{Upstreams: map[string]string{host: s.URL}})
 	if _, err := readBlob(t.Context(), c, host, "a", d); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("GetBlob(%s) with an untrusted certificate = %v, want %v", d, err, ErrUnavailable)
 	}

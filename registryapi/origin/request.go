@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/backoff"
 )
 
 // call is one idempotent request to an upstream.
@@ -71,7 +72,7 @@ func (c *Client) do(ctx context.Context, up *upstream, repo string, rq call) (*h
 		if attempt >= maxAttempts || !retryable(err) || retryAfter > maxRetryAfter {
 			return nil, err
 		}
-		wait := backoff(attempt)
+		wait := retryBackoff.Delay(attempt)
 		if retryAfter > 0 {
 			wait = retryAfter
 		}
@@ -125,12 +126,9 @@ func unauthorized(err error) bool {
 	return errors.As(err, &se) && se.StatusCode == http.StatusUnauthorized
 }
 
-// backoff returns the wait after the given failed attempt: exponential from baseBackoff
-// with jitter, so nodes that failed together do not retry together.
-func backoff(attempt int) time.Duration {
-	d := baseBackoff << (attempt - 1)
-	return d/2 + rand.N(d/2+1)
-}
+// retryBackoff is the wait after each failed attempt: exponential from baseBackoff, with
+// jitter so nodes that failed together do not retry together.
+var retryBackoff = backoff.Exponential{Base: baseBackoff, Jitter: 0.5}
 
 // parseRetryAfter reads a Retry-After value (seconds or an HTTP date). It returns 0 when
 // the value is absent, malformed or already past.

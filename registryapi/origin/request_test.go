@@ -266,8 +266,8 @@ func TestBackoff(t *testing.T) {
 	for attempt := 1; attempt <= maxAttempts; attempt++ {
 		hi := baseBackoff << (attempt - 1)
 		for range 100 {
-			if got := backoff(attempt); got < hi/2 || got > hi {
-				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, got, hi/2, hi)
+			if got := retryBackoff.Delay(attempt); got < hi/2 || got > hi {
+				t.Fatalf("retryBackoff.Delay(%d) = %v, want within [%v, %v]", attempt, got, hi/2, hi)
 			}
 		}
 	}

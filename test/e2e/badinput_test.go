@@ -276,7 +276,9 @@ func doRaw(t *testing.T, ctx context.Context, method, base, rawPath string, h ht
 	defer resp.Body.Close()
 	f := fetched{status: resp.StatusCode, header: resp.Header}
 	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
+	if _, err := b.ReadFrom(resp.Body); err != nil {
+		t.Fatalf("%s %s: read body: %v", method, rawPath, err)
+	}
 	f.body = b.Bytes()
 	f.n = int64(b.Len())
 	f.digest = digest.FromBytes(f.body)

@@ -231,7 +231,9 @@ func errorCodes(f fetched) []string {
 			Code string `json:"code"`
 		} `json:"errors"`
 	}
-	json.Unmarshal(f.body, &body)
+	if json.Unmarshal(f.body, &body) != nil {
+		return nil // not an OCI error body: no codes to name
+	}
 	var codes []string
 	for _, e := range body.Errors {
 		codes = append(codes, e.Code)

@@ -393,7 +393,7 @@ func testCorruptPeer(t *testing.T, when corruptCase) {
 		if err := harness.FlipByte(path, off); err != nil {
 			t.Fatal(err)
 		}
-		holder, boot = o.startSeed(t, harness.NodeOptions{DataDir: holderDir})
+		_, boot = o.startSeed(t, harness.NodeOptions{DataDir: holderDir})
 	}
 	t.Logf("flipped byte %d of %s on the holder's disk", off, layer.Digest)
 

@@ -379,6 +379,6 @@ func buildShoal(ctx context.Context, dir string) (string, error) {
 // mkdir makes dir/name (the parent exists; errors surface when the directory is used).
 func mkdir(dir, name string) string {
 	p := filepath.Join(dir, name)
-	os.MkdirAll(p, 0o755)
+	_ = os.MkdirAll(p, 0o755) // a failure shows where the directory is used
 	return p
 }

@@ -74,7 +74,9 @@ func BuildNet(o NetOptions) (_ *Net, err error) {
 			return nil, err
 		}
 	}
-	RemoveLeftovers()
+	if err := RemoveLeftovers(); err != nil {
+		return nil, err
+	}
 	n := &Net{
 		Controller: controllerIP,
 		Origin:     member("origin", originIP, o.OriginLink),
@@ -164,6 +166,6 @@ func RemoveLeftovers() error {
 			errs = append(errs, fmt.Errorf("ip netns del %s: %v: %s", f[0], err, strings.TrimSpace(string(out))))
 		}
 	}
-	exec.Command("ip", "link", "del", controllerDev).Run() // gone with the switch, normally
+	_ = exec.Command("ip", "link", "del", controllerDev).Run() // gone with the switch, normally
 	return errors.Join(errs...)
 }

@@ -72,7 +72,7 @@ type Result struct {
 // start: the scenario's services are fresh, nothing but the origin holds the image. Every
 // host pulls the whole image with containerd's resolver and fetcher and checks every digest;
 // any failed pull fails the run.
-func Run(ctx context.Context, e *Env, s Scenario, timing string) (Result, error) {
+func Run(ctx context.Context, e *Env, s Scenario, timing string) (_ Result, err error) {
 	if !slices.Contains(Timings, timing) {
 		return Result{}, fmt.Errorf("no timing %q (have %v)", timing, Timings)
 	}
@@ -86,7 +86,9 @@ func Run(ctx context.Context, e *Env, s Scenario, timing string) (Result, error)
 	}
 	defer func() {
 		if d.Stop != nil {
-			d.Stop()
+			if serr := d.Stop(); serr != nil && err == nil {
+				err = fmt.Errorf("%s: stop: %w", s.Name, serr)
+			}
 		}
 	}()
 	// Whatever the scenario's start-up asked of the origin is not part of the rollout.

@@ -147,7 +147,7 @@ func deployShoal(ctx context.Context, e *Env, dir string, bootstrap bool, extra 
 	}
 	defer func() {
 		if err != nil {
-			stop()
+			err = errors.Join(err, stop())
 		}
 	}()
 	start := func(i int, bootstrap []string) error {

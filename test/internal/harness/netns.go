@@ -113,7 +113,7 @@ func RunCommands(steps [][]string) error {
 
 // Close removes the namespace and the veth pair (deleting one end deletes both).
 func (l *Link) Close() error {
-	exec.Command("ip", "link", "del", l.hostDev).Run()
+	_ = exec.Command("ip", "link", "del", l.hostDev).Run() // gone with the namespace below if this fails
 	if out, err := exec.Command("ip", "netns", "del", l.Netns).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {
 		return fmt.Errorf("ip netns del %s: %v: %s", l.Netns, err, strings.TrimSpace(string(out)))
 	}

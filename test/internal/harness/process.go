@@ -86,14 +86,14 @@ func (p *Process) Stop(grace time.Duration) error {
 		return p.exitErr()
 	case <-time.After(grace):
 	}
-	p.cmd.Process.Kill()
+	_ = p.cmd.Process.Kill() // fails only if it has exited already, which done tells
 	<-p.done
 	return fmt.Errorf("stop %s (pid %d) within %v: %w", p.Name, p.Pid(), grace, ErrKilled)
 }
 
 // Kill stops the process at once with SIGKILL.
 func (p *Process) Kill() {
-	p.cmd.Process.Kill()
+	_ = p.cmd.Process.Kill() // fails only if it has exited already, which done tells
 	<-p.done
 }
 

@@ -180,7 +180,7 @@ func (p *CountingProxy) serve(ln net.Listener) {
 	p.mu.Unlock()
 	go func() {
 		defer close(done)
-		p.srv.Serve(ln)
+		_ = p.srv.Serve(ln) // ErrServerClosed on Close; a failed listener shows as refused connections
 	}()
 }
 
