@@ -12,6 +12,7 @@ import (
 	"github.com/shoal-dev/shoal/node/swarm"
 	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/tracker"
+	trackerclient "github.com/shoal-dev/shoal/tracker/client"
 )
 
 var _ swarm.OriginLeaser = leasingLink{}
@@ -26,7 +27,7 @@ const trackerJoinTimeout = 15 * time.Second
 // aid only: when none answers, the node goes on with the DHT alone, and no client sees an
 // error for it.
 type trackerLink struct {
-	client *tracker.Client
+	client *trackerclient.Client
 	net    *p2p.Network
 	dl     *swarm.Downloader
 	store  *store.Store
@@ -58,9 +59,10 @@ func (n *Node) startTracker() error {
 	if err != nil {
 		return fmt.Errorf("tracker: %w", err)
 	}
-	client, err := tracker.NewClient(tracker.ClientOptions{
+	client, err := trackerclient.New(trackerclient.Options{
 		URLs:       n.cfg.Trackers,
 		Signer:     signer,
+		PeerAddrs:  p2p.PeerAddrs,
 		Addrs:      n.fleet.net.Addrs,
 		Registerer: n.metrics,
 		Logger:     n.log,

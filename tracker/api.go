@@ -1,4 +1,8 @@
-// Package tracker is shoal's optional tracker and the node's client of it.
+// Package tracker is the wire protocol of shoal's optional tracker: the requests and answers,
+// their paths and limits, and how a request is signed. The node's client of the trackers is
+// tracker/client, the tracker's HTTP handlers and soft state are tracker/server, and
+// `shoal tracker` is tracker/daemon. This package needs no network stack: a peer's key is
+// reached through Signer and Verifier.
 //
 // A tracker keeps soft state only: which nodes are in the swarm of each blob (downloading
 // it, with their progress, or holding it) and short leases on chunks to fetch from the
@@ -7,9 +11,9 @@
 // trackers can run side by side. A node that cannot reach any tracker carries on with the
 // DHT alone.
 //
-// This file is the wire protocol, shared by the server and the client: JSON over HTTP. Every
-// POST is signed by the node's libp2p identity key (p2p.Signer), so the tracker knows which
-// peer sent it and no node can announce or lease in another's name.
+// The protocol is JSON over HTTP. Every POST is signed by the node's libp2p identity key
+// (p2p.Signer), so the tracker knows which peer sent it and no node can announce or lease in
+// another's name.
 package tracker
 
 import (
@@ -20,7 +24,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -176,6 +182,15 @@ func SigningBytes(method, path string, body []byte) []byte {
 	return b.Bytes()
 }
 
+// Signer signs requests with a node's identity key; p2p.Signer is one.
+type Signer interface {
+	ID() string
+	Sign(data []byte) ([]byte, error)
+}
+
+// Verifier checks that sig is peer's signature of data; p2p.VerifySignature is one.
+type Verifier func(peer string, data, sig []byte) error
+
 // Sign makes req, whose body is body, a signed request from signer's peer (a p2p.Signer):
 // the JSON content type, HeaderPeer and HeaderSignature over SigningBytes.
 func Sign(req *http.Request, signer Signer, body []byte) error {
@@ -189,9 +204,27 @@ func Sign(req *http.Request, signer Signer, body []byte) error {
 	return nil
 }
 
-// decodeStrict decodes raw, which must be exactly one JSON value with only known fields,
-// into v: requests and answers alike are input from outside.
-func decodeStrict(raw []byte, v any) error {
+// Verify checks the signature of a request to path, whose headers are h and body is body,
+// with verify, and returns the peer that signed it. path is the route the request was
+// served under, so a signature for one path is refused on another.
+func Verify(h http.Header, method, path string, body []byte, verify Verifier) (string, error) {
+	peer, sig64 := h.Get(HeaderPeer), h.Get(HeaderSignature)
+	if peer == "" || sig64 == "" {
+		return "", fmt.Errorf("missing %s or %s header", HeaderPeer, HeaderSignature)
+	}
+	sig, err := base64.StdEncoding.DecodeString(sig64)
+	if err != nil {
+		return "", fmt.Errorf("%s: not base64", HeaderSignature)
+	}
+	if err := verify(peer, SigningBytes(method, path, body), sig); err != nil {
+		return "", fmt.Errorf("signature: %w", err)
+	}
+	return peer, nil
+}
+
+// Decode decodes raw, which must be exactly one JSON value with only known fields, into v:
+// requests and answers alike are input from outside.
+func Decode(raw []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -201,4 +234,17 @@ func decodeStrict(raw []byte, v any) error {
 		return errors.New("data after the JSON value")
 	}
 	return nil
+}
+
+// ParseURL checks a tracker's base URL (http or https with a host, no query) and returns it
+// without a trailing slash.
+func ParseURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("tracker URL %q: %w", raw, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("tracker URL %q: want http[s]://host[:port][/path]", raw)
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
 }

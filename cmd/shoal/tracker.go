@@ -5,7 +5,8 @@ import (
 	"errors"
 	"io"
 
-	"github.com/shoal-dev/shoal/tracker"
+	"github.com/shoal-dev/shoal/tracker/daemon"
+	"github.com/shoal-dev/shoal/tracker/server"
 )
 
 const trackerSummary = `Usage: shoal tracker [flags]
@@ -23,8 +24,8 @@ func runTracker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		listen     = fs.String("listen", ":5090", "`address` of the HTTP API (/announce, /lease, /bootstrap, /swarms, /metrics, /healthz)")
 		dataDir    = fs.String("data-dir", "/var/lib/shoal-tracker", "`directory` of the tracker's p2p identity key (DATA-DIR/identity, created if absent)")
 		psk        = fs.String("psk", "", "private network key `file` (/key/swarm/psk/1.0.0/ format), the fleet's")
-		maxPeers   = fs.Int("max-peers", tracker.DefaultMaxPeers, "most peers tracked; new ones are refused beyond it")
-		maxMembers = fs.Int("max-members", tracker.DefaultMaxMembers, "most swarm memberships tracked over all blobs; new ones are refused beyond it")
+		maxPeers   = fs.Int("max-peers", server.DefaultMaxPeers, "most peers tracked; new ones are refused beyond it")
+		maxMembers = fs.Int("max-members", server.DefaultMaxMembers, "most swarm memberships tracked over all blobs; new ones are refused beyond it")
 		newLog     = logFlags(fs)
 		p2pListen  listFlag
 	)
@@ -42,12 +43,12 @@ func runTracker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(p2pListen) == 0 {
 		p2pListen = listFlag{"/ip4/0.0.0.0/tcp/5091"}
 	}
-	return tracker.Run(ctx, tracker.Config{
+	return daemon.Run(ctx, daemon.Config{
 		Listen:    *listen,
 		P2PListen: p2pListen,
 		DataDir:   *dataDir,
 		PSK:       *psk,
-		Limits:    tracker.Limits{MaxPeers: *maxPeers, MaxMembers: *maxMembers},
+		Limits:    server.Limits{MaxPeers: *maxPeers, MaxMembers: *maxMembers},
 		Logger:    logger,
 	})
 }

@@ -14,7 +14,7 @@ var libp2p = []string{
 }
 
 // TestNetworkBoundary keeps libp2p inside p2p (and the daemons that start it): the
-// downloader, the store, the mirror, the upstream client and the tracker's wire protocol can
+// downloader, the store, the mirror, the upstream client, the tracker's wire protocol and the node's client of the trackers can
 // be built, simulated and tested without a network stack.
 func TestNetworkBoundary(t *testing.T) {
 	if testing.Short() {
@@ -26,6 +26,8 @@ func TestNetworkBoundary(t *testing.T) {
 		"github.com/shoal-dev/shoal/node/swarm",
 		"github.com/shoal-dev/shoal/registryapi",
 		"github.com/shoal-dev/shoal/registryapi/origin",
+		"github.com/shoal-dev/shoal/tracker",
+		"github.com/shoal-dev/shoal/tracker/client",
 	}
 	chains, err := Forbidden(".", pkgs, libp2p)
 	if err != nil {

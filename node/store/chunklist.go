@@ -12,8 +12,11 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strconv"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-dev/shoal/chunk"
 )
@@ -59,21 +62,6 @@ var (
 
 	crcTable = crc32.MakeTable(crc32.Castagnoli)
 )
-
-// flightKey names one chunk list computation.
-type flightKey struct {
-	digest    digest.Digest
-	chunkSize int64
-}
-
-// flight is a chunk list computation that concurrent callers wait for instead of hashing the
-// same blob again. list and err are set before done is closed.
-type flight struct {
-	done    chan struct{}
-	callers int // guarded by Store.flightMu; lets tests see who joined
-	list    []digest.Digest
-	err     error
-}
 
 // ChunkList returns the stored chunk list of the committed blob d for chunkSize. It does not
 // read the blob. Without a stored list, the error wraps ErrNoChunkList (ErrNotFound if d is
@@ -135,7 +123,10 @@ func (s *Store) ChunkList(d digest.Digest, chunkSize int64) ([]digest.Digest, er
 // stored, replacing any for the same chunk size, and returned.
 //
 // Concurrent calls for the same blob and chunk size share one computation. A caller that
-// gives up (its ctx ends) stops waiting; if it was the one hashing, the others start again.
+// gives up (its ctx ends) returns at once, and the computation goes on for the others: it is
+// bounded by the deadline of the caller that started it and by Close, not by that caller
+// leaving. If the deadline ends it while a caller still wants the list, that caller starts
+// again.
 func (s *Store) ComputeChunkList(ctx context.Context, d digest.Digest, chunkSize int64) ([]digest.Digest, error) {
 	if err := validate(d); err != nil {
 		return nil, fmt.Errorf("compute chunk list: %w", err)
@@ -143,35 +134,97 @@ func (s *Store) ComputeChunkList(ctx context.Context, d digest.Digest, chunkSize
 	if err := checkChunkSize(chunkSize); err != nil {
 		return nil, fmt.Errorf("compute chunk list of %s: %w", d, err)
 	}
-	key := flightKey{d, chunkSize}
+	key := string(d) + " " + strconv.FormatInt(chunkSize, 10)
 	for {
-		s.flightMu.Lock()
-		f, joined := s.flights[key]
-		if !joined {
-			f = &flight{done: make(chan struct{})}
-			s.flights[key] = f
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("compute chunk list of %s: %w", d, err)
 		}
-		f.callers++
-		s.flightMu.Unlock()
-
-		if !joined {
-			f.list, f.err = s.computeList(ctx, d, chunkSize)
-			s.flightMu.Lock()
-			delete(s.flights, key)
-			s.flightMu.Unlock()
-			close(f.done)
-			return cloneList(f.list), f.err
-		}
+		ch := s.flights.DoChan(key, func() (any, error) { return s.computeShared(ctx, d, chunkSize) })
+		var r singleflight.Result
 		select {
-		case <-f.done:
+		case r = <-ch:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("compute chunk list of %s: %w", d, ctx.Err())
 		}
-		if isContextErr(f.err) && ctx.Err() == nil {
-			continue // the caller doing the work left; this one still wants the list
+		if isContextErr(r.Err) && ctx.Err() == nil {
+			continue // the deadline of the caller that started it (or Close) ended it; this one still wants the list
 		}
-		return cloneList(f.list), f.err
+		list, _ := r.Val.([]digest.Digest)
+		return cloneList(list), r.Err
 	}
+}
+
+// computeShared runs one computation that concurrent callers share, first among them
+// caller. It runs on a context of its own, so that none of them leaving ends it for the
+// others, with caller's values and deadline, and ends when the store closes.
+func (s *Store) computeShared(caller context.Context, d digest.Digest, chunkSize int64) ([]digest.Digest, error) {
+	if !s.computations.start() {
+		return nil, fmt.Errorf("compute chunk list of %s: %w", d, ErrClosed)
+	}
+	defer s.computations.done()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(caller))
+	if deadline, ok := caller.Deadline(); ok {
+		cancel()
+		ctx, cancel = context.WithDeadline(context.WithoutCancel(caller), deadline)
+	}
+	defer cancel()
+	go func() {
+		select {
+		case <-s.computations.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return s.computeList(ctx, d, chunkSize)
+}
+
+// computations are the chunk list computations running. Close ends them and waits for them,
+// since they write into the store's directory.
+type computations struct {
+	closing chan struct{} // closed by stop
+
+	mu      sync.Mutex
+	stopped bool
+	running int
+	wg      sync.WaitGroup
+}
+
+// start counts a computation in, unless the store is closing.
+func (c *computations) start() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return false
+	}
+	c.running++
+	c.wg.Add(1)
+	return true
+}
+
+// done counts a computation out.
+func (c *computations) done() {
+	c.mu.Lock()
+	c.running--
+	c.mu.Unlock()
+	c.wg.Done()
+}
+
+// count is how many computations are running.
+func (c *computations) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.running
+}
+
+// stop ends the computations running, waits for them, and refuses new ones.
+func (c *computations) stop() {
+	c.mu.Lock()
+	if !c.stopped {
+		c.stopped = true
+		close(c.closing)
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
 }
 
 // PutChunkList stores the chunk list of the committed blob d that its download computed while
@@ -210,7 +263,7 @@ func (s *Store) PutChunkList(d digest.Digest, chunkSize int64, list []digest.Dig
 	return nil
 }
 
-// computeList does ComputeChunkList's work for one caller.
+// computeList does ComputeChunkList's work.
 func (s *Store) computeList(ctx context.Context, d digest.Digest, chunkSize int64) ([]digest.Digest, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("compute chunk list of %s: %w", d, err)

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -72,15 +73,6 @@ func waitFor(cond func() bool) bool {
 		<-tick.C
 	}
 	return true
-}
-
-func (s *Store) flightCallers(d digest.Digest, chunkSize int64) int {
-	s.flightMu.Lock()
-	defer s.flightMu.Unlock()
-	if f := s.flights[flightKey{d, chunkSize}]; f != nil {
-		return f.callers
-	}
-	return 0
 }
 
 func TestChunkList(t *testing.T) {
@@ -470,43 +462,47 @@ func TestChunkListClosedStore(t *testing.T) {
 	}
 }
 
+// TestComputeChunkListShared: concurrent callers share one computation, held here until
+// every caller has joined it (synctest.Wait: all of them are waiting for it).
 func TestComputeChunkListShared(t *testing.T) {
 	t.Parallel()
-	const callers = 8
-	_, data := blobData(0, 3*testChunk+5)
-	d := digest.FromBytes(data)
-	var s *Store
-	var hashes atomic.Int32
-	s = openStore(t, Options{beforeHash: func() {
-		hashes.Add(1)
-		// Hold the first computation until every caller has joined it.
-		if !waitFor(func() bool { return s.flightCallers(d, testChunk) == callers }) {
-			t.Errorf("only %d of %d callers joined", s.flightCallers(d, testChunk), callers)
-		}
-	}})
-	mustPut(t, s, data, "")
-	want := wantList(data, testChunk)
+	synctest.Test(t, func(t *testing.T) {
+		const callers = 8
+		_, data := blobData(0, 3*testChunk+5)
+		d := digest.FromBytes(data)
+		release := make(chan struct{})
+		var hashes atomic.Int32
+		s := openStore(t, Options{beforeHash: func() {
+			if hashes.Add(1) == 1 {
+				<-release
+			}
+		}})
+		mustPut(t, s, data, "")
+		want := wantList(data, testChunk)
 
-	var wg sync.WaitGroup
-	lists := make([][]digest.Digest, callers)
-	errs := make([]error, callers)
-	for i := range callers {
-		wg.Go(func() { lists[i], errs[i] = s.ComputeChunkList(t.Context(), d, testChunk) })
-	}
-	wg.Wait()
-	for i := range callers {
-		if errs[i] != nil || !slices.Equal(lists[i], want) {
-			t.Errorf("caller %d: ComputeChunkList(%s) = %d digests, %v, want %d digests, nil", i, d, len(lists[i]), errs[i], len(want))
+		var wg sync.WaitGroup
+		lists := make([][]digest.Digest, callers)
+		errs := make([]error, callers)
+		for i := range callers {
+			wg.Go(func() { lists[i], errs[i] = s.ComputeChunkList(t.Context(), d, testChunk) })
 		}
-	}
-	if got := hashes.Load(); got != 1 {
-		t.Errorf("blob hashed %d times, want 1", got)
-	}
-	lists[0][0] = "sha256:mutated" // each caller owns its slice
-	if lists[1][0] != want[0] {
-		t.Errorf("callers share one slice")
-	}
-	wantChunkList(t, s, d, testChunk, want)
+		synctest.Wait() // every caller waits for the computation, which waits for release
+		close(release)
+		wg.Wait()
+		for i := range callers {
+			if errs[i] != nil || !slices.Equal(lists[i], want) {
+				t.Errorf("caller %d: ComputeChunkList(%s) = %d digests, %v, want %d digests, nil", i, d, len(lists[i]), errs[i], len(want))
+			}
+		}
+		if got := hashes.Load(); got != 1 {
+			t.Errorf("blob hashed %d times, want 1", got)
+		}
+		lists[0][0] = "sha256:mutated" // each caller owns its slice
+		if lists[1][0] != want[0] {
+			t.Errorf("callers share one slice")
+		}
+		wantChunkList(t, s, d, testChunk, want)
+	})
 }
 
 func TestComputeChunkListCancel(t *testing.T) {
@@ -524,43 +520,126 @@ func TestComputeChunkListCancel(t *testing.T) {
 		wantNoChunkList(t, s, d, testChunk)
 		wantHeld(t, s, []digest.Digest{d}, nil)
 	})
+	// The caller that started the computation leaves while another waits for it: it returns
+	// at once, and the computation goes on for the other.
 	t.Run("hashing caller leaves", func(t *testing.T) {
 		t.Parallel()
-		_, data := blobData(1, 3*testChunk+5)
-		d := digest.FromBytes(data)
-		first, cancelFirst := context.WithCancel(t.Context())
-		defer cancelFirst()
-		started := make(chan struct{})
-		var s *Store
-		var hashes atomic.Int32
-		s = openStore(t, Options{beforeHash: func() {
-			if hashes.Add(1) > 1 {
-				return
-			}
-			close(started)
-			// The second caller joins, then the one doing the work gives up.
-			if !waitFor(func() bool { return s.flightCallers(d, testChunk) == 2 }) {
-				t.Errorf("second caller never joined")
-			}
-			cancelFirst()
-		}})
-		mustPut(t, s, data, "")
+		synctest.Test(t, func(t *testing.T) {
+			_, data := blobData(1, 3*testChunk+5)
+			d := digest.FromBytes(data)
+			release := make(chan struct{})
+			var hashes atomic.Int32
+			s := openStore(t, Options{beforeHash: func() {
+				if hashes.Add(1) == 1 {
+					<-release
+				}
+			}})
+			mustPut(t, s, data, "")
 
-		var wg sync.WaitGroup
-		var firstErr error
-		wg.Go(func() { _, firstErr = s.ComputeChunkList(first, d, testChunk) })
-		<-started
-		list, err := s.ComputeChunkList(t.Context(), d, testChunk)
-		wg.Wait()
-		if !errors.Is(firstErr, context.Canceled) {
-			t.Errorf("first ComputeChunkList(%s) = %v, want %v", d, firstErr, context.Canceled)
-		}
-		if want := wantList(data, testChunk); err != nil || !slices.Equal(list, want) {
-			t.Errorf("second ComputeChunkList(%s) = %d digests, %v, want %d digests, nil", d, len(list), err, len(want))
-		}
-		if got := hashes.Load(); got != 2 {
-			t.Errorf("computations started = %d, want 2", got)
-		}
+			first, cancelFirst := context.WithCancel(t.Context())
+			defer cancelFirst()
+			firstErr := make(chan error, 1)
+			go func() {
+				_, err := s.ComputeChunkList(first, d, testChunk)
+				firstErr <- err
+			}()
+			synctest.Wait() // the first caller's computation holds
+			type result struct {
+				list []digest.Digest
+				err  error
+			}
+			second := make(chan result, 1)
+			go func() {
+				list, err := s.ComputeChunkList(t.Context(), d, testChunk)
+				second <- result{list, err}
+			}()
+			synctest.Wait() // the second caller waits for it too
+			cancelFirst()
+			synctest.Wait()
+			select {
+			case err := <-firstErr:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("first ComputeChunkList(%s) = %v, want %v", d, err, context.Canceled)
+				}
+			default:
+				t.Fatal("the first caller left but still waits for the computation")
+			}
+			close(release)
+			r := <-second
+			if want := wantList(data, testChunk); r.err != nil || !slices.Equal(r.list, want) {
+				t.Errorf("second ComputeChunkList(%s) = %d digests, %v, want %d digests, nil", d, len(r.list), r.err, len(want))
+			}
+			if got := hashes.Load(); got != 1 {
+				t.Errorf("computations started = %d, want 1: the first caller leaving does not end it", got)
+			}
+		})
+	})
+	// The deadline of the caller that started the computation ends it while another caller
+	// still wants the list: that caller starts it again.
+	t.Run("hashing caller's deadline", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			_, data := blobData(2, 3*testChunk+5)
+			d := digest.FromBytes(data)
+			var hashes atomic.Int32
+			s := openStore(t, Options{beforeHash: func() {
+				if hashes.Add(1) == 1 {
+					time.Sleep(2 * time.Second) // past the first caller's deadline
+				}
+			}})
+			mustPut(t, s, data, "")
+
+			first, cancelFirst := context.WithTimeout(t.Context(), time.Second)
+			defer cancelFirst()
+			firstErr := make(chan error, 1)
+			go func() {
+				_, err := s.ComputeChunkList(first, d, testChunk)
+				firstErr <- err
+			}()
+			synctest.Wait()
+			list, err := s.ComputeChunkList(t.Context(), d, testChunk)
+			if err := <-firstErr; !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("first ComputeChunkList(%s) = %v, want %v", d, err, context.DeadlineExceeded)
+			}
+			if want := wantList(data, testChunk); err != nil || !slices.Equal(list, want) {
+				t.Errorf("second ComputeChunkList(%s) = %d digests, %v, want %d digests, nil", d, len(list), err, len(want))
+			}
+			if got := hashes.Load(); got != 2 {
+				t.Errorf("computations started = %d, want 2", got)
+			}
+		})
+	})
+	// Close waits for a computation still running that nobody waits for any more.
+	t.Run("close", func(t *testing.T) {
+		t.Parallel()
+		synctest.Test(t, func(t *testing.T) {
+			_, data := blobData(3, 3*testChunk+5)
+			d := digest.FromBytes(data)
+			release := make(chan struct{})
+			s := openStore(t, Options{beforeHash: func() { <-release }})
+			mustPut(t, s, data, "")
+			ctx, cancel := context.WithCancel(t.Context())
+			go func() {
+				s.ComputeChunkList(ctx, d, testChunk)
+			}()
+			synctest.Wait()
+			cancel() // the caller leaves; the computation still holds
+			closed := make(chan error, 1)
+			go func() { closed <- s.Close() }()
+			synctest.Wait()
+			select {
+			case <-closed:
+				t.Fatal("Close returned while a computation was running")
+			default:
+			}
+			close(release)
+			if err := <-closed; err != nil {
+				t.Errorf("Close = %v", err)
+			}
+			if n := s.computations.count(); n != 0 {
+				t.Errorf("%d computations running after Close, want 0", n)
+			}
+		})
 	})
 }
 
@@ -658,8 +737,8 @@ func TestConcurrentChunkLists(t *testing.T) {
 	if got := names(t, filepath.Join(s.dir, tmpDir)); len(got) != 0 {
 		t.Errorf("tmp holds %v, want nothing", got)
 	}
-	if len(s.flights) != 0 {
-		t.Errorf("%d computations still registered, want 0", len(s.flights))
+	if n := s.computations.count(); n != 0 {
+		t.Errorf("%d computations still running, want 0", n)
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 )
 
 var (
@@ -118,9 +119,10 @@ type Store struct {
 	idleBytes int64
 	evictions int64
 
-	// flights are the chunk list computations running, so concurrent callers share one.
-	flightMu sync.Mutex
-	flights  map[flightKey]*flight
+	// flights share a chunk list computation among concurrent callers; computations lets
+	// Close end and wait for those running.
+	flights      singleflight.Group
+	computations computations
 	// beforeHash, if set, runs before a chunk list computation reads the blob (tests).
 	beforeHash func()
 }
@@ -144,9 +146,9 @@ func Open(opts Options) (*Store, error) {
 		blobs:    make(map[digest.Digest]*entry),
 		idle:     make(map[digest.Digest]*entry),
 		open:     make(map[digest.Digest]*Partial),
-		flights:  make(map[flightKey]*flight),
 
-		beforeHash: opts.beforeHash,
+		computations: computations{closing: make(chan struct{})},
+		beforeHash:   opts.beforeHash,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -206,8 +208,9 @@ func Open(opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the open partial downloads, keeping them for a resume, and makes further calls
-// fail with ErrClosed. Blobs already open stay readable until their own Close.
+// Close closes the open partial downloads, keeping them for a resume, ends the chunk list
+// computations running, and makes further calls fail with ErrClosed. Blobs already open stay
+// readable until their own Close.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -225,6 +228,7 @@ func (s *Store) Close() error {
 	for _, p := range partials {
 		errs = append(errs, p.Close())
 	}
+	s.computations.stop()
 	errs = append(errs, s.lock.Close()) // releases the directory lock
 	s.log.Info("store closed")
 	return errors.Join(errs...)

@@ -1,4 +1,4 @@
-package tracker
+package server
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/p2p"
+	"github.com/shoal-dev/shoal/tracker"
 )
 
 // testPeer is a node's identity: a real libp2p host and its signer.
@@ -41,7 +42,7 @@ func newTestPeer(t testing.TB) *testPeer {
 // newHTTPTracker serves a tracker with default options over real HTTP.
 func newHTTPTracker(t *testing.T) *httptest.Server {
 	t.Helper()
-	s, err := NewServer(ServerOptions{})
+	s, err := New(Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +58,7 @@ func signedRequest(t *testing.T, url, path string, signer *p2p.Signer, body []by
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Sign(req, signer, body); err != nil {
+	if err := tracker.Sign(req, signer, body); err != nil {
 		t.Fatal(err)
 	}
 	return req
@@ -73,7 +74,7 @@ func newTestTracker(t *testing.T) *testTracker {
 	t.Helper()
 	clock := newFakeClock()
 	self := []string{"/ip4/10.9.9.9/tcp/5091/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"}
-	s, err := NewServer(ServerOptions{Now: clock.Now, Addrs: func() []string { return self }})
+	s, err := New(Options{Now: clock.Now, Addrs: func() []string { return self }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,33 +110,33 @@ func (tt *testTracker) post(t *testing.T, p *testPeer, path string, v any) *http
 	return tt.serve(signedRequest(t, "", path, p.signer, body))
 }
 
-func (tt *testTracker) announce(t *testing.T, p *testPeer, blobs ...BlobState) AnnounceResponse {
+func (tt *testTracker) announce(t *testing.T, p *testPeer, blobs ...tracker.BlobState) tracker.AnnounceResponse {
 	t.Helper()
-	rec := tt.post(t, p, PathAnnounce, AnnounceRequest{Peer: p.id, Addrs: p.addrs, Time: tt.clock.Now().UnixMilli(), Blobs: blobs})
+	rec := tt.post(t, p, tracker.PathAnnounce, tracker.AnnounceRequest{Peer: p.id, Addrs: p.addrs, Time: tt.clock.Now().UnixMilli(), Blobs: blobs})
 	if rec.Code != http.StatusOK {
 		t.Fatalf("announce by %s = %d %s", p.id, rec.Code, rec.Body)
 	}
-	var resp AnnounceResponse
+	var resp tracker.AnnounceResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
 		t.Fatal(err)
 	}
 	return resp
 }
 
-func (tt *testTracker) lease(t *testing.T, p *testPeer, chunk int, release, done bool) LeaseResponse {
+func (tt *testTracker) lease(t *testing.T, p *testPeer, chunk int, release, done bool) tracker.LeaseResponse {
 	t.Helper()
-	rec := tt.post(t, p, PathLease, LeaseRequest{Peer: p.id, Time: tt.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk, Release: release, Done: done})
+	rec := tt.post(t, p, tracker.PathLease, tracker.LeaseRequest{Peer: p.id, Time: tt.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk, Release: release, Done: done})
 	if rec.Code != http.StatusOK {
 		t.Fatalf("lease by %s = %d %s", p.id, rec.Code, rec.Body)
 	}
-	var resp LeaseResponse
+	var resp tracker.LeaseResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
 		t.Fatal(err)
 	}
 	return resp
 }
 
-func membersOf(resp AnnounceResponse, d digest.Digest) []Member {
+func membersOf(resp tracker.AnnounceResponse, d digest.Digest) []tracker.Member {
 	for _, sw := range resp.Swarms {
 		if sw.Digest == d {
 			return sw.Members
@@ -165,22 +166,22 @@ func TestServerAnnounce(t *testing.T) {
 		t.Fatalf("A sees %+v, want B with 1 MiB done", ms)
 	}
 
-	var swarms SwarmsResponse
-	tr.get(t, PathSwarms, &swarms)
+	var swarms tracker.SwarmsResponse
+	tr.get(t, tracker.PathSwarms, &swarms)
 	if swarms.Instance != tr.Instance() || len(swarms.Swarms) != 1 || swarms.Swarms[0].Members != 2 || swarms.Swarms[0].Size != testSize {
 		t.Fatalf("GET /swarms = %+v, want one swarm of two", swarms)
 	}
 
-	tr.announce(t, b, BlobState{Digest: blobA, Gone: true})
+	tr.announce(t, b, tracker.BlobState{Digest: blobA, Gone: true})
 	if ms := membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA); len(ms) != 0 {
 		t.Fatalf("after B's Gone A sees %+v", ms)
 	}
 
 	// A downloader that stops announcing leaves after DownloadTTL.
 	tr.announce(t, b, downloading(blobA, 0))
-	tr.clock.Advance(DownloadTTL + time.Millisecond)
+	tr.clock.Advance(tracker.DownloadTTL + time.Millisecond)
 	if ms := membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA); len(ms) != 0 {
-		t.Fatalf("after DownloadTTL A sees %+v", ms)
+		t.Fatalf("after tracker.DownloadTTL A sees %+v", ms)
 	}
 }
 
@@ -192,13 +193,13 @@ func TestServerLeaseHandOver(t *testing.T) {
 	tr.announce(t, a, downloading(blobA, 0))
 	tr.announce(t, b, downloading(blobA, 0))
 
-	if resp := tr.lease(t, a, 0, false, false); !resp.Granted || resp.TTLMillis != LeaseTTL.Milliseconds() {
+	if resp := tr.lease(t, a, 0, false, false); !resp.Granted || resp.TTLMillis != tracker.LeaseTTL.Milliseconds() {
 		t.Fatalf("A's lease = %+v, want granted", resp)
 	}
 	if resp := tr.lease(t, b, 0, false, false); resp.Granted || resp.Holder != a.id {
 		t.Fatalf("B's lease = %+v, want holder A", resp)
 	}
-	tr.clock.Advance(LeaseTTL / 2)
+	tr.clock.Advance(tracker.LeaseTTL / 2)
 	tr.announce(t, a, downloading(blobA, 0))
 	tr.announce(t, b, downloading(blobA, 0))
 	if resp := tr.lease(t, a, 0, false, false); !resp.Granted {
@@ -206,7 +207,7 @@ func TestServerLeaseHandOver(t *testing.T) {
 	}
 	// A's process dies: no more renewals nor announces. B keeps announcing.
 	for range 4 {
-		tr.clock.Advance(LeaseTTL / 4)
+		tr.clock.Advance(tracker.LeaseTTL / 4)
 		tr.announce(t, b, downloading(blobA, 0))
 	}
 	if resp := tr.lease(t, b, 0, false, false); !resp.Granted {
@@ -221,14 +222,14 @@ func TestServerLeaseHandOver(t *testing.T) {
 		t.Fatalf("lease of B's done chunk = %+v, want holder B", resp)
 	}
 	// B leaves: the chunk can be leased again.
-	tr.clock.Advance(DownloadTTL + time.Millisecond)
+	tr.clock.Advance(tracker.DownloadTTL + time.Millisecond)
 	tr.announce(t, c, downloading(blobA, 0))
 	if resp := tr.lease(t, c, 0, false, false); !resp.Granted {
 		t.Fatalf("lease of the chunk of an expired member = %+v, want granted", resp)
 	}
 
-	var swarms SwarmsResponse
-	tr.get(t, PathSwarms, &swarms)
+	var swarms tracker.SwarmsResponse
+	tr.get(t, tracker.PathSwarms, &swarms)
 	if len(swarms.Swarms) != 1 || swarms.Swarms[0].Leases != 1 || swarms.Swarms[0].Members != 1 {
 		t.Fatalf("GET /swarms = %+v, want one member holding one lease", swarms)
 	}
@@ -275,48 +276,48 @@ func TestServerRefusesBadRequests(t *testing.T) {
 		return fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":%d,"chunkSize":%d%s}`, blobA, testSize, testChunk, extra)
 	}
 	tests := []badCase{
-		{name: "malformed JSON", path: PathAnnounce, body: `{"peer":"PEER",`, want: 400},
-		{name: "not an object", path: PathAnnounce, body: `[1,2]`, want: 400},
-		{name: "unknown field", path: PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[],"extra":1}`, want: 400},
-		{name: "unknown blob field", path: PathAnnounce, body: blob(`,"color":"red"`), want: 400},
-		{name: "data after the object", path: PathAnnounce, body: blob(``) + `{}`, want: 400},
-		{name: "huge body", path: PathAnnounce, body: blob(``) + strings.Repeat(" ", MaxBody), want: 413},
-		{name: "too many blobs", path: PathAnnounce, body: manyBlobs(MaxBlobs + 1), want: 400},
-		{name: "too many addrs", path: PathAnnounce, body: manyAddrs(MaxAddrs + 1), want: 400},
-		{name: "long addr", path: PathAnnounce, body: `{"peer":"PEER","addrs":["/dns4/` + strings.Repeat("a", MaxAddrLen) + `/tcp/1/p2p/PEER"],"time":NOW}`, want: 400},
-		{name: "bad digest", path: PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[{"digest":"sha256:abc"}]}`, want: 400},
-		{name: "unknown algorithm", path: PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[{"digest":"md5:d41d8cd98f00b204e9800998ecf8427e"}]}`, want: 400},
-		{name: "twice the same blob", path: PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q},{"digest":%q}]}`, blobB, blobB), want: 400},
-		{name: "negative size", path: PathAnnounce, body: blob(`,"size":-1`), want: 400},
-		{name: "negative done", path: PathAnnounce, body: blob(`,"size":10,"done":-1`), want: 400},
-		{name: "negative from origin", path: PathAnnounce, body: blob(`,"fromOrigin":-1`), want: 400},
-		{name: "done over size", path: PathAnnounce, body: blob(`,"size":10,"done":11`), want: 400},
-		{name: "bad multiaddr", path: PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/300.1.1.1/tcp/1/p2p/PEER"],"time":NOW}`, want: 400},
-		{name: "addr without peer", path: PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/10.1.1.1/tcp/1"],"time":NOW}`, want: 400},
-		{name: "addr of another peer", path: PathAnnounce, body: `{"peer":"PEER","addrs":["` + other.addrs[0] + `"],"time":NOW}`, want: 400},
-		{name: "missing signature", path: PathAnnounce, body: blob(``), noSig: true, want: 401},
-		{name: "signed by another key", path: PathAnnounce, body: blob(``), signer: other, header: a, want: 401},
-		{name: "body changed after signing", path: PathAnnounce, body: blob(`,"size":10`), tamper: func(b []byte) []byte { return bytes.Replace(b, []byte(`"size":10`), []byte(`"size":20`), 1) }, want: 401},
-		{name: "signed for another path", path: PathAnnounce, body: blob(``), signPath: PathLease, want: 401},
-		{name: "peer header mismatch", path: PathAnnounce, body: blob(``), signer: other, bodyPeer: a, want: 401},
-		{name: "lease peer header mismatch", path: PathLease, body: lease(`,"chunk":0`), signer: other, bodyPeer: a, want: 401},
-		{name: "stale time", path: PathAnnounce, body: strings.Replace(blob(``), "NOW", fmt.Sprint(now.Add(-MaxClockSkew-time.Second).UnixMilli()), 1), want: 401},
-		{name: "future time", path: PathAnnounce, body: strings.Replace(blob(``), "NOW", fmt.Sprint(now.Add(MaxClockSkew+time.Second).UnixMilli()), 1), want: 401},
-		{name: "conflicting size", path: PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q},{"digest":%q,"size":%d,"done":0}]}`, blobB, blobA, testSize+1), want: 409},
-		{name: "conflicting chunk size", path: PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q,"chunkSize":1}]}`, blobA), want: 409},
+		{name: "malformed JSON", path: tracker.PathAnnounce, body: `{"peer":"PEER",`, want: 400},
+		{name: "not an object", path: tracker.PathAnnounce, body: `[1,2]`, want: 400},
+		{name: "unknown field", path: tracker.PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[],"extra":1}`, want: 400},
+		{name: "unknown blob field", path: tracker.PathAnnounce, body: blob(`,"color":"red"`), want: 400},
+		{name: "data after the object", path: tracker.PathAnnounce, body: blob(``) + `{}`, want: 400},
+		{name: "huge body", path: tracker.PathAnnounce, body: blob(``) + strings.Repeat(" ", tracker.MaxBody), want: 413},
+		{name: "too many blobs", path: tracker.PathAnnounce, body: manyBlobs(tracker.MaxBlobs + 1), want: 400},
+		{name: "too many addrs", path: tracker.PathAnnounce, body: manyAddrs(tracker.MaxAddrs + 1), want: 400},
+		{name: "long addr", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["/dns4/` + strings.Repeat("a", tracker.MaxAddrLen) + `/tcp/1/p2p/PEER"],"time":NOW}`, want: 400},
+		{name: "bad digest", path: tracker.PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[{"digest":"sha256:abc"}]}`, want: 400},
+		{name: "unknown algorithm", path: tracker.PathAnnounce, body: `{"peer":"PEER","time":NOW,"blobs":[{"digest":"md5:d41d8cd98f00b204e9800998ecf8427e"}]}`, want: 400},
+		{name: "twice the same blob", path: tracker.PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q},{"digest":%q}]}`, blobB, blobB), want: 400},
+		{name: "negative size", path: tracker.PathAnnounce, body: blob(`,"size":-1`), want: 400},
+		{name: "negative done", path: tracker.PathAnnounce, body: blob(`,"size":10,"done":-1`), want: 400},
+		{name: "negative from origin", path: tracker.PathAnnounce, body: blob(`,"fromOrigin":-1`), want: 400},
+		{name: "done over size", path: tracker.PathAnnounce, body: blob(`,"size":10,"done":11`), want: 400},
+		{name: "bad multiaddr", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/300.1.1.1/tcp/1/p2p/PEER"],"time":NOW}`, want: 400},
+		{name: "addr without peer", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/10.1.1.1/tcp/1"],"time":NOW}`, want: 400},
+		{name: "addr of another peer", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["` + other.addrs[0] + `"],"time":NOW}`, want: 400},
+		{name: "missing signature", path: tracker.PathAnnounce, body: blob(``), noSig: true, want: 401},
+		{name: "signed by another key", path: tracker.PathAnnounce, body: blob(``), signer: other, header: a, want: 401},
+		{name: "body changed after signing", path: tracker.PathAnnounce, body: blob(`,"size":10`), tamper: func(b []byte) []byte { return bytes.Replace(b, []byte(`"size":10`), []byte(`"size":20`), 1) }, want: 401},
+		{name: "signed for another path", path: tracker.PathAnnounce, body: blob(``), signPath: tracker.PathLease, want: 401},
+		{name: "peer header mismatch", path: tracker.PathAnnounce, body: blob(``), signer: other, bodyPeer: a, want: 401},
+		{name: "lease peer header mismatch", path: tracker.PathLease, body: lease(`,"chunk":0`), signer: other, bodyPeer: a, want: 401},
+		{name: "stale time", path: tracker.PathAnnounce, body: strings.Replace(blob(``), "NOW", fmt.Sprint(now.Add(-tracker.MaxClockSkew-time.Second).UnixMilli()), 1), want: 401},
+		{name: "future time", path: tracker.PathAnnounce, body: strings.Replace(blob(``), "NOW", fmt.Sprint(now.Add(tracker.MaxClockSkew+time.Second).UnixMilli()), 1), want: 401},
+		{name: "conflicting size", path: tracker.PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q},{"digest":%q,"size":%d,"done":0}]}`, blobB, blobA, testSize+1), want: 409},
+		{name: "conflicting chunk size", path: tracker.PathAnnounce, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"blobs":[{"digest":%q,"chunkSize":1}]}`, blobA), want: 409},
 
-		{name: "lease from a non-member", path: PathLease, body: lease(`,"chunk":0`), signer: other, want: 409},
-		{name: "lease index out of range", path: PathLease, body: lease(`,"chunk":3`), want: 400},
-		{name: "lease negative index", path: PathLease, body: lease(`,"chunk":-1`), want: 400},
-		{name: "lease conflicting size", path: PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":%d,"chunkSize":%d,"chunk":0}`, blobA, testSize*2, testChunk), want: 409},
-		{name: "lease zero size", path: PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":0,"chunkSize":%d,"chunk":0}`, blobA, testChunk), want: 400},
-		{name: "lease bad digest", path: PathLease, body: `{"peer":"PEER","time":NOW,"digest":"sha256:zz","size":1,"chunkSize":1,"chunk":0}`, want: 400},
-		{name: "lease unknown blob", path: PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":1,"chunkSize":1,"chunk":0}`, blobB), want: 409},
-		{name: "lease done without release", path: PathLease, body: lease(`,"chunk":0,"done":true`), want: 400},
-		{name: "lease unknown field", path: PathLease, body: lease(`,"chunk":0,"force":true`), want: 400},
-		{name: "lease forged", path: PathLease, body: lease(`,"chunk":0`), signer: other, header: a, want: 401},
-		{name: "lease stale", path: PathLease, body: strings.Replace(lease(`,"chunk":0`), "NOW", fmt.Sprint(now.Add(-2*MaxClockSkew).UnixMilli()), 1), want: 401},
-		{name: "lease huge body", path: PathLease, body: lease(`,"chunk":0`) + strings.Repeat("\n", MaxBody), want: 413},
+		{name: "lease from a non-member", path: tracker.PathLease, body: lease(`,"chunk":0`), signer: other, want: 409},
+		{name: "lease index out of range", path: tracker.PathLease, body: lease(`,"chunk":3`), want: 400},
+		{name: "lease negative index", path: tracker.PathLease, body: lease(`,"chunk":-1`), want: 400},
+		{name: "lease conflicting size", path: tracker.PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":%d,"chunkSize":%d,"chunk":0}`, blobA, testSize*2, testChunk), want: 409},
+		{name: "lease zero size", path: tracker.PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":0,"chunkSize":%d,"chunk":0}`, blobA, testChunk), want: 400},
+		{name: "lease bad digest", path: tracker.PathLease, body: `{"peer":"PEER","time":NOW,"digest":"sha256:zz","size":1,"chunkSize":1,"chunk":0}`, want: 400},
+		{name: "lease unknown blob", path: tracker.PathLease, body: fmt.Sprintf(`{"peer":"PEER","time":NOW,"digest":%q,"size":1,"chunkSize":1,"chunk":0}`, blobB), want: 409},
+		{name: "lease done without release", path: tracker.PathLease, body: lease(`,"chunk":0,"done":true`), want: 400},
+		{name: "lease unknown field", path: tracker.PathLease, body: lease(`,"chunk":0,"force":true`), want: 400},
+		{name: "lease forged", path: tracker.PathLease, body: lease(`,"chunk":0`), signer: other, header: a, want: 401},
+		{name: "lease stale", path: tracker.PathLease, body: strings.Replace(lease(`,"chunk":0`), "NOW", fmt.Sprint(now.Add(-2*tracker.MaxClockSkew).UnixMilli()), 1), want: 401},
+		{name: "lease huge body", path: tracker.PathLease, body: lease(`,"chunk":0`) + strings.Repeat("\n", tracker.MaxBody), want: 413},
 	}
 
 	snapshot := func() string {
@@ -345,12 +346,12 @@ func TestServerRefusesBadRequests(t *testing.T) {
 		}
 		req := signedRequest(t, "", signPath, signer.signer, []byte(body))
 		req.URL.Path = tc.path
-		req.Header.Set(HeaderPeer, header.id)
+		req.Header.Set(tracker.HeaderPeer, header.id)
 		if tc.tamper != nil {
 			req.Body = io.NopCloser(bytes.NewReader(tc.tamper([]byte(body))))
 		}
 		if tc.noSig {
-			req.Header.Del(HeaderSignature)
+			req.Header.Del(tracker.HeaderSignature)
 		}
 		rec := tr.serve(req)
 		if rec.Code != tc.want {
@@ -383,9 +384,9 @@ func TestServerForgedRequestsInventNothing(t *testing.T) {
 
 	// Mallory announces in the victim's name, with the victim's or her own addrs.
 	for _, addrs := range [][]string{victim.addrs, mallory.addrs} {
-		body, _ := json.Marshal(AnnounceRequest{Peer: victim.id, Addrs: addrs, Time: tr.clock.Now().UnixMilli(), Blobs: []BlobState{holding(blobA)}})
-		req := signedRequest(t, "", PathAnnounce, mallory.signer, body)
-		req.Header.Set(HeaderPeer, victim.id)
+		body, _ := json.Marshal(tracker.AnnounceRequest{Peer: victim.id, Addrs: addrs, Time: tr.clock.Now().UnixMilli(), Blobs: []tracker.BlobState{holding(blobA)}})
+		req := signedRequest(t, "", tracker.PathAnnounce, mallory.signer, body)
+		req.Header.Set(tracker.HeaderPeer, victim.id)
 		if rec := tr.serve(req); rec.Code != http.StatusUnauthorized {
 			t.Fatalf("announce in another's name = %d, want 401", rec.Code)
 		}
@@ -393,16 +394,16 @@ func TestServerForgedRequestsInventNothing(t *testing.T) {
 	// Mallory, not a member, leases every chunk, and releases them as done.
 	for i := range 3 {
 		for _, release := range []bool{false, true} {
-			rec := tr.post(t, mallory, PathLease, LeaseRequest{Peer: mallory.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: i, Release: release, Done: release})
+			rec := tr.post(t, mallory, tracker.PathLease, tracker.LeaseRequest{Peer: mallory.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: i, Release: release, Done: release})
 			if rec.Code != http.StatusConflict {
 				t.Fatalf("lease by a non-member = %d, want 409", rec.Code)
 			}
 		}
 	}
 	// A lease in the victim's name, signed by Mallory.
-	body, _ := json.Marshal(LeaseRequest{Peer: a.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk})
-	req := signedRequest(t, "", PathLease, mallory.signer, body)
-	req.Header.Set(HeaderPeer, a.id)
+	body, _ := json.Marshal(tracker.LeaseRequest{Peer: a.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk})
+	req := signedRequest(t, "", tracker.PathLease, mallory.signer, body)
+	req.Header.Set(tracker.HeaderPeer, a.id)
 	if rec := tr.serve(req); rec.Code != http.StatusUnauthorized {
 		t.Fatalf("lease in another's name = %d, want 401", rec.Code)
 	}
@@ -415,8 +416,8 @@ func TestServerForgedRequestsInventNothing(t *testing.T) {
 			t.Fatalf("A's lease of chunk %d = %+v, want granted: nobody else holds it", i, resp)
 		}
 	}
-	var boot BootstrapResponse
-	tr.get(t, PathBootstrap, &boot)
+	var boot tracker.BootstrapResponse
+	tr.get(t, tracker.PathBootstrap, &boot)
 	if want := append(slices.Clone(tr.self), a.addrs...); !slices.Equal(boot.Peers, want) {
 		t.Fatalf("GET /bootstrap = %q, want %q", boot.Peers, want)
 	}
@@ -425,19 +426,19 @@ func TestServerForgedRequestsInventNothing(t *testing.T) {
 func TestServerBootstrap(t *testing.T) {
 	t.Parallel()
 	tr := newTestTracker(t)
-	var boot BootstrapResponse
-	tr.get(t, PathBootstrap, &boot)
+	var boot tracker.BootstrapResponse
+	tr.get(t, tracker.PathBootstrap, &boot)
 	if !slices.Equal(boot.Peers, tr.self) {
 		t.Fatalf("empty tracker: GET /bootstrap = %q, want its own addrs %q", boot.Peers, tr.self)
 	}
 	a := newTestPeer(t)
 	tr.announce(t, a) // no blobs yet: still a peer to join through
-	tr.get(t, PathBootstrap, &boot)
+	tr.get(t, tracker.PathBootstrap, &boot)
 	if len(boot.Peers) != len(tr.self)+len(a.addrs) || boot.Peers[0] != tr.self[0] || !slices.Contains(boot.Peers, a.addrs[0]) {
 		t.Fatalf("GET /bootstrap = %q, want the tracker's addrs then A's", boot.Peers)
 	}
-	tr.clock.Advance(HolderTTL + time.Second)
-	tr.get(t, PathBootstrap, &boot)
+	tr.clock.Advance(tracker.HolderTTL + time.Second)
+	tr.get(t, tracker.PathBootstrap, &boot)
 	if !slices.Equal(boot.Peers, tr.self) {
 		t.Fatalf("after A expired: GET /bootstrap = %q, want only the tracker", boot.Peers)
 	}
@@ -449,13 +450,13 @@ func TestServerMetricsAndHealth(t *testing.T) {
 	a := newTestPeer(t)
 	tr.announce(t, a, downloading(blobA, 0))
 	tr.lease(t, a, 0, false, false)
-	tr.serve(httptest.NewRequest(http.MethodPost, PathAnnounce, strings.NewReader("{}")))
+	tr.serve(httptest.NewRequest(http.MethodPost, tracker.PathAnnounce, strings.NewReader("{}")))
 
 	rec := tr.serve(httptest.NewRequest(http.MethodGet, "/healthz", nil))
 	if rec.Code != http.StatusOK {
 		t.Fatalf("GET /healthz = %d", rec.Code)
 	}
-	if rec := tr.serve(httptest.NewRequest(http.MethodGet, PathAnnounce, nil)); rec.Code != http.StatusMethodNotAllowed {
+	if rec := tr.serve(httptest.NewRequest(http.MethodGet, tracker.PathAnnounce, nil)); rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("GET /announce = %d, want 405", rec.Code)
 	}
 	rec = tr.serve(httptest.NewRequest(http.MethodGet, "/metrics", nil))
@@ -494,9 +495,9 @@ func TestServerAcceptsNodeSigner(t *testing.T) {
 		}
 		return out
 	}
-	do(PathAnnounce, AnnounceRequest{Peer: a.id, Addrs: a.addrs, Time: time.Now().UnixMilli(), Blobs: []BlobState{downloading(blobA, 0)}})
-	var lease LeaseResponse
-	json.Unmarshal(do(PathLease, LeaseRequest{Peer: a.id, Time: time.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 2}), &lease)
+	do(tracker.PathAnnounce, tracker.AnnounceRequest{Peer: a.id, Addrs: a.addrs, Time: time.Now().UnixMilli(), Blobs: []tracker.BlobState{downloading(blobA, 0)}})
+	var lease tracker.LeaseResponse
+	json.Unmarshal(do(tracker.PathLease, tracker.LeaseRequest{Peer: a.id, Time: time.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 2}), &lease)
 	if !lease.Granted {
 		t.Fatalf("lease = %+v, want granted", lease)
 	}
@@ -505,13 +506,13 @@ func TestServerAcceptsNodeSigner(t *testing.T) {
 func FuzzServerAnnounce(f *testing.F) {
 	f.Add([]byte(`{"peer":"x","time":0,"blobs":[{"digest":"sha256:` + strings.Repeat("a", 64) + `","size":1,"done":1}]}`))
 	f.Add([]byte(`{"peer":"x","addrs":["/ip4/1.2.3.4/tcp/1/p2p/x"]}`))
-	s, err := NewServer(ServerOptions{})
+	s, err := New(Options{})
 	if err != nil {
 		f.Fatal(err)
 	}
 	signer := newTestPeer(f).signer
 	f.Fuzz(func(t *testing.T, body []byte) {
-		for _, path := range []string{PathAnnounce, PathLease} {
+		for _, path := range []string{tracker.PathAnnounce, tracker.PathLease} {
 			rec := httptest.NewRecorder()
 			s.ServeHTTP(rec, signedRequest(t, "", path, signer, body))
 			if rec.Code >= 500 {

@@ -1,4 +1,4 @@
-package tracker
+package server
 
 import (
 	"errors"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/tracker"
 )
 
 // Errors of State. The server maps them to HTTP statuses.
@@ -114,7 +116,7 @@ type lease struct {
 
 // AnnounceResult is what State.Announce did.
 type AnnounceResult struct {
-	Swarms []Swarm
+	Swarms []tracker.Swarm
 	// Refused counts new entries (the peer, or its membership of a swarm) not recorded
 	// because the state is full.
 	Refused int
@@ -134,15 +136,15 @@ func NewState(l Limits, now func() time.Time) *State {
 }
 
 func (m *member) live(now time.Time) bool {
-	ttl := DownloadTTL
+	ttl := tracker.DownloadTTL
 	if m.complete {
-		ttl = HolderTTL
+		ttl = tracker.HolderTTL
 	}
 	return now.Before(m.seen.Add(ttl))
 }
 
 func (p *peerEntry) live(now time.Time) bool {
-	return p.blobs > 0 || now.Before(p.seen.Add(HolderTTL))
+	return p.blobs > 0 || now.Before(p.seen.Add(tracker.HolderTTL))
 }
 
 func (l lease) live(now time.Time) bool { return now.Before(l.expires) }
@@ -180,7 +182,7 @@ func (sw *swarm) learn(size, chunkSize int64) {
 // fields), and returns for each blob not Gone up to MaxMembers other live members. A
 // blob whose Size or ChunkSize conflicts with its swarm fails the whole request with
 // ErrConflict, and nothing is recorded.
-func (s *State) Announce(req AnnounceRequest) (AnnounceResult, error) {
+func (s *State) Announce(req tracker.AnnounceRequest) (AnnounceResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -205,7 +207,7 @@ func (s *State) Announce(req AnnounceRequest) (AnnounceResult, error) {
 		p.addrs = slices.Clone(req.Addrs)
 		p.seen = now
 	}
-	res.Swarms = make([]Swarm, 0, len(req.Blobs))
+	res.Swarms = make([]tracker.Swarm, 0, len(req.Blobs))
 	for _, b := range req.Blobs {
 		if b.Gone {
 			s.leave(b.Digest, req.Peer)
@@ -215,14 +217,14 @@ func (s *State) Announce(req AnnounceRequest) (AnnounceResult, error) {
 			res.Refused++
 		}
 		if !b.Complete {
-			res.Swarms = append(res.Swarms, Swarm{Digest: b.Digest, Members: s.pick(now, b.Digest, req.Peer, MaxMembers)})
+			res.Swarms = append(res.Swarms, tracker.Swarm{Digest: b.Digest, Members: s.pick(now, b.Digest, req.Peer, tracker.MaxMembers)})
 		}
 	}
 	return res, nil
 }
 
 // join records p's state of blob b; false means it is new and there is no room for it.
-func (s *State) join(now time.Time, p *peerEntry, b BlobState) bool {
+func (s *State) join(now time.Time, p *peerEntry, b tracker.BlobState) bool {
 	sw := s.swarms[b.Digest]
 	var m *member
 	if sw != nil {
@@ -294,8 +296,8 @@ func (s *State) leave(d digest.Digest, peer string) {
 // by progress, random among those within 1/progressBuckets of each other. Downloaders are
 // always included when there are any: in a rollout they are most of the swarm, and each
 // already holds chunks the others lack.
-func (s *State) pick(now time.Time, d digest.Digest, self string, n int) []Member {
-	out := []Member{}
+func (s *State) pick(now time.Time, d digest.Digest, self string, n int) []tracker.Member {
+	out := []tracker.Member{}
 	sw := s.swarms[d]
 	if sw == nil {
 		return out
@@ -323,7 +325,7 @@ func (s *State) pick(now time.Time, d digest.Digest, self string, n int) []Membe
 	nh = min(len(holders), n-nd)
 
 	appendMember := func(m *member) {
-		out = append(out, Member{Peer: m.peer.id, Addrs: m.peer.addrs, Done: m.done, Complete: m.complete})
+		out = append(out, tracker.Member{Peer: m.peer.id, Addrs: m.peer.addrs, Done: m.done, Complete: m.complete})
 	}
 	for _, m := range sample(holders, nh) {
 		appendMember(m)
@@ -350,25 +352,25 @@ func sample(ms []*member, k int) []*member {
 }
 
 // Lease answers req, which the caller has checked. See LeaseRequest for the rules.
-func (s *State) Lease(req LeaseRequest) (LeaseResponse, error) {
+func (s *State) Lease(req tracker.LeaseRequest) (tracker.LeaseResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
 	s.maybeSweep(now)
 	sw := s.swarms[req.Digest]
 	if sw == nil {
-		return LeaseResponse{}, ErrNotMember
+		return tracker.LeaseResponse{}, ErrNotMember
 	}
 	m := sw.members[req.Peer]
 	if m == nil || !m.live(now) {
-		return LeaseResponse{}, ErrNotMember
+		return tracker.LeaseResponse{}, ErrNotMember
 	}
 	if err := sw.conflicts(req.Size, req.ChunkSize); err != nil {
-		return LeaseResponse{}, err
+		return tracker.LeaseResponse{}, err
 	}
 	sw.learn(req.Size, req.ChunkSize)
 	if int64(req.Chunk) >= sw.chunks() || req.Chunk < 0 {
-		return LeaseResponse{}, fmt.Errorf("%w: chunk %d of %d", ErrOutOfRange, req.Chunk, sw.chunks())
+		return tracker.LeaseResponse{}, fmt.Errorf("%w: chunk %d of %d", ErrOutOfRange, req.Chunk, sw.chunks())
 	}
 	i := req.Chunk
 
@@ -381,19 +383,19 @@ func (s *State) Lease(req LeaseRequest) (LeaseResponse, error) {
 			if holder, ok := sw.done[i]; !ok || !s.liveMember(sw, holder, now) {
 				if !ok {
 					if !s.roomForMark(sw) {
-						return LeaseResponse{}, ErrFull
+						return tracker.LeaseResponse{}, ErrFull
 					}
 					s.marks++
 				}
 				sw.done[i] = req.Peer
 			}
 		}
-		return LeaseResponse{}, nil
+		return tracker.LeaseResponse{}, nil
 	}
 
 	if holder, ok := sw.done[i]; ok {
 		if holder != req.Peer && s.liveMember(sw, holder, now) {
-			return LeaseResponse{Holder: holder}, nil
+			return tracker.LeaseResponse{Holder: holder}, nil
 		}
 		// The holder left, or it is the sender, which said it had the chunk and asks
 		// again: it lost it.
@@ -402,16 +404,16 @@ func (s *State) Lease(req LeaseRequest) (LeaseResponse, error) {
 	}
 	l, held := sw.leases[i]
 	if held && l.holder != req.Peer && l.live(now) && s.liveMember(sw, l.holder, now) {
-		return LeaseResponse{Holder: l.holder}, nil
+		return tracker.LeaseResponse{Holder: l.holder}, nil
 	}
 	if !held {
 		if !s.roomForMark(sw) {
-			return LeaseResponse{}, ErrFull
+			return tracker.LeaseResponse{}, ErrFull
 		}
 		s.marks++
 	}
-	sw.leases[i] = lease{holder: req.Peer, expires: now.Add(LeaseTTL)}
-	return LeaseResponse{Granted: true, TTLMillis: LeaseTTL.Milliseconds()}, nil
+	sw.leases[i] = lease{holder: req.Peer, expires: now.Add(tracker.LeaseTTL)}
+	return tracker.LeaseResponse{Granted: true, TTLMillis: tracker.LeaseTTL.Milliseconds()}, nil
 }
 
 func (s *State) liveMember(sw *swarm, peer string, now time.Time) bool {
@@ -450,13 +452,13 @@ func (s *State) Bootstrap() []string {
 }
 
 // Swarms returns a view of every swarm, sorted by digest.
-func (s *State) Swarms() []SwarmView {
+func (s *State) Swarms() []tracker.SwarmView {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	out := make([]SwarmView, 0, len(s.swarms))
+	out := make([]tracker.SwarmView, 0, len(s.swarms))
 	for d, sw := range s.swarms {
-		v := SwarmView{Digest: d, Size: sw.size}
+		v := tracker.SwarmView{Digest: d, Size: sw.size}
 		var progress float64
 		for _, m := range sw.members {
 			if !m.live(now) {
@@ -484,7 +486,7 @@ func (s *State) Swarms() []SwarmView {
 		}
 		out = append(out, v)
 	}
-	slices.SortFunc(out, func(a, b SwarmView) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
+	slices.SortFunc(out, func(a, b tracker.SwarmView) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
 	return out
 }
 

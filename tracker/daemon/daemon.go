@@ -1,4 +1,6 @@
-package tracker
+// Package daemon is `shoal tracker`: a tracker server on its own HTTP listener, beside a
+// libp2p host that is a DHT server peer nodes join through, and the process's metrics.
+package daemon
 
 import (
 	"context"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/shoal-dev/shoal/internal/serve"
 	"github.com/shoal-dev/shoal/p2p"
+	"github.com/shoal-dev/shoal/tracker/server"
 )
 
 // Config is what `shoal tracker` runs with.
@@ -25,7 +28,7 @@ type Config struct {
 	// PSK is the fleet's private network key file (/key/swarm/psk/1.0.0/ format); empty for
 	// none.
 	PSK    string
-	Limits Limits
+	Limits server.Limits
 	Logger *slog.Logger // nil: slog.Default()
 }
 
@@ -70,7 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("p2p: %w", err)
 	}
 	defer router.Close()
-	srv, err := NewServer(ServerOptions{
+	srv, err := server.New(server.Options{
 		Addrs:    func() []string { return p2p.Addrs(h) },
 		Limits:   cfg.Limits,
 		Registry: reg,

@@ -1,4 +1,4 @@
-package tracker
+package server
 
 import (
 	"cmp"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/tracker"
 )
 
 // fakeClock is a clock tests move by hand.
@@ -42,21 +44,21 @@ const (
 	testChunk = 4 << 20
 )
 
-func announce(t *testing.T, s *State, peer string, blobs ...BlobState) AnnounceResult {
+func announce(t *testing.T, s *State, peer string, blobs ...tracker.BlobState) AnnounceResult {
 	t.Helper()
-	res, err := s.Announce(AnnounceRequest{Peer: peer, Addrs: []string{"/ip4/10.0.0.1/tcp/1/p2p/" + peer}, Blobs: blobs})
+	res, err := s.Announce(tracker.AnnounceRequest{Peer: peer, Addrs: []string{"/ip4/10.0.0.1/tcp/1/p2p/" + peer}, Blobs: blobs})
 	if err != nil {
 		t.Fatalf("Announce(%s) = %v", peer, err)
 	}
 	return res
 }
 
-func downloading(d digest.Digest, done int64) BlobState {
-	return BlobState{Digest: d, Size: testSize, ChunkSize: testChunk, Done: done}
+func downloading(d digest.Digest, done int64) tracker.BlobState {
+	return tracker.BlobState{Digest: d, Size: testSize, ChunkSize: testChunk, Done: done}
 }
 
-func holding(d digest.Digest) BlobState {
-	return BlobState{Digest: d, Size: testSize, ChunkSize: testChunk, Done: testSize, Complete: true}
+func holding(d digest.Digest) tracker.BlobState {
+	return tracker.BlobState{Digest: d, Size: testSize, ChunkSize: testChunk, Done: testSize, Complete: true}
 }
 
 func peersOf(res AnnounceResult, d digest.Digest) []string {
@@ -73,11 +75,11 @@ func peersOf(res AnnounceResult, d digest.Digest) []string {
 	return nil
 }
 
-func leaseReq(peer string, chunk int) LeaseRequest {
-	return LeaseRequest{Peer: peer, Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk}
+func leaseReq(peer string, chunk int) tracker.LeaseRequest {
+	return tracker.LeaseRequest{Peer: peer, Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk}
 }
 
-func mustLease(t *testing.T, s *State, req LeaseRequest) LeaseResponse {
+func mustLease(t *testing.T, s *State, req tracker.LeaseRequest) tracker.LeaseResponse {
 	t.Helper()
 	resp, err := s.Lease(req)
 	if err != nil {
@@ -107,7 +109,7 @@ func TestStateMembership(t *testing.T) {
 	}
 
 	// Gone: B leaves at once.
-	announce(t, s, "B", BlobState{Digest: blobA, Gone: true})
+	announce(t, s, "B", tracker.BlobState{Digest: blobA, Gone: true})
 	if got := peersOf(announce(t, s, "A", downloading(blobA, 2<<20)), blobA); len(got) != 0 {
 		t.Fatalf("after B's Gone A sees %v, want nobody", got)
 	}
@@ -115,14 +117,14 @@ func TestStateMembership(t *testing.T) {
 	// Expiry: a downloader after DownloadTTL, a holder after HolderTTL.
 	announce(t, s, "B", holding(blobA))
 	announce(t, s, "C", downloading(blobA, 0))
-	clock.Advance(DownloadTTL + time.Millisecond)
+	clock.Advance(tracker.DownloadTTL + time.Millisecond)
 	if got := peersOf(announce(t, s, "D", downloading(blobA, 0)), blobA); !slices.Equal(got, []string{"B"}) {
-		t.Fatalf("after DownloadTTL D sees %v, want [B] (A and C expired)", got)
+		t.Fatalf("after tracker.DownloadTTL D sees %v, want [B] (A and C expired)", got)
 	}
-	clock.Advance(HolderTTL)
+	clock.Advance(tracker.HolderTTL)
 	s.Sweep()
 	if st := s.Stats(); st.Swarms != 0 || st.Members != 0 || st.Peers != 0 {
-		t.Errorf("after HolderTTL Stats() = %+v, want empty", st)
+		t.Errorf("after tracker.HolderTTL Stats() = %+v, want empty", st)
 	}
 }
 
@@ -133,7 +135,7 @@ func TestStateMembership(t *testing.T) {
 func TestStateHoldersGetNoMembers(t *testing.T) {
 	t.Parallel()
 	s := NewState(Limits{}, newFakeClock().Now)
-	held := make([]BlobState, 200)
+	held := make([]tracker.BlobState, 200)
 	for i := range held {
 		held[i] = holding(digest.FromString(fmt.Sprint("held ", i)))
 	}
@@ -143,8 +145,8 @@ func TestStateHoldersGetNoMembers(t *testing.T) {
 		}
 	}
 	res := announce(t, s, "D", downloading(held[0].Digest, 0))
-	if got := len(peersOf(res, held[0].Digest)); got != MaxMembers {
-		t.Errorf("a downloader is told %d members of a 60-member swarm, want %d", got, MaxMembers)
+	if got := len(peersOf(res, held[0].Digest)); got != tracker.MaxMembers {
+		t.Errorf("a downloader is told %d members of a 60-member swarm, want %d", got, tracker.MaxMembers)
 	}
 }
 
@@ -159,8 +161,8 @@ func TestStatePickPrefersProgress(t *testing.T) {
 	}
 	res := announce(t, s, "me", downloading(blobA, 0))
 	ms := res.Swarms[0].Members
-	if len(ms) != MaxMembers {
-		t.Fatalf("%d members, want %d", len(ms), MaxMembers)
+	if len(ms) != tracker.MaxMembers {
+		t.Fatalf("%d members, want %d", len(ms), tracker.MaxMembers)
 	}
 	holders, minDone := 0, int64(testSize)
 	for _, m := range ms {
@@ -173,8 +175,8 @@ func TestStatePickPrefersProgress(t *testing.T) {
 			minDone = min(minDone, m.Done)
 		}
 	}
-	if holders == 0 || holders == MaxMembers {
-		t.Errorf("%d complete holders of %d, want both holders and downloaders", holders, MaxMembers)
+	if holders == 0 || holders == tracker.MaxMembers {
+		t.Errorf("%d complete holders of %d, want both holders and downloaders", holders, tracker.MaxMembers)
 	}
 	// The downloaders listed are those furthest along (top 1/8 of progress or so).
 	if minDone < testSize/4 {
@@ -186,14 +188,14 @@ func TestStateConflictRecordsNothing(t *testing.T) {
 	t.Parallel()
 	s := NewState(Limits{}, newFakeClock().Now)
 	announce(t, s, "A", downloading(blobA, 0))
-	_, err := s.Announce(AnnounceRequest{Peer: "B", Blobs: []BlobState{
+	_, err := s.Announce(tracker.AnnounceRequest{Peer: "B", Blobs: []tracker.BlobState{
 		downloading(blobB, 0),
 		{Digest: blobA, Size: testSize + 1, ChunkSize: testChunk},
 	}})
 	if !errors.Is(err, ErrConflict) {
 		t.Fatalf("Announce(other size) = %v, want ErrConflict", err)
 	}
-	_, err = s.Announce(AnnounceRequest{Peer: "B", Blobs: []BlobState{{Digest: blobA, Size: testSize, ChunkSize: 1 << 20}}})
+	_, err = s.Announce(tracker.AnnounceRequest{Peer: "B", Blobs: []tracker.BlobState{{Digest: blobA, Size: testSize, ChunkSize: 1 << 20}}})
 	if !errors.Is(err, ErrConflict) {
 		t.Fatalf("Announce(other chunk size) = %v, want ErrConflict", err)
 	}
@@ -201,7 +203,7 @@ func TestStateConflictRecordsNothing(t *testing.T) {
 		t.Errorf("after conflicts Stats() = %+v, want only A's announce", st)
 	}
 	// Size unknown to the sender (0) is no conflict.
-	announce(t, s, "B", BlobState{Digest: blobA})
+	announce(t, s, "B", tracker.BlobState{Digest: blobA})
 }
 
 func TestStateLeases(t *testing.T) {
@@ -211,8 +213,8 @@ func TestStateLeases(t *testing.T) {
 	announce(t, s, "A", downloading(blobA, 0))
 	announce(t, s, "B", downloading(blobA, 0))
 
-	if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted || resp.TTLMillis != LeaseTTL.Milliseconds() {
-		t.Fatalf("A's first lease = %+v, want granted for LeaseTTL", resp)
+	if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted || resp.TTLMillis != tracker.LeaseTTL.Milliseconds() {
+		t.Fatalf("A's first lease = %+v, want granted for tracker.LeaseTTL", resp)
 	}
 	if resp := mustLease(t, s, leaseReq("B", 0)); resp.Granted || resp.Holder != "A" {
 		t.Fatalf("B's lease of A's chunk = %+v, want refused with holder A", resp)
@@ -223,7 +225,7 @@ func TestStateLeases(t *testing.T) {
 
 	// A renews within the TTL, keeping the chunk past the first lease's end.
 	for range 3 {
-		clock.Advance(LeaseTTL / 2)
+		clock.Advance(tracker.LeaseTTL / 2)
 		announce(t, s, "A", downloading(blobA, 0))
 		announce(t, s, "B", downloading(blobA, 0))
 		if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted {
@@ -236,7 +238,7 @@ func TestStateLeases(t *testing.T) {
 
 	// A's holder dies (stops renewing but stays a member): after LeaseTTL the chunk goes to B.
 	for range 4 {
-		clock.Advance(LeaseTTL / 4)
+		clock.Advance(tracker.LeaseTTL / 4)
 		announce(t, s, "A", downloading(blobA, 0))
 		announce(t, s, "B", downloading(blobA, 0))
 	}
@@ -248,19 +250,19 @@ func TestStateLeases(t *testing.T) {
 	}
 
 	// B releases with Done: the chunk is not leased again while B is a member.
-	mustLease(t, s, LeaseRequest{Peer: "B", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 0, Release: true, Done: true})
+	mustLease(t, s, tracker.LeaseRequest{Peer: "B", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 0, Release: true, Done: true})
 	if resp := mustLease(t, s, leaseReq("A", 0)); resp.Granted || resp.Holder != "B" {
 		t.Fatalf("lease of a done chunk = %+v, want holder B", resp)
 	}
 	// A plain release frees the chunk for the next.
-	mustLease(t, s, LeaseRequest{Peer: "B", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 1, Release: true})
+	mustLease(t, s, tracker.LeaseRequest{Peer: "B", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 1, Release: true})
 	if resp := mustLease(t, s, leaseReq("A", 1)); !resp.Granted {
 		t.Fatalf("lease of a released chunk = %+v, want granted", resp)
 	}
 
 	// B's membership lapses: its done chunk is leasable again.
 	for range 3 {
-		clock.Advance(DownloadTTL / 2)
+		clock.Advance(tracker.DownloadTTL / 2)
 		announce(t, s, "A", downloading(blobA, 0))
 	}
 	if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted {
@@ -277,8 +279,8 @@ func TestStateLeaseGoneFreesChunks(t *testing.T) {
 	announce(t, s, "A", downloading(blobA, 0))
 	announce(t, s, "B", downloading(blobA, 0))
 	mustLease(t, s, leaseReq("A", 0))
-	mustLease(t, s, LeaseRequest{Peer: "A", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 1, Release: true, Done: true})
-	announce(t, s, "A", BlobState{Digest: blobA, Gone: true})
+	mustLease(t, s, tracker.LeaseRequest{Peer: "A", Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 1, Release: true, Done: true})
+	announce(t, s, "A", tracker.BlobState{Digest: blobA, Gone: true})
 	for i := range 2 {
 		if resp := mustLease(t, s, leaseReq("B", i)); !resp.Granted {
 			t.Fatalf("lease of chunk %d after its holder's Gone = %+v, want granted", i, resp)
@@ -293,18 +295,18 @@ func TestStateLeaseRefusals(t *testing.T) {
 	t.Parallel()
 	s := NewState(Limits{}, newFakeClock().Now)
 	announce(t, s, "A", downloading(blobA, 0))
-	announce(t, s, "C", BlobState{Digest: blobB})
+	announce(t, s, "C", tracker.BlobState{Digest: blobB})
 	tests := []struct {
 		name string
-		req  LeaseRequest
+		req  tracker.LeaseRequest
 		want error
 	}{
 		{name: "not a member", req: leaseReq("B", 0), want: ErrNotMember},
-		{name: "unknown blob", req: LeaseRequest{Peer: "A", Digest: blobB, Size: testSize, ChunkSize: testChunk}, want: ErrNotMember},
+		{name: "unknown blob", req: tracker.LeaseRequest{Peer: "A", Digest: blobB, Size: testSize, ChunkSize: testChunk}, want: ErrNotMember},
 		{name: "index past the end", req: leaseReq("A", 3), want: ErrOutOfRange},
 		{name: "negative index", req: leaseReq("A", -1), want: ErrOutOfRange},
-		{name: "other size", req: LeaseRequest{Peer: "A", Digest: blobA, Size: testSize * 2, ChunkSize: testChunk}, want: ErrConflict},
-		{name: "other chunk size", req: LeaseRequest{Peer: "A", Digest: blobA, Size: testSize, ChunkSize: 1 << 20, Chunk: 5}, want: ErrConflict},
+		{name: "other size", req: tracker.LeaseRequest{Peer: "A", Digest: blobA, Size: testSize * 2, ChunkSize: testChunk}, want: ErrConflict},
+		{name: "other chunk size", req: tracker.LeaseRequest{Peer: "A", Digest: blobA, Size: testSize, ChunkSize: 1 << 20, Chunk: 5}, want: ErrConflict},
 	}
 	for _, tt := range tests {
 		if resp, err := s.Lease(tt.req); !errors.Is(err, tt.want) || resp.Granted {
@@ -315,10 +317,10 @@ func TestStateLeaseRefusals(t *testing.T) {
 		t.Errorf("after refusals %d leases, want 0", st.Leases)
 	}
 	// A swarm that did not know the size learns it from a member's lease.
-	if resp := mustLease(t, s, LeaseRequest{Peer: "C", Digest: blobB, Size: testSize, ChunkSize: testChunk, Chunk: 2}); !resp.Granted {
+	if resp := mustLease(t, s, tracker.LeaseRequest{Peer: "C", Digest: blobB, Size: testSize, ChunkSize: testChunk, Chunk: 2}); !resp.Granted {
 		t.Fatalf("lease in a swarm of unknown size = %+v, want granted", resp)
 	}
-	if _, err := s.Lease(LeaseRequest{Peer: "C", Digest: blobB, Size: testSize + 1, ChunkSize: testChunk}); !errors.Is(err, ErrConflict) {
+	if _, err := s.Lease(tracker.LeaseRequest{Peer: "C", Digest: blobB, Size: testSize + 1, ChunkSize: testChunk}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("lease with another size after it was learned = %v, want ErrConflict", err)
 	}
 }
@@ -332,7 +334,7 @@ func TestStateCaps(t *testing.T) {
 	}
 	announce(t, s, "B", downloading(blobA, 0))
 	if res := announce(t, s, "C", downloading(blobA, 0), downloading(blobB, 0)); res.Refused != 1 {
-		t.Fatalf("fifth member: %d refused, want 1 (MaxMembers)", res.Refused)
+		t.Fatalf("fifth member: %d refused, want 1 (tracker.MaxMembers)", res.Refused)
 	}
 	if res := announce(t, s, "D", downloading(blobA, 0)); res.Refused != 2 {
 		t.Fatalf("fourth peer: %d refused, want 2 (MaxPeers, and no membership)", res.Refused)
@@ -357,7 +359,7 @@ func TestStateCaps(t *testing.T) {
 	mustLease(t, s, leaseReq("A", 1)) // a renewal needs no room
 
 	// Expired entries make room.
-	clock.Advance(HolderTTL + maxSweepInterval)
+	clock.Advance(tracker.HolderTTL + maxSweepInterval)
 	if res := announce(t, s, "D", downloading(digest.FromString("c"), 0)); res.Refused != 0 {
 		t.Fatalf("after expiry: %d refused, want 0", res.Refused)
 	}
@@ -367,15 +369,15 @@ func TestStateSwarmsAndBootstrap(t *testing.T) {
 	t.Parallel()
 	s := NewState(Limits{}, newFakeClock().Now)
 	announce(t, s, "A", holding(blobA))
-	announce(t, s, "B", BlobState{Digest: blobA, Size: testSize, ChunkSize: testChunk, Done: testSize / 2, FromOrigin: 5, FromPeers: 7})
-	announce(t, s, "C", BlobState{Digest: blobB})
+	announce(t, s, "B", tracker.BlobState{Digest: blobA, Size: testSize, ChunkSize: testChunk, Done: testSize / 2, FromOrigin: 5, FromPeers: 7})
+	announce(t, s, "C", tracker.BlobState{Digest: blobB})
 	mustLease(t, s, leaseReq("B", 1))
 	got := s.Swarms()
-	want := []SwarmView{
+	want := []tracker.SwarmView{
 		{Digest: blobA, Size: testSize, Members: 2, Complete: 1, Progress: 0.75, FromOrigin: 5, FromPeers: 7, Leases: 1},
 		{Digest: blobB, Members: 1},
 	}
-	slices.SortFunc(want, func(a, b SwarmView) int { return cmp.Compare(a.Digest, b.Digest) })
+	slices.SortFunc(want, func(a, b tracker.SwarmView) int { return cmp.Compare(a.Digest, b.Digest) })
 	if !slices.Equal(got, want) {
 		t.Fatalf("Swarms() = %+v, want %+v", got, want)
 	}

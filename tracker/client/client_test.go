@@ -1,8 +1,7 @@
-package tracker
+package client
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,7 +19,29 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/shoal-dev/shoal/p2p"
+	"github.com/shoal-dev/shoal/tracker"
+	"github.com/shoal-dev/shoal/tracker/server"
 )
+
+// testPeer is a node's identity: a real libp2p host and its signer.
+type testPeer struct {
+	addrs  []string
+	signer *p2p.Signer
+}
+
+func newTestPeer(t testing.TB) *testPeer {
+	t.Helper()
+	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	signer, err := p2p.NewSigner(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testPeer{addrs: p2p.Addrs(h), signer: signer}
+}
 
 // fakeTracker checks every POST's signature, records what it was sent, and answers as set.
 type fakeTracker struct {
@@ -32,16 +53,16 @@ type fakeTracker struct {
 
 	mu        sync.Mutex
 	instance  string
-	members   []Member // answered for every digest announced and not gone
-	lease     LeaseResponse
+	members   []tracker.Member // answered for every digest announced and not gone
+	lease     tracker.LeaseResponse
 	raw       string // if set, the body of every answer
 	peers     []string
-	announces []AnnounceRequest
-	leases    []LeaseRequest
+	announces []tracker.AnnounceRequest
+	leases    []tracker.LeaseRequest
 }
 
 func newFakeTracker(t *testing.T) *fakeTracker {
-	f := &fakeTracker{t: t, instance: "one", lease: LeaseResponse{Granted: true, TTLMillis: LeaseTTL.Milliseconds()}}
+	f := &fakeTracker{t: t, instance: "one", lease: tracker.LeaseResponse{Granted: true, TTLMillis: tracker.LeaseTTL.Milliseconds()}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -58,14 +79,10 @@ func (f *fakeTracker) serve(w http.ResponseWriter, r *http.Request) {
 	defer f.mu.Unlock()
 	var out any
 	switch {
-	case r.Method == http.MethodGet && r.URL.Path == PathBootstrap:
-		out = BootstrapResponse{Peers: f.peers}
+	case r.Method == http.MethodGet && r.URL.Path == tracker.PathBootstrap:
+		out = tracker.BootstrapResponse{Peers: f.peers}
 	case r.Method == http.MethodPost:
-		peer := r.Header.Get(HeaderPeer)
-		sig, err := base64.StdEncoding.DecodeString(r.Header.Get(HeaderSignature))
-		if err == nil {
-			err = p2p.VerifySignature(peer, SigningBytes(r.Method, r.URL.Path, body), sig)
-		}
+		peer, err := tracker.Verify(r.Header, r.Method, r.URL.Path, body, p2p.VerifySignature)
 		if err != nil {
 			f.t.Errorf("%s %s: signature: %v", r.Method, r.URL.Path, err)
 			http.Error(w, "bad signature", http.StatusUnauthorized)
@@ -74,22 +91,22 @@ func (f *fakeTracker) serve(w http.ResponseWriter, r *http.Request) {
 		var claimed string
 		var at int64
 		switch r.URL.Path {
-		case PathAnnounce:
-			var req AnnounceRequest
+		case tracker.PathAnnounce:
+			var req tracker.AnnounceRequest
 			if err := json.Unmarshal(body, &req); err != nil {
 				f.t.Errorf("announce body: %v", err)
 			}
 			claimed, at = req.Peer, req.Time
 			f.announces = append(f.announces, req)
-			resp := AnnounceResponse{Instance: f.instance}
+			resp := tracker.AnnounceResponse{Instance: f.instance}
 			for _, b := range req.Blobs {
 				if !b.Gone {
-					resp.Swarms = append(resp.Swarms, Swarm{Digest: b.Digest, Members: f.members})
+					resp.Swarms = append(resp.Swarms, tracker.Swarm{Digest: b.Digest, Members: f.members})
 				}
 			}
 			out = resp
-		case PathLease:
-			var req LeaseRequest
+		case tracker.PathLease:
+			var req tracker.LeaseRequest
 			if err := json.Unmarshal(body, &req); err != nil {
 				f.t.Errorf("lease body: %v", err)
 			}
@@ -97,7 +114,7 @@ func (f *fakeTracker) serve(w http.ResponseWriter, r *http.Request) {
 			f.leases = append(f.leases, req)
 			out = f.lease
 			if req.Release {
-				out = LeaseResponse{}
+				out = tracker.LeaseResponse{}
 			}
 		default:
 			http.NotFound(w, r)
@@ -106,7 +123,7 @@ func (f *fakeTracker) serve(w http.ResponseWriter, r *http.Request) {
 		if claimed != peer {
 			f.t.Errorf("%s: body peer %s, header %s", r.URL.Path, claimed, peer)
 		}
-		if skew := time.Since(time.UnixMilli(at)).Abs(); skew > MaxClockSkew {
+		if skew := time.Since(time.UnixMilli(at)).Abs(); skew > tracker.MaxClockSkew {
 			f.t.Errorf("%s: time %d is %v off", r.URL.Path, at, skew)
 		}
 	default:
@@ -126,7 +143,7 @@ func (f *fakeTracker) set(fn func(f *fakeTracker)) {
 	fn(f)
 }
 
-func (f *fakeTracker) leaseLog() []LeaseRequest {
+func (f *fakeTracker) leaseLog() []tracker.LeaseRequest {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.leases)
@@ -134,8 +151,8 @@ func (f *fakeTracker) leaseLog() []LeaseRequest {
 
 func newTestClient(t *testing.T, id *testPeer, urls ...string) *Client {
 	t.Helper()
-	c, err := NewClient(ClientOptions{
-		URLs: urls, Signer: id.signer, Addrs: func() []string { return []string{id.addrs[0]} },
+	c, err := New(Options{
+		URLs: urls, Signer: id.signer, PeerAddrs: p2p.PeerAddrs, Addrs: func() []string { return []string{id.addrs[0]} },
 		Timeout: 300 * time.Millisecond, Backoff: time.Minute,
 	})
 	if err != nil {
@@ -162,27 +179,27 @@ func TestClientAnnounceMembers(t *testing.T) {
 	t.Parallel()
 	self, other, third := newTestPeer(t), newTestPeer(t), newTestPeer(t)
 	f := newFakeTracker(t)
-	many := make([]Member, 0, MaxMembers+10)
-	for range MaxMembers + 10 {
-		many = append(many, Member{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}})
+	many := make([]tracker.Member, 0, tracker.MaxMembers+10)
+	for range tracker.MaxMembers + 10 {
+		many = append(many, tracker.Member{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}})
 	}
 	tests := []struct {
 		name    string
-		members []Member
-		want    []Member
+		members []tracker.Member
+		want    []tracker.Member
 	}{
-		{"valid", []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}},
-		{"bad peer ID", []Member{{Peer: "not-a-peer", Addrs: []string{other.addrs[0]}}, {Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}, []Member{{Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}},
-		{"addr of another peer", []Member{{Peer: other.signer.ID(), Addrs: []string{third.addrs[0], other.addrs[0], "/garbage"}}}, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
-		{"self left out", []Member{{Peer: self.signer.ID(), Addrs: []string{self.addrs[0]}}}, nil},
-		{"negative done", []Member{{Peer: other.signer.ID(), Done: -3, Complete: true}}, []Member{{Peer: other.signer.ID(), Complete: true}}},
-		{"duplicates", many, []Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
+		{"valid", []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}, []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}},
+		{"bad peer ID", []tracker.Member{{Peer: "not-a-peer", Addrs: []string{other.addrs[0]}}, {Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}, []tracker.Member{{Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}},
+		{"addr of another peer", []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{third.addrs[0], other.addrs[0], "/garbage"}}}, []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
+		{"self left out", []tracker.Member{{Peer: self.signer.ID(), Addrs: []string{self.addrs[0]}}}, nil},
+		{"negative done", []tracker.Member{{Peer: other.signer.ID(), Done: -3, Complete: true}}, []tracker.Member{{Peer: other.signer.ID(), Complete: true}}},
+		{"duplicates", many, []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f.set(func(f *fakeTracker) { f.members = tt.members })
 			c := newTestClient(t, self, f.srv.URL)
-			got, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob, Done: 1}})
+			got, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob, Done: 1}})
 			if err != nil {
 				t.Fatalf("Announce = %v", err)
 			}
@@ -196,19 +213,19 @@ func TestClientAnnounceMembers(t *testing.T) {
 	}
 
 	// Too many distinct members: capped.
-	ids := make([]Member, 0, MaxMembers+5)
-	for range MaxMembers + 5 {
+	ids := make([]tracker.Member, 0, tracker.MaxMembers+5)
+	for range tracker.MaxMembers + 5 {
 		id := newTestPeer(t)
-		ids = append(ids, Member{Peer: id.signer.ID(), Addrs: []string{id.addrs[0]}})
+		ids = append(ids, tracker.Member{Peer: id.signer.ID(), Addrs: []string{id.addrs[0]}})
 	}
 	f.set(func(f *fakeTracker) { f.members = ids })
 	c := newTestClient(t, self, f.srv.URL)
-	got, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}})
-	if err != nil || len(got[clientBlob]) != MaxMembers {
-		t.Errorf("Announce with %d members = %d, %v; want %d", len(ids), len(got[clientBlob]), err, MaxMembers)
+	got, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}})
+	if err != nil || len(got[clientBlob]) != tracker.MaxMembers {
+		t.Errorf("Announce with %d members = %d, %v; want %d", len(ids), len(got[clientBlob]), err, tracker.MaxMembers)
 	}
 	// A blob announced complete keeps no members.
-	if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob, Complete: true}}); err != nil || c.Members(clientBlob) != nil {
+	if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob, Complete: true}}); err != nil || c.Members(clientBlob) != nil {
 		t.Errorf("after announcing complete: Members = %v (%v), want none", c.Members(clientBlob), err)
 	}
 	// What was signed was what was sent, addrs included.
@@ -220,8 +237,8 @@ func TestClientAnnounceMembers(t *testing.T) {
 	}
 }
 
-func sameMembers(a, b []Member) bool {
-	return slices.EqualFunc(a, b, func(x, y Member) bool {
+func sameMembers(a, b []tracker.Member) bool {
+	return slices.EqualFunc(a, b, func(x, y tracker.Member) bool {
 		return x.Peer == y.Peer && slices.Equal(x.Addrs, y.Addrs) && x.Done == y.Done && x.Complete == y.Complete
 	})
 }
@@ -230,17 +247,17 @@ func TestClientBatches(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
 	c := newTestClient(t, newTestPeer(t), f.srv.URL)
-	blobs := make([]BlobState, MaxBlobs+3)
+	blobs := make([]tracker.BlobState, tracker.MaxBlobs+3)
 	for i := range blobs {
-		blobs[i] = BlobState{Digest: digest.FromString(fmt.Sprint(i)), Complete: true}
+		blobs[i] = tracker.BlobState{Digest: digest.FromString(fmt.Sprint(i)), Complete: true}
 	}
 	if _, err := c.Announce(context.Background(), blobs); err != nil {
 		t.Fatal(err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.announces) != 2 || len(f.announces[0].Blobs) != MaxBlobs || len(f.announces[1].Blobs) != 3 {
-		t.Errorf("announces of %d blobs: %d requests, want 2 of at most %d", len(blobs), len(f.announces), MaxBlobs)
+	if len(f.announces) != 2 || len(f.announces[0].Blobs) != tracker.MaxBlobs || len(f.announces[1].Blobs) != 3 {
+		t.Errorf("announces of %d blobs: %d requests, want 2 of at most %d", len(blobs), len(f.announces), tracker.MaxBlobs)
 	}
 }
 
@@ -249,7 +266,7 @@ func TestClientStrictAnswers(t *testing.T) {
 	for name, raw := range map[string]string{
 		"unknown field": `{"instance":"x","swarms":[],"surprise":1}`,
 		"trailing data": `{"instance":"x","swarms":[]} {}`,
-		"too large":     `{"instance":"` + strings.Repeat("x", MaxBody) + `"}`,
+		"too large":     `{"instance":"` + strings.Repeat("x", tracker.MaxBody) + `"}`,
 		"not json":      `<html>`,
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -257,7 +274,7 @@ func TestClientStrictAnswers(t *testing.T) {
 			f := newFakeTracker(t)
 			f.set(func(f *fakeTracker) { f.raw = raw })
 			c := newTestClient(t, newTestPeer(t), f.srv.URL)
-			if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
+			if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
 				t.Errorf("Announce answered %s = %v, want ErrUnavailable", name, err)
 			}
 		})
@@ -285,7 +302,7 @@ func TestClientBackoff(t *testing.T) {
 			t.Fatalf("Lease while the tracker is down took %v, want at once", d)
 		}
 	}
-	if _, err := c.Announce(ctx, []BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
+	if _, err := c.Announce(ctx, []tracker.BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Announce while the tracker is down = %v, want ErrUnavailable", err)
 	}
 	if n := f.requests.Load(); n != before {
@@ -307,7 +324,7 @@ func TestClientInstanceChange(t *testing.T) {
 	c := newTestClient(t, newTestPeer(t), f.srv.URL)
 	ctx := context.Background()
 	for range 2 {
-		if _, err := c.Announce(ctx, []BlobState{{Digest: clientBlob}}); err != nil {
+		if _, err := c.Announce(ctx, []tracker.BlobState{{Digest: clientBlob}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -317,7 +334,7 @@ func TestClientInstanceChange(t *testing.T) {
 	default:
 	}
 	f.set(func(f *fakeTracker) { f.instance = "two" })
-	if _, err := c.Announce(ctx, []BlobState{{Digest: clientBlob}}); err != nil {
+	if _, err := c.Announce(ctx, []tracker.BlobState{{Digest: clientBlob}}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -330,7 +347,7 @@ func TestClientInstanceChange(t *testing.T) {
 func TestClientLeaseRenewRelease(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
-	f.set(func(f *fakeTracker) { f.lease = LeaseResponse{Granted: true, TTLMillis: 150} })
+	f.set(func(f *fakeTracker) { f.lease = tracker.LeaseResponse{Granted: true, TTLMillis: 150} })
 	c := newTestClient(t, newTestPeer(t), f.srv.URL)
 	l, _, err := c.Lease(context.Background(), clientBlob, 100, 10, 3)
 	if err != nil || l == nil {
@@ -366,7 +383,7 @@ func TestClientLeaseRenewRelease(t *testing.T) {
 	other := newTestPeer(t)
 	c2 := newTestClient(t, newTestPeer(t), f2.srv.URL)
 	for holder, want := range map[string]string{other.signer.ID(): other.signer.ID(), "garbage": ""} {
-		f2.set(func(f *fakeTracker) { f.lease = LeaseResponse{Holder: holder} })
+		f2.set(func(f *fakeTracker) { f.lease = tracker.LeaseResponse{Holder: holder} })
 		l, got, err := c2.Lease(context.Background(), clientBlob, 100, 10, 0)
 		if l != nil || err != nil || got != want {
 			t.Errorf("refused Lease naming %q = %v, %q, %v; want nil, %q, nil", holder, l, got, err, want)
@@ -461,37 +478,19 @@ func TestClientBootstrap(t *testing.T) {
 	}
 }
 
-func TestParseURL(t *testing.T) {
-	t.Parallel()
-	for raw, want := range map[string]string{
-		"http://tracker:5090":        "http://tracker:5090",
-		"https://tracker.example/x/": "https://tracker.example/x",
-		"ftp://tracker":              "",
-		"tracker:5090":               "",
-		"http://":                    "",
-		"http://u:p@tracker":         "",
-		"http://tracker?x=1":         "",
-	} {
-		got, err := ParseURL(raw)
-		if (err == nil) != (want != "") || got != want {
-			t.Errorf("ParseURL(%q) = %q, %v; want %q", raw, got, err, want)
-		}
-	}
-}
-
 // TestClientMetrics: the request counter and the up gauge follow the answers.
 func TestClientMetrics(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
 	c := newTestClient(t, newTestPeer(t), f.srv.URL)
-	if _, err := c.Announce(context.Background(), []BlobState{{Digest: clientBlob}}); err != nil {
+	if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); err != nil {
 		t.Fatal(err)
 	}
 	if !c.up.Load() {
 		t.Error("up = false after an answer")
 	}
 	f.hang.Store(true)
-	c.Announce(context.Background(), []BlobState{{Digest: clientBlob}})
+	c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}})
 	if c.up.Load() {
 		t.Error("up = true after a timeout")
 	}
@@ -506,15 +505,20 @@ func TestClientMetrics(t *testing.T) {
 // see each other in a swarm, one gets the lease on a chunk, the other is told it holds it.
 func TestClientAgainstServer(t *testing.T) {
 	t.Parallel()
-	hs := newHTTPTracker(t)
+	srv, err := server.New(server.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
 	a, b := newTestPeer(t), newTestPeer(t)
 	ca, cb := newTestClient(t, a, hs.URL), newTestClient(t, b, hs.URL)
 	ctx := context.Background()
-	state := BlobState{Digest: clientBlob, Size: 100, ChunkSize: 10, Done: 10}
-	if _, err := ca.Announce(ctx, []BlobState{state}); err != nil {
+	state := tracker.BlobState{Digest: clientBlob, Size: 100, ChunkSize: 10, Done: 10}
+	if _, err := ca.Announce(ctx, []tracker.BlobState{state}); err != nil {
 		t.Fatalf("Announce = %v", err)
 	}
-	got, err := cb.Announce(ctx, []BlobState{state})
+	got, err := cb.Announce(ctx, []tracker.BlobState{state})
 	if err != nil || len(got[clientBlob]) != 1 || got[clientBlob][0].Peer != a.signer.ID() {
 		t.Fatalf("second node's Announce = %+v, %v; want the first as a member", got, err)
 	}
@@ -529,5 +533,49 @@ func TestClientAgainstServer(t *testing.T) {
 	}
 	if _, _, err := cb.Lease(ctx, digest.FromString("not announced"), 100, 10, 0); err == nil || errors.Is(err, ErrUnavailable) {
 		t.Errorf("Lease on a blob not announced = %v, want a refusal that is not ErrUnavailable", err)
+	}
+}
+
+// TestClientBackoffWaits: each failure in a row doubles how long a tracker is left alone,
+// from Options.Backoff up to 30 s, and an answer ends it.
+func TestClientBackoffWaits(t *testing.T) {
+	t.Parallel()
+	c, err := New(Options{URLs: []string{"http://tracker"}, Signer: newTestPeer(t).signer, PeerAddrs: p2p.PeerAddrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	e := c.trackers[0]
+	down := errDown{errors.New("connection refused")}
+	for i, want := range []time.Duration{2, 4, 8, 16, 30, 30} {
+		want *= time.Second
+		before := time.Now()
+		c.result(e, "announce", down)
+		e.mu.Lock()
+		wait := e.downUntil.Sub(before)
+		e.mu.Unlock()
+		if wait < want || wait > want+time.Second {
+			t.Errorf("after %d failures: down for %v, want %v", i+1, wait, want)
+		}
+	}
+	c.result(e, "announce", nil)
+	if !e.available(time.Now()) {
+		t.Error("tracker still down after an answer")
+	}
+}
+
+func TestNewChecksOptions(t *testing.T) {
+	t.Parallel()
+	signer := newTestPeer(t).signer
+	for name, o := range map[string]Options{
+		"no URL":             {Signer: signer, PeerAddrs: p2p.PeerAddrs},
+		"bad URL":            {URLs: []string{"tracker:5090"}, Signer: signer, PeerAddrs: p2p.PeerAddrs},
+		"no signer":          {URLs: []string{"http://tracker"}, PeerAddrs: p2p.PeerAddrs},
+		"no peer addr check": {URLs: []string{"http://tracker"}, Signer: signer},
+	} {
+		if c, err := New(o); err == nil {
+			c.Close()
+			t.Errorf("New(%s) = nil error, want one", name)
+		}
 	}
 }

@@ -1,8 +1,11 @@
-package tracker
+// Package server is shoal's tracker: the HTTP handlers of the protocol in package tracker,
+// over State, the soft state of swarms and chunk leases. It checks every signed request
+// against the peer's key and the addresses a peer announces against its ID, which is why it,
+// unlike the protocol and the client, uses p2p.
+package server
 
 import (
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -18,10 +21,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/shoal-dev/shoal/p2p"
+	"github.com/shoal-dev/shoal/tracker"
 )
 
-// ServerOptions configure NewServer.
-type ServerOptions struct {
+// Options configure New.
+type Options struct {
 	// Addrs returns the tracker's own libp2p addresses, each ending in /p2p/<id>, which
 	// /bootstrap lists first. Nil means none.
 	Addrs func() []string
@@ -36,7 +40,7 @@ type ServerOptions struct {
 	Now func() time.Time
 }
 
-// Server is the tracker's HTTP API: see api.go for the protocol. It holds only soft state
+// Server is the tracker's HTTP API: see package tracker for the protocol. It holds only soft state
 // and needs no background work: expired entries are swept as requests arrive.
 type Server struct {
 	state    *State
@@ -65,8 +69,8 @@ const (
 	resultFull         = "full"
 )
 
-// NewServer returns a tracker with empty state and a fresh random Instance.
-func NewServer(o ServerOptions) (*Server, error) {
+// New returns a tracker with empty state and a fresh random Instance.
+func New(o Options) (*Server, error) {
 	var id [16]byte
 	rand.Read(id[:])
 	s := &Server{
@@ -109,10 +113,10 @@ func NewServer(o ServerOptions) (*Server, error) {
 	}
 
 	s.mux = http.NewServeMux()
-	s.mux.Handle("POST "+PathAnnounce, s.timed(PathAnnounce, s.handleAnnounce))
-	s.mux.Handle("POST "+PathLease, s.timed(PathLease, s.handleLease))
-	s.mux.Handle("GET "+PathBootstrap, s.timed(PathBootstrap, s.handleBootstrap))
-	s.mux.Handle("GET "+PathSwarms, s.timed(PathSwarms, s.handleSwarms))
+	s.mux.Handle("POST "+tracker.PathAnnounce, s.timed(tracker.PathAnnounce, s.handleAnnounce))
+	s.mux.Handle("POST "+tracker.PathLease, s.timed(tracker.PathLease, s.handleLease))
+	s.mux.Handle("GET "+tracker.PathBootstrap, s.timed(tracker.PathBootstrap, s.handleBootstrap))
+	s.mux.Handle("GET "+tracker.PathSwarms, s.timed(tracker.PathSwarms, s.handleSwarms))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
@@ -150,8 +154,8 @@ func refuse(status int, result, format string, args ...any) *refusal {
 }
 
 func (s *Server) handleAnnounce(w http.ResponseWriter, r *http.Request) {
-	var req AnnounceRequest
-	if rerr := s.readSigned(w, r, PathAnnounce, &req, func() (string, int64) { return req.Peer, req.Time }); rerr != nil {
+	var req tracker.AnnounceRequest
+	if rerr := s.readSigned(w, r, tracker.PathAnnounce, &req, func() (string, int64) { return req.Peer, req.Time }); rerr != nil {
 		s.fail(w, r, s.announces, rerr)
 		return
 	}
@@ -170,12 +174,12 @@ func (s *Server) handleAnnounce(w http.ResponseWriter, r *http.Request) {
 	}
 	s.announces.WithLabelValues(resultOK).Inc()
 	s.log.Debug("announce", "peer", req.Peer, "blobs", len(req.Blobs))
-	serveJSON(w, http.StatusOK, AnnounceResponse{Instance: s.instance, Swarms: res.Swarms})
+	serveJSON(w, http.StatusOK, tracker.AnnounceResponse{Instance: s.instance, Swarms: res.Swarms})
 }
 
 func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
-	var req LeaseRequest
-	if rerr := s.readSigned(w, r, PathLease, &req, func() (string, int64) { return req.Peer, req.Time }); rerr != nil {
+	var req tracker.LeaseRequest
+	if rerr := s.readSigned(w, r, tracker.PathLease, &req, func() (string, int64) { return req.Peer, req.Time }); rerr != nil {
 		s.fail(w, r, s.leases, rerr)
 		return
 	}
@@ -202,67 +206,60 @@ func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleBootstrap(w http.ResponseWriter, r *http.Request) {
 	peers := slices.Concat([]string{}, s.addrs(), s.state.Bootstrap())
-	serveJSON(w, http.StatusOK, BootstrapResponse{Peers: peers})
+	serveJSON(w, http.StatusOK, tracker.BootstrapResponse{Peers: peers})
 }
 
 func (s *Server) handleSwarms(w http.ResponseWriter, r *http.Request) {
-	serveJSON(w, http.StatusOK, SwarmsResponse{Instance: s.instance, Swarms: s.state.Swarms()})
+	serveJSON(w, http.StatusOK, tracker.SwarmsResponse{Instance: s.instance, Swarms: s.state.Swarms()})
 }
 
 // readSigned reads a signed request's body, checks its signature against HeaderPeer, and
 // decodes it strictly into v. sender returns the peer and time v claims once decoded: the
 // peer must be the one that signed, the time within MaxClockSkew of the tracker's.
 func (s *Server) readSigned(w http.ResponseWriter, r *http.Request, path string, v any, sender func() (string, int64)) *refusal {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, tracker.MaxBody))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return refuse(http.StatusRequestEntityTooLarge, resultTooLarge, "body over %d bytes", MaxBody)
+			return refuse(http.StatusRequestEntityTooLarge, resultTooLarge, "body over %d bytes", tracker.MaxBody)
 		}
 		return refuse(http.StatusBadRequest, resultInvalid, "read body: %v", err)
 	}
-	peer, sig64 := r.Header.Get(HeaderPeer), r.Header.Get(HeaderSignature)
-	if peer == "" || sig64 == "" {
-		return refuse(http.StatusUnauthorized, resultUnauthorized, "missing %s or %s header", HeaderPeer, HeaderSignature)
-	}
-	sig, err := base64.StdEncoding.DecodeString(sig64)
+	peer, err := tracker.Verify(r.Header, r.Method, path, body, p2p.VerifySignature)
 	if err != nil {
-		return refuse(http.StatusUnauthorized, resultUnauthorized, "%s: not base64", HeaderSignature)
+		return refuse(http.StatusUnauthorized, resultUnauthorized, "%v", err)
 	}
-	if err := p2p.VerifySignature(peer, SigningBytes(r.Method, path, body), sig); err != nil {
-		return refuse(http.StatusUnauthorized, resultUnauthorized, "signature: %v", err)
-	}
-	if err := decodeStrict(body, v); err != nil {
+	if err := tracker.Decode(body, v); err != nil {
 		return refuse(http.StatusBadRequest, resultInvalid, "body: %v", err)
 	}
 	claimed, ms := sender()
 	if claimed != peer {
 		return refuse(http.StatusUnauthorized, resultUnauthorized, "peer %q is not the signer %s", claimed, peer)
 	}
-	if skew := s.state.now().Sub(time.UnixMilli(ms)).Abs(); skew > MaxClockSkew {
-		return refuse(http.StatusUnauthorized, resultUnauthorized, "time is %v off the tracker's clock, over %v", skew.Round(time.Second), MaxClockSkew)
+	if skew := s.state.now().Sub(time.UnixMilli(ms)).Abs(); skew > tracker.MaxClockSkew {
+		return refuse(http.StatusUnauthorized, resultUnauthorized, "time is %v off the tracker's clock, over %v", skew.Round(time.Second), tracker.MaxClockSkew)
 	}
 	return nil
 }
 
 // checkAnnounce checks what an announce may say on its own; State checks it against the
 // swarms.
-func checkAnnounce(req AnnounceRequest) *refusal {
+func checkAnnounce(req tracker.AnnounceRequest) *refusal {
 	bad := func(format string, args ...any) *refusal {
 		return refuse(http.StatusBadRequest, resultInvalid, format, args...)
 	}
-	if len(req.Addrs) > MaxAddrs {
-		return bad("%d addrs, over %d", len(req.Addrs), MaxAddrs)
+	if len(req.Addrs) > tracker.MaxAddrs {
+		return bad("%d addrs, over %d", len(req.Addrs), tracker.MaxAddrs)
 	}
 	for _, a := range req.Addrs {
-		if len(a) > MaxAddrLen {
-			return bad("addr of %d bytes, over %d", len(a), MaxAddrLen)
+		if len(a) > tracker.MaxAddrLen {
+			return bad("addr of %d bytes, over %d", len(a), tracker.MaxAddrLen)
 		}
 		if err := p2p.CheckPeerAddr(a, req.Peer); err != nil {
 			return bad("%v", err)
 		}
 	}
-	if len(req.Blobs) > MaxBlobs {
-		return bad("%d blobs, over %d", len(req.Blobs), MaxBlobs)
+	if len(req.Blobs) > tracker.MaxBlobs {
+		return bad("%d blobs, over %d", len(req.Blobs), tracker.MaxBlobs)
 	}
 	seen := make(map[digest.Digest]bool, len(req.Blobs))
 	for _, b := range req.Blobs {
@@ -283,7 +280,7 @@ func checkAnnounce(req AnnounceRequest) *refusal {
 	return nil
 }
 
-func checkLease(req LeaseRequest) *refusal {
+func checkLease(req tracker.LeaseRequest) *refusal {
 	bad := func(format string, args ...any) *refusal {
 		return refuse(http.StatusBadRequest, resultInvalid, format, args...)
 	}
@@ -317,7 +314,7 @@ func refusalOf(err error) *refusal {
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, results *prometheus.CounterVec, e *refusal) {
 	results.WithLabelValues(e.result).Inc()
-	s.log.Debug("request refused", "path", r.URL.Path, "peer", r.Header.Get(HeaderPeer), "status", e.status, "err", e.msg)
+	s.log.Debug("request refused", "path", r.URL.Path, "peer", r.Header.Get(tracker.HeaderPeer), "status", e.status, "err", e.msg)
 	if e.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "10")
 	}
