@@ -659,8 +659,14 @@ func ExamplePartial() {
 	for i := range p.NumChunks() {
 		off := int64(i) * p.ChunkSize()
 		end := min(off+p.ChunkSize(), p.Size())
-		p.WriteAt(data[off:end], off)
-		p.MarkChunk(i)
+		if _, err := p.WriteAt(data[off:end], off); err != nil {
+			fmt.Println(err)
+			return
+		}
+		if err := p.MarkChunk(i); err != nil {
+			fmt.Println(err)
+			return
+		}
 	}
 	// The caller verifies the content against d before committing.
 	b, _ := p.Commit("text/plain")

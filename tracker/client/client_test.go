@@ -490,7 +490,9 @@ func TestClientMetrics(t *testing.T) {
 		t.Error("up = false after an answer")
 	}
 	f.hang.Store(true)
-	c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}})
+	if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); err == nil {
+		t.Error("Announce to a hanging tracker = nil error, want a timeout")
+	}
 	if c.up.Load() {
 		t.Error("up = true after a timeout")
 	}

@@ -497,7 +497,9 @@ func TestServerAcceptsNodeSigner(t *testing.T) {
 	}
 	do(tracker.PathAnnounce, tracker.AnnounceRequest{Peer: a.id, Addrs: a.addrs, Time: time.Now().UnixMilli(), Blobs: []tracker.BlobState{downloading(blobA, 0)}})
 	var lease tracker.LeaseResponse
-	json.Unmarshal(do(tracker.PathLease, tracker.LeaseRequest{Peer: a.id, Time: time.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 2}), &lease)
+	if err := json.Unmarshal(do(tracker.PathLease, tracker.LeaseRequest{Peer: a.id, Time: time.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 2}), &lease); err != nil {
+		t.Fatalf("lease answer: %v", err)
+	}
 	if !lease.Granted {
 		t.Fatalf("lease = %+v, want granted", lease)
 	}
