@@ -54,7 +54,7 @@ func (n *Node) startTracker() error {
 	if len(n.cfg.Trackers) == 0 {
 		return nil // startFleet refused trackers without a fleet
 	}
-	signer, err := p2p.NewSigner(n.fleet.net.Host)
+	signer, err := n.fleet.net.Signer()
 	if err != nil {
 		return fmt.Errorf("tracker: %w", err)
 	}
