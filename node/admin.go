@@ -43,12 +43,8 @@ func (n *Node) Status() Status {
 		Cache:        CacheStatus{Bytes: cache.Bytes, Blobs: cache.Blobs, CapacityBytes: cache.Capacity, Evictions: cache.Evictions},
 		Downloads:    n.downloader.Len(),
 	}
-	if n.fleet != nil {
-		st.PeerID = n.fleet.net.ID()
-		st.Addrs = n.fleet.net.Addrs()
-		st.Peers = n.fleet.net.Peers()
-		st.Joined = n.fleet.joined.Load()
-	}
+	f := n.fleet.Status()
+	st.PeerID, st.Addrs, st.Peers, st.Joined = f.PeerID, f.Addrs, f.Peers, f.Joined
 	return st
 }
 
@@ -73,7 +69,7 @@ func (n *Node) adminHandler() http.Handler {
 			http.Error(w, "starting", http.StatusServiceUnavailable)
 			return
 		}
-		if !n.fleet.ready() {
+		if !n.fleet.Ready() {
 			http.Error(w, "joining the fleet", http.StatusServiceUnavailable)
 			return
 		}

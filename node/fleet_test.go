@@ -89,8 +89,8 @@ func TestFleetDiscovery(t *testing.T) {
 	eventually(t, "the second node to find the first as a holder", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		peers, err := b.fleet.net.Router.FindProviders(ctx, d)
-		return err == nil && slices.ContainsFunc(peers, func(p p2p.Peer) bool { return p.ID == stA.PeerID })
+		peers, err := b.fleet.FindProviders(ctx, d, false)
+		return err == nil && slices.Contains(peers, stA.PeerID)
 	})
 	_, metrics := get(t, "http://"+b.AdminAddr()+"/metrics", nil)
 	for _, want := range []string{`shoal_dht_find_duration_seconds_count{result="found"}`, "shoal_p2p_peers 1"} {

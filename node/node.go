@@ -1,90 +1,54 @@
-// Package node composes a shoal node: the disk store, the downloader, the upstream client,
-// the /v2 mirror and the admin endpoints. It owns their lifecycle.
+// Package node composes a shoal node: the disk store, the upstream client, the downloader,
+// the mirror the /v2 edge serves from, the node's membership in a fleet and its trackers,
+// and the admin endpoints. It builds them in dependency order and owns their lifecycle; the
+// work itself is done in the packages it wires (mirror, fleet, announce, swarm, store, p2p).
 package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/internal/serve"
+	"github.com/shoal-dev/shoal/node/announce"
+	"github.com/shoal-dev/shoal/node/fleet"
+	"github.com/shoal-dev/shoal/node/mirror"
 	"github.com/shoal-dev/shoal/node/store"
 	"github.com/shoal-dev/shoal/node/swarm"
+	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/registryapi"
 	"github.com/shoal-dev/shoal/registryapi/origin"
+	trackerclient "github.com/shoal-dev/shoal/tracker/client"
 )
 
-// Config is everything a node needs; cmd/shoal fills it from flags and the config file.
-type Config struct {
-	// RegistryAddr is where the /v2 mirror listens (host:port; port 0 picks one).
-	RegistryAddr string
-	// AdminAddr is where /metrics, /healthz, /readyz and /status listen; "" disables them.
-	AdminAddr string
-	// DataDir holds the blob cache.
-	DataDir string
-	// CacheSize caps the cache in bytes; 0 means unlimited.
-	CacheSize int64
-	// ChunkSize is the unit of resumable transfer; 0 means the default (4 MiB).
-	ChunkSize int64
-	// Origin is the registry URL used for requests that carry no ns.
-	Origin string
-	// Upstreams maps registry hosts (as containerd sends them in ns) to their URLs.
-	Upstreams map[string]string
-	// DockerConfig is a docker config.json with credentials for upstreams; "" is anonymous.
-	DockerConfig string
-	// TagTTL is how long a tag's resolution is reused before asking the origin again.
-	TagTTL time.Duration
-	// TagMaxStale is how long a resolved tag may still be served while the origin is down.
-	TagMaxStale time.Duration
-	// P2PListen are libp2p multiaddrs to listen on (e.g. /ip4/0.0.0.0/tcp/5082); empty
-	// keeps the node out of any fleet.
-	P2PListen []string
-	// Bootstrap are multiaddrs ending in /p2p/<id> of nodes to join the fleet through.
-	Bootstrap []string
-	// BootstrapDNS is NAME[:PORT], a name whose A/AAAA records are fleet nodes (a Kubernetes
-	// headless Service); the node learns each one's addrs from its /status on PORT (default
-	// 5081, the admin port). It adds to Bootstrap.
-	BootstrapDNS string
-	// Trackers are base URLs of optional trackers (shoal tracker): the node announces its
-	// downloads and blobs to them, learns the members of each swarm from them, takes origin
-	// leases from them and, without Bootstrap or BootstrapDNS, joins the fleet through the
-	// peers their /bootstrap lists: /readyz waits for that first attempt, and a node no
-	// tracker answered (or whose peers it could not reach) starts alone, ready, and tries
-	// again every 10 s while it has no fleet peer. When none answers the node goes on with
-	// the DHT alone. Needs P2PListen.
-	Trackers []string
-	// Pprof serves Go profiles at /debug/pprof/ on the admin address.
-	Pprof bool
-	// Identity is the file holding the node's libp2p key, created if absent; "" means
-	// DataDir/identity.
-	Identity string
-	// UploadLimit caps the bytes per second the node sends to peers; 0 is unlimited.
-	UploadLimit int64
-	// PSK is a private network key file (/key/swarm/psk/1.0.0/ format): only nodes with the
-	// same key connect. "" means none.
-	PSK string
-	// Version is reported by /status.
-	Version string
-	// Logger receives the node's logs; nil discards them.
-	Logger *slog.Logger
+// membership is what the node needs of its fleet: a fleet.Member, or fleet.None.
+type membership interface {
+	mirror.Peers
+	Status() fleet.Status
+	Ready() bool
+	Announce(d digest.Digest)
+	KeepChunkList(d digest.Digest, chunkSize int64, list []digest.Digest)
+	Swarm() swarm.Fleet
+	Serve(dl *swarm.Downloader, uploaded prometheus.Counter) error
+	Run(ctx context.Context) error
+	Close() error
 }
 
-// Defaults for Config fields left zero.
-const (
-	DefaultTagTTL      = 5 * time.Second
-	DefaultTagMaxStale = 24 * time.Hour
+var (
+	_ membership = (*fleet.Member)(nil)
+	_ membership = fleet.None{}
 )
 
 // Node is a running shoal node.
@@ -95,11 +59,9 @@ type Node struct {
 	store      *store.Store
 	origin     *origin.Client
 	downloader *swarm.Downloader
-	link       *fleetLink // nil when the node is not in a fleet
-	tags       *tagCache
-	flight     singleflight.Group
-	fleet      *fleet       // nil when the node is not in a fleet
-	tracker    *trackerLink // nil without trackers
+	mirror     *mirror.Mirror
+	fleet      membership
+	tracker    announce.Announcer
 	registries []string
 
 	registryLn net.Listener
@@ -109,8 +71,11 @@ type Node struct {
 	ready      chan struct{}
 }
 
-// New checks cfg, opens the store and binds the listeners; Run serves.
+// New checks cfg, opens the store, joins nothing yet and binds the listeners; Run serves.
 func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -121,39 +86,48 @@ func New(cfg Config) (*Node, error) {
 	if cfg.TagMaxStale == 0 {
 		cfg.TagMaxStale = DefaultTagMaxStale
 	}
-	if cfg.DataDir == "" {
-		return nil, errors.New("no data directory configured")
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = chunk.DefaultSize
 	}
 	upstreams, def, err := upstreamTable(cfg.Origin, cfg.Upstreams)
 	if err != nil {
 		return nil, err
 	}
-
 	n := &Node{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), ready: make(chan struct{})}
 	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var undo closers
+	defer undo.run() // on failure; emptied on success
 
-	n.store, err = store.Open(store.Options{Dir: cfg.DataDir, Capacity: cfg.CacheSize, Logger: log, OnEvict: n.evicted})
+	network, err := startNetwork(cfg, n.metrics)
+	if err != nil {
+		return nil, err
+	}
+	if network != nil {
+		undo.add(network.Close)
+	}
+	n.tracker = announce.Disabled{}
+	if len(cfg.Trackers) > 0 {
+		if n.tracker, err = startTracker(cfg, network, n.metrics, log); err != nil {
+			return nil, err
+		}
+		undo.add(func() error { n.tracker.Close(); return nil })
+	}
+	n.store, err = store.Open(store.Options{Dir: cfg.DataDir, Capacity: cfg.CacheSize, Logger: log, OnEvict: n.tracker.Gone})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	undo.add(n.store.Close)
 	n.registerStoreMetrics()
-	n.origin, err = origin.New(origin.Options{
-		Upstreams:    upstreams,
-		DockerConfig: cfg.DockerConfig,
-		Logger:       log,
-		UserAgent:    "shoal/" + cfg.Version,
-	})
+	n.origin, err = origin.New(origin.Options{Upstreams: upstreams, DockerConfig: cfg.DockerConfig, Logger: log, UserAgent: "shoal/" + cfg.Version})
 	if err != nil {
-		n.store.Close()
 		return nil, fmt.Errorf("upstream client: %w", err)
 	}
-	var fleetOpt swarm.Fleet
-	if len(cfg.P2PListen) > 0 {
-		n.link = &fleetLink{}
-		fleetOpt = n.link
-		if len(cfg.Trackers) > 0 {
-			fleetOpt = leasingLink{n.link}
-		}
+	n.fleet = fleet.None{}
+	if network != nil {
+		n.fleet = fleet.New(fleet.Options{
+			Network: network, Store: n.store, ChunkSize: cfg.ChunkSize, Bootstrap: cfg.Bootstrap,
+			BootstrapDNS: cfg.BootstrapDNS, Tracker: n.tracker, Logger: log, Registerer: n.metrics,
+		})
 	}
 	n.downloader = swarm.New(swarm.Options{
 		Store:       n.store,
@@ -161,24 +135,31 @@ func New(cfg Config) (*Node, error) {
 		ChunkSize:   cfg.ChunkSize,
 		Logger:      log,
 		Registerer:  n.metrics,
-		Fleet:       fleetOpt,
-		OnChunkList: n.keepChunkList,
-		OnCommit:    n.queueAnnounce,
+		Fleet:       n.fleet.Swarm(),
+		OnChunkList: n.fleet.KeepChunkList,
+		OnCommit:    n.fleet.Announce,
 	})
-	n.tags = newTagCache(4096)
+	n.tracker.Follow(n.store, n.downloader)
+	uploaded := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "shoal_chunk_uploaded_bytes_total", Help: "Chunk bytes sent to peers.",
+	})
+	n.metrics.MustRegister(uploaded)
+	if err := n.fleet.Serve(n.downloader, uploaded); err != nil {
+		return nil, err
+	}
+	if n.mirror, err = mirror.New(mirror.Options{
+		Store: n.store, Downloads: n.downloader, Origin: n.origin, Peers: n.fleet,
+		TagTTL: cfg.TagTTL, TagMaxStale: cfg.TagMaxStale, OnStored: n.fleet.Announce, Logger: log,
+	}); err != nil {
+		return nil, err
+	}
 	for key := range upstreams {
 		n.registries = append(n.registries, key)
 	}
 	api, err := registryapi.NewServer(registryapi.Options{
-		Blobs:      n,
-		Manifests:  n,
-		Registries: n.registries,
-		Default:    def,
-		Logger:     log,
-		Registerer: n.metrics,
+		Blobs: n.mirror, Manifests: n.mirror, Registries: n.registries, Default: def, Logger: log, Registerer: n.metrics,
 	})
 	if err != nil {
-		n.store.Close()
 		return nil, err
 	}
 	// What the origin did not have to send: cache hits served to clients, and bytes taken
@@ -187,58 +168,86 @@ func New(cfg Config) (*Node, error) {
 		Name: "shoal_origin_bytes_saved_total",
 		Help: "Bytes the origin did not send for this node: blob bytes served from the cache plus bytes fetched from peers.",
 	}, func() float64 { return float64(api.CacheBytesServed() + n.downloader.PeerBytes()) }))
-	chunkSize := n.chunkSize()
-	uploaded := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "shoal_chunk_uploaded_bytes_total", Help: "Chunk bytes sent to peers.",
-	})
-	n.metrics.MustRegister(uploaded)
-	cs := chunkServer{store: n.store, downloader: n.downloader, chunkSize: chunkSize, uploaded: uploaded, log: log}
-	if n.fleet, err = startFleet(cfg, cs, n.downloader.Hint, n.metrics); err != nil {
-		n.store.Close()
-		return nil, err
-	}
-	if n.link != nil {
-		n.link.f = n.fleet
-	}
-	if err := n.startTracker(); err != nil {
-		n.closeAll()
-		return nil, err
-	}
-	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errLog}
+	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	if n.registryLn, err = net.Listen("tcp", cfg.RegistryAddr); err != nil {
-		n.closeAll()
 		return nil, fmt.Errorf("registry listener: %w", err)
 	}
+	undo.add(n.registryLn.Close)
 	if cfg.AdminAddr != "" {
 		if n.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-			n.closeAll()
 			return nil, fmt.Errorf("admin listener: %w", err)
 		}
 	}
+	undo = nil
 	return n, nil
 }
 
-// chunkSize is the chunk size the node uses with peers.
-func (n *Node) chunkSize() int64 {
-	if n.cfg.ChunkSize > 0 {
-		return n.cfg.ChunkSize
+// startNetwork starts the libp2p side when cfg has listen addresses, or returns nil. It does
+// not serve chunks yet: that waits for the store and the downloader.
+func startNetwork(cfg Config, reg prometheus.Registerer) (*p2p.Network, error) {
+	if len(cfg.P2PListen) == 0 {
+		return nil, nil
 	}
-	return chunk.DefaultSize
+	var psk []byte
+	if cfg.PSK != "" {
+		var err error
+		if psk, err = p2p.LoadPSK(cfg.PSK); err != nil {
+			return nil, fmt.Errorf("private network key: %w", err)
+		}
+	}
+	identity := cfg.Identity
+	if identity == "" {
+		identity = filepath.Join(cfg.DataDir, "identity")
+	}
+	network, err := p2p.Start(p2p.NetworkOptions{
+		Host:     p2p.HostOptions{ListenAddrs: cfg.P2PListen, IdentityPath: identity, PSK: psk},
+		Router:   p2p.RouterOptions{Bootstrap: cfg.Bootstrap, Registerer: reg},
+		Exchange: p2p.ExchangeOptions{UploadLimit: float64(cfg.UploadLimit)},
+		Logger:   cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("p2p: %w", err)
+	}
+	return network, nil
+}
+
+// startTracker builds the announcer of cfg's trackers over network (Validate made sure
+// there is one).
+func startTracker(cfg Config, network *p2p.Network, reg prometheus.Registerer, log *slog.Logger) (*announce.Tracker, error) {
+	signer, err := network.Signer()
+	if err != nil {
+		return nil, fmt.Errorf("tracker: %w", err)
+	}
+	client, err := trackerclient.New(trackerclient.Options{
+		URLs: cfg.Trackers, Signer: signer, Addrs: network.Addrs, PeerAddrs: p2p.PeerAddrs, Registerer: reg, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return announce.New(announce.Options{Client: client, Peers: network, ChunkSize: cfg.ChunkSize, Logger: log}), nil
+}
+
+// closers undoes, last first, what New acquired before it failed.
+type closers []func() error
+
+func (c *closers) add(f func() error) { *c = append(*c, f) }
+
+func (c closers) run() {
+	for _, f := range slices.Backward(c) {
+		f()
+	}
 }
 
 // closeAll releases what New acquired, for a node that will not Run.
 func (n *Node) closeAll() {
-	if n.registryLn != nil {
-		n.registryLn.Close()
+	n.registryLn.Close()
+	if n.adminLn != nil {
+		n.adminLn.Close()
 	}
-	if n.tracker != nil {
-		n.tracker.client.Close()
-	}
-	if n.fleet != nil {
-		n.fleet.net.Close()
-	}
+	n.tracker.Close()
+	n.fleet.Close()
 	n.store.Close()
 }
 
@@ -253,22 +262,24 @@ func (n *Node) AdminAddr() string {
 	return n.adminLn.Addr().String()
 }
 
+// Manifest resolves a manifest as the /v2 mirror does; the prefetcher walks images with it.
+func (n *Node) Manifest(ctx context.Context, repo registryapi.Repo, reference string, accept []string) (registryapi.Manifest, error) {
+	return n.mirror.Manifest(ctx, repo, reference, accept)
+}
+
+// edgeError is mirror.EdgeError, for the prefetcher.
+var edgeError = mirror.EdgeError
+
 // Run serves until ctx ends, then shuts down gracefully and closes the store.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.store.Close()
 	defer n.origin.CloseIdleConnections()
-	if n.fleet != nil {
-		defer n.fleet.net.Close()
-	}
+	defer n.fleet.Close()
+	defer n.tracker.Close()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return n.downloader.Run(ctx) })
-	if n.fleet != nil {
-		g.Go(func() error { return n.runFleet(ctx) })
-	}
-	if n.tracker != nil {
-		defer n.tracker.client.Close()
-		g.Go(func() error { return n.runTracker(ctx) })
-	}
+	g.Go(func() error { return n.fleet.Run(ctx) })
+	g.Go(func() error { return n.tracker.Run(ctx) })
 	g.Go(func() error { return serve.HTTP(ctx, n.registry, n.registryLn) })
 	if n.adminLn != nil {
 		g.Go(func() error { return serve.HTTP(ctx, n.admin, n.adminLn) })
@@ -278,63 +289,4 @@ func (n *Node) Run(ctx context.Context) error {
 	err := g.Wait()
 	n.log.Info("node stopped")
 	return err
-}
-
-// dockerHub is the registry key containerd sends for Docker Hub, and dockerHubURL its
-// real endpoint.
-const (
-	dockerHub    = registryapi.DockerHub
-	dockerHubURL = "https://registry-1.docker.io"
-)
-
-// upstreamTable turns --origin and --upstream into registry key -> URL, and picks the key
-// used for requests without ns.
-func upstreamTable(originURL string, upstreams map[string]string) (map[string]string, string, error) {
-	table := make(map[string]string)
-	for host, raw := range upstreams {
-		key, err := registryapi.NormalizeNamespace(host)
-		if err != nil {
-			return nil, "", fmt.Errorf("upstream %q: not a registry host", host)
-		}
-		if raw == "" {
-			raw = "https://" + host
-			if key == dockerHub {
-				raw = dockerHubURL
-			}
-		}
-		u, err := parseUpstreamURL(raw)
-		if err != nil {
-			return nil, "", fmt.Errorf("upstream %s: %w", host, err)
-		}
-		table[key] = u
-	}
-	def := ""
-	if originURL != "" {
-		u, err := parseUpstreamURL(originURL)
-		if err != nil {
-			return nil, "", fmt.Errorf("origin: %w", err)
-		}
-		parsed, _ := url.Parse(u)
-		if def, err = registryapi.NormalizeNamespace(parsed.Host); err != nil {
-			return nil, "", fmt.Errorf("origin %q: not a registry host", originURL)
-		}
-		table[def] = u
-	} else if _, ok := table[dockerHub]; ok {
-		def = dockerHub
-	}
-	if len(table) == 0 {
-		return nil, "", errors.New("no upstream configured: set --origin or --upstream")
-	}
-	return table, def, nil
-}
-
-func parseUpstreamURL(raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "", err
-	}
-	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "" {
-		return "", fmt.Errorf("%q is not a registry URL (want http[s]://host[:port])", raw)
-	}
-	return u.Scheme + "://" + u.Host, nil
 }

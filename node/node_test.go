@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -24,9 +23,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"go.uber.org/goleak"
-
-	"github.com/shoal-dev/shoal/registryapi"
-	"github.com/shoal-dev/shoal/registryapi/origin"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -346,32 +342,6 @@ func TestUpstreamTable(t *testing.T) {
 				t.Errorf("upstreamTable() = %v, %q; want %v, %q", got, def, tt.want, tt.def)
 			}
 		})
-	}
-}
-
-func TestEdgeError(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in   error
-		want error
-	}{
-		{origin.ErrNotFound, registryapi.ErrNotFound},
-		{origin.ErrUnknownRegistry, registryapi.ErrNotFound},
-		{origin.ErrDenied, registryapi.ErrDenied},
-		{origin.ErrTooManyRequests, registryapi.ErrTooManyRequests},
-		{origin.ErrUnavailable, registryapi.ErrUnavailable},
-		{origin.ErrDigestMismatch, registryapi.ErrUnavailable},
-		{origin.ErrTooLarge, registryapi.ErrTooLarge},
-		{fmt.Errorf("wrapped: %w", origin.ErrNotFound), registryapi.ErrNotFound},
-	}
-	for _, tt := range tests {
-		if got := edgeError(tt.in); !errors.Is(got, tt.want) || !errors.Is(got, tt.in) {
-			t.Errorf("edgeError(%v) = %v, want it to wrap %v and the original", tt.in, got, tt.want)
-		}
-	}
-	other := errors.New("disk full")
-	if got := edgeError(other); got != other {
-		t.Errorf("edgeError(%v) = %v, want it unchanged", other, got)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/chunk"
+	"github.com/shoal-dev/shoal/node/fleet"
 	"github.com/shoal-dev/shoal/node/swarm"
 	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/tracker"
@@ -266,11 +267,11 @@ func TestTrackerMembers(t *testing.T) {
 	n := startNode(t, Config{Origin: o.URL, P2PListen: listen, Trackers: []string{f.URL}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ids, err := n.link.FindProviders(ctx, d, true)
+	ids, err := n.fleet.FindProviders(ctx, d, true)
 	if err != nil || !slices.Equal(ids, []string{st.PeerID}) {
 		t.Fatalf("FindProviders(%s) = %v, %v; want [%s]", d, ids, err, st.PeerID)
 	}
-	if _, err := n.link.Have(ctx, st.PeerID, d); !errors.Is(err, chunk.ErrNotHeld) {
+	if _, err := n.fleet.Have(ctx, st.PeerID, d); !errors.Is(err, chunk.ErrNotHeld) {
 		t.Errorf("Have(%s) from the member = %v, want it dialled and answering not held", d, err)
 	}
 }
@@ -299,7 +300,7 @@ func TestTrackerDown(t *testing.T) {
 
 func TestTrackerConfig(t *testing.T) {
 	t.Parallel()
-	if _, ok := any(&fleetLink{}).(swarm.OriginLeaser); ok {
+	if _, ok := any(&fleet.Member{}).(swarm.OriginLeaser); ok {
 		t.Errorf("the fleet of a node without trackers implements OriginLeaser")
 	}
 	for name, cfg := range map[string]Config{

@@ -57,7 +57,8 @@ type ChunkStore interface {
 
 // ExchangeOptions configure NewExchange. Zero fields take the defaults.
 type ExchangeOptions struct {
-	// Store serves inbound requests; required.
+	// Store serves inbound requests. Without one the exchange only fetches until Serve is
+	// called: a node builds its network before the parts that hold its chunks.
 	Store ChunkStore
 	// MaxStreams is how many inbound requests one peer may have in flight;
 	// more are answered busy at once rather than queued.
@@ -69,7 +70,7 @@ type ExchangeOptions struct {
 	Timeout time.Duration
 	// Logger receives per-request messages; nil discards them.
 	Logger *slog.Logger
-	// OnHave, if set, is called with the remote peer's ID for every
+	// OnHave, if set (here or by Serve), is called with the remote peer's ID for every
 	// well-formed inbound HAVE request (valid frame and digest, whether or
 	// not the blob is held) before it is answered, so the node learns which
 	// peers are after a blob it is downloading too. It runs on the
@@ -81,36 +82,31 @@ type ExchangeOptions struct {
 // chunks from them. It moves bytes only: callers verify what they receive.
 type Exchange struct {
 	h          host.Host
-	store      ChunkStore
 	maxStreams int
 	limiter    *rate.Limiter // nil when unlimited
 	timeout    time.Duration
 	log        *slog.Logger
-	onHave     func(peerID string, d digest.Digest) // nil when unset
 
 	mu       sync.Mutex
+	store    ChunkStore                           // nil until Serve
+	onHave   func(peerID string, d digest.Digest) // nil when unset
 	closed   bool
 	perPeer  map[peer.ID]int
 	inflight map[network.Stream]context.CancelFunc
 	wg       sync.WaitGroup
 }
 
-// NewExchange registers the chunk protocol handler on h. The caller keeps
-// ownership of h and closes it after Exchange.Close.
+// NewExchange returns an exchange on h that serves o.Store, when given, at once. The
+// caller keeps ownership of h and closes it after Exchange.Close.
 func NewExchange(h host.Host, o ExchangeOptions) (*Exchange, error) {
-	if o.Store == nil {
-		return nil, errors.New("new exchange: no chunk store")
-	}
 	if o.UploadLimit < 0 {
 		return nil, fmt.Errorf("new exchange: upload limit %v", o.UploadLimit)
 	}
 	e := &Exchange{
 		h:          h,
-		store:      o.Store,
 		maxStreams: o.MaxStreams,
 		timeout:    o.Timeout,
 		log:        o.Logger,
-		onHave:     o.OnHave,
 		perPeer:    make(map[peer.ID]int),
 		inflight:   make(map[network.Stream]context.CancelFunc),
 	}
@@ -126,8 +122,32 @@ func NewExchange(h host.Host, o ExchangeOptions) (*Exchange, error) {
 	if o.UploadLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(o.UploadLimit), uploadBurst)
 	}
-	h.SetStreamHandler(ChunkProtocol, e.handle)
+	if o.Store != nil {
+		if err := e.Serve(o.Store, o.OnHave); err != nil {
+			return nil, err
+		}
+	}
 	return e, nil
+}
+
+// Serve starts answering peers from store, telling onHave (nil: no one) of every HAVE
+// request as ExchangeOptions.OnHave describes. Until then the node asks peers but answers
+// none: it has no chunk protocol handler. It may be called once.
+func (e *Exchange) Serve(store ChunkStore, onHave func(peerID string, d digest.Digest)) error {
+	if store == nil {
+		return errors.New("serve chunks: no chunk store")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case e.closed:
+		return errors.New("serve chunks: exchange closed")
+	case e.store != nil:
+		return errors.New("serve chunks: already serving")
+	}
+	e.store, e.onHave = store, onHave
+	e.h.SetStreamHandler(ChunkProtocol, e.handle)
+	return nil
 }
 
 // Close removes the handler, aborts the requests being served and waits for
@@ -337,10 +357,13 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 	if err := checkDigest(req.digest); err != nil {
 		return req, 0, refuse(s, statusError, err)
 	}
-	if req.typ == msgHave && e.onHave != nil {
-		e.onHave(remote.String(), req.digest)
+	e.mu.Lock()
+	store, onHave := e.store, e.onHave
+	e.mu.Unlock()
+	if req.typ == msgHave && onHave != nil {
+		onHave(remote.String(), req.digest)
 	}
-	have, ok := e.store.Have(req.digest, req.typ == msgHave)
+	have, ok := store.Have(req.digest, req.typ == msgHave)
 	if !ok {
 		return req, 0, refuse(s, statusNotHeld, nil)
 	}
@@ -366,7 +389,7 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		limiter: e.limiter,
 		left:    chunk.Len(have.Size, have.ChunkSize, req.index),
 	}
-	n, err := e.store.ReadChunk(ctx, req.digest, req.index, cw)
+	n, err := store.ReadChunk(ctx, req.digest, req.index, cw)
 	if err == nil && cw.left != 0 {
 		err = fmt.Errorf("store wrote %d bytes of chunk %d, %d short", n, req.index, cw.left)
 	}

@@ -643,3 +643,38 @@ func TestExchangeOverQUIC(t *testing.T) {
 		t.Fatalf("GetChunk over QUIC = %d bytes, %v; want chunk 1", buf.Len(), err)
 	}
 }
+
+// TestExchangeServeLater: an exchange built without a store fetches but answers no peer
+// until Serve, which then serves the store and tells onHave of HAVE requests.
+func TestExchangeServeLater(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	ch, sh := connectedHosts(t)
+	server, err := NewExchange(sh, ExchangeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	client := newTestExchange(t, ch, ExchangeOptions{})
+	store := newFakeStore()
+	d := store.add(randomBytes(t, chunk.MinSize), chunk.MinSize, nil)
+	if _, err := client.Have(ctx, sh.ID().String(), d); err == nil {
+		t.Fatalf("Have(%s) before Serve = nil error, want the peer to answer nothing", d)
+	}
+	asked := make(chan string, 1)
+	if err := server.Serve(store, func(peer string, _ digest.Digest) { asked <- peer }); err != nil {
+		t.Fatalf("Serve = %v", err)
+	}
+	if err := server.Serve(store, nil); err == nil {
+		t.Errorf("second Serve = nil error, want one")
+	}
+	if have, err := client.Have(ctx, sh.ID().String(), d); err != nil || have.Size != chunk.MinSize {
+		t.Fatalf("Have(%s) after Serve = %+v, %v, want the blob", d, have, err)
+	}
+	if got := <-asked; got != ch.ID().String() {
+		t.Errorf("onHave peer = %s, want %s", got, ch.ID())
+	}
+	if err := server.Serve(nil, nil); err == nil {
+		t.Errorf("Serve(nil) = nil error, want one")
+	}
+}

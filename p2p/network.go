@@ -13,7 +13,8 @@ import (
 type NetworkOptions struct {
 	Host   HostOptions
 	Router RouterOptions
-	// Exchange serves this node's chunks to peers; its Store is required.
+	// Exchange fetches chunks from peers; it serves this node's once Exchange.Serve is called
+	// (or at once when its Store is set).
 	Exchange ExchangeOptions
 	Logger   *slog.Logger
 }
@@ -22,13 +23,13 @@ type NetworkOptions struct {
 // chunk exchange serving its blobs. It lets the rest of shoal hold them without importing
 // libp2p.
 type Network struct {
-	Host     host.Host
+	host     host.Host
 	Router   *Router
 	Exchange *Exchange
 }
 
 // Start builds the host, the router and the exchange. Call Router.Bootstrap to join the
-// fleet.
+// fleet, and Exchange.Serve to answer peers' chunk requests.
 func Start(o NetworkOptions) (*Network, error) {
 	if o.Host.Logger == nil {
 		o.Host.Logger = o.Logger
@@ -54,21 +55,24 @@ func Start(o NetworkOptions) (*Network, error) {
 		h.Close()
 		return nil, err
 	}
-	return &Network{Host: h, Router: r, Exchange: x}, nil
+	return &Network{host: h, Router: r, Exchange: x}, nil
 }
 
 // ID is this node's peer ID.
-func (n *Network) ID() string { return n.Host.ID().String() }
+func (n *Network) ID() string { return n.host.ID().String() }
 
 // Addrs are this node's full multiaddrs, each ending in /p2p/<id>: what another node
 // bootstraps from.
-func (n *Network) Addrs() []string { return Addrs(n.Host) }
+func (n *Network) Addrs() []string { return Addrs(n.host) }
+
+// Signer signs with this node's identity key, for services outside libp2p (a tracker).
+func (n *Network) Signer() (*Signer, error) { return NewSigner(n.host) }
 
 // Peers is the number of peers connected now.
 func (n *Network) Peers() int {
 	count := 0
-	for _, p := range n.Host.Network().Peers() {
-		if n.Host.Network().Connectedness(p) == network.Connected {
+	for _, p := range n.host.Network().Peers() {
+		if n.host.Network().Connectedness(p) == network.Connected {
 			count++
 		}
 	}
@@ -82,7 +86,7 @@ func (n *Network) RoutingPeers() int { return n.Router.dht.RoutingTable().Size()
 func (n *Network) Close() error {
 	xerr := n.Exchange.Close()
 	rerr := n.Router.Close()
-	herr := n.Host.Close()
+	herr := n.host.Close()
 	if err := errors.Join(xerr, rerr, herr); err != nil {
 		return fmt.Errorf("close p2p: %w", err)
 	}

@@ -30,7 +30,7 @@ func PeerAddrs(id string, addrs []string) ([]string, error) {
 // Addrs that do not pass CheckPeerAddr are skipped.
 func (n *Network) AddAddrs(peerID string, addrs []string) {
 	pid, err := peer.Decode(peerID)
-	if err != nil || pid == n.Host.ID() {
+	if err != nil || pid == n.host.ID() {
 		return
 	}
 	var mas []ma.Multiaddr
@@ -40,6 +40,6 @@ func (n *Network) AddAddrs(peerID string, addrs []string) {
 		}
 	}
 	if len(mas) > 0 {
-		n.Host.Peerstore().AddAddrs(pid, mas, peerstore.TempAddrTTL)
+		n.host.Peerstore().AddAddrs(pid, mas, peerstore.TempAddrTTL)
 	}
 }

@@ -19,7 +19,7 @@ func TestPeerAddrs(t *testing.T) {
 
 func TestAddAddrs(t *testing.T) {
 	a, b := newTestHost(t, HostOptions{}), newTestHost(t, HostOptions{})
-	n := &Network{Host: a}
+	n := &Network{host: a}
 	n.AddAddrs(b.ID().String(), append(Addrs(a), Addrs(b)...))
 	if got := a.Peerstore().Addrs(b.ID()); len(got) != len(Addrs(b)) {
 		t.Errorf("peerstore addrs of b = %v, want b's %v only", got, Addrs(b))

@@ -18,6 +18,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // Defaults of RouterOptions.
@@ -42,10 +44,11 @@ const (
 	// tableWait bounds that wait: a reachable peer that still is not in
 	// the table by then does not speak our DHT (another ProtocolPrefix).
 	tableWait = 10 * time.Second
-	// cacheSweepSize is the cache size above which every insertion first
-	// drops expired entries, so the cache stays bounded by what a node looks
-	// up within CacheTTL.
-	cacheSweepSize = 1024
+	// cacheEntries bounds the provider cache, least recently used out first:
+	// far more blobs than a node looks up within CacheTTL. (The expirable LRU
+	// of golang-lru is not used: each one runs a goroutine that never ends,
+	// and its clock cannot be set by a test.)
+	cacheEntries = 4096
 	// samplePool: FindProviders gathers up to this many times MaxProviders
 	// records and returns a random MaxProviders of them.
 	samplePool = 5
@@ -101,9 +104,7 @@ type Router struct {
 	now          func() time.Time // replaced in tests
 	tableWait    time.Duration    // shortened in tests
 	findSeconds  *prometheus.HistogramVec
-
-	mu    sync.Mutex
-	cache map[digest.Digest]cacheEntry
+	cache        *lru.Cache[digest.Digest, cacheEntry]
 }
 
 type cacheEntry struct {
@@ -123,8 +124,12 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 		log:          o.Logger,
 		now:          time.Now,
 		tableWait:    tableWait,
-		cache:        make(map[digest.Digest]cacheEntry),
 	}
+	cache, err := lru.New[digest.Digest, cacheEntry](cacheEntries)
+	if err != nil {
+		return nil, err
+	}
+	r.cache = cache
 	if r.findTimeout <= 0 {
 		r.findTimeout = DefaultFindTimeout
 	}
@@ -278,7 +283,7 @@ func (r *Router) waitForTable(ctx context.Context) error {
 }
 
 // Provide announces that this node holds d, or is downloading it. Records
-// expire in the DHT after 48 hours, so a node re-announces what it keeps.
+// expire in the DHT after RecordLifetime, so a node re-announces what it keeps.
 func (r *Router) Provide(ctx context.Context, d digest.Digest) error {
 	key, err := Key(d)
 	if err != nil {
@@ -367,14 +372,12 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 }
 
 func (r *Router) cached(d digest.Digest) ([]Peer, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e, ok := r.cache[d]
+	e, ok := r.cache.Get(d)
 	if !ok {
 		return nil, false
 	}
 	if !r.now().Before(e.expires) {
-		delete(r.cache, d)
+		r.cache.Remove(d)
 		return nil, false
 	}
 	return clonePeers(e.peers), true
@@ -393,21 +396,11 @@ func clonePeers(peers []Peer) []Peer {
 // drops whatever was: the cache never answers with peers the DHT no longer
 // gave.
 func (r *Router) store(d digest.Digest, peers []Peer) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if len(peers) == 0 {
-		delete(r.cache, d)
+		r.cache.Remove(d)
 		return
 	}
-	now := r.now()
-	if len(r.cache) >= cacheSweepSize {
-		for k, e := range r.cache {
-			if !now.Before(e.expires) {
-				delete(r.cache, k)
-			}
-		}
-	}
-	r.cache[d] = cacheEntry{peers: peers, expires: now.Add(r.cacheTTL)}
+	r.cache.Add(d, cacheEntry{peers: peers, expires: r.now().Add(r.cacheTTL)})
 }
 
 // Close stops the DHT. It does not close the host.

@@ -2,15 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 
-	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/internal/units"
 	"github.com/shoal-dev/shoal/node"
-	"github.com/shoal-dev/shoal/tracker"
 )
 
 const nodeSummary = `Usage: shoal node [flags]
@@ -74,18 +73,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		ups[host] = url
 	}
-	if chunkSize < chunk.MinSize || chunkSize > chunk.MaxSize {
-		return fmt.Errorf("--chunk-size %s: must be between 64KiB and 64MiB", chunkSize.String())
-	}
-	for _, u := range trackers {
-		if _, err := tracker.ParseURL(u); err != nil {
-			return fmt.Errorf("--tracker: %w", err)
-		}
-	}
-	if *tagTTL < 0 || *tagMaxStale < 0 {
-		return fmt.Errorf("--tag-ttl and --tag-max-stale must not be negative")
-	}
-	n, err := node.New(node.Config{
+	cfg := node.Config{
 		RegistryAddr: *registryAddr,
 		AdminAddr:    *adminAddr,
 		DataDir:      *dataDir,
@@ -106,11 +94,40 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Pprof:        *pprofOn,
 		Version:      buildVersion(),
 		Logger:       logger,
-	})
+	}
+	if err := cfg.Validate(); err != nil {
+		return flagError(err)
+	}
+	n, err := node.New(cfg)
 	if err != nil {
 		return err
 	}
 	return n.Run(ctx)
+}
+
+// configFlags names the flag that sets each node.Config field Validate may refuse.
+var configFlags = map[string]string{
+	"ChunkSize":    "--chunk-size",
+	"DataDir":      "--data-dir",
+	"TagTTL":       "--tag-ttl",
+	"TagMaxStale":  "--tag-max-stale",
+	"Origin":       "--origin",
+	"Upstreams":    "--upstream",
+	"Trackers":     "--tracker",
+	"Bootstrap":    "--bootstrap",
+	"BootstrapDNS": "--bootstrap-dns",
+	"UploadLimit":  "--upload-limit",
+}
+
+// flagError names the flag behind a node.Config field Validate refused.
+func flagError(err error) error {
+	var fe *node.FieldError
+	if errors.As(err, &fe) {
+		if flag, ok := configFlags[fe.Field]; ok {
+			return fmt.Errorf("%s: %w", flag, err)
+		}
+	}
+	return err
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

@@ -1,4 +1,4 @@
-package node
+package fleet
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	ma "github.com/multiformats/go-multiaddr"
+	"github.com/shoal-dev/shoal/p2p"
 )
 
 // A headless Service (or any name with one A/AAAA record per node) tells a node where its
@@ -79,7 +79,7 @@ func resolveBootstrapDNS(ctx context.Context, target string, resolver lookupHost
 	if len(ips) == 0 {
 		return nil, fmt.Errorf("bootstrap dns %s: %w: %w: %s has no usable A/AAAA record (%d records)", target, errNoBootstrapPeers, errAlone, host, len(records))
 	}
-	self = canonicalPeerID(self)
+	self = p2p.CanonicalPeerID(self)
 
 	var c *http.Client
 	if client != nil {
@@ -142,6 +142,12 @@ func resolveBootstrapDNS(ctx context.Context, target string, resolver lookupHost
 	}
 	// Every answer came from this node: a fleet of one, so far.
 	return nil, fmt.Errorf("bootstrap dns %s: %w: %w: %d of %d addresses answered, all of them this node", target, errNoBootstrapPeers, errAlone, answered, len(ips))
+}
+
+// CheckBootstrapDNS checks that target is NAME[:PORT], a bootstrap name a node can resolve.
+func CheckBootstrapDNS(target string) error {
+	_, _, err := splitBootstrapTarget(target)
+	return err
 }
 
 // splitBootstrapTarget checks NAME[:PORT] and returns the name and the port.
@@ -295,11 +301,7 @@ func peerAddrs(asked netip.Addr, addrs []string) (string, []string, error) {
 	var id string
 	var onAsked, other []string
 	for _, s := range addrs {
-		a, err := ma.NewMultiaddr(s)
-		if err != nil {
-			continue
-		}
-		ip, pid, ok := splitPeerAddr(a)
+		ip, pid, canonical, ok := p2p.ParseDialAddr(s)
 		if !ok {
 			continue
 		}
@@ -310,9 +312,9 @@ func peerAddrs(asked netip.Addr, addrs []string) (string, []string, error) {
 		}
 		switch {
 		case ip == asked:
-			onAsked = append(onAsked, a.String())
+			onAsked = append(onAsked, canonical)
 		case ip.IsLoopback() && asked.IsLoopback(), ip.IsGlobalUnicast():
-			other = append(other, a.String())
+			other = append(other, canonical)
 		}
 	}
 	out := append(onAsked, other...)
@@ -323,46 +325,4 @@ func peerAddrs(asked netip.Addr, addrs []string) (string, []string, error) {
 		return id, nil, nil
 	}
 	return id, out, nil
-}
-
-// splitPeerAddr returns the IP and the peer ID of /ip{4,6}/IP/{tcp,udp}/PORT/.../p2p/ID, and
-// false for anything else: DNS names, relays, unix sockets, port 0, several /p2p/ parts.
-func splitPeerAddr(a ma.Multiaddr) (netip.Addr, string, bool) {
-	if len(a) < 3 {
-		return netip.Addr{}, "", false
-	}
-	first, second, last := a[0], a[1], a[len(a)-1]
-	if first.Code() != ma.P_IP4 && first.Code() != ma.P_IP6 {
-		return netip.Addr{}, "", false
-	}
-	ip, ok := netip.AddrFromSlice(first.RawValue())
-	if !ok {
-		return netip.Addr{}, "", false
-	}
-	ip = ip.Unmap()
-	if second.Code() != ma.P_TCP && second.Code() != ma.P_UDP || second.Value() == "0" {
-		return netip.Addr{}, "", false
-	}
-	if last.Code() != ma.P_P2P {
-		return netip.Addr{}, "", false
-	}
-	for _, c := range a[2 : len(a)-1] {
-		if c.Code() == ma.P_P2P || c.Code() == ma.P_CIRCUIT {
-			return netip.Addr{}, "", false
-		}
-	}
-	return ip, last.Value(), true
-}
-
-// canonicalPeerID writes a peer ID the way multiaddrs print it, so that self given as a CID
-// still matches; an ID that does not parse is returned as is.
-func canonicalPeerID(id string) string {
-	if id == "" {
-		return ""
-	}
-	a, err := ma.NewMultiaddr("/p2p/" + id)
-	if err != nil || len(a) != 1 {
-		return id
-	}
-	return a[0].Value()
 }

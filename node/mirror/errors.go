@@ -1,4 +1,4 @@
-package node
+package mirror
 
 import (
 	"errors"
@@ -9,9 +9,9 @@ import (
 	"github.com/shoal-dev/shoal/registryapi/origin"
 )
 
-// edgeError maps what the store, the downloader and the upstream client report onto the
+// EdgeError maps what the store, the downloader and the upstream client report onto the
 // errors the /v2 edge understands, keeping the original for logs.
-func edgeError(err error) error {
+func EdgeError(err error) error {
 	var kind error
 	switch {
 	case err == nil:

@@ -1,4 +1,4 @@
-package node
+package fleet
 
 import (
 	"context"
@@ -17,8 +17,9 @@ import (
 	"testing"
 	"time"
 
-	ma "github.com/multiformats/go-multiaddr"
 	mh "github.com/multiformats/go-multihash"
+
+	"github.com/shoal-dev/shoal/p2p"
 )
 
 // testPeerID returns a valid, distinct peer ID for each n.
@@ -43,10 +44,24 @@ func tcpAddr(ip string, port int, id string) string {
 // statusBody is a /status answer shaped like the real one.
 func statusBody(t testing.TB, id string, addrs ...string) []byte {
 	t.Helper()
-	b, err := json.MarshalIndent(Status{
+	// The fields of node.Status, which this package cannot import.
+	type cacheStatus struct {
+		Bytes int64 `json:"bytes"`
+		Blobs int   `json:"blobs"`
+	}
+	b, err := json.MarshalIndent(struct {
+		Version      string      `json:"version"`
+		PeerID       string      `json:"peerID,omitempty"`
+		Addrs        []string    `json:"addrs,omitempty"`
+		Peers        int         `json:"peers"`
+		Joined       bool        `json:"joined"`
+		RegistryAddr string      `json:"registryAddr"`
+		Upstreams    []string    `json:"upstreams"`
+		Cache        cacheStatus `json:"cache"`
+	}{
 		Version: "test", PeerID: id, Addrs: addrs, Peers: 3, Joined: true,
 		RegistryAddr: "127.0.0.1:5080", Upstreams: []string{"docker.io"},
-		Cache: CacheStatus{Bytes: 1 << 20, Blobs: 3},
+		Cache: cacheStatus{Bytes: 1 << 20, Blobs: 3},
 	}, "", "  ")
 	if err != nil {
 		t.Fatal(err)
@@ -566,12 +581,7 @@ func TestBootstrapDNSPeerAddrs(t *testing.T) {
 		})
 	}
 
-	if got := canonicalPeerID(a); got != a {
-		t.Errorf("canonicalPeerID(%s) = %s, want it unchanged", a, got)
-	}
-	if got := canonicalPeerID("not/a/peer"); got != "not/a/peer" {
-		t.Errorf("canonicalPeerID(not/a/peer) = %s, want it unchanged", got)
-	}
+	// p2p's TestParseDialAddr checks p2p.CanonicalPeerID.
 }
 
 // FuzzBootstrapDNSStatus feeds arbitrary /status bodies through the decoding and the
@@ -600,11 +610,7 @@ func FuzzBootstrapDNSStatus(f *testing.F) {
 			t.Errorf("peerAddrs kept %d addrs, want at most %d", len(got), bootstrapDNSMaxPeerAddrs)
 		}
 		for _, s := range got {
-			m, err := ma.NewMultiaddr(s)
-			if err != nil {
-				t.Fatalf("peerAddrs kept %q: %v", s, err)
-			}
-			_, pid, ok := splitPeerAddr(m)
+			_, pid, _, ok := p2p.ParseDialAddr(s)
 			if !ok || pid != id {
 				t.Errorf("peerAddrs kept %q, not an address of %s", s, id)
 			}

@@ -1,44 +1,59 @@
-package node
+package announce
 
 import (
 	"context"
-	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/shoal-dev/shoal/node/store"
 	"github.com/shoal-dev/shoal/node/swarm"
-	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/tracker"
 	trackerclient "github.com/shoal-dev/shoal/tracker/client"
 )
 
-var _ swarm.OriginLeaser = leasingLink{}
+var _ Announcer = (*Tracker)(nil)
 
-// trackerJoinTimeout bounds joining the DHT through the peers a tracker gave.
-const trackerJoinTimeout = 15 * time.Second
+// AddrBook keeps the addrs of peers learned outside the DHT so they can be dialled;
+// p2p.Network is one.
+type AddrBook interface {
+	AddAddrs(peerID string, addrs []string)
+}
 
-// trackerLink is the node's side of its trackers (--tracker): it announces the running
+// Options configure New.
+type Options struct {
+	// Client talks to the trackers; required. Close closes it.
+	Client *trackerclient.Client
+	// Peers receives the addrs of the members the trackers answer; required.
+	Peers AddrBook
+	// ChunkSize is the chunk size of the blobs the node holds.
+	ChunkSize int64
+	Logger    *slog.Logger
+}
+
+// Tracker is the node's side of its trackers: it announces the running
 // downloads every tracker.AnnounceDownload and the held blobs every tracker.AnnounceHolding,
 // a download's start, commit, failure or eviction at once, and keeps the members the
 // trackers answer so downloads find each other without waiting for the DHT. Trackers are an
 // aid only: when none answers, the node goes on with the DHT alone, and no client sees an
 // error for it.
-type trackerLink struct {
+type Tracker struct {
 	client *trackerclient.Client
-	net    *p2p.Network
-	dl     *swarm.Downloader
-	store  *store.Store
+	peers  AddrBook
+	dl     *swarm.Downloader // set by Follow
+	store  *store.Store      // set by Follow
 	cs     int64
+	log    *slog.Logger
 	kick   chan struct{}
+	flight singleflight.Group // announces of one download running now
 
 	mu       sync.Mutex
-	pending  map[digest.Digest]blobEvent     // to announce at the next pass
-	running  map[digest.Digest]bool          // downloads announced as running
-	answered map[digest.Digest]time.Time     // the last answer about each running download
-	flight   map[digest.Digest]chan struct{} // announces of one download running now
+	pending  map[digest.Digest]blobEvent // to announce at the next pass
+	running  map[digest.Digest]bool      // downloads announced as running
+	answered map[digest.Digest]time.Time // the last answer about each running download
 }
 
 // blobEvent is what happened to a blob that the trackers hear of at once.
@@ -50,43 +65,34 @@ const (
 	blobGone
 )
 
-// startTracker sets up the tracker client when trackers are configured. It needs the fleet.
-func (n *Node) startTracker() error {
-	if len(n.cfg.Trackers) == 0 {
-		return nil // startFleet refused trackers without a fleet
+// New returns the announcer of o.Client's trackers; call Follow, then Run.
+func New(o Options) *Tracker {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	signer, err := p2p.NewSigner(n.fleet.net.Host)
-	if err != nil {
-		return fmt.Errorf("tracker: %w", err)
-	}
-	client, err := trackerclient.New(trackerclient.Options{
-		URLs:       n.cfg.Trackers,
-		Signer:     signer,
-		PeerAddrs:  p2p.PeerAddrs,
-		Addrs:      n.fleet.net.Addrs,
-		Registerer: n.metrics,
-		Logger:     n.log,
-	})
-	if err != nil {
-		return err
-	}
-	n.tracker = &trackerLink{
-		client: client, net: n.fleet.net, dl: n.downloader, store: n.store, cs: n.chunkSize(),
+	return &Tracker{
+		client: o.Client, peers: o.Peers, cs: o.ChunkSize, log: log,
 		kick:     make(chan struct{}, 1),
 		pending:  make(map[digest.Digest]blobEvent),
 		running:  make(map[digest.Digest]bool),
 		answered: make(map[digest.Digest]time.Time),
-		flight:   make(map[digest.Digest]chan struct{}),
 	}
-	n.link.t = n.tracker
-	return nil
 }
 
+// Follow sets the store and the downloader whose blobs are announced.
+func (t *Tracker) Follow(s *store.Store, dl *swarm.Downloader) { t.store, t.dl = s, dl }
+
+// Close stops the client's lease renewals and background requests.
+func (t *Tracker) Close() { t.client.Close() }
+
+// Started, Committed and Gone queue what happened to d for the next announce.
+func (t *Tracker) Started(d digest.Digest)   { t.event(d, blobStarted) }
+func (t *Tracker) Committed(d digest.Digest) { t.event(d, blobCommitted) }
+func (t *Tracker) Gone(d digest.Digest)      { t.event(d, blobGone) }
+
 // event queues e about d for the next announce, which it starts at once; it never blocks.
-func (t *trackerLink) event(d digest.Digest, e blobEvent) {
-	if t == nil {
-		return
-	}
+func (t *Tracker) event(d digest.Digest, e blobEvent) {
 	t.mu.Lock()
 	if e != blobStarted || t.pending[d] == 0 {
 		t.pending[d] = e
@@ -98,12 +104,8 @@ func (t *trackerLink) event(d digest.Digest, e blobEvent) {
 	}
 }
 
-// evicted is the store's OnEvict: the trackers hear the blob is gone.
-func (n *Node) evicted(d digest.Digest) { n.tracker.event(d, blobGone) }
-
-// runTracker announces to the trackers until ctx ends.
-func (n *Node) runTracker(ctx context.Context) error {
-	t := n.tracker
+// Run announces to the trackers until ctx ends.
+func (t *Tracker) Run(ctx context.Context) error {
 	downloads := time.NewTicker(tracker.AnnounceDownload)
 	defer downloads.Stop()
 	holding := time.NewTicker(tracker.AnnounceHolding)
@@ -148,7 +150,7 @@ func (n *Node) runTracker(ctx context.Context) error {
 const heldRetry = 3 * time.Second
 
 // state is d's BlobState from a running download's status.
-func (t *trackerLink) state(s swarm.DownloadStatus) tracker.BlobState {
+func (t *Tracker) state(s swarm.DownloadStatus) tracker.BlobState {
 	b := tracker.BlobState{Digest: s.Digest, Done: s.Done, FromOrigin: s.FromOrigin, FromPeers: s.FromPeers}
 	if s.Size >= 0 {
 		b.Size, b.ChunkSize = s.Size, s.ChunkSize
@@ -157,7 +159,7 @@ func (t *trackerLink) state(s swarm.DownloadStatus) tracker.BlobState {
 }
 
 // held is d's BlobState when the store holds it, or false.
-func (t *trackerLink) held(d digest.Digest) (tracker.BlobState, bool) {
+func (t *Tracker) held(d digest.Digest) (tracker.BlobState, bool) {
 	info, err := t.store.Stat(d)
 	if err != nil {
 		return tracker.BlobState{}, false
@@ -166,7 +168,7 @@ func (t *trackerLink) held(d digest.Digest) (tracker.BlobState, bool) {
 }
 
 // complete is the BlobState of a blob the store holds.
-func (t *trackerLink) complete(info store.Info) tracker.BlobState {
+func (t *Tracker) complete(info store.Info) tracker.BlobState {
 	return tracker.BlobState{Digest: info.Digest, Size: info.Size, ChunkSize: t.cs, Done: info.Size, Complete: true}
 }
 
@@ -174,7 +176,7 @@ func (t *trackerLink) complete(info store.Info) tracker.BlobState {
 // since the last pass: downloads started, blobs committed, evicted, or whose download ended
 // without a commit (gone). It reports false when there was something to announce and no
 // tracker took it.
-func (t *trackerLink) announceRunning(ctx context.Context) bool {
+func (t *Tracker) announceRunning(ctx context.Context) bool {
 	now := make(map[digest.Digest]tracker.BlobState)
 	for _, s := range t.dl.Downloads() {
 		now[s.Digest] = t.state(s)
@@ -234,7 +236,7 @@ func (t *trackerLink) announceRunning(ctx context.Context) bool {
 
 // announceHeld announces every blob in the store; it reports whether a tracker took it (or
 // there was nothing to announce).
-func (t *trackerLink) announceHeld(ctx context.Context) bool {
+func (t *Tracker) announceHeld(ctx context.Context) bool {
 	var blobs []tracker.BlobState
 	t.store.Walk(func(info store.Info) bool {
 		blobs = append(blobs, t.complete(info))
@@ -245,7 +247,7 @@ func (t *trackerLink) announceHeld(ctx context.Context) bool {
 }
 
 // announce sends blobs to the trackers and takes in the members they answer.
-func (t *trackerLink) announce(ctx context.Context, blobs []tracker.BlobState) (map[digest.Digest][]tracker.Member, error) {
+func (t *Tracker) announce(ctx context.Context, blobs []tracker.BlobState) (map[digest.Digest][]tracker.Member, error) {
 	if len(blobs) == 0 {
 		return nil, nil
 	}
@@ -263,7 +265,7 @@ func (t *trackerLink) announce(ctx context.Context, blobs []tracker.BlobState) (
 	t.mu.Unlock()
 	for _, members := range swarms {
 		for _, m := range members {
-			t.net.AddAddrs(m.Peer, m.Addrs)
+			t.peers.AddAddrs(m.Peer, m.Addrs)
 		}
 	}
 	return swarms, nil
@@ -271,47 +273,40 @@ func (t *trackerLink) announce(ctx context.Context, blobs []tracker.BlobState) (
 
 // announceNow announces the download of d alone, unless another announce of it is under
 // way (then it waits for that one), and returns the members of its swarm.
-func (t *trackerLink) announceNow(ctx context.Context, d digest.Digest) []tracker.Member {
-	t.mu.Lock()
-	if ch, ok := t.flight[d]; ok {
+func (t *Tracker) announceNow(ctx context.Context, d digest.Digest) []tracker.Member {
+	ch := t.flight.DoChan(d.String(), func() (any, error) {
+		t.mu.Lock()
+		t.running[d] = true
 		t.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
+		b := tracker.BlobState{Digest: d}
+		if s, ok := t.dl.Status(d); ok {
+			b = t.state(s)
 		}
+		swarms, _ := t.announce(ctx, []tracker.BlobState{b}) // on failure: nobody, the DHT carries on
+		return swarms[d], nil
+	})
+	select {
+	case r := <-ch:
+		members, _ := r.Val.([]tracker.Member)
+		return members
+	case <-ctx.Done():
 		return t.client.Members(d)
 	}
-	ch := make(chan struct{})
-	t.flight[d] = ch
-	t.running[d] = true
-	t.mu.Unlock()
-	defer func() {
-		t.mu.Lock()
-		delete(t.flight, d)
-		t.mu.Unlock()
-		close(ch)
-	}()
-	b := tracker.BlobState{Digest: d}
-	if s, ok := t.dl.Status(d); ok {
-		b = t.state(s)
-	}
-	swarms, _ := t.announce(ctx, []tracker.BlobState{b}) // on failure: nobody, the DHT carries on
-	return swarms[d]
 }
 
 // fresh reports whether the trackers answered about d's download within the last announce
 // period.
-func (t *trackerLink) fresh(d digest.Digest) bool {
+func (t *Tracker) fresh(d digest.Digest) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	at, ok := t.answered[d]
 	return ok && time.Since(at) < tracker.AnnounceDownload
 }
 
-// findProviders merges the trackers' members of d's swarm with dht's answer, members first.
+// Providers merges the trackers' members of d's swarm with dht's answer, members first.
 // fresh asks the trackers now unless they answered about d within the last announce period:
 // that answer is what makes a download's start fast, while the DHT lookup runs alongside.
-func (t *trackerLink) findProviders(ctx context.Context, d digest.Digest, fresh bool, dht func(context.Context) ([]string, error)) ([]string, error) {
+func (t *Tracker) Providers(ctx context.Context, d digest.Digest, fresh bool, dht func(context.Context) ([]string, error)) ([]string, error) {
 	var members []tracker.Member
 	done := make(chan struct{})
 	go func() {
@@ -342,37 +337,12 @@ func (t *trackerLink) findProviders(ctx context.Context, d digest.Digest, fresh 
 	return out, nil
 }
 
-// joinThroughTracker joins the DHT through the peers the trackers give, for a node with
-// trackers and no other bootstrap source. A node no tracker answers for, or whose peers
-// cannot be reached, starts alone (ready: it serves from the origin) and runFleet tries
-// again every rejoinEvery while it has no fleet peer.
-func (n *Node) joinThroughTracker(ctx context.Context) error {
-	peers, err := n.tracker.client.Bootstrap(ctx)
-	if err != nil {
-		n.log.Warn("no tracker answered, starting alone and trying again", "err", err, "retry", rejoinEvery)
-		return nil
-	}
-	if len(peers) == 0 {
-		n.log.Info("the trackers know no fleet peer yet, starting alone")
-		return nil
-	}
-	jctx, cancel := context.WithTimeout(ctx, trackerJoinTimeout)
-	defer cancel()
-	if err := n.fleet.net.Router.Bootstrap(jctx, peers...); err != nil && ctx.Err() == nil {
-		n.log.Warn("no peer the trackers gave could be reached, starting alone and trying again", "err", err, "retry", rejoinEvery)
-	}
-	return nil
-}
+// Bootstrap returns the peers the trackers give to join the fleet through.
+func (t *Tracker) Bootstrap(ctx context.Context) ([]string, error) { return t.client.Bootstrap(ctx) }
 
-// leasingLink is the fleet of a node with trackers: it also hands out origin leases. A node
-// without trackers gives the downloader the plain fleetLink, which does not implement
-// swarm.OriginLeaser, so its downloads never ask for one.
-type leasingLink struct{ *fleetLink }
-
-// LeaseOrigin asks the trackers for the lease on a chunk; see tracker.Client.Lease. A
-// refusal naming the holder hints the download to it.
-func (l leasingLink) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
-	t := l.t
+// Lease asks the trackers for the lease on a chunk; see the tracker client's Lease. A refusal
+// naming the holder hints the download to it.
+func (t *Tracker) Lease(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
 	t.mu.Lock()
 	_, announced := t.answered[d]
 	t.mu.Unlock()
