@@ -204,8 +204,13 @@ func New(cfg Config) (*Node, error) {
 		n.closeAll()
 		return nil, err
 	}
+	prefetch, err := n.prefetchHandler()
+	if err != nil {
+		n.closeAll()
+		return nil, err
+	}
 	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	n.admin = &http.Server{Handler: n.adminHandler(prefetch), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 
 	if n.registryLn, err = net.Listen("tcp", cfg.RegistryAddr); err != nil {
 		n.closeAll()
