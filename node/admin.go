@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shoal-dev/shoal/node/prefetch"
 )
 
 // Status is what /status reports.
@@ -48,10 +50,10 @@ func (n *Node) Status() Status {
 	return st
 }
 
-func (n *Node) adminHandler() http.Handler {
+func (n *Node) adminHandler(prefetchHandler http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
-	mux.Handle("POST /prefetch", n.prefetchHandler())
+	mux.Handle("POST "+prefetch.Path, prefetchHandler)
 	if n.cfg.Pprof {
 		// Profiles, for finding where a slow transfer spends its time. Off by default: the
 		// admin address may be open to the cluster (for --bootstrap-dns).

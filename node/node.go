@@ -168,9 +168,13 @@ func New(cfg Config) (*Node, error) {
 		Name: "shoal_origin_bytes_saved_total",
 		Help: "Bytes the origin did not send for this node: blob bytes served from the cache plus bytes fetched from peers.",
 	}, func() float64 { return float64(api.CacheBytesServed() + n.downloader.PeerBytes()) }))
+	prefetch, err := n.prefetchHandler()
+	if err != nil {
+		return nil, err
+	}
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	n.registry = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errLog}
-	n.admin = &http.Server{Handler: n.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	n.admin = &http.Server{Handler: n.adminHandler(prefetch), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	if n.registryLn, err = net.Listen("tcp", cfg.RegistryAddr); err != nil {
 		return nil, fmt.Errorf("registry listener: %w", err)
 	}
@@ -261,14 +265,6 @@ func (n *Node) AdminAddr() string {
 	}
 	return n.adminLn.Addr().String()
 }
-
-// Manifest resolves a manifest as the /v2 mirror does; the prefetcher walks images with it.
-func (n *Node) Manifest(ctx context.Context, repo registryapi.Repo, reference string, accept []string) (registryapi.Manifest, error) {
-	return n.mirror.Manifest(ctx, repo, reference, accept)
-}
-
-// edgeError is mirror.EdgeError, for the prefetcher.
-var edgeError = mirror.EdgeError
 
 // Run serves until ctx ends, then shuts down gracefully and closes the store.
 func (n *Node) Run(ctx context.Context) error {

@@ -21,21 +21,21 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/shoal-dev/shoal/node/prefetch"
 )
 
 // prefetchAnswer is a /prefetch response: its status and its lines, each decoded strictly.
 type prefetchAnswer struct {
 	status int
 	header http.Header
-	lines  []PrefetchProgress
+	lines  []prefetch.Progress
 	raw    string
 }
 
-func (a prefetchAnswer) last() PrefetchProgress {
+func (a prefetchAnswer) last() prefetch.Progress {
 	if len(a.lines) == 0 {
-		return PrefetchProgress{}
+		return prefetch.Progress{}
 	}
 	return a.lines[len(a.lines)-1]
 }
@@ -65,7 +65,7 @@ func postPrefetch(t *testing.T, ctx context.Context, n *Node, contentType, body 
 	for sc.Scan() {
 		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
 		dec.DisallowUnknownFields()
-		var p PrefetchProgress
+		var p prefetch.Progress
 		if err := dec.Decode(&p); err != nil {
 			t.Fatalf("POST /prefetch: line %q does not decode: %v", sc.Text(), err)
 		}
@@ -75,7 +75,7 @@ func postPrefetch(t *testing.T, ctx context.Context, n *Node, contentType, body 
 }
 
 func prefetchBody(image string, platforms ...string) string {
-	b, _ := json.Marshal(PrefetchRequest{Image: image, Platforms: platforms})
+	b, _ := json.Marshal(prefetch.Request{Image: image, Platforms: platforms})
 	return string(b)
 }
 
@@ -119,11 +119,11 @@ func checkProgress(t *testing.T, a prefetchAnswer, wantBlobs int, wantBytes int6
 	if ct := a.header.Get("Content-Type"); ct != "application/x-ndjson" {
 		t.Errorf("Content-Type = %q, want application/x-ndjson", ct)
 	}
-	var prev PrefetchProgress
+	var prev prefetch.Progress
 	for i, p := range a.lines {
-		want := PrefetchRunning
+		want := prefetch.StatusRunning
 		if i == len(a.lines)-1 {
-			want = PrefetchOK
+			want = prefetch.StatusOK
 		}
 		if p.Status != want || p.Error != "" {
 			t.Errorf("line %d = %+v, want status %s", i+1, p, want)
@@ -239,7 +239,7 @@ func TestPrefetchIndex(t *testing.T) {
 	t.Run("no such platform", func(t *testing.T) {
 		n := startNode(t, Config{Origin: o.URL})
 		a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(ref, "linux/s390x"))
-		if a.status != http.StatusNotFound || a.last().Status != PrefetchError || !strings.Contains(a.last().Error, "linux/s390x") {
+		if a.status != http.StatusNotFound || a.last().Status != prefetch.StatusError || !strings.Contains(a.last().Error, "linux/s390x") {
 			t.Errorf("POST /prefetch for a platform the index lacks = %d %q, want 404 naming it", a.status, a.raw)
 		}
 	})
@@ -278,7 +278,7 @@ func TestPrefetchRefused(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := postPrefetch(t, t.Context(), n, tt.contentType, tt.body)
-			if a.status != tt.status || len(a.lines) != 1 || a.last().Status != PrefetchError || !strings.Contains(a.last().Error, tt.want) {
+			if a.status != tt.status || len(a.lines) != 1 || a.last().Status != prefetch.StatusError || !strings.Contains(a.last().Error, tt.want) {
 				t.Errorf("POST /prefetch %.60q = %d %q, want %d with an error containing %q", tt.body, a.status, a.raw, tt.status, tt.want)
 			}
 			if ct := a.header.Get("Content-Type"); ct != "application/json" {
@@ -304,7 +304,7 @@ func TestPrefetchUnknownImage(t *testing.T) {
 	o := newOrigin(t)
 	n := startNode(t, Config{Origin: o.URL})
 	a := postPrefetch(t, t.Context(), n, "application/json", prefetchBody(o.host()+"/team/none:v1"))
-	if a.status != http.StatusNotFound || a.last().Status != PrefetchError || a.last().Error == "" {
+	if a.status != http.StatusNotFound || a.last().Status != prefetch.StatusError || a.last().Error == "" {
 		t.Errorf("POST /prefetch of an unknown image = %d %q, want 404 with an error", a.status, a.raw)
 	}
 }
@@ -340,8 +340,8 @@ func TestPrefetchClientLeaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var first PrefetchProgress
-	if err := json.NewDecoder(resp.Body).Decode(&first); err != nil || first.Status != PrefetchRunning {
+	var first prefetch.Progress
+	if err := json.NewDecoder(resp.Body).Decode(&first); err != nil || first.Status != prefetch.StatusRunning {
 		t.Fatalf("first progress line = %+v, %v; want running", first, err)
 	}
 	eventually(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
@@ -429,19 +429,19 @@ func TestPrefetchNodeStops(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	dec := json.NewDecoder(resp.Body)
-	var line PrefetchProgress
-	if err := dec.Decode(&line); err != nil || line.Status != PrefetchRunning {
+	var line prefetch.Progress
+	if err := dec.Decode(&line); err != nil || line.Status != prefetch.StatusRunning {
 		t.Fatalf("first progress line = %+v, %v; want running", line, err)
 	}
 	eventually(t, "blob requests to reach the origin", func() bool { return held.Load() > 0 })
 	began := time.Now()
 	cancel()
-	for line.Status == PrefetchRunning {
+	for line.Status == prefetch.StatusRunning {
 		if err := dec.Decode(&line); err != nil {
 			t.Fatalf("progress after the node stopped: %v, want a last line", err)
 		}
 	}
-	if line.Status != PrefetchError || line.Error == "" {
+	if line.Status != prefetch.StatusError || line.Error == "" {
 		t.Errorf("last line = %+v, want an error", line)
 	}
 	select {
@@ -454,134 +454,5 @@ func TestPrefetchNodeStops(t *testing.T) {
 	}
 	if took := time.Since(began); took > 5*time.Second {
 		t.Errorf("the node took %v to stop during a prefetch", took)
-	}
-}
-
-func TestPrefetchBusy(t *testing.T) {
-	t.Parallel()
-	o := newOrigin(t)
-	n := startNode(t, Config{Origin: o.URL})
-	p := &prefetcher{n: n, slots: make(chan struct{}, 1), results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"result"})}
-	p.slots <- struct{}{}
-	req := httptest.NewRequest(http.MethodPost, "/prefetch", strings.NewReader(prefetchBody(o.host()+"/team/app:v1")))
-	req.Header.Set("Content-Type", "application/json")
-	w := httptest.NewRecorder()
-	p.ServeHTTP(w, req)
-	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), "running") {
-		t.Errorf("POST /prefetch with every slot taken = %d %q, want 429 with Retry-After", w.Code, w.Body)
-	}
-	if got := testutil.ToFloat64(p.results.WithLabelValues(prefetchResultBusy)); got != 1 {
-		t.Errorf("busy count = %v, want 1", got)
-	}
-	if got := o.requests.Load(); got != 0 {
-		t.Errorf("origin requests = %d, want 0", got)
-	}
-}
-
-func TestParseImageRef(t *testing.T) {
-	t.Parallel()
-	const d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-	tests := []struct {
-		in   string
-		want string // String() of the result; "" means an error
-	}{
-		{"nginx", "docker.io/library/nginx:latest"},
-		{"nginx:1.27", "docker.io/library/nginx:1.27"},
-		{"library/nginx", "docker.io/library/nginx:latest"},
-		{"team/app:v1", "docker.io/team/app:v1"},
-		{"docker.io/nginx", "docker.io/library/nginx:latest"},
-		{"index.docker.io/library/nginx:1", "docker.io/library/nginx:1"},
-		{"registry-1.docker.io/team/app", "docker.io/team/app:latest"},
-		{"ghcr.io/org/app:v2", "ghcr.io/org/app:v2"},
-		{"GHCR.io/org/app", "ghcr.io/org/app:latest"},
-		{"localhost/app", "localhost/app:latest"},
-		{"localhost:5000/app:v1", "localhost:5000/app:v1"},
-		{"127.0.0.1:5000/a/b/c:v1", "127.0.0.1:5000/a/b/c:v1"},
-		{"[::1]:5000/app:v1", "[::1]:5000/app:v1"},
-		{"Registry/app", "registry/app:latest"},
-		{"ghcr.io/org/app@" + d, "ghcr.io/org/app@" + d},
-		{"ghcr.io/org/app:v1@" + d, "ghcr.io/org/app:v1@" + d},
-		{"nginx@" + d, "docker.io/library/nginx@" + d},
-		{"", ""},
-		{"ghcr.io/Org/app", ""},
-		{"ghcr.io/org/app:", ""},
-		{"ghcr.io/org/app:v 1", ""},
-		{"ghcr.io/org/app@sha256:short", ""},
-		{"ghcr.io/org/app@md5:0123456789abcdef0123456789abcdef", ""},
-		{"ghcr.io/", ""},
-		{"http://ghcr.io/org/app", ""},
-		{"user@ghcr.io/org/app", ""},
-		{"ghcr.io:0/org/app", ""},
-		{"ghcr.io/org//app", ""},
-		{"ghcr.io/org/app:" + strings.Repeat("t", 129), ""},
-		{strings.Repeat("a", 2000), ""},
-	}
-	for _, tt := range tests {
-		got, err := ParseImageRef(tt.in)
-		switch {
-		case tt.want == "" && err == nil:
-			t.Errorf("ParseImageRef(%q) = %s, want an error", tt.in, got)
-		case tt.want != "" && err != nil:
-			t.Errorf("ParseImageRef(%q) = %v, want %s", tt.in, err, tt.want)
-		case tt.want != "" && got.String() != tt.want:
-			t.Errorf("ParseImageRef(%q) = %s, want %s", tt.in, got, tt.want)
-		}
-	}
-}
-
-func FuzzParseImageRef(f *testing.F) {
-	for _, s := range []string{"nginx", "ghcr.io/org/app:v1", "[::1]:5000/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "localhost:5000"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		ref, err := ParseImageRef(s)
-		if err != nil {
-			return
-		}
-		if ref.Registry != "docker.io" && ref.Registry != "localhost" && !strings.ContainsAny(ref.Registry, ".:") {
-			// A host named by an upper-case first component ("Reg/app", as Docker reads
-			// it) reads as a docker.io repository once lower-cased: no round trip.
-			return
-		}
-		again, err := ParseImageRef(ref.String())
-		if err != nil || again != ref {
-			t.Errorf("ParseImageRef(%q) = %+v, whose String %q parses to %+v, %v", s, ref, ref.String(), again, err)
-		}
-		if ref.Reference() == "" || ref.Registry == "" || ref.Repo == "" {
-			t.Errorf("ParseImageRef(%q) = %+v, incomplete", s, ref)
-		}
-	})
-}
-
-func TestPlatformMatches(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		want, have string
-		match      bool
-	}{
-		{"linux/amd64", "linux/amd64", true},
-		{"linux/arm64", "linux/arm64/v8", true},
-		{"linux/arm64/v8", "linux/arm64", true},
-		{"linux/arm/v7", "linux/arm/v6", false},
-		{"linux/amd64", "windows/amd64", false},
-		{"linux/amd64", "linux/arm64", false},
-	}
-	for _, tt := range tests {
-		want, err := ParsePlatform(tt.want)
-		if err != nil {
-			t.Fatal(err)
-		}
-		have, err := ParsePlatform(tt.have)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := want.matches(have); got != tt.match {
-			t.Errorf("%s matches %s = %v, want %v", tt.want, tt.have, got, tt.match)
-		}
-	}
-	for _, bad := range []string{"", "linux", "linux/", "linux/amd64/v1/x", "Linux/amd64", "linux/amd 64"} {
-		if _, err := ParsePlatform(bad); err == nil {
-			t.Errorf("ParsePlatform(%q) succeeded, want an error", bad)
-		}
 	}
 }

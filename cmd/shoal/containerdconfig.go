@@ -10,10 +10,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pelletier/go-toml/v2"
 
 	"github.com/shoal-dev/shoal/registryapi"
 )
@@ -111,8 +114,10 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) error {
 		if *remove {
 			err = removeHostsFile(*hostsDir, t.name, stdout, stderr)
 		} else {
-			body := renderHostsTOML(t.server, mirrorURLs, *dialTimeout)
-			err = installHostsFile(*hostsDir, t.name, body, stdout)
+			var body []byte
+			if body, err = renderHostsTOML(t.server, mirrorURLs, *dialTimeout); err == nil {
+				err = installHostsFile(*hostsDir, t.name, body, stdout)
+			}
 		}
 		if err != nil {
 			return err
@@ -235,42 +240,50 @@ func parseRegistryURL(s string) (string, error) {
 	return u.String(), nil
 }
 
+// hostTable is one [host."URL"] table of a hosts.toml.
+type hostTable struct {
+	Capabilities []string `toml:"capabilities"`
+	DialTimeout  string   `toml:"dial_timeout"`
+}
+
 // renderHostsTOML returns the hosts.toml that sends containerd to the mirrors first, with
 // pull and resolve (tags resolve through the node too), then to server. Without a server
 // containerd falls back to the registry named in the image reference.
-func renderHostsTOML(server string, mirrors []string, dialTimeout time.Duration) []byte {
-	var b bytes.Buffer
-	b.WriteString(hostsMarker + "\n")
-	if server != "" {
-		fmt.Fprintf(&b, "server = %s\n", tomlString(server))
-	} else {
-		b.WriteString("# No server: containerd falls back to the registry the image reference names.\n")
-	}
-	for _, m := range mirrors {
-		fmt.Fprintf(&b, "\n[host.%s]\n", tomlString(m))
-		b.WriteString("  capabilities = [\"pull\", \"resolve\"]\n")
-		fmt.Fprintf(&b, "  dial_timeout = %s\n", tomlString(dialTimeout.String()))
-	}
-	return b.Bytes()
-}
-
-// tomlString quotes s as a TOML basic string.
-func tomlString(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, "\\u%04X", r)
-		default:
-			b.WriteRune(r)
+//
+// containerd tries the [host] tables in the order the file lists them, and go-toml writes a
+// map's keys sorted but a struct's fields in order: the tables are the fields of a struct
+// type made for these mirrors, each field named by its tag.
+func renderHostsTOML(server string, mirrors []string, dialTimeout time.Duration) ([]byte, error) {
+	fields := make([]reflect.StructField, len(mirrors))
+	for i, m := range mirrors {
+		if strings.Contains(m, ",") {
+			// A struct tag ends its name at a comma.
+			return nil, fmt.Errorf("mirror %q: a comma in a mirror URL is not supported", m)
+		}
+		fields[i] = reflect.StructField{
+			Name: "Mirror" + strconv.Itoa(i),
+			Type: reflect.TypeFor[hostTable](),
+			Tag:  reflect.StructTag("toml:" + strconv.Quote(m)),
 		}
 	}
-	b.WriteByte('"')
-	return b.String()
+	hosts := reflect.New(reflect.StructOf(fields)).Elem()
+	for i := range mirrors {
+		hosts.Field(i).Set(reflect.ValueOf(hostTable{Capabilities: []string{"pull", "resolve"}, DialTimeout: dialTimeout.String()}))
+	}
+	doc := struct {
+		Server string `toml:"server,omitempty"`
+		Host   any    `toml:"host"`
+	}{server, hosts.Interface()}
+
+	var b bytes.Buffer
+	b.WriteString(hostsMarker + "\n")
+	if server == "" {
+		b.WriteString("# No server: containerd falls back to the registry the image reference names.\n\n")
+	}
+	if err := toml.NewEncoder(&b).SetIndentTables(true).Encode(doc); err != nil {
+		return nil, fmt.Errorf("encode hosts.toml: %w", err)
+	}
+	return b.Bytes(), nil
 }
 
 // hostDirCandidates are the directories containerd looks in for host, in its order

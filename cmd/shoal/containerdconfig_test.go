@@ -12,6 +12,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
 )
 
 // runContainerdConfigIn runs `shoal containerd-config --hosts-dir dir ARGS`.
@@ -68,14 +72,86 @@ func writeFile(t *testing.T, path, body string, perm os.FileMode) {
 func hostsTOML(server string, mirrors ...string) string {
 	s := hostsMarker + "\n"
 	if server != "" {
-		s += "server = \"" + server + "\"\n"
+		s += "server = '" + server + "'\n"
 	} else {
 		s += "# No server: containerd falls back to the registry the image reference names.\n"
 	}
-	for _, m := range mirrors {
-		s += "\n[host.\"" + m + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n"
+	if len(mirrors) > 0 {
+		s += "\n[host]\n"
+	}
+	for i, m := range mirrors {
+		if i > 0 {
+			s += "\n"
+		}
+		s += "  [host.'" + m + "']\n    capabilities = ['pull', 'resolve']\n    dial_timeout = '200ms'\n"
 	}
 	return s
+}
+
+// hostsFile is what containerd reads of a hosts.toml (core/remotes/docker/config), with the
+// [host] tables in the order it tries them.
+type hostsFile struct {
+	Server string               `toml:"server"`
+	Host   map[string]hostTable `toml:"host"`
+	Order  []string             `toml:"-"`
+}
+
+// decodeHostsTOML reads a hosts.toml as containerd does: go-toml for the values, its
+// unstable parser for the order of the [host."URL"] tables.
+func decodeHostsTOML(t *testing.T, b []byte) hostsFile {
+	t.Helper()
+	var f hostsFile
+	if err := toml.Unmarshal(b, &f); err != nil {
+		t.Fatalf("hosts.toml does not parse: %v\n%s", err, b)
+	}
+	p := unstable.Parser{}
+	p.Reset(b)
+	for p.NextExpression() {
+		e := p.Expression()
+		if e.Kind != unstable.Table {
+			continue
+		}
+		var parts []string
+		for it := e.Key(); it.Next(); {
+			parts = append(parts, string(it.Node().Data))
+		}
+		if len(parts) == 2 && parts[0] == "host" {
+			f.Order = append(f.Order, parts[1])
+		}
+	}
+	if err := p.Error(); err != nil {
+		t.Fatalf("hosts.toml does not parse: %v\n%s", err, b)
+	}
+	return f
+}
+
+// TestHostsTOMLReads checks what containerd reads of the file: the server, and every mirror
+// in the order given (not sorted), each with pull and resolve and the dial timeout, even
+// where a URL needs quoting.
+func TestHostsTOMLReads(t *testing.T) {
+	t.Parallel()
+	mirrors := []string{"http://127.0.0.1:5080", "http://10.0.0.7:5080/a'b", `https://n.example/"q"`}
+	for _, server := range []string{"https://registry-1.docker.io", "", `https://r.example/it's`} {
+		b, err := renderHostsTOML(server, mirrors, 1500*time.Millisecond)
+		if err != nil {
+			t.Fatalf("renderHostsTOML(%q) = %v", server, err)
+		}
+		if !strings.HasPrefix(string(b), hostsMarker+"\n") {
+			t.Errorf("hosts.toml does not start with the marker line:\n%s", b)
+		}
+		f := decodeHostsTOML(t, b)
+		if f.Server != server || !slices.Equal(f.Order, mirrors) || len(f.Host) != len(mirrors) {
+			t.Errorf("hosts.toml reads as server %q, hosts %q; want %q, %q:\n%s", f.Server, f.Order, server, mirrors, b)
+		}
+		for _, m := range mirrors {
+			if h := f.Host[m]; !slices.Equal(h.Capabilities, []string{"pull", "resolve"}) || h.DialTimeout != "1.5s" {
+				t.Errorf("host %q = %+v, want pull and resolve, dial_timeout 1.5s", m, h)
+			}
+		}
+	}
+	if _, err := renderHostsTOML("", []string{"http://a:1/x,y"}, time.Second); err == nil {
+		t.Error("renderHostsTOML with a comma in a mirror URL succeeded, want an error")
+	}
 }
 
 func TestContainerdConfigFiles(t *testing.T) {
@@ -551,9 +627,16 @@ func FuzzRegistryArg(f *testing.F) {
 				t.Errorf("parseRegistryArg(%q) accepted host %q, which names %s outside %s", arg, tgt.name, dir, root)
 			}
 		}
-		body := string(renderHostsTOML(tgt.server, []string{"http://127.0.0.1:5080"}, 200e6))
-		if strings.Count(body, "\n") != 6 || !strings.HasPrefix(strings.Split(body, "\n")[1], "server = \"http") {
+		raw, err := renderHostsTOML(tgt.server, []string{"http://127.0.0.1:5080"}, 200e6)
+		if err != nil {
+			t.Fatalf("renderHostsTOML(%q) = %v", tgt.server, err)
+		}
+		body := string(raw)
+		if strings.Count(body, "\n") != 7 || !strings.HasPrefix(strings.Split(body, "\n")[1], "server = ") {
 			t.Errorf("parseRegistryArg(%q): hosts.toml has unexpected lines:\n%s", arg, body)
+		}
+		if got := decodeHostsTOML(t, raw); got.Server != tgt.server || len(got.Host) != 1 {
+			t.Errorf("parseRegistryArg(%q): hosts.toml reads as %+v, want server %q and one host:\n%s", arg, got, tgt.server, body)
 		}
 	})
 }

@@ -19,8 +19,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	"github.com/shoal-dev/shoal/internal/units"
-	"github.com/shoal-dev/shoal/node"
+	"github.com/shoal-dev/shoal/node/prefetch"
 )
 
 const prefetchSummary = `Usage: shoal prefetch IMAGE [flags]
@@ -61,7 +63,7 @@ func runPrefetch(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("--timeout %v: must be positive", *timeout)
 	}
 	for _, p := range platforms {
-		if _, err := node.ParsePlatform(p); err != nil {
+		if _, err := prefetch.ParsePlatform(p); err != nil {
 			return fmt.Errorf("--platform: %w", err)
 		}
 	}
@@ -72,7 +74,7 @@ func runPrefetch(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	out := prefetchOutput{w: stdout, tty: isTerminal(stdout) && len(urls) <= maxTerminalNodes, interval: 2 * time.Second}
-	return prefetch(ctx, *timeout, image, platforms, urls, out)
+	return prefetchNodes(ctx, *timeout, image, platforms, urls, out)
 }
 
 // parsePrefetchArgs parses flags that may come before or after the image, and returns the
@@ -99,8 +101,10 @@ func parsePrefetchArgs(fs *flag.FlagSet, args []string, stdout io.Writer) (strin
 	default:
 		return "", fmt.Errorf("one image at a time, got %d: %s", len(positional), strings.Join(positional, " "))
 	}
-	if _, err := node.ParseImageRef(positional[0]); err != nil {
-		return "", err
+	// A typo is caught here, before every node is asked; the nodes hold the reference to
+	// the grammar of their mirror and say what they refuse.
+	if _, err := name.ParseReference(positional[0]); err != nil {
+		return "", fmt.Errorf("invalid image reference %q: %w", positional[0], err)
 	}
 	return positional[0], nil
 }
@@ -142,7 +146,7 @@ func nodeURLs(ctx context.Context, nodes []string, dnsName string) ([]string, er
 // nodeProgress is what is known of one node's prefetch.
 type nodeProgress struct {
 	url     string
-	last    node.PrefetchProgress
+	last    prefetch.Progress
 	started bool // a progress line arrived
 	done    bool
 	err     error
@@ -157,7 +161,7 @@ type sample struct {
 // rateWindow is how far back the rate shown looks.
 const rateWindow = 5.0 // seconds
 
-func (p *nodeProgress) record(line node.PrefetchProgress) {
+func (p *nodeProgress) record(line prefetch.Progress) {
 	p.last, p.started = line, true
 	// Bytes found in the cache arrive all at once and say nothing of the rate.
 	p.samples = append(p.samples, sample{line.Seconds, line.BytesDone - line.BytesCached})
@@ -214,9 +218,9 @@ func (p *nodeProgress) line(width int) string {
 	return s
 }
 
-// prefetch runs the prefetch on every node at once and shows progress until all are done.
-func prefetch(ctx context.Context, timeout time.Duration, image string, platforms, urls []string, out prefetchOutput) error {
-	body, err := json.Marshal(node.PrefetchRequest{Image: image, Platforms: platforms})
+// prefetchNodes runs the prefetch on every node at once and shows progress until all are done.
+func prefetchNodes(ctx context.Context, timeout time.Duration, image string, platforms, urls []string, out prefetchOutput) error {
+	body, err := json.Marshal(prefetch.Request{Image: image, Platforms: platforms})
 	if err != nil {
 		return err
 	}
@@ -235,7 +239,7 @@ func prefetch(ctx context.Context, timeout time.Duration, image string, platform
 	finished := make(chan struct{})
 	for i, u := range urls {
 		wg.Go(func() {
-			err := prefetchOn(ctx, client, u, body, func(line node.PrefetchProgress) {
+			err := prefetchOn(ctx, client, u, body, func(line prefetch.Progress) {
 				mu.Lock()
 				states[i].record(line)
 				mu.Unlock()
@@ -328,13 +332,13 @@ const maxProgressLine = 1 << 20
 
 // prefetchOn asks one node to prefetch and hands each progress line to progress. It
 // returns nil once the node said ok.
-func prefetchOn(ctx context.Context, client *http.Client, base string, body []byte, progress func(node.PrefetchProgress)) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/prefetch", bytes.NewReader(body))
+func prefetchOn(ctx context.Context, client *http.Client, base string, body []byte, progress func(prefetch.Progress)) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+prefetch.Path, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/x-ndjson")
+	req.Header.Set("Content-Type", prefetch.RequestType)
+	req.Header.Set("Accept", prefetch.ProgressType)
 	resp, err := client.Do(req)
 	if err != nil {
 		var uerr *url.Error
@@ -346,7 +350,7 @@ func prefetchOn(ctx context.Context, client *http.Client, base string, body []by
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var p node.PrefetchProgress
+		var p prefetch.Progress
 		if json.Unmarshal(raw, &p) == nil && p.Error != "" {
 			return oneLine(fmt.Sprintf("%s (status %d)", p.Error, resp.StatusCode))
 		}
@@ -362,15 +366,15 @@ func prefetchOn(ctx context.Context, client *http.Client, base string, body []by
 		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
 			continue
 		}
-		var p node.PrefetchProgress
+		var p prefetch.Progress
 		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
 			return oneLine(fmt.Sprintf("the node sent a line that is not progress: %v", err))
 		}
 		progress(p)
 		switch p.Status {
-		case node.PrefetchOK:
+		case prefetch.StatusOK:
 			return nil
-		case node.PrefetchError:
+		case prefetch.StatusError:
 			return oneLine(p.Error)
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-dev/shoal/node"
+	"github.com/shoal-dev/shoal/node/prefetch"
 )
 
 // fakeNode answers POST /prefetch with the given lines, flushed one by one with a pause
@@ -21,11 +21,11 @@ import (
 type fakeNode struct {
 	*httptest.Server
 	mu       sync.Mutex
-	requests []node.PrefetchRequest
+	requests []prefetch.Request
 	types    []string
 }
 
-func newFakeNode(t *testing.T, status int, pause time.Duration, lines ...node.PrefetchProgress) *fakeNode {
+func newFakeNode(t *testing.T, status int, pause time.Duration, lines ...prefetch.Progress) *fakeNode {
 	t.Helper()
 	f := &fakeNode{}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -33,7 +33,7 @@ func newFakeNode(t *testing.T, status int, pause time.Duration, lines ...node.Pr
 			http.Error(w, "not here", http.StatusNotFound)
 			return
 		}
-		var req node.PrefetchRequest
+		var req prefetch.Request
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
@@ -66,9 +66,9 @@ func newFakeNode(t *testing.T, status int, pause time.Duration, lines ...node.Pr
 }
 
 // progressLines is a prefetch of 4 blobs, 40 MiB, of which 8 MiB were cached, in steps.
-func progressLines(final node.PrefetchProgress) []node.PrefetchProgress {
-	base := node.PrefetchProgress{Status: node.PrefetchRunning, Image: "registry.example.com/team/app:v1", Digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Manifests: 1, BlobsTotal: 4, BytesTotal: 40 << 20, BytesCached: 8 << 20}
-	var out []node.PrefetchProgress
+func progressLines(final prefetch.Progress) []prefetch.Progress {
+	base := prefetch.Progress{Status: prefetch.StatusRunning, Image: "registry.example.com/team/app:v1", Digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Manifests: 1, BlobsTotal: 4, BytesTotal: 40 << 20, BytesCached: 8 << 20}
+	var out []prefetch.Progress
 	for i, done := range []int64{8 << 20, 16 << 20, 32 << 20} {
 		l := base
 		l.BytesDone, l.BlobsDone, l.Seconds = done, i+1, float64(i)
@@ -76,7 +76,7 @@ func progressLines(final node.PrefetchProgress) []node.PrefetchProgress {
 	}
 	last := base
 	last.Status, last.Error = final.Status, final.Error
-	if final.Status == node.PrefetchOK {
+	if final.Status == prefetch.StatusOK {
 		last.BytesDone, last.BlobsDone = last.BytesTotal, last.BlobsTotal
 	} else {
 		last.BytesDone, last.BlobsDone = 32<<20, 3
@@ -87,10 +87,10 @@ func progressLines(final node.PrefetchProgress) []node.PrefetchProgress {
 
 func TestPrefetchProgressPlain(t *testing.T) {
 	t.Parallel()
-	a := newFakeNode(t, http.StatusOK, 100*time.Millisecond, progressLines(node.PrefetchProgress{Status: node.PrefetchOK})...)
-	b := newFakeNode(t, http.StatusOK, 100*time.Millisecond, progressLines(node.PrefetchProgress{Status: node.PrefetchOK})...)
+	a := newFakeNode(t, http.StatusOK, 100*time.Millisecond, progressLines(prefetch.Progress{Status: prefetch.StatusOK})...)
+	b := newFakeNode(t, http.StatusOK, 100*time.Millisecond, progressLines(prefetch.Progress{Status: prefetch.StatusOK})...)
 	var out bytes.Buffer
-	err := prefetch(t.Context(), time.Minute, "registry.example.com/team/app:v1", []string{"linux/amd64"}, []string{a.URL, b.URL},
+	err := prefetchNodes(t.Context(), time.Minute, "registry.example.com/team/app:v1", []string{"linux/amd64"}, []string{a.URL, b.URL},
 		prefetchOutput{w: &out, interval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("prefetch = %v, want success", err)
@@ -121,9 +121,9 @@ func TestPrefetchProgressPlain(t *testing.T) {
 
 func TestPrefetchProgressTerminal(t *testing.T) {
 	t.Parallel()
-	a := newFakeNode(t, http.StatusOK, 250*time.Millisecond, progressLines(node.PrefetchProgress{Status: node.PrefetchOK})...)
+	a := newFakeNode(t, http.StatusOK, 250*time.Millisecond, progressLines(prefetch.Progress{Status: prefetch.StatusOK})...)
 	var out bytes.Buffer
-	if err := prefetch(t.Context(), time.Minute, "registry.example.com/team/app:v1", nil, []string{a.URL}, prefetchOutput{w: &out, tty: true}); err != nil {
+	if err := prefetchNodes(t.Context(), time.Minute, "registry.example.com/team/app:v1", nil, []string{a.URL}, prefetchOutput{w: &out, tty: true}); err != nil {
 		t.Fatalf("prefetch = %v, want success", err)
 	}
 	got := out.String()
@@ -138,12 +138,12 @@ func TestPrefetchProgressTerminal(t *testing.T) {
 
 func TestPrefetchNodeFails(t *testing.T) {
 	t.Parallel()
-	ok := newFakeNode(t, http.StatusOK, 0, progressLines(node.PrefetchProgress{Status: node.PrefetchOK})...)
-	bad := newFakeNode(t, http.StatusOK, 0, progressLines(node.PrefetchProgress{Status: node.PrefetchError, Error: "blob sha256:abc: upstream unavailable"})...)
-	refused := newFakeNode(t, http.StatusForbidden, 0, node.PrefetchProgress{Status: node.PrefetchError, Error: "registry registry.example.com is not mirrored by this node"})
-	cut := newFakeNode(t, http.StatusOK, 0, progressLines(node.PrefetchProgress{Status: node.PrefetchOK})[:2]...)
+	ok := newFakeNode(t, http.StatusOK, 0, progressLines(prefetch.Progress{Status: prefetch.StatusOK})...)
+	bad := newFakeNode(t, http.StatusOK, 0, progressLines(prefetch.Progress{Status: prefetch.StatusError, Error: "blob sha256:abc: upstream unavailable"})...)
+	refused := newFakeNode(t, http.StatusForbidden, 0, prefetch.Progress{Status: prefetch.StatusError, Error: "registry registry.example.com is not mirrored by this node"})
+	cut := newFakeNode(t, http.StatusOK, 0, progressLines(prefetch.Progress{Status: prefetch.StatusOK})[:2]...)
 	var out bytes.Buffer
-	err := prefetch(t.Context(), time.Minute, "registry.example.com/team/app:v1", nil, []string{ok.URL, bad.URL, refused.URL, cut.URL}, prefetchOutput{w: &out, interval: time.Hour})
+	err := prefetchNodes(t.Context(), time.Minute, "registry.example.com/team/app:v1", nil, []string{ok.URL, bad.URL, refused.URL, cut.URL}, prefetchOutput{w: &out, interval: time.Hour})
 	if err == nil {
 		t.Fatal("prefetch = nil, want an error when nodes failed")
 	}
@@ -163,7 +163,7 @@ func TestPrefetchNodeFails(t *testing.T) {
 
 func TestPrefetchTimeout(t *testing.T) {
 	t.Parallel()
-	slow := newFakeNode(t, http.StatusOK, time.Minute, progressLines(node.PrefetchProgress{Status: node.PrefetchOK})...)
+	slow := newFakeNode(t, http.StatusOK, time.Minute, progressLines(prefetch.Progress{Status: prefetch.StatusOK})...)
 	var out bytes.Buffer
 	err := run(t.Context(), []string{"prefetch", "registry.example.com/team/app:v1", "--nodes", slow.URL, "--timeout", "300ms"}, &out, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "timed out after 300ms") {
@@ -173,7 +173,7 @@ func TestPrefetchTimeout(t *testing.T) {
 
 func TestPrefetchFlagsAfterImage(t *testing.T) {
 	t.Parallel()
-	a := newFakeNode(t, http.StatusOK, 0, progressLines(node.PrefetchProgress{Status: node.PrefetchOK})...)
+	a := newFakeNode(t, http.StatusOK, 0, progressLines(prefetch.Progress{Status: prefetch.StatusOK})...)
 	var out bytes.Buffer
 	err := run(context.Background(), []string{"prefetch", "--timeout", "1m", "nginx:1.27", "--nodes", a.URL + "/", "--platform", "linux/amd64,linux/arm64"}, &out, io.Discard)
 	if err != nil {

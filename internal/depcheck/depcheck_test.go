@@ -24,6 +24,8 @@ func TestNetworkBoundary(t *testing.T) {
 		"github.com/shoal-dev/shoal/chunk",
 		"github.com/shoal-dev/shoal/node/mirror",
 		"github.com/shoal-dev/shoal/node/store",
+		"github.com/shoal-dev/shoal/node/prefetch",
+		"github.com/shoal-dev/shoal/node/prefetch/prefetcher",
 		"github.com/shoal-dev/shoal/node/swarm",
 		"github.com/shoal-dev/shoal/registryapi",
 		"github.com/shoal-dev/shoal/registryapi/origin",
@@ -31,6 +33,31 @@ func TestNetworkBoundary(t *testing.T) {
 		"github.com/shoal-dev/shoal/tracker/client",
 	}
 	chains, err := Forbidden(".", pkgs, libp2p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chains {
+		t.Errorf("forbidden import: %s", c)
+	}
+}
+
+// TestPrefetchWire keeps the prefetch wire protocol, which clients (shoal prefetch) import,
+// free of the daemon: none of the node's parts, its metrics or its network stack. (The node
+// package itself needs no entry: it imports node/store, so a path through it ends there.)
+func TestPrefetchWire(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	daemon := append([]string{
+		"github.com/shoal-dev/shoal/node/store",
+		"github.com/shoal-dev/shoal/node/swarm",
+		"github.com/shoal-dev/shoal/node/prefetch/",
+		"github.com/shoal-dev/shoal/p2p",
+		"github.com/shoal-dev/shoal/registryapi",
+		"github.com/shoal-dev/shoal/tracker",
+		"github.com/prometheus/",
+	}, libp2p...)
+	chains, err := Forbidden(".", []string{"github.com/shoal-dev/shoal/node/prefetch"}, daemon)
 	if err != nil {
 		t.Fatal(err)
 	}
