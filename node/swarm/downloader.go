@@ -21,14 +21,6 @@ import (
 	"github.com/shoal-dev/shoal/node/store"
 )
 
-// Origin is the upstream registry a download takes bytes from.
-type Origin interface {
-	// GetBlob returns the blob's bytes from offset (length < 0: to the end) and its total size.
-	GetBlob(ctx context.Context, registry, repo string, d digest.Digest, offset, length int64) (io.ReadCloser, int64, error)
-	// HeadBlob returns the blob's size.
-	HeadBlob(ctx context.Context, registry, repo string, d digest.Digest) (int64, error)
-}
-
 // Options configures a Downloader.
 type Options struct {
 	Store      *store.Store

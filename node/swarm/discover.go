@@ -1,0 +1,245 @@
+package swarm
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/shoal-dev/shoal/chunk"
+)
+
+// This file is how a download finds its peers and learns what they hold: the announce, the
+// lookups, the HAVE polls and the peers' vote on the blob's size.
+
+// peerState is what one download knows of one peer.
+type peerState struct {
+	id        string
+	have      chunk.Have // the last answer; Chunks is nil before the first
+	complete  bool
+	polling   bool
+	lastPoll  time.Time
+	fails     int
+	active    int
+	rate      float64 // bytes per second, smoothed
+	busyUntil time.Time
+	idleSince time.Time // first answer in a row showing nothing fetched from the origin
+	found     time.Time // when this download learned of the peer
+}
+
+// observe records a peer's answer.
+func (p *peerState) observe(h chunk.Have, now time.Time) {
+	p.have = h
+	p.complete = !slices.Contains(h.Chunks, false)
+	p.fails = 0
+	switch {
+	case slices.Contains(h.Fetching, true):
+		p.idleSince = time.Time{}
+	case p.idleSince.IsZero():
+		p.idleSince = now
+	}
+}
+
+// discover announces the download, finds the peers holding or fetching the blob, and learns
+// its size: from a peer when one knows it, else from the origin.
+func (e *engine) discover(ctx context.Context) (int64, error) {
+	type headResult struct {
+		size int64
+		err  error
+	}
+	head := make(chan headResult, 1)
+	hctx, stopHead := context.WithCancel(ctx)
+	defer stopHead()
+	go func() {
+		size, err := e.dl.opts.Origin.HeadBlob(hctx, e.d.registry, e.d.repo, e.d.digest)
+		head <- headResult{size, err}
+	}()
+
+	if e.fleet != nil && e.fleet.Connected() {
+		start := time.Now()
+		// The announce runs alongside the first lookup: nodes starting together that miss
+		// each other in it meet in the second, or when one asks the other what it holds.
+		e.spawn(func() event {
+			pctx, cancel := context.WithTimeout(ctx, provideTimeout)
+			defer cancel()
+			if err := e.fleet.Provide(pctx, e.d.digest); err != nil && ctx.Err() == nil {
+				e.log.Debug("announce failed", "err", err)
+			}
+			return event{provided: true}
+		})
+		e.findNow(ctx)
+		if !e.anyPeer() {
+			if err := sleep(ctx, time.Until(start.Add(settle))); err != nil {
+				return 0, err
+			}
+			e.findNow(ctx)
+		}
+	}
+	if size, votes, ok := e.peerSize(); ok {
+		// A peer's word on the size is taken only when the origin cannot confirm it soon: a
+		// lying peer must not size the partial file (and evict the cache for it).
+		t := time.NewTimer(headGrace)
+		defer t.Stop()
+		var headErr error
+		select {
+		case r := <-head:
+			if r.err == nil {
+				return r.size, nil
+			}
+			headErr = r.err
+		case <-t.C:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		if e.trustPeerSize(size, votes) {
+			e.log.Debug("origin cannot confirm the size, taking the peers'", "size", size, "peers", votes)
+			return size, nil
+		}
+		if headErr != nil {
+			return 0, fmt.Errorf("size of %s: one peer says %d bytes, too many to take on its word, and the origin: %w", e.d.digest, size, headErr)
+		}
+		e.log.Warn("one peer's size for the blob is too large to take on its word; waiting for the origin", "size", size)
+	}
+	select {
+	case r := <-head:
+		if r.err != nil {
+			return 0, r.err
+		}
+		return r.size, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// findNow looks the blob up and asks every peer found, and every peer that asked us, what
+// it holds, waiting for the answers.
+func (e *engine) findNow(ctx context.Context) {
+	found, err := e.fleet.FindProviders(ctx, e.d.digest, true)
+	if err != nil {
+		e.log.Debug("lookup failed", "err", err)
+	}
+	found = append(found, e.takeHints()...)
+	for _, id := range found {
+		e.admit(id)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, p := range e.peers {
+		if p.have.Chunks != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hctx, cancel := context.WithTimeout(ctx, haveTimeout)
+			defer cancel()
+			h, err := e.fleet.Have(hctx, p.id, e.d.digest)
+			mu.Lock()
+			defer mu.Unlock()
+			p.lastPoll = time.Now()
+			if err == nil {
+				p.observe(h, p.lastPoll)
+			}
+		}()
+	}
+	wg.Wait()
+	e.lastFind = time.Now()
+	for id, p := range e.peers {
+		if p.have.Chunks != nil && !e.usable(p.have, -1) {
+			delete(e.peers, id)
+			continue
+		}
+	}
+}
+
+func (e *engine) takeHints() []string {
+	var out []string
+	for {
+		select {
+		case id := <-e.d.hints:
+			out = append(out, id)
+		default:
+			return out
+		}
+	}
+}
+
+// admit starts tracking peer id, unless it is us, banned, known already or one too many.
+func (e *engine) admit(id string) bool {
+	if id == "" || e.fleet == nil || id == e.fleet.Self() || e.peers[id] != nil || len(e.peers) >= maxPeers || e.dl.Banned(id) {
+		return false
+	}
+	e.peers[id] = &peerState{id: id, found: time.Now()}
+	return true
+}
+
+func (e *engine) anyPeer() bool {
+	for _, p := range e.peers {
+		if p.have.Chunks != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// peerSize is the blob's size as peers report it: the size most of them give, holders of the
+// whole blob counting double, and how many peers gave it.
+func (e *engine) peerSize() (size int64, votes int, ok bool) {
+	weight := make(map[int64]int)
+	count := make(map[int64]int)
+	for _, p := range e.peers {
+		if p.have.Chunks == nil {
+			continue
+		}
+		w := 1
+		if p.complete {
+			w = 2
+		}
+		weight[p.have.Size] += w
+		count[p.have.Size]++
+	}
+	best := -1
+	for s, w := range weight {
+		if w > best || w == best && s < size {
+			size, best = s, w
+		}
+	}
+	return size, count[size], best > 0
+}
+
+// trustPeerSize reports whether a size only peers vouch for may size the partial file: the
+// reservation evicts cached blobs, so one peer alone is believed only for what fits easily.
+func (e *engine) trustPeerSize(size int64, votes int) bool {
+	capacity := e.dl.opts.Store.Stats().Capacity
+	return votes >= 2 || capacity == 0 || size <= capacity/4
+}
+
+// usable reports whether a peer's answer fits this download: same chunk size and, once the
+// size is known, same size. Peers configured with another chunk size cannot exchange chunks
+// with us.
+func (e *engine) usable(h chunk.Have, size int64) bool {
+	return h.ChunkSize == e.cs && (size < 0 || h.Size == size)
+}
+
+func (e *engine) poll(ctx context.Context, p *peerState) {
+	p.polling = true
+	p.lastPoll = time.Now()
+	id := p.id
+	e.spawn(func() event {
+		hctx, cancel := context.WithTimeout(ctx, haveTimeout)
+		defer cancel()
+		h, err := e.fleet.Have(hctx, id, e.d.digest)
+		return event{peer: id, have: h, err: err}
+	})
+}
+
+// forget stops using a peer; a later lookup may bring it back.
+func (e *engine) forget(p *peerState) {
+	if p.active == 0 && !p.polling {
+		delete(e.peers, p.id)
+		return
+	}
+	p.have = chunk.Have{}
+	p.complete = false
+}

@@ -1,0 +1,300 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoal-dev/shoal/chunk"
+	"github.com/shoal-dev/shoal/node/store"
+)
+
+// This file is the engine's life: discovery, then the loop that owns every piece of its
+// state, then verification and commit.
+
+// event is what a goroutine started by the engine reports back, exactly once.
+type event struct {
+	// The announce at the start finished.
+	provided bool
+	// A lookup's result.
+	lookup bool
+	found  []string
+	// A HAVE answer.
+	peer string
+	have chunk.Have
+	err  error
+	// A finished chunk request.
+	req *chunkReq
+	n   int64
+}
+
+// engine runs one download: it finds holders, keeps their bitmaps fresh, asks the policy for
+// the next requests and carries them out, until every chunk is written. Its state belongs to
+// the goroutine running loop; request goroutines report through events.
+type engine struct {
+	dl     *Downloader
+	d      *Download
+	log    *slog.Logger
+	fleet  Fleet // nil: origin only
+	cs     int64
+	policy Policy
+
+	events    chan event
+	running   int // goroutines that will still send an event
+	peers     map[string]*peerState
+	reqs      map[*chunkReq]struct{}
+	nextID    uint64
+	finding   bool
+	lastFind  time.Time
+	progress  time.Time // when a byte last arrived
+	written   int64     // bytes written when last looked
+	suppliers map[string]bool
+
+	originFails   int
+	originErr     error
+	originRetryAt time.Time
+	// originAnswered is set once the origin answered one of this download's requests: until
+	// then only one is in flight, so the first (a waiting client's) is not slowed by others.
+	originAnswered atomic.Bool
+
+	// leaser, when the fleet has a tracker, hands out origin leases; leasedElsewhere holds the
+	// chunks whose lease another node had when last asked, until when to leave them to it.
+	leaser          OriginLeaser
+	leasedElsewhere map[int]time.Time
+}
+
+func newEngine(dl *Downloader, d *Download, log *slog.Logger) *engine {
+	e := &engine{
+		dl:        dl,
+		d:         d,
+		log:       log,
+		fleet:     dl.opts.Fleet,
+		cs:        dl.opts.ChunkSize,
+		policy:    dl.opts.Policy,
+		events:    make(chan event),
+		peers:     make(map[string]*peerState),
+		reqs:      make(map[*chunkReq]struct{}),
+		suppliers: make(map[string]bool),
+
+		leasedElsewhere: make(map[int]time.Time),
+	}
+	if l, ok := e.fleet.(OriginLeaser); ok {
+		e.leaser = l
+	}
+	return e
+}
+
+// spawn runs fn in a goroutine that reports its event to the loop.
+func (e *engine) spawn(fn func() event) {
+	e.running++
+	go func() { e.events <- fn() }()
+}
+
+// drain waits for every spawned goroutine; the caller has cancelled their context.
+func (e *engine) drain() {
+	for e.running > 0 {
+		ev := <-e.events
+		e.running--
+		if ev.req != nil {
+			e.finishRequest(ev.req, ev.n, ev.err)
+		}
+	}
+}
+
+// run fetches, verifies and commits one blob.
+func (e *engine) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		e.drain()
+	}()
+	d := e.d.digest
+	size, err := e.discover(ctx)
+	if err != nil {
+		return err
+	}
+	partial, err := e.dl.opts.Store.CreatePartial(d, size, e.cs)
+	if errors.Is(err, store.ErrExists) {
+		// Committed by another path since the caller looked: serve that copy.
+		blob, err := e.dl.opts.Store.Open(d)
+		if err != nil {
+			return err
+		}
+		e.d.startCommitted(blob)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create partial %s: %w", d, err)
+	}
+	e.d.start(partial)
+
+	// The verifier follows the written bytes in order; it ends with the download.
+	abort := make(chan struct{})
+	verified := make(chan error, 1)
+	listSize := int64(0)
+	if e.fleet != nil {
+		listSize = e.cs
+	}
+	go func() { verified <- e.d.verify(abort, listSize) }()
+
+	if err := e.loop(ctx); err != nil {
+		// Readers learn why before the file goes away under them.
+		e.d.fail(err)
+		close(abort)
+		<-verified
+		cancel()
+		e.drain()
+		// What was written is kept for a resume: a later download checks it all again.
+		if cerr := partial.Close(); cerr != nil {
+			e.log.Warn("close partial", "err", cerr)
+		}
+		return err
+	}
+	cancel()
+	e.drain()
+	if err := <-verified; err != nil {
+		err = fmt.Errorf("verify %s: %w", d, err)
+		if errors.Is(err, ErrDigestMismatch) {
+			// Which peer lied cannot be told without a chunk list: every supplier is
+			// suspect, banned before any reader learns of the failure and asks again.
+			// The origin's own bytes are checked again on the next attempt.
+			for _, id := range e.supplierList() {
+				e.dl.Ban(id, err)
+			}
+		}
+		e.d.fail(err)
+		if aerr := partial.Abort(); aerr != nil {
+			e.log.Warn("discard partial", "err", aerr)
+		}
+		return err
+	}
+	// Clients may finish now; making the file durable need not hold them up.
+	e.d.markVerified()
+	blob, err := partial.Commit("")
+	if err != nil {
+		err = fmt.Errorf("commit %s: %w", d, err)
+		e.d.fail(err)
+		partial.Abort()
+		return err
+	}
+	if list := e.d.chunkList(); list != nil && e.dl.opts.OnChunkList != nil {
+		e.dl.opts.OnChunkList(d, e.cs, list)
+	}
+	e.d.commit(blob)
+	if e.dl.opts.OnCommit != nil {
+		e.dl.opts.OnCommit(d)
+	}
+	return nil
+}
+
+// loop runs requests until every chunk is written.
+func (e *engine) loop(ctx context.Context) error {
+	e.progress = time.Now()
+	size := e.d.size
+	for id, p := range e.peers {
+		if p.have.Chunks != nil && !e.usable(p.have, size) {
+			e.log.Debug("peer disagrees on the blob's size, ignored", "peer", id, "size", p.have.Size)
+			delete(e.peers, id)
+		}
+	}
+	// This node's own order of origin fetches, so nodes fetching at once rarely collide.
+	e.policy.Rank = rand.Perm(len(e.d.haveChunks()))
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		have := e.d.haveChunks()
+		if !slices.Contains(have, false) {
+			return nil
+		}
+		if err := e.schedule(ctx, have); err != nil {
+			return err
+		}
+		select {
+		case ev := <-e.events:
+			e.running--
+			e.handle(ctx, ev, size)
+		case id := <-e.d.hints:
+			if e.admit(id) {
+				e.poll(ctx, e.peers[id])
+			}
+		case <-e.d.wake:
+		case <-tick.C:
+			e.maintain(ctx)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// maintain polls peers still downloading, looks for new holders now and then, and gives up
+// on a download in which nothing arrives any more.
+func (e *engine) maintain(ctx context.Context) {
+	now := time.Now()
+	if written := e.d.written(); written != e.written {
+		e.written = written
+		e.progress = now
+	}
+	for _, p := range e.peers {
+		if !p.polling && !p.complete && now.Sub(p.lastPoll) >= pollEvery {
+			e.poll(ctx, p)
+		}
+	}
+	if e.fleet != nil && !e.finding && now.Sub(e.lastFind) >= findEvery && e.fleet.Connected() {
+		e.finding = true
+		e.spawn(func() event {
+			found, err := e.fleet.FindProviders(ctx, e.d.digest, true)
+			if err != nil && ctx.Err() == nil {
+				e.log.Debug("lookup failed", "err", err)
+			}
+			return event{lookup: true, found: found}
+		})
+	}
+}
+
+// handle applies one event to the engine's state.
+func (e *engine) handle(ctx context.Context, ev event, size int64) {
+	switch {
+	case ev.provided:
+	case ev.lookup:
+		e.finding = false
+		e.lastFind = time.Now()
+		for _, id := range ev.found {
+			if e.admit(id) {
+				e.poll(ctx, e.peers[id])
+			}
+		}
+	case ev.req != nil:
+		e.finishRequest(ev.req, ev.n, ev.err)
+	default:
+		p := e.peers[ev.peer]
+		if p == nil {
+			return
+		}
+		p.polling = false
+		switch {
+		case ev.err == nil && e.usable(ev.have, size):
+			p.observe(ev.have, time.Now())
+		case ev.err == nil:
+			e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
+			delete(e.peers, p.id)
+		case errors.Is(ev.err, chunk.ErrBusy):
+			// Serving many of our requests already; the next poll asks again.
+		case errors.Is(ev.err, chunk.ErrNotHeld):
+			// Not started yet, or evicted since: keep asking for a while.
+			p.have = chunk.Have{}
+			if p.fails++; p.fails >= 4*peerFailures {
+				e.forget(p)
+			}
+		default:
+			e.log.Debug("peer did not answer", "peer", p.id, "err", ev.err)
+			if p.fails++; p.fails >= peerFailures {
+				e.forget(p)
+			}
+		}
+	}
+}
