@@ -52,7 +52,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 	hctx, stopHead := context.WithCancel(ctx)
 	defer stopHead()
 	go func() {
-		size, err := e.dl.opts.Origin.HeadBlob(hctx, e.d.registry, e.d.repo, e.d.digest)
+		size, err := e.dl.opts.Origin.HeadBlob(hctx, e.job.registry, e.job.repo, e.job.digest)
 		head <- headResult{size, err}
 	}()
 
@@ -63,7 +63,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 		e.spawn(func() event {
 			pctx, cancel := context.WithTimeout(ctx, provideTimeout)
 			defer cancel()
-			if err := e.fleet.Provide(pctx, e.d.digest); err != nil && ctx.Err() == nil {
+			if err := e.fleet.Provide(pctx, e.job.digest); err != nil && ctx.Err() == nil {
 				e.log.Debug("announce failed", "err", err)
 			}
 			return event{provided: true}
@@ -97,7 +97,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 			return size, nil
 		}
 		if headErr != nil {
-			return 0, fmt.Errorf("size of %s: one peer says %d bytes, too many to take on its word, and the origin: %w", e.d.digest, size, headErr)
+			return 0, fmt.Errorf("size of %s: one peer says %d bytes, too many to take on its word, and the origin: %w", e.job.digest, size, headErr)
 		}
 		e.log.Warn("one peer's size for the blob is too large to take on its word; waiting for the origin", "size", size)
 	}
@@ -115,7 +115,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 // findNow looks the blob up and asks every peer found, and every peer that asked us, what
 // it holds, waiting for the answers.
 func (e *engine) findNow(ctx context.Context) {
-	found, err := e.fleet.FindProviders(ctx, e.d.digest, true)
+	found, err := e.fleet.FindProviders(ctx, e.job.digest, true)
 	if err != nil {
 		e.log.Debug("lookup failed", "err", err)
 	}
@@ -134,7 +134,7 @@ func (e *engine) findNow(ctx context.Context) {
 			defer wg.Done()
 			hctx, cancel := context.WithTimeout(ctx, haveTimeout)
 			defer cancel()
-			h, err := e.fleet.Have(hctx, p.id, e.d.digest)
+			h, err := e.fleet.Have(hctx, p.id, e.job.digest)
 			mu.Lock()
 			defer mu.Unlock()
 			p.lastPoll = time.Now()
@@ -157,7 +157,7 @@ func (e *engine) takeHints() []string {
 	var out []string
 	for {
 		select {
-		case id := <-e.d.hints:
+		case id := <-e.job.hints:
 			out = append(out, id)
 		default:
 			return out
@@ -229,7 +229,7 @@ func (e *engine) poll(ctx context.Context, p *peerState) {
 	e.spawn(func() event {
 		hctx, cancel := context.WithTimeout(ctx, haveTimeout)
 		defer cancel()
-		h, err := e.fleet.Have(hctx, id, e.d.digest)
+		h, err := e.fleet.Have(hctx, id, e.job.digest)
 		return event{peer: id, have: h, err: err}
 	})
 }

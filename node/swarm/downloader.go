@@ -346,7 +346,9 @@ func (dl *Downloader) restart(ctx context.Context, old *Download) {
 	download := newDownload(old.digest, old.registry, old.repo)
 	dl.active[old.digest] = download
 	dl.mu.Unlock()
-	dl.launch(ctx, download)
+	if err := dl.launch(ctx, download); err != nil {
+		dl.log.Debug("blob not fetched again", "digest", old.digest, "err", err)
+	}
 }
 
 func backoff(attempt int) time.Duration {

@@ -26,8 +26,8 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	req := &chunkReq{id: e.nextID, chunk: r.Chunk, peer: r.Peer, start: time.Now(), buffered: dup, cancel: cancel}
 	e.reqs[req] = struct{}{}
 	if req.peer == "" {
-		e.d.claim(req.chunk, req.id)
-		e.d.setFetching(req.chunk, true)
+		e.job.claim(req.chunk, req.id)
+		e.job.setFetching(req.chunk, true)
 		e.spawn(func() event {
 			n, err := e.fetchOrigin(rctx, req)
 			return event{req: req, n: n, err: err}
@@ -42,7 +42,7 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	}
 	var keep int64
 	if !dup {
-		keep = e.d.claim(req.chunk, req.id)
+		keep = e.job.claim(req.chunk, req.id)
 	}
 	e.spawn(func() event {
 		n, err := e.fetchPeer(rctx, req, list, keep)
@@ -57,15 +57,15 @@ var errChunkVerify = errors.New("chunk does not match the peer's chunk list")
 // chunk list entry) when there is one.
 func (e *engine) fetchPeer(ctx context.Context, req *chunkReq, want digest.Digest, keep int64) (int64, error) {
 	off := int64(req.chunk) * e.cs
-	n := chunk.Len(e.d.size, e.cs, req.chunk)
-	w := &chunkWriter{d: e.d, req: req, off: off, end: off + n, keepTo: off + keep}
+	n := chunk.Len(e.job.size, e.cs, req.chunk)
+	w := &chunkWriter{job: e.job, req: req, off: off, end: off + n, keepTo: off + keep}
 	if want != "" {
 		w.hash = sha256.New()
 	}
 	if req.buffered {
 		w.buf = bytes.NewBuffer(make([]byte, 0, n))
 	}
-	got, err := e.fleet.GetChunk(ctx, req.peer, e.d.digest, req.chunk, w)
+	got, err := e.fleet.GetChunk(ctx, req.peer, e.job.digest, req.chunk, w)
 	if err != nil {
 		return got, err
 	}
@@ -79,19 +79,19 @@ func (e *engine) fetchPeer(ctx context.Context, req *chunkReq, want digest.Diges
 		}
 	}
 	if w.buf != nil {
-		return got, e.d.takeOver(req.chunk, req.id, w.buf.Bytes(), sum)
+		return got, e.job.takeOver(req.chunk, req.id, w.buf.Bytes(), sum)
 	}
 	if keep > 0 {
 		// The prefix in the file is not the bytes just checked.
 		sum = ""
 	}
-	return got, e.d.complete(req.chunk, req.id, sum)
+	return got, e.job.complete(req.chunk, req.id, sum)
 }
 
 // chunkWriter receives a chunk from a peer: into the partial file, at the chunk's place, as
 // it arrives, or into memory for an endgame duplicate.
 type chunkWriter struct {
-	d      *Download
+	job    *Download
 	req    *chunkReq
 	off    int64
 	end    int64
@@ -113,7 +113,7 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 	case w.off+int64(len(p)) <= w.keepTo:
 	default:
 		skip := max(0, w.keepTo-w.off)
-		if err := w.d.writeOwned(w.req.chunk, w.req.id, p[skip:], w.off+skip); err != nil {
+		if err := w.job.writeOwned(w.req.chunk, w.req.id, p[skip:], w.off+skip); err != nil {
 			return 0, err
 		}
 	}
@@ -126,14 +126,14 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 // fetchOrigin streams the missing part of one chunk from the origin into the partial file.
 func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err error) {
 	start := int64(req.chunk) * e.cs
-	off := start + e.d.chunkFill(req.chunk)
-	end := start + chunk.Len(e.d.size, e.cs, req.chunk)
+	off := start + e.job.chunkFill(req.chunk)
+	end := start + chunk.Len(e.job.size, e.cs, req.chunk)
 	if off >= end {
 		return 0, nil
 	}
 	if e.leaser != nil {
 		lctx, cancel := context.WithTimeout(ctx, leaseTimeout)
-		release, ok, lerr := e.leaser.LeaseOrigin(lctx, e.d.digest, e.d.size, e.cs, req.chunk)
+		release, ok, lerr := e.leaser.LeaseOrigin(lctx, e.job.digest, e.job.size, e.cs, req.chunk)
 		cancel()
 		switch {
 		case lerr != nil:
@@ -146,7 +146,7 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err e
 			defer func() { release(err == nil) }()
 		}
 	}
-	body, _, err := e.dl.opts.Origin.GetBlob(ctx, e.d.registry, e.d.repo, e.d.digest, off, end-off)
+	body, _, err := e.dl.opts.Origin.GetBlob(ctx, e.job.registry, e.job.repo, e.job.digest, off, end-off)
 	if err != nil {
 		return 0, err
 	}
@@ -154,7 +154,7 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err e
 	if !e.originAnswered.Swap(true) {
 		// The other origin requests may start now.
 		select {
-		case e.d.wake <- struct{}{}:
+		case e.job.wake <- struct{}{}:
 		default:
 		}
 	}
@@ -170,12 +170,12 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err e
 			if int64(n) > end-off {
 				return total, fmt.Errorf("origin sent more than the %d bytes asked for", end-start)
 			}
-			done, err := e.d.writeStream(req.chunk, req.id, buf[:n], off)
+			done, err := e.job.writeStream(req.chunk, req.id, buf[:n], off)
 			if err != nil {
 				return total, err
 			}
 			e.dl.Fetched("origin", n)
-			e.d.fromOrigin.Add(int64(n))
+			e.job.fromOrigin.Add(int64(n))
 			off += int64(n)
 			total += int64(n)
 			if done {

@@ -38,7 +38,7 @@ type event struct {
 // the goroutine running loop; request goroutines report through events.
 type engine struct {
 	dl     *Downloader
-	d      *Download
+	job    *Download
 	log    *slog.Logger
 	fleet  Fleet // nil: origin only
 	cs     int64
@@ -68,10 +68,10 @@ type engine struct {
 	leasedElsewhere map[int]time.Time
 }
 
-func newEngine(dl *Downloader, d *Download, log *slog.Logger) *engine {
+func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 	e := &engine{
 		dl:        dl,
-		d:         d,
+		job:       job,
 		log:       log,
 		fleet:     dl.opts.Fleet,
 		cs:        dl.opts.ChunkSize,
@@ -113,7 +113,7 @@ func (e *engine) run(ctx context.Context) error {
 		cancel()
 		e.drain()
 	}()
-	d := e.d.digest
+	d := e.job.digest
 	size, err := e.discover(ctx)
 	if err != nil {
 		return err
@@ -125,13 +125,13 @@ func (e *engine) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		e.d.startCommitted(blob)
+		e.job.startCommitted(blob)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("create partial %s: %w", d, err)
 	}
-	e.d.start(partial)
+	e.job.start(partial)
 
 	// The verifier follows the written bytes in order; it ends with the download.
 	abort := make(chan struct{})
@@ -140,11 +140,11 @@ func (e *engine) run(ctx context.Context) error {
 	if e.fleet != nil {
 		listSize = e.cs
 	}
-	go func() { verified <- e.d.verify(abort, listSize) }()
+	go func() { verified <- e.job.verify(abort, listSize) }()
 
 	if err := e.loop(ctx); err != nil {
 		// Readers learn why before the file goes away under them.
-		e.d.fail(err)
+		e.job.fail(err)
 		close(abort)
 		<-verified
 		cancel()
@@ -167,25 +167,27 @@ func (e *engine) run(ctx context.Context) error {
 				e.dl.Ban(id, err)
 			}
 		}
-		e.d.fail(err)
+		e.job.fail(err)
 		if aerr := partial.Abort(); aerr != nil {
 			e.log.Warn("discard partial", "err", aerr)
 		}
 		return err
 	}
 	// Clients may finish now; making the file durable need not hold them up.
-	e.d.markVerified()
+	e.job.markVerified()
 	blob, err := partial.Commit("")
 	if err != nil {
 		err = fmt.Errorf("commit %s: %w", d, err)
-		e.d.fail(err)
-		partial.Abort()
+		e.job.fail(err)
+		if aerr := partial.Abort(); aerr != nil {
+			e.log.Warn("discard partial", "err", aerr)
+		}
 		return err
 	}
-	if list := e.d.chunkList(); list != nil && e.dl.opts.OnChunkList != nil {
+	if list := e.job.chunkList(); list != nil && e.dl.opts.OnChunkList != nil {
 		e.dl.opts.OnChunkList(d, e.cs, list)
 	}
-	e.d.commit(blob)
+	e.job.commit(blob)
 	if e.dl.opts.OnCommit != nil {
 		e.dl.opts.OnCommit(d)
 	}
@@ -195,7 +197,7 @@ func (e *engine) run(ctx context.Context) error {
 // loop runs requests until every chunk is written.
 func (e *engine) loop(ctx context.Context) error {
 	e.progress = time.Now()
-	size := e.d.size
+	size := e.job.size
 	for id, p := range e.peers {
 		if p.have.Chunks != nil && !e.usable(p.have, size) {
 			e.log.Debug("peer disagrees on the blob's size, ignored", "peer", id, "size", p.have.Size)
@@ -203,11 +205,11 @@ func (e *engine) loop(ctx context.Context) error {
 		}
 	}
 	// This node's own order of origin fetches, so nodes fetching at once rarely collide.
-	e.policy.Rank = rand.Perm(len(e.d.haveChunks()))
+	e.policy.Rank = rand.Perm(len(e.job.haveChunks()))
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		have := e.d.haveChunks()
+		have := e.job.haveChunks()
 		if !slices.Contains(have, false) {
 			return nil
 		}
@@ -218,11 +220,11 @@ func (e *engine) loop(ctx context.Context) error {
 		case ev := <-e.events:
 			e.running--
 			e.handle(ctx, ev, size)
-		case id := <-e.d.hints:
+		case id := <-e.job.hints:
 			if e.admit(id) {
 				e.poll(ctx, e.peers[id])
 			}
-		case <-e.d.wake:
+		case <-e.job.wake:
 		case <-tick.C:
 			e.maintain(ctx)
 		case <-ctx.Done():
@@ -235,7 +237,7 @@ func (e *engine) loop(ctx context.Context) error {
 // on a download in which nothing arrives any more.
 func (e *engine) maintain(ctx context.Context) {
 	now := time.Now()
-	if written := e.d.written(); written != e.written {
+	if written := e.job.written(); written != e.written {
 		e.written = written
 		e.progress = now
 	}
@@ -247,7 +249,7 @@ func (e *engine) maintain(ctx context.Context) {
 	if e.fleet != nil && !e.finding && now.Sub(e.lastFind) >= findEvery && e.fleet.Connected() {
 		e.finding = true
 		e.spawn(func() event {
-			found, err := e.fleet.FindProviders(ctx, e.d.digest, true)
+			found, err := e.fleet.FindProviders(ctx, e.job.digest, true)
 			if err != nil && ctx.Err() == nil {
 				e.log.Debug("lookup failed", "err", err)
 			}

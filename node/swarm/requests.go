@@ -28,7 +28,7 @@ type chunkReq struct {
 // schedule asks the policy for the next requests and starts them.
 func (e *engine) schedule(ctx context.Context, have []bool) error {
 	now := time.Now()
-	snap := Snapshot{Have: have, Readers: e.d.readerChunks(e.cs), Salt: e.d.digest.String()}
+	snap := Snapshot{Have: have, Readers: e.job.readerChunks(e.cs), Salt: e.job.digest.String()}
 	if e.fleet != nil {
 		snap.Self = e.fleet.Self()
 	}
@@ -154,12 +154,12 @@ func (e *engine) endRequest(req *chunkReq) {
 	req.cancel()
 	delete(e.reqs, req)
 	if req.peer == "" {
-		e.d.setFetching(req.chunk, false)
+		e.job.setFetching(req.chunk, false)
 	} else if p := e.peers[req.peer]; p != nil {
 		p.active--
 	}
 	if !req.buffered {
-		e.d.unclaim(req.chunk, req.id)
+		e.job.unclaim(req.chunk, req.id)
 	}
 }
 
@@ -192,7 +192,7 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 	p := e.peers[req.peer]
 	if err == nil {
 		e.dl.Fetched("peer", int(n))
-		e.d.fromPeers.Add(int64(n))
+		e.job.fromPeers.Add(int64(n))
 		e.suppliers[req.peer] = true
 		if p != nil {
 			p.fails = 0
