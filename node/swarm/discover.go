@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/shoal-dev/shoal/chunk"
@@ -42,22 +41,19 @@ func (p *peerState) observe(h chunk.Have, now time.Time) {
 }
 
 // discover announces the download, finds the peers holding or fetching the blob, and learns
-// its size: from a peer when one knows it, else from the origin.
+// its size: from a peer when one knows it, else from the origin. It applies the events of its
+// own requests as they come, like loop after it.
 func (e *engine) discover(ctx context.Context) (int64, error) {
-	type headResult struct {
-		size int64
-		err  error
-	}
-	head := make(chan headResult, 1)
 	hctx, stopHead := context.WithCancel(ctx)
 	defer stopHead()
-	go func() {
+	e.spawn(func() event {
 		size, err := e.dl.opts.Origin.HeadBlob(hctx, e.job.registry, e.job.repo, e.job.digest)
-		head <- headResult{size, err}
-	}()
+		return headDone{size: size, err: err}
+	})
+	headIn := func() bool { return e.head != nil }
 
 	if e.fleet != nil && e.fleet.Connected() {
-		start := time.Now()
+		start := e.now()
 		// The announce runs alongside the first lookup: nodes starting together that miss
 		// each other in it meet in the second, or when one asks the other what it holds.
 		e.spawn(func() event {
@@ -66,31 +62,40 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 			if err := e.fleet.Provide(pctx, e.job.digest); err != nil && ctx.Err() == nil {
 				e.log.Debug("announce failed", "err", err)
 			}
-			return event{provided: true}
+			return provided{}
 		})
-		e.findNow(ctx)
+		if err := e.findNow(ctx); err != nil {
+			return 0, err
+		}
 		if !e.anyPeer() {
-			if err := sleep(ctx, time.Until(start.Add(settle))); err != nil {
+			if wait := start.Add(settle).Sub(e.now()); wait > 0 {
+				t := time.NewTimer(wait)
+				err := e.await(ctx, func() bool { return false }, t.C)
+				t.Stop()
+				if err != nil {
+					return 0, err
+				}
+			}
+			if err := e.findNow(ctx); err != nil {
 				return 0, err
 			}
-			e.findNow(ctx)
 		}
 	}
 	if size, votes, ok := e.peerSize(); ok {
 		// A peer's word on the size is taken only when the origin cannot confirm it soon: a
 		// lying peer must not size the partial file (and evict the cache for it).
 		t := time.NewTimer(headGrace)
-		defer t.Stop()
+		err := e.await(ctx, headIn, t.C)
+		t.Stop()
+		if err != nil {
+			return 0, err
+		}
 		var headErr error
-		select {
-		case r := <-head:
-			if r.err == nil {
-				return r.size, nil
+		if e.head != nil {
+			if e.head.err == nil {
+				return e.head.size, nil
 			}
-			headErr = r.err
-		case <-t.C:
-		case <-ctx.Done():
-			return 0, ctx.Err()
+			headErr = e.head.err
 		}
 		if e.trustPeerSize(size, votes) {
 			e.log.Debug("origin cannot confirm the size, taking the peers'", "size", size, "peers", votes)
@@ -101,56 +106,44 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 		}
 		e.log.Warn("one peer's size for the blob is too large to take on its word; waiting for the origin", "size", size)
 	}
-	select {
-	case r := <-head:
-		if r.err != nil {
-			return 0, r.err
-		}
-		return r.size, nil
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	if err := e.await(ctx, headIn, nil); err != nil {
+		return 0, err
 	}
+	if e.head.err != nil {
+		return 0, e.head.err
+	}
+	return e.head.size, nil
 }
 
 // findNow looks the blob up and asks every peer found, and every peer that asked us, what
 // it holds, waiting for the answers.
-func (e *engine) findNow(ctx context.Context) {
-	found, err := e.fleet.FindProviders(ctx, e.job.digest, true)
-	if err != nil {
-		e.log.Debug("lookup failed", "err", err)
+func (e *engine) findNow(ctx context.Context) error {
+	e.finding = true
+	e.spawn(func() event {
+		found, err := e.fleet.FindProviders(ctx, e.job.digest, true)
+		return discovered{found: found, err: err}
+	})
+	if err := e.await(ctx, func() bool { return !e.finding && e.probing == 0 }, nil); err != nil {
+		return err
 	}
-	found = append(found, e.takeHints()...)
-	for _, id := range found {
-		e.admit(id)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	for _, p := range e.peers {
-		if p.have.Chunks != nil {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			hctx, cancel := context.WithTimeout(ctx, haveTimeout)
-			defer cancel()
-			h, err := e.fleet.Have(hctx, p.id, e.job.digest)
-			mu.Lock()
-			defer mu.Unlock()
-			p.lastPoll = time.Now()
-			if err == nil {
-				p.observe(h, p.lastPoll)
-			}
-		}()
-	}
-	wg.Wait()
-	e.lastFind = time.Now()
+	e.lastFind = e.now()
 	for id, p := range e.peers {
 		if p.have.Chunks != nil && !e.usable(p.have, -1) {
 			delete(e.peers, id)
-			continue
 		}
 	}
+	return nil
+}
+
+// probe asks peer id what it holds, for discovery.
+func (e *engine) probe(ctx context.Context, id string) {
+	e.probing++
+	e.spawn(func() event {
+		hctx, cancel := context.WithTimeout(ctx, haveTimeout)
+		defer cancel()
+		h, err := e.fleet.Have(hctx, id, e.job.digest)
+		return probed{peer: id, have: h, err: err}
+	})
 }
 
 func (e *engine) takeHints() []string {
@@ -170,7 +163,7 @@ func (e *engine) admit(id string) bool {
 	if id == "" || e.fleet == nil || id == e.fleet.Self() || e.peers[id] != nil || len(e.peers) >= maxPeers || e.dl.Banned(id) {
 		return false
 	}
-	e.peers[id] = &peerState{id: id, found: time.Now()}
+	e.peers[id] = &peerState{id: id, found: e.now()}
 	return true
 }
 
@@ -222,15 +215,16 @@ func (e *engine) usable(h chunk.Have, size int64) bool {
 	return h.ChunkSize == e.cs && (size < 0 || h.Size == size)
 }
 
+// poll asks peer p what it holds now, while the download runs.
 func (e *engine) poll(ctx context.Context, p *peerState) {
 	p.polling = true
-	p.lastPoll = time.Now()
+	p.lastPoll = e.now()
 	id := p.id
 	e.spawn(func() event {
 		hctx, cancel := context.WithTimeout(ctx, haveTimeout)
 		defer cancel()
 		h, err := e.fleet.Have(hctx, id, e.job.digest)
-		return event{peer: id, have: h, err: err}
+		return haveAnswer{peer: id, have: h, err: err}
 	})
 }
 

@@ -28,9 +28,10 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	if req.peer == "" {
 		e.job.claim(req.chunk, req.id)
 		e.job.setFetching(req.chunk, true)
+		first := !e.originAnswered
 		e.spawn(func() event {
-			n, err := e.fetchOrigin(rctx, req)
-			return event{req: req, n: n, err: err}
+			n, err := e.fetchOrigin(rctx, req, first)
+			return requestDone{req: req, n: n, err: err}
 		})
 		return
 	}
@@ -46,7 +47,7 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	}
 	e.spawn(func() event {
 		n, err := e.fetchPeer(rctx, req, list, keep)
-		return event{req: req, n: n, err: err}
+		return requestDone{req: req, n: n, err: err}
 	})
 }
 
@@ -123,8 +124,10 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
-// fetchOrigin streams the missing part of one chunk from the origin into the partial file.
-func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err error) {
+// fetchOrigin streams the missing part of one chunk from the origin into the partial file;
+// first, when no origin request of the download has been answered yet, says to tell the
+// engine once this one is.
+func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ int64, err error) {
 	start := int64(req.chunk) * e.cs
 	off := start + e.job.chunkFill(req.chunk)
 	end := start + chunk.Len(e.job.size, e.cs, req.chunk)
@@ -151,12 +154,9 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq) (_ int64, err e
 		return 0, err
 	}
 	defer body.Close()
-	if !e.originAnswered.Swap(true) {
+	if first {
 		// The other origin requests may start now.
-		select {
-		case e.job.wake <- struct{}{}:
-		default:
-		}
+		e.notify(originAnswered{})
 	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)

@@ -7,35 +7,17 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	"sync/atomic"
 	"time"
 
-	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
 )
 
 // This file is the engine's life: discovery, then the loop that owns every piece of its
 // state, then verification and commit.
 
-// event is what a goroutine started by the engine reports back, exactly once.
-type event struct {
-	// The announce at the start finished.
-	provided bool
-	// A lookup's result.
-	lookup bool
-	found  []string
-	// A HAVE answer.
-	peer string
-	have chunk.Have
-	err  error
-	// A finished chunk request.
-	req *chunkReq
-	n   int64
-}
-
 // engine runs one download: it finds holders, keeps their bitmaps fresh, asks the policy for
 // the next requests and carries them out, until every chunk is written. Its state belongs to
-// the goroutine running loop; request goroutines report through events.
+// the goroutine running run; the goroutines it starts report through events.
 type engine struct {
 	dl     *Downloader
 	job    *Download
@@ -44,8 +26,8 @@ type engine struct {
 	cs     int64
 	policy Policy
 
-	events    chan event
-	running   int // goroutines that will still send an event
+	events    chan report
+	running   int // goroutines that will still send their last report
 	peers     map[string]*peerState
 	reqs      map[*chunkReq]struct{}
 	nextID    uint64
@@ -55,12 +37,16 @@ type engine struct {
 	written   int64     // bytes written when last looked
 	suppliers map[string]bool
 
+	// Discovery: the origin's answer on the size once in, and the HAVE requests still out.
+	head    *headDone
+	probing int
+
 	originFails   int
 	originErr     error
 	originRetryAt time.Time
 	// originAnswered is set once the origin answered one of this download's requests: until
 	// then only one is in flight, so the first (a waiting client's) is not slowed by others.
-	originAnswered atomic.Bool
+	originAnswered bool
 
 	// leaser, when the fleet has a tracker, hands out origin leases; leasedElsewhere holds the
 	// chunks whose lease another node had when last asked, until when to leave them to it.
@@ -76,7 +62,7 @@ func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 		fleet:     dl.opts.Fleet,
 		cs:        dl.opts.ChunkSize,
 		policy:    dl.opts.Policy,
-		events:    make(chan event),
+		events:    make(chan report),
 		peers:     make(map[string]*peerState),
 		reqs:      make(map[*chunkReq]struct{}),
 		suppliers: make(map[string]bool),
@@ -89,19 +75,53 @@ func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 	return e
 }
 
-// spawn runs fn in a goroutine that reports its event to the loop.
+func (e *engine) now() time.Time { return time.Now() }
+
+// spawn runs fn in a goroutine whose result is its last report to the engine. fn does I/O
+// only: it touches no state of the engine's.
 func (e *engine) spawn(fn func() event) {
 	e.running++
-	go func() { e.events <- fn() }()
+	go func() { e.events <- report{ev: fn(), last: true} }()
 }
 
-// drain waits for every spawned goroutine; the caller has cancelled their context.
+// notify reports ev from a goroutine the engine started, which goes on.
+func (e *engine) notify(ev event) {
+	e.events <- report{ev: ev}
+}
+
+// receive applies one report.
+func (e *engine) receive(ctx context.Context, r report) {
+	if r.last {
+		e.running--
+	}
+	r.ev.apply(ctx, e)
+}
+
+// await applies events until done reports true, timeout fires (nil: never) or ctx ends.
+func (e *engine) await(ctx context.Context, done func() bool, timeout <-chan time.Time) error {
+	for !done() {
+		select {
+		case r := <-e.events:
+			e.receive(ctx, r)
+		case <-timeout:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// drain waits for every spawned goroutine; the caller has cancelled their context. Of what
+// they report only the requests' ends matter now: each gives back what its request held.
 func (e *engine) drain() {
 	for e.running > 0 {
-		ev := <-e.events
-		e.running--
-		if ev.req != nil {
-			e.finishRequest(ev.req, ev.n, ev.err)
+		r := <-e.events
+		if r.last {
+			e.running--
+		}
+		if done, ok := r.ev.(requestDone); ok {
+			e.finishRequest(done.req, done.n, done.err)
 		}
 	}
 }
@@ -196,10 +216,9 @@ func (e *engine) run(ctx context.Context) error {
 
 // loop runs requests until every chunk is written.
 func (e *engine) loop(ctx context.Context) error {
-	e.progress = time.Now()
-	size := e.job.size
+	e.progress = e.now()
 	for id, p := range e.peers {
-		if p.have.Chunks != nil && !e.usable(p.have, size) {
+		if p.have.Chunks != nil && !e.usable(p.have, e.job.size) {
 			e.log.Debug("peer disagrees on the blob's size, ignored", "peer", id, "size", p.have.Size)
 			delete(e.peers, id)
 		}
@@ -217,13 +236,10 @@ func (e *engine) loop(ctx context.Context) error {
 			return err
 		}
 		select {
-		case ev := <-e.events:
-			e.running--
-			e.handle(ctx, ev, size)
+		case r := <-e.events:
+			e.receive(ctx, r)
 		case id := <-e.job.hints:
-			if e.admit(id) {
-				e.poll(ctx, e.peers[id])
-			}
+			hint{peer: id}.apply(ctx, e)
 		case <-e.job.wake:
 		case <-tick.C:
 			e.maintain(ctx)
@@ -236,7 +252,7 @@ func (e *engine) loop(ctx context.Context) error {
 // maintain polls peers still downloading, looks for new holders now and then, and gives up
 // on a download in which nothing arrives any more.
 func (e *engine) maintain(ctx context.Context) {
-	now := time.Now()
+	now := e.now()
 	if written := e.job.written(); written != e.written {
 		e.written = written
 		e.progress = now
@@ -253,50 +269,7 @@ func (e *engine) maintain(ctx context.Context) {
 			if err != nil && ctx.Err() == nil {
 				e.log.Debug("lookup failed", "err", err)
 			}
-			return event{lookup: true, found: found}
+			return lookupDone{found: found}
 		})
-	}
-}
-
-// handle applies one event to the engine's state.
-func (e *engine) handle(ctx context.Context, ev event, size int64) {
-	switch {
-	case ev.provided:
-	case ev.lookup:
-		e.finding = false
-		e.lastFind = time.Now()
-		for _, id := range ev.found {
-			if e.admit(id) {
-				e.poll(ctx, e.peers[id])
-			}
-		}
-	case ev.req != nil:
-		e.finishRequest(ev.req, ev.n, ev.err)
-	default:
-		p := e.peers[ev.peer]
-		if p == nil {
-			return
-		}
-		p.polling = false
-		switch {
-		case ev.err == nil && e.usable(ev.have, size):
-			p.observe(ev.have, time.Now())
-		case ev.err == nil:
-			e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
-			delete(e.peers, p.id)
-		case errors.Is(ev.err, chunk.ErrBusy):
-			// Serving many of our requests already; the next poll asks again.
-		case errors.Is(ev.err, chunk.ErrNotHeld):
-			// Not started yet, or evicted since: keep asking for a while.
-			p.have = chunk.Have{}
-			if p.fails++; p.fails >= 4*peerFailures {
-				e.forget(p)
-			}
-		default:
-			e.log.Debug("peer did not answer", "peer", p.id, "err", ev.err)
-			if p.fails++; p.fails >= peerFailures {
-				e.forget(p)
-			}
-		}
 	}
 }

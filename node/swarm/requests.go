@@ -88,7 +88,7 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		switch {
 		case r.Peer == "" && !originOK:
 			continue
-		case r.Peer == "" && originBusy > 0 && !e.originAnswered.Load():
+		case r.Peer == "" && originBusy > 0 && !e.originAnswered:
 			continue
 		case dup && int64(buffered) >= max(1, maxBuffered/e.cs):
 			continue
