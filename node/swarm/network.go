@@ -91,9 +91,6 @@ const (
 	// again: by then it has usually arrived there and comes from that peer; if that node
 	// died, its lease runs out and the next ask gets it.
 	leaseRecheck = time.Second
-	// leasedView is the name of the view that shows the policy the chunks leased elsewhere
-	// as being fetched, so it leaves them to the peers; no peer ID looks like it.
-	leasedView = "\x00leased"
 )
 
 // errLeasedElsewhere ends an origin request whose chunk another node has the lease on.

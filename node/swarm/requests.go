@@ -25,24 +25,45 @@ type chunkReq struct {
 	cancel   context.CancelFunc
 }
 
-// schedule asks the policy for the next requests and starts them.
+// schedule starts the requests the policy asks for, then gives up on a download that
+// cannot go on.
 func (e *engine) schedule(ctx context.Context, have []bool) error {
+	inflight := make(map[int]int, len(e.reqs))
+	for r := range e.reqs {
+		inflight[r.chunk]++
+	}
+	for _, r := range e.policy.Next(e.snapshot(have)) {
+		dup := inflight[r.Chunk] > 0
+		inflight[r.Chunk]++
+		e.start(ctx, r, dup)
+	}
+
+	if time.Since(e.progress) > stallTimeout {
+		return fmt.Errorf("no progress for %v", stallTimeout)
+	}
+	if e.originFails >= e.dl.opts.Attempts && !e.peersCanFinish(have) {
+		return e.originErr
+	}
+	return nil
+}
+
+// snapshot describes the download's swarm to the policy.
+func (e *engine) snapshot(have []bool) Snapshot {
 	now := time.Now()
-	snap := Snapshot{Have: have, Readers: e.job.readerChunks(e.cs), Salt: e.job.digest.String()}
+	snap := Snapshot{
+		Have: have, Readers: e.job.readerChunks(e.cs), Salt: e.job.digest.String(),
+		Leased:          e.leasedChunks(now, len(have)),
+		OriginSlowStart: !e.originAnswered,
+		MaxDuplicates:   int(max(1, maxBuffered/e.cs)),
+	}
 	if e.fleet != nil {
 		snap.Self = e.fleet.Self()
 	}
-	buffered, originBusy := 0, 0
-	inflight := make(map[int]int)
+	if wait := e.originRetryAt.Sub(now); wait > 0 {
+		snap.OriginBackoff = wait
+	}
 	for r := range e.reqs {
-		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start)})
-		inflight[r.chunk]++
-		if r.buffered {
-			buffered++
-		}
-		if r.peer == "" {
-			originBusy++
-		}
+		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start), Duplicate: r.buffered})
 	}
 	perPeer := e.policy.withDefaults().PerPeer
 	for _, p := range e.peers {
@@ -76,40 +97,9 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		}
 		snap.Peers = append(snap.Peers, pv)
 	}
-	if leased := e.leasedChunks(now, len(have)); leased != nil {
-		snap.Peers = append(snap.Peers, PeerView{ID: leasedView, Fetching: leased})
-	}
 	// Map iteration order is random; the policy breaks ties by order, so fix it.
 	slices.SortFunc(snap.Peers, func(a, b PeerView) int { return cmp.Compare(a.ID, b.ID) })
-
-	originOK := !now.Before(e.originRetryAt)
-	for _, r := range e.policy.Next(snap) {
-		dup := inflight[r.Chunk] > 0
-		switch {
-		case r.Peer == "" && !originOK:
-			continue
-		case r.Peer == "" && originBusy > 0 && !e.originAnswered:
-			continue
-		case dup && int64(buffered) >= max(1, maxBuffered/e.cs):
-			continue
-		}
-		if dup {
-			buffered++
-		}
-		if r.Peer == "" {
-			originBusy++
-		}
-		inflight[r.Chunk]++
-		e.start(ctx, r, dup)
-	}
-
-	if time.Since(e.progress) > stallTimeout {
-		return fmt.Errorf("no progress for %v", stallTimeout)
-	}
-	if e.originFails >= e.dl.opts.Attempts && !e.peersCanFinish(have) {
-		return e.originErr
-	}
-	return nil
+	return snap
 }
 
 // leasedChunks marks the chunks still left to the node that holds their lease, or returns
