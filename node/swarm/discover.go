@@ -53,11 +53,11 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 	headIn := func() bool { return e.head != nil }
 
 	if e.fleet != nil && e.fleet.Connected() {
-		start := e.now()
+		start := e.clock.Now()
 		// The announce runs alongside the first lookup: nodes starting together that miss
 		// each other in it meet in the second, or when one asks the other what it holds.
 		e.spawn(func() event {
-			pctx, cancel := context.WithTimeout(ctx, provideTimeout)
+			pctx, cancel := e.clock.WithTimeout(ctx, provideTimeout)
 			defer cancel()
 			if err := e.fleet.Provide(pctx, e.job.digest); err != nil && ctx.Err() == nil {
 				e.log.Debug("announce failed", "err", err)
@@ -68,8 +68,8 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 			return 0, err
 		}
 		if !e.anyPeer() {
-			if wait := start.Add(settle).Sub(e.now()); wait > 0 {
-				t := time.NewTimer(wait)
+			if wait := start.Add(settle).Sub(e.clock.Now()); wait > 0 {
+				t := e.clock.Timer(wait)
 				err := e.await(ctx, func() bool { return false }, t.C)
 				t.Stop()
 				if err != nil {
@@ -84,7 +84,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 	if size, votes, ok := e.peerSize(); ok {
 		// A peer's word on the size is taken only when the origin cannot confirm it soon: a
 		// lying peer must not size the partial file (and evict the cache for it).
-		t := time.NewTimer(headGrace)
+		t := e.clock.Timer(headGrace)
 		err := e.await(ctx, headIn, t.C)
 		t.Stop()
 		if err != nil {
@@ -126,7 +126,7 @@ func (e *engine) findNow(ctx context.Context) error {
 	if err := e.await(ctx, func() bool { return !e.finding && e.probing == 0 }, nil); err != nil {
 		return err
 	}
-	e.lastFind = e.now()
+	e.lastFind = e.clock.Now()
 	for id, p := range e.peers {
 		if p.have.Chunks != nil && !e.usable(p.have, -1) {
 			delete(e.peers, id)
@@ -139,7 +139,7 @@ func (e *engine) findNow(ctx context.Context) error {
 func (e *engine) probe(ctx context.Context, id string) {
 	e.probing++
 	e.spawn(func() event {
-		hctx, cancel := context.WithTimeout(ctx, haveTimeout)
+		hctx, cancel := e.clock.WithTimeout(ctx, haveTimeout)
 		defer cancel()
 		h, err := e.fleet.Have(hctx, id, e.job.digest)
 		return probed{peer: id, have: h, err: err}
@@ -163,7 +163,7 @@ func (e *engine) admit(id string) bool {
 	if id == "" || e.fleet == nil || id == e.fleet.Self() || e.peers[id] != nil || len(e.peers) >= maxPeers || e.dl.Banned(id) {
 		return false
 	}
-	e.peers[id] = &peerState{id: id, found: e.now()}
+	e.peers[id] = &peerState{id: id, found: e.clock.Now()}
 	return true
 }
 
@@ -218,10 +218,10 @@ func (e *engine) usable(h chunk.Have, size int64) bool {
 // poll asks peer p what it holds now, while the download runs.
 func (e *engine) poll(ctx context.Context, p *peerState) {
 	p.polling = true
-	p.lastPoll = e.now()
+	p.lastPoll = e.clock.Now()
 	id := p.id
 	e.spawn(func() event {
-		hctx, cancel := context.WithTimeout(ctx, haveTimeout)
+		hctx, cancel := e.clock.WithTimeout(ctx, haveTimeout)
 		defer cancel()
 		h, err := e.fleet.Have(hctx, id, e.job.digest)
 		return haveAnswer{peer: id, have: h, err: err}

@@ -72,7 +72,7 @@ func (ev probed) apply(_ context.Context, e *engine) {
 	if p == nil {
 		return
 	}
-	p.lastPoll = e.now()
+	p.lastPoll = e.clock.Now()
 	if ev.err == nil {
 		p.observe(ev.have, p.lastPoll)
 	}
@@ -85,7 +85,7 @@ type lookupDone struct {
 
 func (ev lookupDone) apply(ctx context.Context, e *engine) {
 	e.finding = false
-	e.lastFind = e.now()
+	e.lastFind = e.clock.Now()
 	for _, id := range ev.found {
 		if e.admit(id) {
 			e.poll(ctx, e.peers[id])
@@ -119,7 +119,7 @@ func (ev haveAnswer) apply(_ context.Context, e *engine) {
 	p.polling = false
 	switch {
 	case ev.err == nil && e.usable(ev.have, e.job.size):
-		p.observe(ev.have, e.now())
+		p.observe(ev.have, e.clock.Now())
 	case ev.err == nil:
 		e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
 		delete(e.peers, p.id)

@@ -9,7 +9,6 @@ import (
 	"hash"
 	"io"
 	"sync"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -23,7 +22,7 @@ import (
 func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	e.nextID++
 	rctx, cancel := context.WithCancel(ctx)
-	req := &chunkReq{id: e.nextID, chunk: r.Chunk, peer: r.Peer, start: time.Now(), buffered: dup, cancel: cancel}
+	req := &chunkReq{id: e.nextID, chunk: r.Chunk, peer: r.Peer, start: e.clock.Now(), buffered: dup, cancel: cancel}
 	e.reqs[req] = struct{}{}
 	if req.peer == "" {
 		e.job.claim(req.chunk, req.id)
@@ -135,7 +134,7 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 		return 0, nil
 	}
 	if e.leaser != nil {
-		lctx, cancel := context.WithTimeout(ctx, leaseTimeout)
+		lctx, cancel := e.clock.WithTimeout(ctx, leaseTimeout)
 		release, ok, lerr := e.leaser.LeaseOrigin(lctx, e.job.digest, e.job.size, e.cs, req.chunk)
 		cancel()
 		switch {

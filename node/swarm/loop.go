@@ -9,6 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/benbjohnson/clock"
+
 	"github.com/shoal-dev/shoal/node/store"
 )
 
@@ -22,6 +24,7 @@ type engine struct {
 	dl     *Downloader
 	job    *Download
 	log    *slog.Logger
+	clock  clock.Clock
 	fleet  Fleet // nil: origin only
 	cs     int64
 	policy Policy
@@ -59,6 +62,7 @@ func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 		dl:        dl,
 		job:       job,
 		log:       log,
+		clock:     dl.clock,
 		fleet:     dl.opts.Fleet,
 		cs:        dl.opts.ChunkSize,
 		policy:    dl.opts.Policy,
@@ -74,8 +78,6 @@ func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 	}
 	return e
 }
-
-func (e *engine) now() time.Time { return time.Now() }
 
 // spawn runs fn in a goroutine whose result is its last report to the engine. fn does I/O
 // only: it touches no state of the engine's.
@@ -216,7 +218,7 @@ func (e *engine) run(ctx context.Context) error {
 
 // loop runs requests until every chunk is written.
 func (e *engine) loop(ctx context.Context) error {
-	e.progress = e.now()
+	e.progress = e.clock.Now()
 	for id, p := range e.peers {
 		if p.have.Chunks != nil && !e.usable(p.have, e.job.size) {
 			e.log.Debug("peer disagrees on the blob's size, ignored", "peer", id, "size", p.have.Size)
@@ -225,7 +227,7 @@ func (e *engine) loop(ctx context.Context) error {
 	}
 	// This node's own order of origin fetches, so nodes fetching at once rarely collide.
 	e.policy.Rank = rand.Perm(len(e.job.haveChunks()))
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := e.clock.Ticker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		have := e.job.haveChunks()
@@ -252,7 +254,7 @@ func (e *engine) loop(ctx context.Context) error {
 // maintain polls peers still downloading, looks for new holders now and then, and gives up
 // on a download in which nothing arrives any more.
 func (e *engine) maintain(ctx context.Context) {
-	now := e.now()
+	now := e.clock.Now()
 	if written := e.job.written(); written != e.written {
 		e.written = written
 		e.progress = now

@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/chunk"
+	"github.com/shoal-dev/shoal/internal/backoff"
 )
 
 // This file is what a download reaches beyond this node, the origin registry and the fleet,
@@ -92,6 +93,10 @@ const (
 	// died, its lease runs out and the next ask gets it.
 	leaseRecheck = time.Second
 )
+
+// originBackoff is how long the origin is left alone after failed requests in a row: 100 to
+// 200 ms after the first, doubling up to 1.6 to 3.2 s.
+var originBackoff = backoff.Exponential{Base: 200 * time.Millisecond, Max: 3200 * time.Millisecond, Jitter: 0.5}
 
 // errLeasedElsewhere ends an origin request whose chunk another node has the lease on.
 var errLeasedElsewhere = errors.New("chunk leased to another node")

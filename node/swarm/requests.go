@@ -38,7 +38,7 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 		e.start(ctx, r, dup)
 	}
 
-	if time.Since(e.progress) > stallTimeout {
+	if e.clock.Since(e.progress) > stallTimeout {
 		return fmt.Errorf("no progress for %v", stallTimeout)
 	}
 	if e.originFails >= e.dl.opts.Attempts && !e.peersCanFinish(have) {
@@ -49,7 +49,7 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 
 // snapshot describes the download's swarm to the policy.
 func (e *engine) snapshot(have []bool) Snapshot {
-	now := time.Now()
+	now := e.clock.Now()
 	snap := Snapshot{
 		Have: have, Readers: e.job.readerChunks(e.cs), Salt: e.job.digest.String(),
 		Leased:          e.leasedChunks(now, len(have)),
@@ -157,14 +157,14 @@ func (e *engine) endRequest(req *chunkReq) {
 func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 	e.endRequest(req)
 	if n > 0 {
-		e.progress = time.Now()
+		e.progress = e.clock.Now()
 	}
 	if req.peer == "" {
 		switch {
 		case err == nil:
 			e.originFails = 0
 		case errors.Is(err, errLeasedElsewhere):
-			e.leasedElsewhere[req.chunk] = time.Now().Add(leaseRecheck)
+			e.leasedElsewhere[req.chunk] = e.clock.Now().Add(leaseRecheck)
 		case errors.Is(err, errSuperseded) || errors.Is(err, context.Canceled):
 		default:
 			// A transfer that moved bytes resumes at once; one that did not backs off.
@@ -173,7 +173,7 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 			}
 			e.originFails++
 			e.originErr = err
-			e.originRetryAt = time.Now().Add(backoff(e.originFails))
+			e.originRetryAt = e.clock.Now().Add(originBackoff.Delay(e.originFails))
 			e.dl.chunkFailure("origin")
 			e.log.Debug("origin request failed", "chunk", req.chunk, "bytes", n, "err", err)
 		}
@@ -186,7 +186,7 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		e.suppliers[req.peer] = true
 		if p != nil {
 			p.fails = 0
-			if secs := time.Since(req.start).Seconds(); secs > 0 {
+			if secs := e.clock.Since(req.start).Seconds(); secs > 0 {
 				rate := float64(n) / secs
 				if p.rate == 0 {
 					p.rate = rate
@@ -202,7 +202,7 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		return
 	case errors.Is(err, chunk.ErrBusy):
 		if p != nil {
-			p.busyUntil = time.Now().Add(busyBackoff + rand.N(busyBackoff))
+			p.busyUntil = e.clock.Now().Add(busyBackoff + rand.N(busyBackoff))
 		}
 		return
 	case errors.Is(err, chunk.ErrNotHeld):
