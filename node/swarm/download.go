@@ -498,7 +498,7 @@ func (job *Download) release() {
 	}
 	job.mu.Unlock()
 	if b != nil {
-		b.Close()
+		_ = b.Close() // read-only; nothing to lose
 	}
 }
 

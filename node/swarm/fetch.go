@@ -152,7 +152,7 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 	if err != nil {
 		return 0, err
 	}
-	defer body.Close()
+	defer func() { _ = body.Close() }() // what was read is written; nothing to lose
 	if first {
 		// The other origin requests may start now.
 		e.notify(originAnswered{})

@@ -168,7 +168,10 @@ func (e *engine) run(ctx context.Context) error {
 		// Readers learn why before the file goes away under them.
 		e.job.fail(err)
 		close(abort)
-		<-verified
+		// The verifier stops at the abort, most often with the download's own error.
+		if verr := <-verified; verr != nil && !errors.Is(verr, err) && !errors.Is(verr, errReaderClosed) {
+			e.log.Debug("verifier stopped", "err", verr)
+		}
 		cancel()
 		e.drain()
 		// What was written is kept for a resume: a later download checks it all again.
