@@ -67,68 +67,68 @@ func newDownload(d digest.Digest, registry, repo string) *Download {
 }
 
 // notifyLocked wakes every waiter. Callers hold mu.
-func (dl *Download) notifyLocked() {
-	close(dl.changed)
-	dl.changed = make(chan struct{})
+func (job *Download) notifyLocked() {
+	close(job.changed)
+	job.changed = make(chan struct{})
 }
 
 // start records the blob's size and the partial file the fetch writes to.
-func (dl *Download) start(p *store.Partial) {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	dl.partial = p
-	dl.size = p.Size()
-	dl.fill = make([]int64, p.NumChunks())
-	dl.owner = make([]uint64, p.NumChunks())
-	dl.sums = make([]digest.Digest, p.NumChunks())
-	dl.fetching = make([]bool, p.NumChunks())
+func (job *Download) start(p *store.Partial) {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	job.partial = p
+	job.size = p.Size()
+	job.fill = make([]int64, p.NumChunks())
+	job.owner = make([]uint64, p.NumChunks())
+	job.sums = make([]digest.Digest, p.NumChunks())
+	job.fetching = make([]bool, p.NumChunks())
 	cs := p.ChunkSize()
 	for i, have := range p.Chunks() {
 		if have {
-			dl.fill[i] = chunk.Len(dl.size, cs, i)
+			job.fill[i] = chunk.Len(job.size, cs, i)
 		}
 	}
-	dl.notifyLocked()
+	job.notifyLocked()
 }
 
 // startCommitted serves a blob that was already committed.
-func (dl *Download) startCommitted(b *store.Blob) {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	dl.size = b.Size()
-	dl.blob = b
-	dl.verified = true
-	dl.done = true
-	dl.notifyLocked()
+func (job *Download) startCommitted(b *store.Blob) {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	job.size = b.Size()
+	job.blob = b
+	job.verified = true
+	job.done = true
+	job.notifyLocked()
 }
 
 // writeStream writes p at off for request id, which streams chunk c from the origin, and
 // counts it as present at once so readers follow the transfer. It reports whether the chunk
 // is now complete.
-func (dl *Download) writeStream(c int, id uint64, p []byte, off int64) (bool, error) {
-	dl.wmu.Lock()
-	defer dl.wmu.Unlock()
-	dl.mu.Lock()
-	ok := dl.owner[c] == id
-	dl.mu.Unlock()
+func (job *Download) writeStream(c int, id uint64, p []byte, off int64) (bool, error) {
+	job.wmu.Lock()
+	defer job.wmu.Unlock()
+	job.mu.Lock()
+	ok := job.owner[c] == id
+	job.mu.Unlock()
 	if !ok {
 		return false, errSuperseded
 	}
-	if _, err := dl.partial.WriteAt(p, off); err != nil {
+	if _, err := job.partial.WriteAt(p, off); err != nil {
 		return false, fmt.Errorf("write partial: %w", err)
 	}
-	dl.mu.Lock()
+	job.mu.Lock()
 	// The stream fills the chunk in order from where it stood, so fill is its written prefix.
-	n := chunk.Len(dl.size, dl.partial.ChunkSize(), c)
-	dl.fill[c] = min(n, off+int64(len(p))-int64(c)*dl.partial.ChunkSize())
-	full := dl.fill[c] == n
+	n := chunk.Len(job.size, job.partial.ChunkSize(), c)
+	job.fill[c] = min(n, off+int64(len(p))-int64(c)*job.partial.ChunkSize())
+	full := job.fill[c] == n
 	if full {
-		dl.owner[c] = 0
+		job.owner[c] = 0
 	}
-	dl.notifyLocked()
-	dl.mu.Unlock()
+	job.notifyLocked()
+	job.mu.Unlock()
 	if full {
-		if err := dl.partial.MarkChunk(c); err != nil {
+		if err := job.partial.MarkChunk(c); err != nil {
 			return false, fmt.Errorf("mark chunk %d: %w", c, err)
 		}
 	}
@@ -136,16 +136,16 @@ func (dl *Download) writeStream(c int, id uint64, p []byte, off int64) (bool, er
 }
 
 // availableLocked reports whether [off, off+n) is readable. Callers hold mu.
-func (dl *Download) availableLocked(off, n int64) bool {
-	if dl.done {
+func (job *Download) availableLocked(off, n int64) bool {
+	if job.done {
 		return true
 	}
-	cs := dl.partial.ChunkSize()
+	cs := job.partial.ChunkSize()
 	for n > 0 {
 		i := int(off / cs)
 		within := off - int64(i)*cs
-		take := min(n, chunk.Len(dl.size, cs, i)-within)
-		if dl.fill[i] < within+take {
+		take := min(n, chunk.Len(job.size, cs, i)-within)
+		if job.fill[i] < within+take {
 			return false
 		}
 		off += take
@@ -155,11 +155,11 @@ func (dl *Download) availableLocked(off, n int64) bool {
 }
 
 // waitSize blocks until the size is known or the download failed.
-func (dl *Download) waitSize(ctx context.Context) (int64, error) {
+func (job *Download) waitSize(ctx context.Context) (int64, error) {
 	for {
-		dl.mu.Lock()
-		size, err, ch := dl.size, dl.err, dl.changed
-		dl.mu.Unlock()
+		job.mu.Lock()
+		size, err, ch := job.size, job.err, job.changed
+		job.mu.Unlock()
 		switch {
 		case err != nil:
 			return 0, err
@@ -175,11 +175,11 @@ func (dl *Download) waitSize(ctx context.Context) (int64, error) {
 }
 
 // waitDone blocks until the download is committed or failed.
-func (dl *Download) waitDone(ctx context.Context) error {
+func (job *Download) waitDone(ctx context.Context) error {
 	for {
-		dl.mu.Lock()
-		done, err, ch := dl.done, dl.err, dl.changed
-		dl.mu.Unlock()
+		job.mu.Lock()
+		done, err, ch := job.done, job.err, job.changed
+		job.mu.Unlock()
 		switch {
 		case err != nil:
 			return err
@@ -197,41 +197,41 @@ func (dl *Download) waitDone(ctx context.Context) error {
 // readAt blocks until [off, off+len(p)) is written (or the download fails, or abort closes)
 // and reads it. Client readers pass holdLast: the blob's last byte is released only after the
 // whole blob verified, so a client never completes a transfer of bad bytes.
-func (dl *Download) readAt(p []byte, off int64, abort <-chan struct{}, holdLast bool) (int, error) {
+func (job *Download) readAt(p []byte, off int64, abort <-chan struct{}, holdLast bool) (int, error) {
 	n := int64(len(p))
 	for waited := false; ; waited = true {
-		dl.mu.Lock()
-		if holdLast && !dl.done {
-			dl.readers[abort] = off
+		job.mu.Lock()
+		if holdLast && !job.done {
+			job.readers[abort] = off
 		}
-		if dl.err != nil {
-			err := dl.err
-			dl.mu.Unlock()
+		if job.err != nil {
+			err := job.err
+			job.mu.Unlock()
 			return 0, err
 		}
-		if off >= dl.size {
-			dl.mu.Unlock()
+		if off >= job.size {
+			job.mu.Unlock()
 			return 0, io.EOF
 		}
-		want := min(n, dl.size-off)
-		if dl.availableLocked(off, want) && (!holdLast || dl.verified || off+want < dl.size) {
-			var src io.ReaderAt = dl.partial
-			if dl.blob != nil {
-				src = dl.blob
+		want := min(n, job.size-off)
+		if job.availableLocked(off, want) && (!holdLast || job.verified || off+want < job.size) {
+			var src io.ReaderAt = job.partial
+			if job.blob != nil {
+				src = job.blob
 			}
-			dl.mu.Unlock()
+			job.mu.Unlock()
 			got, err := src.ReadAt(p[:want], off)
 			if err == nil && want < n {
 				err = io.EOF
 			}
 			return got, err
 		}
-		ch := dl.changed
-		dl.mu.Unlock()
+		ch := job.changed
+		job.mu.Unlock()
 		if holdLast && !waited {
 			// Let the fetch put this reader's window first.
 			select {
-			case dl.wake <- struct{}{}:
+			case job.wake <- struct{}{}:
 			default:
 			}
 		}
@@ -245,33 +245,33 @@ func (dl *Download) readAt(p []byte, off int64, abort <-chan struct{}, holdLast 
 
 // opened turns a joining client into a reader at offset 0 (abort identifies it), or, with a
 // nil abort, forgets a client that gave up before reading.
-func (dl *Download) opened(abort <-chan struct{}) {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	dl.opening--
-	if abort != nil && !dl.done {
-		dl.readers[abort] = 0
+func (job *Download) opened(abort <-chan struct{}) {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	job.opening--
+	if abort != nil && !job.done {
+		job.readers[abort] = 0
 	}
 }
 
 // forget drops a reader's position.
-func (dl *Download) forget(abort <-chan struct{}) {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	delete(dl.readers, abort)
+func (job *Download) forget(abort <-chan struct{}) {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	delete(job.readers, abort)
 }
 
 // readerChunks returns the chunk each streaming reader needs next.
-func (dl *Download) readerChunks(cs int64) []int {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	out := make([]int, 0, len(dl.readers)+1)
-	if dl.opening > 0 {
+func (job *Download) readerChunks(cs int64) []int {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	out := make([]int, 0, len(job.readers)+1)
+	if job.opening > 0 {
 		// A client about to read: the download started for it, so its first bytes go first.
 		out = append(out, 0)
 	}
-	for _, off := range dl.readers {
-		if off < dl.size {
+	for _, off := range job.readers {
+		if off < job.size {
 			out = append(out, int(off/cs))
 		}
 	}
@@ -284,46 +284,46 @@ var errSuperseded = errors.New("chunk taken over by another request")
 // claim makes request id the writer of chunk c. It returns how many bytes of the chunk are
 // in place already (a broken origin transfer's): they are never written again, since
 // readers and the verifier may have read them.
-func (dl *Download) claim(c int, id uint64) int64 {
-	dl.wmu.Lock()
-	defer dl.wmu.Unlock()
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	dl.owner[c] = id
-	dl.sums[c] = ""
-	return dl.fill[c]
+func (job *Download) claim(c int, id uint64) int64 {
+	job.wmu.Lock()
+	defer job.wmu.Unlock()
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	job.owner[c] = id
+	job.sums[c] = ""
+	return job.fill[c]
 }
 
 // unclaim ends request id's hold on chunk c, if it still has it. A peer request that wrote
 // bytes it could not complete leaves them uncounted.
-func (dl *Download) unclaim(c int, id uint64) {
-	dl.wmu.Lock()
-	defer dl.wmu.Unlock()
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	if dl.owner[c] == id {
-		dl.owner[c] = 0
+func (job *Download) unclaim(c int, id uint64) {
+	job.wmu.Lock()
+	defer job.wmu.Unlock()
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	if job.owner[c] == id {
+		job.owner[c] = 0
 	}
 }
 
 // setFetching records whether chunk c is being fetched from the origin, for peers asking.
-func (dl *Download) setFetching(c int, on bool) {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	dl.fetching[c] = on
+func (job *Download) setFetching(c int, on bool) {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	job.fetching[c] = on
 }
 
 // writeOwned writes p at off, inside chunk c, if request id still owns the chunk.
-func (dl *Download) writeOwned(c int, id uint64, p []byte, off int64) error {
-	dl.wmu.Lock()
-	defer dl.wmu.Unlock()
-	dl.mu.Lock()
-	ok := dl.owner[c] == id && dl.fill[c] < chunk.Len(dl.size, dl.partial.ChunkSize(), c)
-	dl.mu.Unlock()
+func (job *Download) writeOwned(c int, id uint64, p []byte, off int64) error {
+	job.wmu.Lock()
+	defer job.wmu.Unlock()
+	job.mu.Lock()
+	ok := job.owner[c] == id && job.fill[c] < chunk.Len(job.size, job.partial.ChunkSize(), c)
+	job.mu.Unlock()
 	if !ok {
 		return errSuperseded
 	}
-	if _, err := dl.partial.WriteAt(p, off); err != nil {
+	if _, err := job.partial.WriteAt(p, off); err != nil {
 		return fmt.Errorf("write partial: %w", err)
 	}
 	return nil
@@ -331,106 +331,106 @@ func (dl *Download) writeOwned(c int, id uint64, p []byte, off int64) error {
 
 // complete records that request id wrote all of chunk c, if it still owns it; sum is the
 // chunk's SHA-256 if the request checked it, else "".
-func (dl *Download) complete(c int, id uint64, sum digest.Digest) error {
-	dl.wmu.Lock()
-	defer dl.wmu.Unlock()
-	dl.mu.Lock()
-	if dl.owner[c] != id {
-		dl.mu.Unlock()
+func (job *Download) complete(c int, id uint64, sum digest.Digest) error {
+	job.wmu.Lock()
+	defer job.wmu.Unlock()
+	job.mu.Lock()
+	if job.owner[c] != id {
+		job.mu.Unlock()
 		return errSuperseded
 	}
-	dl.owner[c] = 0
-	dl.fill[c] = chunk.Len(dl.size, dl.partial.ChunkSize(), c)
-	dl.sums[c] = sum
-	dl.notifyLocked()
-	dl.mu.Unlock()
-	return dl.partial.MarkChunk(c)
+	job.owner[c] = 0
+	job.fill[c] = chunk.Len(job.size, job.partial.ChunkSize(), c)
+	job.sums[c] = sum
+	job.notifyLocked()
+	job.mu.Unlock()
+	return job.partial.MarkChunk(c)
 }
 
 // takeOver writes a whole chunk c received by request id into the file, unless the chunk is
 // complete already; the request that owned it loses it.
-func (dl *Download) takeOver(c int, id uint64, data []byte, sum digest.Digest) error {
-	dl.wmu.Lock()
-	defer dl.wmu.Unlock()
-	dl.mu.Lock()
-	n := chunk.Len(dl.size, dl.partial.ChunkSize(), c)
-	if dl.fill[c] == n {
-		dl.mu.Unlock()
+func (job *Download) takeOver(c int, id uint64, data []byte, sum digest.Digest) error {
+	job.wmu.Lock()
+	defer job.wmu.Unlock()
+	job.mu.Lock()
+	n := chunk.Len(job.size, job.partial.ChunkSize(), c)
+	if job.fill[c] == n {
+		job.mu.Unlock()
 		return errSuperseded
 	}
-	dl.owner[c] = 0
-	keep := dl.fill[c]
+	job.owner[c] = 0
+	keep := job.fill[c]
 	if keep > 0 {
 		// The bytes in place stay; data's own prefix was checked, not these.
 		sum = ""
 	}
-	dl.mu.Unlock()
-	if _, err := dl.partial.WriteAt(data[keep:], int64(c)*dl.partial.ChunkSize()+keep); err != nil {
+	job.mu.Unlock()
+	if _, err := job.partial.WriteAt(data[keep:], int64(c)*job.partial.ChunkSize()+keep); err != nil {
 		return fmt.Errorf("write partial: %w", err)
 	}
-	dl.mu.Lock()
-	dl.fill[c] = n
-	dl.sums[c] = sum
-	dl.notifyLocked()
-	dl.mu.Unlock()
-	return dl.partial.MarkChunk(c)
+	job.mu.Lock()
+	job.fill[c] = n
+	job.sums[c] = sum
+	job.notifyLocked()
+	job.mu.Unlock()
+	return job.partial.MarkChunk(c)
 }
 
 // knownSum is chunk c's SHA-256 if it was checked on arrival, else "".
-func (dl *Download) knownSum(c int) digest.Digest {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	if c < len(dl.sums) {
-		return dl.sums[c]
+func (job *Download) knownSum(c int) digest.Digest {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	if c < len(job.sums) {
+		return job.sums[c]
 	}
 	return ""
 }
 
 // chunkList is the chunk list computed while verifying, or nil.
-func (dl *Download) chunkList() []digest.Digest {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	return dl.list
+func (job *Download) chunkList() []digest.Digest {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	return job.list
 }
 
 // haveChunks reports which chunks are completely written.
-func (dl *Download) haveChunks() []bool {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	cs := dl.partial.ChunkSize()
-	out := make([]bool, len(dl.fill))
-	for i, f := range dl.fill {
-		out[i] = f == chunk.Len(dl.size, cs, i)
+func (job *Download) haveChunks() []bool {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	cs := job.partial.ChunkSize()
+	out := make([]bool, len(job.fill))
+	for i, f := range job.fill {
+		out[i] = f == chunk.Len(job.size, cs, i)
 	}
 	return out
 }
 
 // written is the number of bytes written so far.
-func (dl *Download) written() int64 {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
+func (job *Download) written() int64 {
+	job.mu.Lock()
+	defer job.mu.Unlock()
 	var n int64
-	for _, f := range dl.fill {
+	for _, f := range job.fill {
 		n += f
 	}
 	return n
 }
 
 // status is where the download stands, in chunks of cs.
-func (dl *Download) status(cs int64) DownloadStatus {
+func (job *Download) status(cs int64) DownloadStatus {
 	st := DownloadStatus{
-		Digest: dl.digest, ChunkSize: cs,
-		FromPeers: dl.fromPeers.Load(), FromOrigin: dl.fromOrigin.Load(),
+		Digest: job.digest, ChunkSize: cs,
+		FromPeers: job.fromPeers.Load(), FromOrigin: job.fromOrigin.Load(),
 	}
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	st.Size = dl.size
-	if dl.done {
-		st.Done = dl.size
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	st.Size = job.size
+	if job.done {
+		st.Done = job.size
 		return st
 	}
-	for i, f := range dl.fill {
-		if n := chunk.Len(dl.size, cs, i); f == n {
+	for i, f := range job.fill {
+		if n := chunk.Len(job.size, cs, i); f == n {
 			st.Done += n
 		}
 	}
@@ -438,78 +438,78 @@ func (dl *Download) status(cs int64) DownloadStatus {
 }
 
 // chunkFill is how many bytes of chunk c are written from its start.
-func (dl *Download) chunkFill(c int) int64 {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	return dl.fill[c]
+func (job *Download) chunkFill(c int) int64 {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	return job.fill[c]
 }
 
 var errReaderClosed = errors.New("reader closed")
 
 // fail ends the download with err and wakes every reader.
-func (dl *Download) fail(err error) {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	if dl.err == nil && !dl.done {
-		dl.err = err
+func (job *Download) fail(err error) {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	if job.err == nil && !job.done {
+		job.err = err
 	}
-	dl.notifyLocked()
+	job.notifyLocked()
 }
 
 // markVerified releases the blob's last bytes to client readers.
-func (dl *Download) markVerified() {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	dl.verified = true
-	dl.notifyLocked()
+func (job *Download) markVerified() {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	job.verified = true
+	job.notifyLocked()
 }
 
 // commit switches readers to the committed blob.
-func (dl *Download) commit(b *store.Blob) {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	dl.blob = b
-	dl.partial = nil
-	dl.verified = true
-	dl.done = true
-	dl.notifyLocked()
+func (job *Download) commit(b *store.Blob) {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	job.blob = b
+	job.partial = nil
+	job.verified = true
+	job.done = true
+	job.notifyLocked()
 }
 
 // acquire adds a reference; it fails once the download has ended badly, so a new reader starts
 // a fresh download instead of inheriting the failure.
-func (dl *Download) acquire() bool {
-	dl.mu.Lock()
-	defer dl.mu.Unlock()
-	if dl.err != nil || dl.refs == 0 {
+func (job *Download) acquire() bool {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	if job.err != nil || job.refs == 0 {
 		return false
 	}
-	dl.refs++
-	dl.opening++
+	job.refs++
+	job.opening++
 	return true
 }
 
 // release drops a reference and frees the committed blob's pin after the last one.
-func (dl *Download) release() {
-	dl.mu.Lock()
-	dl.refs--
+func (job *Download) release() {
+	job.mu.Lock()
+	job.refs--
 	var b *store.Blob
-	if dl.refs == 0 && dl.blob != nil {
-		b = dl.blob
+	if job.refs == 0 && job.blob != nil {
+		b = job.blob
 	}
-	dl.mu.Unlock()
+	job.mu.Unlock()
 	if b != nil {
-		b.Close()
+		_ = b.Close() // read-only; nothing to lose
 	}
 }
 
 // verify hashes the blob in order as its bytes land and reports whether it matches the digest.
 // With chunkSize > 0 it also computes the chunk list, kept once the digest matched.
-func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
-	h := dl.digest.Algorithm().Hash()
+func (job *Download) verify(abort <-chan struct{}, chunkSize int64) error {
+	h := job.digest.Algorithm().Hash()
 	buf := make([]byte, 1<<20)
-	dl.mu.Lock()
-	size := dl.size
-	dl.mu.Unlock()
+	job.mu.Lock()
+	size := job.size
+	job.mu.Unlock()
 	var list []digest.Digest
 	ch := sha256.New()
 	var known digest.Digest // the current chunk's SHA-256, if checked on arrival
@@ -519,7 +519,7 @@ func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 			// Never straddle a chunk boundary, so each chunk's hash ends cleanly.
 			n = min(n, chunkSize-off%chunkSize)
 		}
-		got, err := dl.readAt(buf[:n], off, abort, false)
+		got, err := job.readAt(buf[:n], off, abort, false)
 		if err != nil && !(errors.Is(err, io.EOF) && int64(got) == n) {
 			return err
 		}
@@ -528,7 +528,7 @@ func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 			if off%chunkSize == 0 {
 				// The chunk is in: a peer's chunk checked against its list needs no second
 				// hash (its bytes are fixed once complete).
-				known = dl.knownSum(int(off / chunkSize))
+				known = job.knownSum(int(off / chunkSize))
 			}
 			if known == "" {
 				ch.Write(buf[:got])
@@ -544,11 +544,11 @@ func (dl *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 			known = ""
 		}
 	}
-	if got := digest.NewDigest(dl.digest.Algorithm(), h); got != dl.digest {
+	if got := digest.NewDigest(job.digest.Algorithm(), h); got != job.digest {
 		return fmt.Errorf("%w: got %s", ErrDigestMismatch, got)
 	}
-	dl.mu.Lock()
-	dl.list = list
-	dl.mu.Unlock()
+	job.mu.Lock()
+	job.list = list
+	job.mu.Unlock()
 	return nil
 }

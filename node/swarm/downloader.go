@@ -9,25 +9,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
 )
-
-// Origin is the upstream registry a download takes bytes from.
-type Origin interface {
-	// GetBlob returns the blob's bytes from offset (length < 0: to the end) and its total size.
-	GetBlob(ctx context.Context, registry, repo string, d digest.Digest, offset, length int64) (io.ReadCloser, int64, error)
-	// HeadBlob returns the blob's size.
-	HeadBlob(ctx context.Context, registry, repo string, d digest.Digest) (int64, error)
-}
 
 // Options configures a Downloader.
 type Options struct {
@@ -52,6 +44,9 @@ type Options struct {
 	Attempts int
 	// BanFor is how long a peer that sent false data is not asked again; 0 means 10 minutes.
 	BanFor time.Duration
+	// Clock is the time downloads go by: their timeouts, polls, backoffs and bans. Nil means
+	// the real clock.
+	Clock clock.Clock
 }
 
 // Downloader runs at most one Download per digest. Its Run method owns the downloads'
@@ -59,6 +54,7 @@ type Options struct {
 type Downloader struct {
 	opts    Options
 	log     *slog.Logger
+	clock   clock.Clock
 	starts  chan *Download
 	stopped chan struct{}
 	metrics metrics
@@ -127,9 +123,14 @@ func New(opts Options) *Downloader {
 	if opts.Registerer != nil {
 		opts.Registerer.MustRegister(m.fetched, m.downloads, m.active, m.failures, m.bans)
 	}
+	clk := opts.Clock
+	if clk == nil {
+		clk = clock.New()
+	}
 	return &Downloader{
 		opts:    opts,
 		log:     log,
+		clock:   clk,
 		starts:  make(chan *Download),
 		stopped: make(chan struct{}),
 		metrics: m,
@@ -142,7 +143,7 @@ func New(opts Options) *Downloader {
 func (dl *Downloader) Ban(id string, why error) {
 	dl.mu.Lock()
 	_, already := dl.bans[id]
-	dl.bans[id] = time.Now().Add(dl.opts.BanFor)
+	dl.bans[id] = dl.clock.Now().Add(dl.opts.BanFor)
 	dl.mu.Unlock()
 	if !already {
 		dl.metrics.bans.Inc()
@@ -155,7 +156,7 @@ func (dl *Downloader) Banned(id string) bool {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
 	until, ok := dl.bans[id]
-	if ok && time.Now().After(until) {
+	if ok && dl.clock.Now().After(until) {
 		delete(dl.bans, id)
 		return false
 	}
@@ -318,20 +319,20 @@ func (dl *Downloader) finish(download *Download, err error) {
 func (dl *Downloader) run(ctx context.Context, download *Download) {
 	dl.metrics.active.Inc()
 	defer dl.metrics.active.Dec()
-	start := time.Now()
+	start := dl.clock.Now()
 	log := dl.log.With("digest", download.digest, "repo", download.registry+"/"+download.repo)
 	e := newEngine(dl, download, log)
 	err := e.run(ctx)
 	result := "ok"
 	switch {
 	case err == nil:
-		log.Debug("blob downloaded", "bytes", download.size, "duration", time.Since(start), "peers", len(e.suppliers))
+		log.Debug("blob downloaded", "bytes", download.size, "duration", dl.clock.Since(start), "peers", len(e.suppliers))
 	case errors.Is(err, ErrDigestMismatch):
 		result = "mismatch"
 		log.Error("blob failed verification, discarded", "err", err)
 	default:
 		result = "failed"
-		log.Warn("blob download failed", "err", err, "duration", time.Since(start))
+		log.Warn("blob download failed", "err", err, "duration", dl.clock.Since(start))
 	}
 	dl.metrics.downloads.WithLabelValues(result).Inc()
 	dl.finish(download, err)
@@ -354,22 +355,8 @@ func (dl *Downloader) restart(ctx context.Context, old *Download) {
 	download := newDownload(old.digest, old.registry, old.repo)
 	dl.active[old.digest] = download
 	dl.mu.Unlock()
-	dl.launch(ctx, download)
-}
-
-func backoff(attempt int) time.Duration {
-	base := 100 * time.Millisecond << min(attempt, 5)
-	return base/2 + rand.N(base/2)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := dl.launch(ctx, download); err != nil {
+		dl.log.Debug("blob not fetched again", "digest", old.digest, "err", err)
 	}
 }
 

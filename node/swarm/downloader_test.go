@@ -168,7 +168,15 @@ func harness(t *testing.T, o Origin, dir string) (*Downloader, *store.Store) {
 	if err != nil {
 		t.Fatalf("store.Open: %v", err)
 	}
-	dl := New(Options{Store: st, Origin: o, ChunkSize: 64 << 10})
+	return harnessWith(t, st, Options{Origin: o})
+}
+
+// harnessWith runs a Downloader with opts over st, in chunks of 64 KiB, until the test ends;
+// it closes st after.
+func harnessWith(t *testing.T, st *store.Store, opts Options) (*Downloader, *store.Store) {
+	t.Helper()
+	opts.Store, opts.ChunkSize = st, 64<<10
+	dl := New(opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -16,9 +16,9 @@ type Reader struct {
 }
 
 // newReader attaches a reader that gives up waiting when ctx ends (the client went away).
-func newReader(ctx context.Context, d *Download) *Reader {
-	r := &Reader{download: d, size: d.size, abort: make(chan struct{})}
-	d.opened(r.abort)
+func newReader(ctx context.Context, download *Download) *Reader {
+	r := &Reader{download: download, size: download.size, abort: make(chan struct{})}
+	download.opened(r.abort)
 	r.stop = context.AfterFunc(ctx, r.closeAbort)
 	return r
 }

@@ -38,6 +38,8 @@ type Inflight struct {
 	Chunk int
 	Peer  string // "" is the origin
 	Age   time.Duration
+	// Duplicate marks an endgame duplicate: it holds the whole chunk in memory until it wins.
+	Duplicate bool
 }
 
 // Snapshot is the downloader's view of one blob's swarm at an instant.
@@ -53,6 +55,18 @@ type Snapshot struct {
 	// every member computes the same designation from the same membership.
 	Self string
 	Salt string
+	// Leased marks the chunks another node holds the origin lease on: they are left to the
+	// peers, as if a peer were fetching them. Nil if none.
+	Leased []bool
+	// OriginBackoff is how long the origin is still left alone after failed requests; while
+	// it is above zero the origin is asked nothing.
+	OriginBackoff time.Duration
+	// OriginSlowStart keeps one request at most in flight to the origin, until it has answered
+	// one: the first (a waiting client's) is not slowed by others.
+	OriginSlowStart bool
+	// MaxDuplicates caps the endgame duplicates in flight, which hold a chunk in memory each;
+	// 0 means no cap.
+	MaxDuplicates int
 }
 
 // Request asks for one chunk from one source.
@@ -102,7 +116,8 @@ func (p Policy) withDefaults() Policy {
 	return p
 }
 
-// Next returns the requests to start now, in the order to start them.
+// Next returns the requests to start now, in the order to start them: the caller starts them
+// all, every rule of when to ask whom being here.
 func (p Policy) Next(s Snapshot) []Request {
 	p = p.withDefaults()
 	n := len(s.Have)
@@ -127,6 +142,13 @@ func (p Policy) Next(s Snapshot) []Request {
 			originBusy++
 		}
 	}
+	originCap := p.Origin
+	switch {
+	case s.OriginBackoff > 0:
+		originCap = 0
+	case s.OriginSlowStart:
+		originCap = 1
+	}
 	holders := make([]int, n)   // peers that hold each chunk
 	fetching := make([]bool, n) // some peer is fetching it
 	for _, pv := range s.Peers {
@@ -139,6 +161,11 @@ func (p Policy) Next(s Snapshot) []Request {
 			if pv.Fetching[c] {
 				fetching[c] = true
 			}
+		}
+	}
+	for c := range min(n, len(s.Leased)) {
+		if s.Leased[c] {
+			fetching[c] = true
 		}
 	}
 
@@ -194,7 +221,7 @@ func (p Policy) Next(s Snapshot) []Request {
 	// then those of members idle at the origin (finished with their share, or failing).
 	forOrigin = p.designated(s, forOrigin)
 	for _, c := range forOrigin {
-		if originBusy >= p.Origin {
+		if originBusy >= originCap {
 			break
 		}
 		reqs = append(reqs, Request{Chunk: c})
@@ -239,12 +266,17 @@ func (p Policy) bestPeer(peers []PeerView, c int, slots, assigned map[string]int
 	return best, best != ""
 }
 
-// endgame re-requests chunks whose only outstanding requests are old, from a different peer.
+// endgame re-requests chunks whose only outstanding requests are old, from a different peer;
+// each such request is a duplicate.
 func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
 	n := len(s.Have)
 	fresh := make([]bool, n) // has a request younger than EndgameAge
 	asked := make([][]string, n)
+	dups := 0
 	for _, f := range s.Inflight {
+		if f.Duplicate {
+			dups++
+		}
 		if f.Chunk < 0 || f.Chunk >= n {
 			continue
 		}
@@ -255,6 +287,9 @@ func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
 	}
 	var reqs []Request
 	for c := range n {
+		if s.MaxDuplicates > 0 && dups >= s.MaxDuplicates {
+			break
+		}
 		if s.Have[c] || fresh[c] || len(asked[c]) == 0 {
 			continue
 		}
@@ -265,6 +300,7 @@ func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
 			reqs = append(reqs, Request{Chunk: c, Peer: id})
 			slots[id]--
 			assigned[id]++
+			dups++
 		}
 	}
 	return reqs

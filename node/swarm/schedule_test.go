@@ -45,7 +45,7 @@ func TestPolicyNext(t *testing.T) {
 		},
 		{
 			name: "origin cap counts what is in flight",
-			snap: Snapshot{Have: bits(10), Readers: []int{0}, Inflight: []Inflight{{0, "", 0}, {1, "", 0}, {2, "", 0}}},
+			snap: Snapshot{Have: bits(10), Readers: []int{0}, Inflight: []Inflight{{Chunk: 0, Peer: "", Age: 0}, {Chunk: 1, Peer: "", Age: 0}, {Chunk: 2, Peer: "", Age: 0}}},
 			want: []Request{{3, ""}},
 		},
 		{
@@ -86,14 +86,14 @@ func TestPolicyNext(t *testing.T) {
 		},
 		{
 			name: "chunks in flight are not asked again",
-			snap: Snapshot{Have: bits(3, 0), Inflight: []Inflight{{1, "a", time.Millisecond}}, Peers: []PeerView{{ID: "a", Has: all(3), Active: 1}}},
+			snap: Snapshot{Have: bits(3, 0), Inflight: []Inflight{{Chunk: 1, Peer: "a", Age: time.Millisecond}}, Peers: []PeerView{{ID: "a", Has: all(3), Active: 1}}},
 			want: []Request{{2, "a"}},
 		},
 		{
 			name: "endgame asks another peer for a stalled chunk",
 			snap: Snapshot{
 				Have:     bits(3, 0, 1),
-				Inflight: []Inflight{{2, "slow", 5 * time.Second}},
+				Inflight: []Inflight{{Chunk: 2, Peer: "slow", Age: 5 * time.Second}},
 				Peers:    []PeerView{{ID: "slow", Has: all(3), Active: 1}, {ID: "other", Has: all(3)}},
 			},
 			want: []Request{{2, "other"}},
@@ -102,13 +102,51 @@ func TestPolicyNext(t *testing.T) {
 			name: "no endgame for a young request",
 			snap: Snapshot{
 				Have:     bits(3, 0, 1),
-				Inflight: []Inflight{{2, "slow", time.Millisecond}},
+				Inflight: []Inflight{{Chunk: 2, Peer: "slow", Age: time.Millisecond}},
 				Peers:    []PeerView{{ID: "slow", Has: all(3), Active: 1}, {ID: "other", Has: all(3)}},
 			},
 		},
 		{
 			name: "complete: nothing to do",
 			snap: Snapshot{Have: all(4), Readers: []int{2}, Peers: []PeerView{{ID: "a", Has: all(4)}}},
+		},
+		{
+			name: "origin backing off after failures: peers only",
+			snap: Snapshot{Have: bits(4), Readers: []int{0}, OriginBackoff: 100 * time.Millisecond, Peers: []PeerView{{ID: "a", Has: bits(4, 1)}}},
+			want: []Request{{1, "a"}},
+		},
+		{
+			name: "origin slow start: one request until it answered",
+			snap: Snapshot{Have: bits(10), Readers: []int{0}, OriginSlowStart: true},
+			want: []Request{{0, ""}},
+		},
+		{
+			name: "origin slow start: none while one is in flight",
+			snap: Snapshot{Have: bits(10), Readers: []int{0}, OriginSlowStart: true, Inflight: []Inflight{{Chunk: 5, Peer: ""}}},
+		},
+		{
+			name: "duplicate cap: endgame stops at it",
+			snap: Snapshot{
+				Have:          bits(4, 0, 1),
+				Inflight:      []Inflight{{Chunk: 2, Peer: "slow", Age: 5 * time.Second}, {Chunk: 3, Peer: "slow", Age: 5 * time.Second}},
+				Peers:         []PeerView{{ID: "slow", Has: all(4), Active: 2}, {ID: "other", Has: all(4)}},
+				MaxDuplicates: 1,
+			},
+			want: []Request{{2, "other"}},
+		},
+		{
+			name: "duplicate cap: duplicates in flight count",
+			snap: Snapshot{
+				Have:          bits(4, 0, 1),
+				Inflight:      []Inflight{{Chunk: 2, Peer: "slow", Age: 5 * time.Second}, {Chunk: 3, Peer: "slow", Age: 5 * time.Second}, {Chunk: 2, Peer: "third", Age: 5 * time.Second, Duplicate: true}},
+				Peers:         []PeerView{{ID: "slow", Has: all(4), Active: 2}, {ID: "third", Has: all(4), Active: 1}, {ID: "other", Has: all(4)}},
+				MaxDuplicates: 1,
+			},
+		},
+		{
+			name: "chunks leased to another node are left to the peers",
+			snap: Snapshot{Have: bits(3), Leased: bits(3, 0, 1), Peers: []PeerView{{ID: "a", Has: bits(3, 0)}}},
+			want: []Request{{0, "a"}, {2, ""}},
 		},
 	}
 	for _, tt := range tests {

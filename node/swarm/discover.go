@@ -1,0 +1,239 @@
+package swarm
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/shoal-dev/shoal/chunk"
+)
+
+// This file is how a download finds its peers and learns what they hold: the announce, the
+// lookups, the HAVE polls and the peers' vote on the blob's size.
+
+// peerState is what one download knows of one peer.
+type peerState struct {
+	id        string
+	have      chunk.Have // the last answer; Chunks is nil before the first
+	complete  bool
+	polling   bool
+	lastPoll  time.Time
+	fails     int
+	active    int
+	rate      float64 // bytes per second, smoothed
+	busyUntil time.Time
+	idleSince time.Time // first answer in a row showing nothing fetched from the origin
+	found     time.Time // when this download learned of the peer
+}
+
+// observe records a peer's answer.
+func (p *peerState) observe(h chunk.Have, now time.Time) {
+	p.have = h
+	p.complete = !slices.Contains(h.Chunks, false)
+	p.fails = 0
+	switch {
+	case slices.Contains(h.Fetching, true):
+		p.idleSince = time.Time{}
+	case p.idleSince.IsZero():
+		p.idleSince = now
+	}
+}
+
+// discover announces the download, finds the peers holding or fetching the blob, and learns
+// its size: from a peer when one knows it, else from the origin. It applies the events of its
+// own requests as they come, like loop after it.
+func (e *engine) discover(ctx context.Context) (int64, error) {
+	hctx, stopHead := context.WithCancel(ctx)
+	defer stopHead()
+	e.spawn(func() event {
+		size, err := e.dl.opts.Origin.HeadBlob(hctx, e.job.registry, e.job.repo, e.job.digest)
+		return headDone{size: size, err: err}
+	})
+	headIn := func() bool { return e.head != nil }
+
+	if e.fleet != nil && e.fleet.Connected() {
+		start := e.clock.Now()
+		// The announce runs alongside the first lookup: nodes starting together that miss
+		// each other in it meet in the second, or when one asks the other what it holds.
+		e.spawn(func() event {
+			pctx, cancel := e.clock.WithTimeout(ctx, provideTimeout)
+			defer cancel()
+			if err := e.fleet.Provide(pctx, e.job.digest); err != nil && ctx.Err() == nil {
+				e.log.Debug("announce failed", "err", err)
+			}
+			return provided{}
+		})
+		if err := e.findNow(ctx); err != nil {
+			return 0, err
+		}
+		if !e.anyPeer() {
+			if wait := start.Add(settle).Sub(e.clock.Now()); wait > 0 {
+				t := e.clock.Timer(wait)
+				err := e.await(ctx, func() bool { return false }, t.C)
+				t.Stop()
+				if err != nil {
+					return 0, err
+				}
+			}
+			if err := e.findNow(ctx); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if size, votes, ok := e.peerSize(); ok {
+		// A peer's word on the size is taken only when the origin cannot confirm it soon: a
+		// lying peer must not size the partial file (and evict the cache for it).
+		t := e.clock.Timer(headGrace)
+		err := e.await(ctx, headIn, t.C)
+		t.Stop()
+		if err != nil {
+			return 0, err
+		}
+		var headErr error
+		if e.head != nil {
+			if e.head.err == nil {
+				return e.head.size, nil
+			}
+			headErr = e.head.err
+		}
+		if e.trustPeerSize(size, votes) {
+			e.log.Debug("origin cannot confirm the size, taking the peers'", "size", size, "peers", votes)
+			return size, nil
+		}
+		if headErr != nil {
+			return 0, fmt.Errorf("size of %s: one peer says %d bytes, too many to take on its word, and the origin: %w", e.job.digest, size, headErr)
+		}
+		e.log.Warn("one peer's size for the blob is too large to take on its word; waiting for the origin", "size", size)
+	}
+	if err := e.await(ctx, headIn, nil); err != nil {
+		return 0, err
+	}
+	if e.head.err != nil {
+		return 0, e.head.err
+	}
+	return e.head.size, nil
+}
+
+// findNow looks the blob up and asks every peer found, and every peer that asked us, what
+// it holds, waiting for the answers.
+func (e *engine) findNow(ctx context.Context) error {
+	e.finding = true
+	e.spawn(func() event {
+		found, err := e.fleet.FindProviders(ctx, e.job.digest, true)
+		return discovered{found: found, err: err}
+	})
+	if err := e.await(ctx, func() bool { return !e.finding && e.probing == 0 }, nil); err != nil {
+		return err
+	}
+	e.lastFind = e.clock.Now()
+	for id, p := range e.peers {
+		if p.have.Chunks != nil && !e.usable(p.have, -1) {
+			delete(e.peers, id)
+		}
+	}
+	return nil
+}
+
+// probe asks peer id what it holds, for discovery.
+func (e *engine) probe(ctx context.Context, id string) {
+	e.probing++
+	e.spawn(func() event {
+		hctx, cancel := e.clock.WithTimeout(ctx, haveTimeout)
+		defer cancel()
+		h, err := e.fleet.Have(hctx, id, e.job.digest)
+		return probed{peer: id, have: h, err: err}
+	})
+}
+
+func (e *engine) takeHints() []string {
+	var out []string
+	for {
+		select {
+		case id := <-e.job.hints:
+			out = append(out, id)
+		default:
+			return out
+		}
+	}
+}
+
+// admit starts tracking peer id, unless it is us, banned, known already or one too many.
+func (e *engine) admit(id string) bool {
+	if id == "" || e.fleet == nil || id == e.fleet.Self() || e.peers[id] != nil || len(e.peers) >= maxPeers || e.dl.Banned(id) {
+		return false
+	}
+	e.peers[id] = &peerState{id: id, found: e.clock.Now()}
+	return true
+}
+
+func (e *engine) anyPeer() bool {
+	for _, p := range e.peers {
+		if p.have.Chunks != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// peerSize is the blob's size as peers report it: the size most of them give, holders of the
+// whole blob counting double, and how many peers gave it.
+func (e *engine) peerSize() (size int64, votes int, ok bool) {
+	weight := make(map[int64]int)
+	count := make(map[int64]int)
+	for _, p := range e.peers {
+		if p.have.Chunks == nil {
+			continue
+		}
+		w := 1
+		if p.complete {
+			w = 2
+		}
+		weight[p.have.Size] += w
+		count[p.have.Size]++
+	}
+	best := -1
+	for s, w := range weight {
+		if w > best || w == best && s < size {
+			size, best = s, w
+		}
+	}
+	return size, count[size], best > 0
+}
+
+// trustPeerSize reports whether a size only peers vouch for may size the partial file: the
+// reservation evicts cached blobs, so one peer alone is believed only for what fits easily.
+func (e *engine) trustPeerSize(size int64, votes int) bool {
+	capacity := e.dl.opts.Store.Stats().Capacity
+	return votes >= 2 || capacity == 0 || size <= capacity/4
+}
+
+// usable reports whether a peer's answer fits this download: same chunk size and, once the
+// size is known, same size. Peers configured with another chunk size cannot exchange chunks
+// with us.
+func (e *engine) usable(h chunk.Have, size int64) bool {
+	return h.ChunkSize == e.cs && (size < 0 || h.Size == size)
+}
+
+// poll asks peer p what it holds now, while the download runs.
+func (e *engine) poll(ctx context.Context, p *peerState) {
+	p.polling = true
+	p.lastPoll = e.clock.Now()
+	id := p.id
+	e.spawn(func() event {
+		hctx, cancel := e.clock.WithTimeout(ctx, haveTimeout)
+		defer cancel()
+		h, err := e.fleet.Have(hctx, id, e.job.digest)
+		return haveAnswer{peer: id, have: h, err: err}
+	})
+}
+
+// forget stops using a peer; a later lookup may bring it back.
+func (e *engine) forget(p *peerState) {
+	if p.active == 0 && !p.polling {
+		delete(e.peers, p.id)
+		return
+	}
+	p.have = chunk.Have{}
+	p.complete = false
+}

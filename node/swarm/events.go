@@ -1,0 +1,155 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+
+	"github.com/shoal-dev/shoal/chunk"
+)
+
+// This file is the engine's events. One goroutine, the one running the engine, owns all of
+// its state; the goroutines it starts only do I/O and report back with an event, which the
+// owner applies. So a download's decisions are made in one place, in the order events came.
+
+// event is something that happened to a download, applied to its engine by the goroutine
+// that owns it.
+type event interface {
+	apply(ctx context.Context, e *engine)
+}
+
+// report carries an event from a goroutine the engine started; last is set on its final
+// report, after which the goroutine has ended (or is about to).
+type report struct {
+	ev   event
+	last bool
+}
+
+// provided: the announce at the start finished.
+type provided struct{}
+
+func (provided) apply(context.Context, *engine) {}
+
+// headDone is the origin's answer to the size asked at the start.
+type headDone struct {
+	size int64
+	err  error
+}
+
+func (ev headDone) apply(_ context.Context, e *engine) { e.head = &ev }
+
+// discovered is the result of a lookup during discovery: every peer found, and every peer
+// that asked us meanwhile, is asked what it holds before the size is decided.
+type discovered struct {
+	found []string
+	err   error
+}
+
+func (ev discovered) apply(ctx context.Context, e *engine) {
+	e.finding = false
+	if ev.err != nil {
+		e.log.Debug("lookup failed", "err", ev.err)
+	}
+	for _, id := range append(ev.found, e.takeHints()...) {
+		e.admit(id)
+	}
+	for _, p := range e.peers {
+		if p.have.Chunks == nil {
+			e.probe(ctx, p.id)
+		}
+	}
+}
+
+// probed is a peer's answer to what it holds, asked during discovery.
+type probed struct {
+	peer string
+	have chunk.Have
+	err  error
+}
+
+func (ev probed) apply(_ context.Context, e *engine) {
+	e.probing--
+	p := e.peers[ev.peer]
+	if p == nil {
+		return
+	}
+	p.lastPoll = e.clock.Now()
+	if ev.err == nil {
+		p.observe(ev.have, p.lastPoll)
+	}
+}
+
+// lookupDone is the result of a lookup while the download runs.
+type lookupDone struct {
+	found []string
+}
+
+func (ev lookupDone) apply(ctx context.Context, e *engine) {
+	e.finding = false
+	e.lastFind = e.clock.Now()
+	for _, id := range ev.found {
+		if e.admit(id) {
+			e.poll(ctx, e.peers[id])
+		}
+	}
+}
+
+// hint: a peer asked us about the blob, so it is most likely fetching it too.
+type hint struct {
+	peer string
+}
+
+func (ev hint) apply(ctx context.Context, e *engine) {
+	if e.admit(ev.peer) {
+		e.poll(ctx, e.peers[ev.peer])
+	}
+}
+
+// haveAnswer is a peer's answer to what it holds, asked while the download runs.
+type haveAnswer struct {
+	peer string
+	have chunk.Have
+	err  error
+}
+
+func (ev haveAnswer) apply(_ context.Context, e *engine) {
+	p := e.peers[ev.peer]
+	if p == nil {
+		return
+	}
+	p.polling = false
+	switch {
+	case ev.err == nil && e.usable(ev.have, e.job.size):
+		p.observe(ev.have, e.clock.Now())
+	case ev.err == nil:
+		e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
+		delete(e.peers, p.id)
+	case errors.Is(ev.err, chunk.ErrBusy):
+		// Serving many of our requests already; the next poll asks again.
+	case errors.Is(ev.err, chunk.ErrNotHeld):
+		// Not started yet, or evicted since: keep asking for a while.
+		p.have = chunk.Have{}
+		if p.fails++; p.fails >= 4*peerFailures {
+			e.forget(p)
+		}
+	default:
+		e.log.Debug("peer did not answer", "peer", p.id, "err", ev.err)
+		if p.fails++; p.fails >= peerFailures {
+			e.forget(p)
+		}
+	}
+}
+
+// originAnswered: the origin answered the first of this download's requests, so the
+// others may start. The request goes on; its end is a requestDone.
+type originAnswered struct{}
+
+func (originAnswered) apply(_ context.Context, e *engine) { e.originAnswered = true }
+
+// requestDone is a chunk request's end: n bytes moved, err why it stopped short.
+type requestDone struct {
+	req *chunkReq
+	n   int64
+	err error
+}
+
+func (ev requestDone) apply(_ context.Context, e *engine) { e.finishRequest(ev.req, ev.n, ev.err) }

@@ -1,0 +1,104 @@
+package swarm
+
+import (
+	"context"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/benbjohnson/clock"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/node/store"
+)
+
+// mockHarness runs a Downloader from o on a mock clock.
+func mockHarness(t *testing.T, o Origin) (*Downloader, *clock.Mock) {
+	t.Helper()
+	st, err := store.Open(store.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("store.Open: %v", err)
+	}
+	clk := clock.NewMock()
+	dl, _ := harnessWith(t, st, Options{Origin: o, Clock: clk})
+	return dl, clk
+}
+
+// readAsync reads all of d in the background; the result comes on the channel.
+func readAsync(t *testing.T, dl *Downloader, d digest.Digest) <-chan error {
+	t.Helper()
+	r, err := dl.Open(context.Background(), "reg", "repo", d)
+	if err != nil {
+		t.Fatalf("Open(%s) = %v", d, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer r.Close()
+		_, err := io.Copy(io.Discard, io.NewSectionReader(r, 0, r.Size()))
+		done <- err
+	}()
+	return done
+}
+
+// TestStallFollowsTheClock: a download in which nothing arrives gives up after stallTimeout
+// of the download's clock, not of the wall's.
+func TestStallFollowsTheClock(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 4*64<<10)
+	o := newFakeOrigin(data)
+	o.gate = make(chan struct{}) // bodies send nothing until the test ends
+	dl, clk := mockHarness(t, o)
+	t.Cleanup(func() { close(o.gate) })
+
+	done := readAsync(t, dl, digest.FromBytes(data))
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "no progress") {
+				t.Fatalf("read of a stalled download = %v, want no progress", err)
+			}
+			return
+		case <-deadline:
+			t.Fatalf("the download did not give up; its clock stands at %v", clk.Now())
+		case <-time.After(10 * time.Millisecond):
+			clk.Add(time.Minute)
+		}
+	}
+}
+
+// TestOriginBackoffFollowsTheClock: after a failed origin request the origin is asked again
+// only once the backoff has passed on the download's clock.
+func TestOriginBackoffFollowsTheClock(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 64<<10)
+	o := newFakeOrigin(data)
+	o.cutOnce = 1000
+	dl, clk := mockHarness(t, o)
+
+	done := readAsync(t, dl, digest.FromBytes(data))
+	// However long the wall clock runs, the mock's does not move: no second request.
+	time.Sleep(300 * time.Millisecond)
+	if offs := o.offsets(); !slices.Equal(offs, []int64{0}) {
+		t.Fatalf("origin offsets before the backoff passed = %v, want [0]", offs)
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("read = %v, want the blob", err)
+			}
+			if offs := o.offsets(); !slices.Equal(offs, []int64{0, 1000}) {
+				t.Errorf("origin offsets = %v, want [0 1000]: one retry, where the first broke", offs)
+			}
+			return
+		case <-deadline:
+			t.Fatal("no retry after the backoff passed")
+		case <-time.After(10 * time.Millisecond):
+			clk.Add(50 * time.Millisecond)
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
+	"github.com/shoal-dev/shoal/internal/backoff"
+)
+
+// This file is what a download reaches beyond this node, the origin registry and the fleet,
+// and the timing of its work with them.
+
+// Origin is the upstream registry a download takes bytes from.
+type Origin interface {
+	// GetBlob returns the blob's bytes from offset (length < 0: to the end) and its total size.
+	GetBlob(ctx context.Context, registry, repo string, d digest.Digest, offset, length int64) (io.ReadCloser, int64, error)
+	// HeadBlob returns the blob's size.
+	HeadBlob(ctx context.Context, registry, repo string, d digest.Digest) (int64, error)
+}
+
+// Fleet is how a download reaches other nodes; the node implements it over p2p.Network.
+type Fleet interface {
+	// Self is this node's peer ID.
+	Self() string
+	// Connected reports whether the node knows any fleet member at all; a lone node does not
+	// look for holders.
+	Connected() bool
+	// Provide announces that this node holds, or is fetching, d.
+	Provide(ctx context.Context, d digest.Digest) error
+	// FindProviders returns the IDs of other peers that announced d; fresh bypasses any cache.
+	FindProviders(ctx context.Context, d digest.Digest, fresh bool) ([]string, error)
+	// Have asks a peer what it holds of d.
+	Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error)
+	// GetChunk copies chunk index of d from peer to w as it arrives.
+	GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error)
+}
+
+// OriginLeaser may be implemented by a Fleet that has a tracker: before a chunk is fetched
+// from the origin, the fleet's tracker is asked for a lease on it, so that at most one node
+// fetches a given chunk from the origin at a time across the whole fleet (without one, nodes
+// split the origin's work among the members they see, which is exact only while every
+// member sees every other).
+type OriginLeaser interface {
+	// LeaseOrigin asks for the lease on chunk index of d (size bytes in chunks of chunkSize).
+	// ok false: another node holds the lease or the chunk; get it from peers. An error: no
+	// tracker could answer, and the chunk is fetched without a lease. While held, the lease
+	// is kept alive; release ends it, done saying the chunk arrived whole.
+	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), ok bool, err error)
+}
+
+// Timing of a download's work with peers.
+const (
+	// settle is how long a download that found no holder waits, at most, before its first
+	// origin request when it has fleet peers: nodes that start on the same blob at the same
+	// moment find each other in that time instead of all asking the origin for the same bytes.
+	settle = 150 * time.Millisecond
+	// pollEvery is how often the bitmap of a peer still downloading is asked for again.
+	pollEvery = 250 * time.Millisecond
+	// findEvery is how often a running download looks for new holders.
+	findEvery = time.Second
+	// haveTimeout bounds one HAVE request; provideTimeout the announce before discovery.
+	haveTimeout    = 2 * time.Second
+	provideTimeout = time.Second
+	// headGrace is how long the origin may take to confirm a size peers gave.
+	headGrace = 500 * time.Millisecond
+	// maxPeers is the most peers one download keeps track of.
+	maxPeers = 32
+	// maxBuffered caps the memory of endgame duplicates, which hold a whole chunk each: at
+	// most this many bytes, and at least one chunk.
+	maxBuffered = 32 << 20
+	// stallTimeout fails a download in which no byte arrived for this long.
+	stallTimeout = 2 * time.Minute
+	// peerFailures is how many failed requests in a row make a download forget a peer.
+	peerFailures = 3
+	// memberGrace is how long a peer that announced the blob but has not yet said what it
+	// holds is taken to be downloading it too.
+	memberGrace = time.Second
+	// busyBackoff is how long a peer that answered busy is left alone.
+	busyBackoff = 200 * time.Millisecond
+)
+
+// Leases.
+const (
+	// leaseTimeout bounds asking for a lease; past it the chunk is fetched without one.
+	leaseTimeout = time.Second
+	// leaseRecheck is how long a chunk leased to another node is left to it before asking
+	// again: by then it has usually arrived there and comes from that peer; if that node
+	// died, its lease runs out and the next ask gets it.
+	leaseRecheck = time.Second
+)
+
+// originBackoff is how long the origin is left alone after failed requests in a row: 100 to
+// 200 ms after the first, doubling up to 1.6 to 3.2 s.
+var originBackoff = backoff.Exponential{Base: 200 * time.Millisecond, Max: 3200 * time.Millisecond, Jitter: 0.5}
+
+// errLeasedElsewhere ends an origin request whose chunk another node has the lease on.
+var errLeasedElsewhere = errors.New("chunk leased to another node")

@@ -1,0 +1,243 @@
+package swarm
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/shoal-dev/shoal/chunk"
+)
+
+// This file is the bookkeeping of requests: what the policy is shown, what a finished
+// request tells of its source (rates, failures, bans).
+
+// chunkReq is one outstanding request for a chunk.
+type chunkReq struct {
+	id       uint64
+	chunk    int
+	peer     string // "" is the origin
+	start    time.Time
+	buffered bool // an endgame duplicate: the chunk is written only if it wins
+	cancel   context.CancelFunc
+}
+
+// schedule starts the requests the policy asks for, then gives up on a download that
+// cannot go on.
+func (e *engine) schedule(ctx context.Context, have []bool) error {
+	inflight := make(map[int]int, len(e.reqs))
+	for r := range e.reqs {
+		inflight[r.chunk]++
+	}
+	for _, r := range e.policy.Next(e.snapshot(have)) {
+		dup := inflight[r.Chunk] > 0
+		inflight[r.Chunk]++
+		e.start(ctx, r, dup)
+	}
+
+	if e.clock.Since(e.progress) > stallTimeout {
+		return fmt.Errorf("no progress for %v", stallTimeout)
+	}
+	if e.originFails >= e.dl.opts.Attempts && !e.peersCanFinish(have) {
+		return e.originErr
+	}
+	return nil
+}
+
+// snapshot describes the download's swarm to the policy.
+func (e *engine) snapshot(have []bool) Snapshot {
+	now := e.clock.Now()
+	snap := Snapshot{
+		Have: have, Readers: e.job.readerChunks(e.cs), Salt: e.job.digest.String(),
+		Leased:          e.leasedChunks(now, len(have)),
+		OriginSlowStart: !e.originAnswered,
+		MaxDuplicates:   int(max(1, maxBuffered/e.cs)),
+	}
+	if e.fleet != nil {
+		snap.Self = e.fleet.Self()
+	}
+	if wait := e.originRetryAt.Sub(now); wait > 0 {
+		snap.OriginBackoff = wait
+	}
+	for r := range e.reqs {
+		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start), Duplicate: r.buffered})
+	}
+	perPeer := e.policy.withDefaults().PerPeer
+	for _, p := range e.peers {
+		if e.dl.Banned(p.id) {
+			continue
+		}
+		if p.have.Chunks == nil {
+			// Announced the blob but cannot say what it has yet: most likely it is starting
+			// to download it too. For a moment it counts as a member, so nodes starting
+			// together split the origin's work from their first request.
+			if now.Sub(p.found) < memberGrace {
+				snap.Peers = append(snap.Peers, PeerView{ID: p.id, Member: true})
+			}
+			continue
+		}
+		active := p.active
+		switch {
+		case now.Before(p.busyUntil):
+			active = perPeer
+		case p.rate == 0:
+			// Slow start: one request to a peer until it has delivered a chunk, so the
+			// first chunk (a waiting client's) does not share the peer's link with others.
+			active = perPeer - 1 + min(active, 1)
+		}
+		pv := PeerView{
+			ID: p.id, Has: p.have.Chunks, Fetching: p.have.Fetching, Active: active, Rate: p.rate,
+			Member: !p.complete,
+		}
+		if !p.idleSince.IsZero() {
+			pv.OriginIdle = now.Sub(p.idleSince)
+		}
+		snap.Peers = append(snap.Peers, pv)
+	}
+	// Map iteration order is random; the policy breaks ties by order, so fix it.
+	slices.SortFunc(snap.Peers, func(a, b PeerView) int { return cmp.Compare(a.ID, b.ID) })
+	return snap
+}
+
+// leasedChunks marks the chunks still left to the node that holds their lease, or returns
+// nil when there are none; expired entries are dropped.
+func (e *engine) leasedChunks(now time.Time, n int) []bool {
+	var out []bool
+	for c, until := range e.leasedElsewhere {
+		if !now.Before(until) || c >= n {
+			delete(e.leasedElsewhere, c)
+			continue
+		}
+		if out == nil {
+			out = make([]bool, n)
+		}
+		out[c] = true
+	}
+	return out
+}
+
+// peersCanFinish reports whether every missing chunk is held or being fetched by some peer.
+func (e *engine) peersCanFinish(have []bool) bool {
+	for c, h := range have {
+		if h {
+			continue
+		}
+		covered := false
+		for _, p := range e.peers {
+			if c < len(p.have.Chunks) && p.have.Chunks[c] || c < len(p.have.Fetching) && p.have.Fetching[c] {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			return false
+		}
+	}
+	return true
+}
+
+// endRequest releases what a finished request held.
+func (e *engine) endRequest(req *chunkReq) {
+	req.cancel()
+	delete(e.reqs, req)
+	if req.peer == "" {
+		e.job.setFetching(req.chunk, false)
+	} else if p := e.peers[req.peer]; p != nil {
+		p.active--
+	}
+	if !req.buffered {
+		e.job.unclaim(req.chunk, req.id)
+	}
+}
+
+// finishRequest accounts for a finished request: rates, suppliers, failures and bans.
+func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
+	e.endRequest(req)
+	if n > 0 {
+		e.progress = e.clock.Now()
+	}
+	if req.peer == "" {
+		switch {
+		case err == nil:
+			e.originFails = 0
+		case errors.Is(err, errLeasedElsewhere):
+			e.leasedElsewhere[req.chunk] = e.clock.Now().Add(leaseRecheck)
+		case errors.Is(err, errSuperseded) || errors.Is(err, context.Canceled):
+		default:
+			// A transfer that moved bytes resumes at once; one that did not backs off.
+			if n > 0 {
+				e.originFails = 0
+			}
+			e.originFails++
+			e.originErr = err
+			e.originRetryAt = e.clock.Now().Add(originBackoff.Delay(e.originFails))
+			e.dl.chunkFailure("origin")
+			e.log.Debug("origin request failed", "chunk", req.chunk, "bytes", n, "err", err)
+		}
+		return
+	}
+	p := e.peers[req.peer]
+	if err == nil {
+		e.dl.Fetched("peer", int(n))
+		e.job.fromPeers.Add(int64(n))
+		e.suppliers[req.peer] = true
+		if p != nil {
+			p.fails = 0
+			if secs := e.clock.Since(req.start).Seconds(); secs > 0 {
+				rate := float64(n) / secs
+				if p.rate == 0 {
+					p.rate = rate
+				} else {
+					p.rate = 0.7*p.rate + 0.3*rate
+				}
+			}
+		}
+		return
+	}
+	switch {
+	case errors.Is(err, errSuperseded) || errors.Is(err, context.Canceled):
+		return
+	case errors.Is(err, chunk.ErrBusy):
+		if p != nil {
+			p.busyUntil = e.clock.Now().Add(busyBackoff + rand.N(busyBackoff))
+		}
+		return
+	case errors.Is(err, chunk.ErrNotHeld):
+		// Its bitmap was stale: forget that chunk until the next answer.
+		e.dl.chunkFailure("not_held")
+		if p != nil && req.chunk < len(p.have.Chunks) {
+			p.have.Chunks[req.chunk] = false
+			p.complete = false
+		}
+		return
+	case errors.Is(err, errChunkVerify):
+		e.dl.chunkFailure("verify")
+		e.dl.Ban(req.peer, err)
+		e.log.Warn("peer sent a chunk that fails its own chunk list; banned", "peer", req.peer, "chunk", req.chunk)
+	case errors.Is(err, chunk.ErrProtocol):
+		e.dl.chunkFailure("protocol")
+		e.dl.Ban(req.peer, err)
+		e.log.Warn("peer broke the chunk protocol; banned", "peer", req.peer, "err", err)
+	default:
+		e.dl.chunkFailure("error")
+		e.log.Debug("chunk request failed", "peer", req.peer, "chunk", req.chunk, "err", err)
+	}
+	if p != nil {
+		if p.fails++; p.fails >= peerFailures || e.dl.Banned(p.id) {
+			e.forget(p)
+		}
+	}
+}
+
+// supplierList is the peers that supplied chunks, for the ban after a digest mismatch.
+func (e *engine) supplierList() []string {
+	out := make([]string, 0, len(e.suppliers))
+	for id := range e.suppliers {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
