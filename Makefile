@@ -37,7 +37,8 @@ fuzz:
 	$(FUZZ) 30000x -fuzz '^FuzzDecodeRequest$$' ./p2p
 	$(FUZZ) 30000x -fuzz '^FuzzReadHave$$' ./p2p
 	$(FUZZ) 30000x -fuzz '^FuzzReadChunk$$' ./p2p
-	$(FUZZ) 50000x -fuzz '^FuzzBootstrapDNSStatus$$' ./node
+	$(FUZZ) 50000x -fuzz '^FuzzBootstrapDNSStatus$$' ./node/fleet
+	$(FUZZ) 50000x -fuzz '^FuzzParseImageRef$$' ./node/prefetch/prefetcher
 
 # lint: gofmt, go vet, and golangci-lint (.golangci.yaml: errcheck, staticcheck, unused,
 # bodyclose, ineffassign) on both modules; scripts/install-tools.sh installs the pinned version.

@@ -240,7 +240,7 @@ func (c *closers) add(f func() error) { *c = append(*c, f) }
 
 func (c closers) run() {
 	for _, f := range slices.Backward(c) {
-		f()
+		_ = f() // New returns the error that made it undo; a second one would hide it
 	}
 }
 

@@ -295,7 +295,7 @@ func TestStatus(t *testing.T) {
 	if saved != float64(pulled) {
 		t.Errorf("shoal_origin_bytes_saved_total = %v after one cached pull of %d bytes", saved, pulled)
 	}
-	resp, body = get(t, "http://"+n.AdminAddr()+"/metrics", nil)
+	_, body = get(t, "http://"+n.AdminAddr()+"/metrics", nil)
 	for _, want := range []string{`shoal_blob_served_bytes_total{source="download"}`, `shoal_blob_fetched_bytes_total{source="origin"}`, "shoal_store_bytes"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)

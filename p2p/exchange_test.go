@@ -284,7 +284,9 @@ func TestExchangeOnHave(t *testing.T) {
 		t.Fatalf("NewStream = %v", err)
 	}
 	defer s.Reset()
-	s.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := s.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	req, err := appendRequest(nil, request{typ: msgHave, digest: "sha256:zz"})
 	if err != nil {
 		t.Fatal(err)
@@ -292,7 +294,9 @@ func TestExchangeOnHave(t *testing.T) {
 	if _, err := s.Write(req); err != nil {
 		t.Fatalf("Write = %v", err)
 	}
-	s.CloseWrite()
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := io.ReadAll(s); err != nil || !bytes.Equal(got, []byte{statusError}) {
 		t.Fatalf("response to an invalid digest = %x, %v, want %x", got, err, []byte{statusError})
 	}
@@ -349,14 +353,16 @@ func TestExchangeRejectsInvalidRequests(t *testing.T) {
 				t.Fatalf("NewStream = %v", err)
 			}
 			defer s.Reset()
-			s.SetDeadline(time.Now().Add(10 * time.Second))
+			if err := s.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
 			if _, err := s.Write(tt.req); err != nil {
 				if tt.want == nil {
 					return // reset while still writing
 				}
 				t.Fatalf("Write = %v", err)
 			}
-			s.CloseWrite()
+			_ = s.CloseWrite() // a server that reset the stream shows in what is read below
 			got, err := io.ReadAll(s)
 			if tt.want == nil {
 				if err == nil {
@@ -467,7 +473,7 @@ func TestExchangeHostilePeer(t *testing.T) {
 			handled := make(chan struct{})
 			sh.SetStreamHandler(ChunkProtocol, func(s network.Stream) {
 				defer close(handled)
-				s.SetDeadline(time.Now().Add(10 * time.Second))
+				_ = s.SetDeadline(time.Now().Add(10 * time.Second)) // best effort: the test's own timeout bounds a hang
 				if _, err := io.ReadAll(s); err != nil {
 					s.Reset()
 					return

@@ -139,7 +139,7 @@ func encodeHave(t testing.TB, h chunk.Have) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	w := bufio.NewWriter(&buf)
-	w.WriteByte(statusOK)
+	_ = w.WriteByte(statusOK) // a bytes.Buffer never fails; Flush below would say so anyway
 	if err := writeHave(w, h); err != nil {
 		t.Fatalf("writeHave(%d bytes, %d chunks) = %v", h.Size, len(h.Chunks), err)
 	}

@@ -280,7 +280,7 @@ func prefetchNodes(ctx context.Context, timeout time.Duration, image string, pla
 				}
 			}
 		}
-		io.WriteString(out.w, b.String())
+		_, _ = io.WriteString(out.w, b.String()) // a terminal that went away has nobody to tell
 	}
 	interval := out.interval
 	if out.tty {

@@ -180,7 +180,9 @@ func harnessWith(t *testing.T, st *store.Store, opts Options) (*Downloader, *sto
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		dl.Run(ctx)
+		if err := dl.Run(ctx); err != nil {
+			t.Errorf("Run = %v", err)
+		}
 		close(done)
 	}()
 	t.Cleanup(func() {

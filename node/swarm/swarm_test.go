@@ -70,7 +70,9 @@ func (f *memFleet) addWithCapacity(t *testing.T, id string, o Origin, capacity i
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		m.dl.Run(ctx)
+		if err := m.dl.Run(ctx); err != nil {
+			t.Errorf("Run = %v", err)
+		}
 		close(done)
 	}()
 	t.Cleanup(func() {
@@ -131,7 +133,9 @@ func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 	if b, err := m.st.Open(d); err == nil {
 		defer b.Close()
 		data := make([]byte, b.Size())
-		b.ReadAt(data, 0)
+		if _, err := b.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+			return chunk.Have{}, err
+		}
 		h := chunk.Have{Size: b.Size(), ChunkSize: 64 << 10}
 		if lie := m.size.Load(); lie > 0 {
 			h.Size = lie
@@ -163,7 +167,9 @@ func (v memView) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 		if off >= b.Size() {
 			return 0, chunk.ErrNotHeld
 		}
-		io.Copy(&buf, io.NewSectionReader(b, off, min(64<<10, b.Size()-off)))
+		if _, err := io.Copy(&buf, io.NewSectionReader(b, off, min(64<<10, b.Size()-off))); err != nil {
+			return 0, err
+		}
 	} else if _, err := m.dl.ReadChunk(d, index, &buf); err != nil {
 		return 0, fmt.Errorf("%w: %w", chunk.ErrNotHeld, err)
 	}
@@ -430,7 +436,9 @@ func TestSwarmChunkList(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		dl.Run(ctx)
+		if err := dl.Run(ctx); err != nil {
+			t.Errorf("Run = %v", err)
+		}
 		close(done)
 	}()
 	defer func() {
@@ -441,7 +449,9 @@ func TestSwarmChunkList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.Copy(io.Discard, io.NewSectionReader(r, 0, r.Size()))
+	if _, err := io.Copy(io.Discard, io.NewSectionReader(r, 0, r.Size())); err != nil {
+		t.Fatal(err)
+	}
 	r.Close()
 	var want []digest.Digest
 	for off := 0; off < len(data); off += 64 << 10 {

@@ -127,7 +127,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error, result
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	w.Write(append(body, '\n'))
+	_, _ = w.Write(append(body, '\n')) // fails only once the client has gone
 }
 
 // parse reads and checks the body: JSON (by Content-Type, so a browser cannot send it
