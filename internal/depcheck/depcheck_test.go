@@ -22,6 +22,7 @@ func TestNetworkBoundary(t *testing.T) {
 	}
 	pkgs := []string{
 		"github.com/shoal-dev/shoal/chunk",
+		"github.com/shoal-dev/shoal/node/announce",
 		"github.com/shoal-dev/shoal/node/mirror",
 		"github.com/shoal-dev/shoal/node/store",
 		"github.com/shoal-dev/shoal/node/prefetch",
