@@ -19,29 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/shoal-dev/shoal/p2p"
+	"github.com/shoal-dev/shoal/p2p/p2ptest"
 	"github.com/shoal-dev/shoal/tracker"
 	"github.com/shoal-dev/shoal/tracker/server"
 )
-
-// testPeer is a node's identity: a real libp2p host and its signer.
-type testPeer struct {
-	addrs  []string
-	signer *p2p.Signer
-}
-
-func newTestPeer(t testing.TB) *testPeer {
-	t.Helper()
-	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	signer, err := p2p.NewSigner(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testPeer{addrs: p2p.Addrs(h), signer: signer}
-}
 
 // fakeTracker checks every POST's signature, records what it was sent, and answers as set.
 type fakeTracker struct {
@@ -149,10 +130,10 @@ func (f *fakeTracker) leaseLog() []tracker.LeaseRequest {
 	return slices.Clone(f.leases)
 }
 
-func newTestClient(t *testing.T, id *testPeer, urls ...string) *Client {
+func newTestClient(t *testing.T, id *p2ptest.Peer, urls ...string) *Client {
 	t.Helper()
 	c, err := New(Options{
-		URLs: urls, Signer: id.signer, PeerAddrs: p2p.PeerAddrs, Addrs: func() []string { return []string{id.addrs[0]} },
+		URLs: urls, Signer: id.Signer, PeerAddrs: p2p.PeerAddrs, Addrs: func() []string { return []string{id.Addrs[0]} },
 		Timeout: 300 * time.Millisecond, Backoff: time.Minute,
 	})
 	if err != nil {
@@ -177,23 +158,23 @@ var clientBlob = digest.FromString("blob a")
 
 func TestClientAnnounceMembers(t *testing.T) {
 	t.Parallel()
-	self, other, third := newTestPeer(t), newTestPeer(t), newTestPeer(t)
+	self, other, third := p2ptest.NewPeer(t), p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 	f := newFakeTracker(t)
 	many := make([]tracker.Member, 0, tracker.MaxMembers+10)
 	for range tracker.MaxMembers + 10 {
-		many = append(many, tracker.Member{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}})
+		many = append(many, tracker.Member{Peer: other.Signer.ID(), Addrs: []string{other.Addrs[0]}})
 	}
 	tests := []struct {
 		name    string
 		members []tracker.Member
 		want    []tracker.Member
 	}{
-		{"valid", []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}, []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}, Done: 5}}},
-		{"bad peer ID", []tracker.Member{{Peer: "not-a-peer", Addrs: []string{other.addrs[0]}}, {Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}, []tracker.Member{{Peer: third.signer.ID(), Addrs: []string{third.addrs[0]}}}},
-		{"addr of another peer", []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{third.addrs[0], other.addrs[0], "/garbage"}}}, []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
-		{"self left out", []tracker.Member{{Peer: self.signer.ID(), Addrs: []string{self.addrs[0]}}}, nil},
-		{"negative done", []tracker.Member{{Peer: other.signer.ID(), Done: -3, Complete: true}}, []tracker.Member{{Peer: other.signer.ID(), Complete: true}}},
-		{"duplicates", many, []tracker.Member{{Peer: other.signer.ID(), Addrs: []string{other.addrs[0]}}}},
+		{"valid", []tracker.Member{{Peer: other.Signer.ID(), Addrs: []string{other.Addrs[0]}, Done: 5}}, []tracker.Member{{Peer: other.Signer.ID(), Addrs: []string{other.Addrs[0]}, Done: 5}}},
+		{"bad peer ID", []tracker.Member{{Peer: "not-a-peer", Addrs: []string{other.Addrs[0]}}, {Peer: third.Signer.ID(), Addrs: []string{third.Addrs[0]}}}, []tracker.Member{{Peer: third.Signer.ID(), Addrs: []string{third.Addrs[0]}}}},
+		{"addr of another peer", []tracker.Member{{Peer: other.Signer.ID(), Addrs: []string{third.Addrs[0], other.Addrs[0], "/garbage"}}}, []tracker.Member{{Peer: other.Signer.ID(), Addrs: []string{other.Addrs[0]}}}},
+		{"self left out", []tracker.Member{{Peer: self.Signer.ID(), Addrs: []string{self.Addrs[0]}}}, nil},
+		{"negative done", []tracker.Member{{Peer: other.Signer.ID(), Done: -3, Complete: true}}, []tracker.Member{{Peer: other.Signer.ID(), Complete: true}}},
+		{"duplicates", many, []tracker.Member{{Peer: other.Signer.ID(), Addrs: []string{other.Addrs[0]}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -215,8 +196,8 @@ func TestClientAnnounceMembers(t *testing.T) {
 	// Too many distinct members: capped.
 	ids := make([]tracker.Member, 0, tracker.MaxMembers+5)
 	for range tracker.MaxMembers + 5 {
-		id := newTestPeer(t)
-		ids = append(ids, tracker.Member{Peer: id.signer.ID(), Addrs: []string{id.addrs[0]}})
+		id := p2ptest.NewPeer(t)
+		ids = append(ids, tracker.Member{Peer: id.Signer.ID(), Addrs: []string{id.Addrs[0]}})
 	}
 	f.set(func(f *fakeTracker) { f.members = ids })
 	c := newTestClient(t, self, f.srv.URL)
@@ -232,8 +213,8 @@ func TestClientAnnounceMembers(t *testing.T) {
 	f.mu.Lock()
 	last := f.announces[len(f.announces)-1]
 	f.mu.Unlock()
-	if last.Peer != self.signer.ID() || !slices.Equal(last.Addrs, []string{self.addrs[0]}) {
-		t.Errorf("announce = %+v, want peer %s addrs [%s]", last, self.signer.ID(), self.addrs[0])
+	if last.Peer != self.Signer.ID() || !slices.Equal(last.Addrs, []string{self.Addrs[0]}) {
+		t.Errorf("announce = %+v, want peer %s addrs [%s]", last, self.Signer.ID(), self.Addrs[0])
 	}
 }
 
@@ -246,7 +227,7 @@ func sameMembers(a, b []tracker.Member) bool {
 func TestClientBatches(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
-	c := newTestClient(t, newTestPeer(t), f.srv.URL)
+	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 	blobs := make([]tracker.BlobState, tracker.MaxBlobs+3)
 	for i := range blobs {
 		blobs[i] = tracker.BlobState{Digest: digest.FromString(fmt.Sprint(i)), Complete: true}
@@ -273,7 +254,7 @@ func TestClientStrictAnswers(t *testing.T) {
 			t.Parallel()
 			f := newFakeTracker(t)
 			f.set(func(f *fakeTracker) { f.raw = raw })
-			c := newTestClient(t, newTestPeer(t), f.srv.URL)
+			c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 			if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); !errors.Is(err, ErrUnavailable) {
 				t.Errorf("Announce answered %s = %v, want ErrUnavailable", name, err)
 			}
@@ -287,7 +268,7 @@ func TestClientBackoff(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
 	f.hang.Store(true)
-	c := newTestClient(t, newTestPeer(t), f.srv.URL)
+	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 	ctx := context.Background()
 	if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Lease from a hanging tracker = %v, want ErrUnavailable", err)
@@ -312,7 +293,7 @@ func TestClientBackoff(t *testing.T) {
 	// A closed port fails fast too, and marks the tracker down.
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close()
-	c2 := newTestClient(t, newTestPeer(t), dead.URL)
+	c2 := newTestClient(t, p2ptest.NewPeer(t), dead.URL)
 	if _, _, err := c2.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Lease from a closed port = %v, want ErrUnavailable", err)
 	}
@@ -321,7 +302,7 @@ func TestClientBackoff(t *testing.T) {
 func TestClientInstanceChange(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
-	c := newTestClient(t, newTestPeer(t), f.srv.URL)
+	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 	ctx := context.Background()
 	for range 2 {
 		if _, err := c.Announce(ctx, []tracker.BlobState{{Digest: clientBlob}}); err != nil {
@@ -348,7 +329,7 @@ func TestClientLeaseRenewRelease(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
 	f.set(func(f *fakeTracker) { f.lease = tracker.LeaseResponse{Granted: true, TTLMillis: 150} })
-	c := newTestClient(t, newTestPeer(t), f.srv.URL)
+	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 	l, _, err := c.Lease(context.Background(), clientBlob, 100, 10, 3)
 	if err != nil || l == nil {
 		t.Fatalf("Lease = %v, %v; want granted", l, err)
@@ -380,9 +361,9 @@ func TestClientLeaseRenewRelease(t *testing.T) {
 
 	// Refused: the holder comes back when it is a peer ID.
 	f2 := newFakeTracker(t)
-	other := newTestPeer(t)
-	c2 := newTestClient(t, newTestPeer(t), f2.srv.URL)
-	for holder, want := range map[string]string{other.signer.ID(): other.signer.ID(), "garbage": ""} {
+	other := p2ptest.NewPeer(t)
+	c2 := newTestClient(t, p2ptest.NewPeer(t), f2.srv.URL)
+	for holder, want := range map[string]string{other.Signer.ID(): other.Signer.ID(), "garbage": ""} {
 		f2.set(func(f *fakeTracker) { f.lease = tracker.LeaseResponse{Holder: holder} })
 		l, got, err := c2.Lease(context.Background(), clientBlob, 100, 10, 0)
 		if l != nil || err != nil || got != want {
@@ -396,8 +377,8 @@ func TestClientLeaseRenewRelease(t *testing.T) {
 func TestClientLeaseRendezvous(t *testing.T) {
 	t.Parallel()
 	a, b := newFakeTracker(t), newFakeTracker(t)
-	c1 := newTestClient(t, newTestPeer(t), a.srv.URL, b.srv.URL)
-	c2 := newTestClient(t, newTestPeer(t), b.srv.URL, a.srv.URL)
+	c1 := newTestClient(t, p2ptest.NewPeer(t), a.srv.URL, b.srv.URL)
+	c2 := newTestClient(t, p2ptest.NewPeer(t), b.srv.URL, a.srv.URL)
 	used := map[*fakeTracker]int{}
 	for i := range 20 {
 		d := digest.FromString(fmt.Sprint("blob ", i))
@@ -460,15 +441,15 @@ func TestClientLeaseRendezvous(t *testing.T) {
 
 func TestClientBootstrap(t *testing.T) {
 	t.Parallel()
-	self, other := newTestPeer(t), newTestPeer(t)
+	self, other := p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 	f := newFakeTracker(t)
 	f.set(func(f *fakeTracker) {
-		f.peers = []string{other.addrs[0], self.addrs[0], "/ip4/1.2.3.4/tcp/1", "nonsense", other.addrs[0]}
+		f.peers = []string{other.Addrs[0], self.Addrs[0], "/ip4/1.2.3.4/tcp/1", "nonsense", other.Addrs[0]}
 	})
 	c := newTestClient(t, self, f.srv.URL)
 	got, err := c.Bootstrap(context.Background())
-	if err != nil || !slices.Equal(got, []string{other.addrs[0]}) {
-		t.Errorf("Bootstrap = %v, %v; want [%s]", got, err, other.addrs[0])
+	if err != nil || !slices.Equal(got, []string{other.Addrs[0]}) {
+		t.Errorf("Bootstrap = %v, %v; want [%s]", got, err, other.Addrs[0])
 	}
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close()
@@ -482,7 +463,7 @@ func TestClientBootstrap(t *testing.T) {
 func TestClientMetrics(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
-	c := newTestClient(t, newTestPeer(t), f.srv.URL)
+	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 	if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); err != nil {
 		t.Fatal(err)
 	}
@@ -513,7 +494,7 @@ func TestClientAgainstServer(t *testing.T) {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	a, b := newTestPeer(t), newTestPeer(t)
+	a, b := p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 	ca, cb := newTestClient(t, a, hs.URL), newTestClient(t, b, hs.URL)
 	ctx := context.Background()
 	state := tracker.BlobState{Digest: clientBlob, Size: 100, ChunkSize: 10, Done: 10}
@@ -521,7 +502,7 @@ func TestClientAgainstServer(t *testing.T) {
 		t.Fatalf("Announce = %v", err)
 	}
 	got, err := cb.Announce(ctx, []tracker.BlobState{state})
-	if err != nil || len(got[clientBlob]) != 1 || got[clientBlob][0].Peer != a.signer.ID() {
+	if err != nil || len(got[clientBlob]) != 1 || got[clientBlob][0].Peer != a.Signer.ID() {
 		t.Fatalf("second node's Announce = %+v, %v; want the first as a member", got, err)
 	}
 	l, _, err := ca.Lease(ctx, clientBlob, 100, 10, 2)
@@ -530,7 +511,7 @@ func TestClientAgainstServer(t *testing.T) {
 	}
 	defer l.Release(false)
 	l2, holder, err := cb.Lease(ctx, clientBlob, 100, 10, 2)
-	if err != nil || l2 != nil || holder != a.signer.ID() {
+	if err != nil || l2 != nil || holder != a.Signer.ID() {
 		t.Errorf("second node's Lease = %v, %q, %v; want refused naming the first", l2, holder, err)
 	}
 	if _, _, err := cb.Lease(ctx, digest.FromString("not announced"), 100, 10, 0); err == nil || errors.Is(err, ErrUnavailable) {
@@ -542,7 +523,7 @@ func TestClientAgainstServer(t *testing.T) {
 // from Options.Backoff up to 30 s, and an answer ends it.
 func TestClientBackoffWaits(t *testing.T) {
 	t.Parallel()
-	c, err := New(Options{URLs: []string{"http://tracker"}, Signer: newTestPeer(t).signer, PeerAddrs: p2p.PeerAddrs})
+	c, err := New(Options{URLs: []string{"http://tracker"}, Signer: p2ptest.NewPeer(t).Signer, PeerAddrs: p2p.PeerAddrs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -568,7 +549,7 @@ func TestClientBackoffWaits(t *testing.T) {
 
 func TestNewChecksOptions(t *testing.T) {
 	t.Parallel()
-	signer := newTestPeer(t).signer
+	signer := p2ptest.NewPeer(t).Signer
 	for name, o := range map[string]Options{
 		"no URL":             {Signer: signer, PeerAddrs: p2p.PeerAddrs},
 		"bad URL":            {URLs: []string{"tracker:5090"}, Signer: signer, PeerAddrs: p2p.PeerAddrs},

@@ -15,29 +15,9 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/p2p"
+	"github.com/shoal-dev/shoal/p2p/p2ptest"
 	"github.com/shoal-dev/shoal/tracker"
 )
-
-// testPeer is a node's identity: a real libp2p host and its signer.
-type testPeer struct {
-	id     string
-	addrs  []string
-	signer *p2p.Signer
-}
-
-func newTestPeer(t testing.TB) *testPeer {
-	t.Helper()
-	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	signer, err := p2p.NewSigner(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testPeer{id: signer.ID(), addrs: p2p.Addrs(h), signer: signer}
-}
 
 // newHTTPTracker serves a tracker with default options over real HTTP.
 func newHTTPTracker(t *testing.T) *httptest.Server {
@@ -101,20 +81,20 @@ func (tt *testTracker) get(t *testing.T, path string, v any) {
 }
 
 // post signs v as p and returns the recorded answer.
-func (tt *testTracker) post(t *testing.T, p *testPeer, path string, v any) *httptest.ResponseRecorder {
+func (tt *testTracker) post(t *testing.T, p *p2ptest.Peer, path string, v any) *httptest.ResponseRecorder {
 	t.Helper()
 	body, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tt.serve(signedRequest(t, "", path, p.signer, body))
+	return tt.serve(signedRequest(t, "", path, p.Signer, body))
 }
 
-func (tt *testTracker) announce(t *testing.T, p *testPeer, blobs ...tracker.BlobState) tracker.AnnounceResponse {
+func (tt *testTracker) announce(t *testing.T, p *p2ptest.Peer, blobs ...tracker.BlobState) tracker.AnnounceResponse {
 	t.Helper()
-	rec := tt.post(t, p, tracker.PathAnnounce, tracker.AnnounceRequest{Peer: p.id, Addrs: p.addrs, Time: tt.clock.Now().UnixMilli(), Blobs: blobs})
+	rec := tt.post(t, p, tracker.PathAnnounce, tracker.AnnounceRequest{Peer: p.ID, Addrs: p.Addrs, Time: tt.clock.Now().UnixMilli(), Blobs: blobs})
 	if rec.Code != http.StatusOK {
-		t.Fatalf("announce by %s = %d %s", p.id, rec.Code, rec.Body)
+		t.Fatalf("announce by %s = %d %s", p.ID, rec.Code, rec.Body)
 	}
 	var resp tracker.AnnounceResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
@@ -123,11 +103,11 @@ func (tt *testTracker) announce(t *testing.T, p *testPeer, blobs ...tracker.Blob
 	return resp
 }
 
-func (tt *testTracker) lease(t *testing.T, p *testPeer, chunk int, release, done bool) tracker.LeaseResponse {
+func (tt *testTracker) lease(t *testing.T, p *p2ptest.Peer, chunk int, release, done bool) tracker.LeaseResponse {
 	t.Helper()
-	rec := tt.post(t, p, tracker.PathLease, tracker.LeaseRequest{Peer: p.id, Time: tt.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk, Release: release, Done: done})
+	rec := tt.post(t, p, tracker.PathLease, tracker.LeaseRequest{Peer: p.ID, Time: tt.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: chunk, Release: release, Done: done})
 	if rec.Code != http.StatusOK {
-		t.Fatalf("lease by %s = %d %s", p.id, rec.Code, rec.Body)
+		t.Fatalf("lease by %s = %d %s", p.ID, rec.Code, rec.Body)
 	}
 	var resp tracker.LeaseResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
@@ -148,7 +128,7 @@ func membersOf(resp tracker.AnnounceResponse, d digest.Digest) []tracker.Member 
 func TestServerAnnounce(t *testing.T) {
 	t.Parallel()
 	tr := newTestTracker(t)
-	a, b := newTestPeer(t), newTestPeer(t)
+	a, b := p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 
 	resp := tr.announce(t, a, downloading(blobA, 0))
 	if resp.Instance != tr.Instance() || len(resp.Instance) < 16 {
@@ -158,11 +138,11 @@ func TestServerAnnounce(t *testing.T) {
 		t.Fatalf("A alone sees %+v, want an empty list", ms)
 	}
 	ms := membersOf(tr.announce(t, b, downloading(blobA, 1<<20)), blobA)
-	if len(ms) != 1 || ms[0].Peer != a.id || !slices.Equal(ms[0].Addrs, a.addrs) {
+	if len(ms) != 1 || ms[0].Peer != a.ID || !slices.Equal(ms[0].Addrs, a.Addrs) {
 		t.Fatalf("B sees %+v, want A with its addrs", ms)
 	}
 	ms = membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA)
-	if len(ms) != 1 || ms[0].Peer != b.id || ms[0].Done != 1<<20 {
+	if len(ms) != 1 || ms[0].Peer != b.ID || ms[0].Done != 1<<20 {
 		t.Fatalf("A sees %+v, want B with 1 MiB done", ms)
 	}
 
@@ -189,14 +169,14 @@ func TestServerAnnounce(t *testing.T) {
 func TestServerLeaseHandOver(t *testing.T) {
 	t.Parallel()
 	tr := newTestTracker(t)
-	a, b := newTestPeer(t), newTestPeer(t)
+	a, b := p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 	tr.announce(t, a, downloading(blobA, 0))
 	tr.announce(t, b, downloading(blobA, 0))
 
 	if resp := tr.lease(t, a, 0, false, false); !resp.Granted || resp.TTLMillis != tracker.LeaseTTL.Milliseconds() {
 		t.Fatalf("A's lease = %+v, want granted", resp)
 	}
-	if resp := tr.lease(t, b, 0, false, false); resp.Granted || resp.Holder != a.id {
+	if resp := tr.lease(t, b, 0, false, false); resp.Granted || resp.Holder != a.ID {
 		t.Fatalf("B's lease = %+v, want holder A", resp)
 	}
 	tr.clock.Advance(tracker.LeaseTTL / 2)
@@ -215,10 +195,10 @@ func TestServerLeaseHandOver(t *testing.T) {
 	}
 
 	// Done chunks are not leased again while their member stays.
-	c := newTestPeer(t)
+	c := p2ptest.NewPeer(t)
 	tr.announce(t, c, downloading(blobA, 0))
 	tr.lease(t, b, 0, true, true)
-	if resp := tr.lease(t, c, 0, false, false); resp.Granted || resp.Holder != b.id {
+	if resp := tr.lease(t, c, 0, false, false); resp.Granted || resp.Holder != b.ID {
 		t.Fatalf("lease of B's done chunk = %+v, want holder B", resp)
 	}
 	// B leaves: the chunk can be leased again.
@@ -239,11 +219,11 @@ func TestServerLeaseHandOver(t *testing.T) {
 type badCase struct {
 	name     string
 	path     string
-	body     string    // JSON; PEER and NOW are replaced
-	signer   *testPeer // nil: the sender
-	header   *testPeer // whose ID goes in HeaderPeer; nil: the signer
-	bodyPeer *testPeer // whose ID replaces PEER; nil: the signer
-	signPath string    // path signed; "": path
+	body     string        // JSON; PEER and NOW are replaced
+	signer   *p2ptest.Peer // nil: the sender
+	header   *p2ptest.Peer // whose ID goes in HeaderPeer; nil: the signer
+	bodyPeer *p2ptest.Peer // whose ID replaces PEER; nil: the signer
+	signPath string        // path signed; "": path
 	tamper   func([]byte) []byte
 	noSig    bool
 	want     int
@@ -252,12 +232,12 @@ type badCase struct {
 func TestServerRefusesBadRequests(t *testing.T) {
 	t.Parallel()
 	tr := newTestTracker(t)
-	a, other := newTestPeer(t), newTestPeer(t)
+	a, other := p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 	tr.announce(t, a, downloading(blobA, 0))
 	tr.lease(t, a, 1, false, false)
 
 	now := tr.clock.Now()
-	addr := a.addrs[0]
+	addr := a.Addrs[0]
 	blob := func(extra string) string {
 		return fmt.Sprintf(`{"peer":"PEER","addrs":[%q],"time":NOW,"blobs":[{"digest":%q%s}]}`, addr, blobB, extra)
 	}
@@ -294,7 +274,7 @@ func TestServerRefusesBadRequests(t *testing.T) {
 		{name: "done over size", path: tracker.PathAnnounce, body: blob(`,"size":10,"done":11`), want: 400},
 		{name: "bad multiaddr", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/300.1.1.1/tcp/1/p2p/PEER"],"time":NOW}`, want: 400},
 		{name: "addr without peer", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["/ip4/10.1.1.1/tcp/1"],"time":NOW}`, want: 400},
-		{name: "addr of another peer", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["` + other.addrs[0] + `"],"time":NOW}`, want: 400},
+		{name: "addr of another peer", path: tracker.PathAnnounce, body: `{"peer":"PEER","addrs":["` + other.Addrs[0] + `"],"time":NOW}`, want: 400},
 		{name: "missing signature", path: tracker.PathAnnounce, body: blob(``), noSig: true, want: 401},
 		{name: "signed by another key", path: tracker.PathAnnounce, body: blob(``), signer: other, header: a, want: 401},
 		{name: "body changed after signing", path: tracker.PathAnnounce, body: blob(`,"size":10`), tamper: func(b []byte) []byte { return bytes.Replace(b, []byte(`"size":10`), []byte(`"size":20`), 1) }, want: 401},
@@ -338,15 +318,15 @@ func TestServerRefusesBadRequests(t *testing.T) {
 		if bodyPeer == nil {
 			bodyPeer = signer
 		}
-		body := strings.ReplaceAll(tc.body, "PEER", bodyPeer.id)
+		body := strings.ReplaceAll(tc.body, "PEER", bodyPeer.ID)
 		body = strings.ReplaceAll(body, "NOW", fmt.Sprint(now.UnixMilli()))
 		signPath := tc.signPath
 		if signPath == "" {
 			signPath = tc.path
 		}
-		req := signedRequest(t, "", signPath, signer.signer, []byte(body))
+		req := signedRequest(t, "", signPath, signer.Signer, []byte(body))
 		req.URL.Path = tc.path
-		req.Header.Set(tracker.HeaderPeer, header.id)
+		req.Header.Set(tracker.HeaderPeer, header.ID)
 		if tc.tamper != nil {
 			req.Body = io.NopCloser(bytes.NewReader(tc.tamper([]byte(body))))
 		}
@@ -379,14 +359,14 @@ func TestServerRefusesBadRequests(t *testing.T) {
 func TestServerForgedRequestsInventNothing(t *testing.T) {
 	t.Parallel()
 	tr := newTestTracker(t)
-	a, mallory, victim := newTestPeer(t), newTestPeer(t), newTestPeer(t)
+	a, mallory, victim := p2ptest.NewPeer(t), p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 	tr.announce(t, a, downloading(blobA, 0))
 
 	// Mallory announces in the victim's name, with the victim's or her own addrs.
-	for _, addrs := range [][]string{victim.addrs, mallory.addrs} {
-		body, _ := json.Marshal(tracker.AnnounceRequest{Peer: victim.id, Addrs: addrs, Time: tr.clock.Now().UnixMilli(), Blobs: []tracker.BlobState{holding(blobA)}})
-		req := signedRequest(t, "", tracker.PathAnnounce, mallory.signer, body)
-		req.Header.Set(tracker.HeaderPeer, victim.id)
+	for _, addrs := range [][]string{victim.Addrs, mallory.Addrs} {
+		body, _ := json.Marshal(tracker.AnnounceRequest{Peer: victim.ID, Addrs: addrs, Time: tr.clock.Now().UnixMilli(), Blobs: []tracker.BlobState{holding(blobA)}})
+		req := signedRequest(t, "", tracker.PathAnnounce, mallory.Signer, body)
+		req.Header.Set(tracker.HeaderPeer, victim.ID)
 		if rec := tr.serve(req); rec.Code != http.StatusUnauthorized {
 			t.Fatalf("announce in another's name = %d, want 401", rec.Code)
 		}
@@ -394,16 +374,16 @@ func TestServerForgedRequestsInventNothing(t *testing.T) {
 	// Mallory, not a member, leases every chunk, and releases them as done.
 	for i := range 3 {
 		for _, release := range []bool{false, true} {
-			rec := tr.post(t, mallory, tracker.PathLease, tracker.LeaseRequest{Peer: mallory.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: i, Release: release, Done: release})
+			rec := tr.post(t, mallory, tracker.PathLease, tracker.LeaseRequest{Peer: mallory.ID, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: i, Release: release, Done: release})
 			if rec.Code != http.StatusConflict {
 				t.Fatalf("lease by a non-member = %d, want 409", rec.Code)
 			}
 		}
 	}
 	// A lease in the victim's name, signed by Mallory.
-	body, _ := json.Marshal(tracker.LeaseRequest{Peer: a.id, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk})
-	req := signedRequest(t, "", tracker.PathLease, mallory.signer, body)
-	req.Header.Set(tracker.HeaderPeer, a.id)
+	body, _ := json.Marshal(tracker.LeaseRequest{Peer: a.ID, Time: tr.clock.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk})
+	req := signedRequest(t, "", tracker.PathLease, mallory.Signer, body)
+	req.Header.Set(tracker.HeaderPeer, a.ID)
 	if rec := tr.serve(req); rec.Code != http.StatusUnauthorized {
 		t.Fatalf("lease in another's name = %d, want 401", rec.Code)
 	}
@@ -418,7 +398,7 @@ func TestServerForgedRequestsInventNothing(t *testing.T) {
 	}
 	var boot tracker.BootstrapResponse
 	tr.get(t, tracker.PathBootstrap, &boot)
-	if want := append(slices.Clone(tr.self), a.addrs...); !slices.Equal(boot.Peers, want) {
+	if want := append(slices.Clone(tr.self), a.Addrs...); !slices.Equal(boot.Peers, want) {
 		t.Fatalf("GET /bootstrap = %q, want %q", boot.Peers, want)
 	}
 }
@@ -431,10 +411,10 @@ func TestServerBootstrap(t *testing.T) {
 	if !slices.Equal(boot.Peers, tr.self) {
 		t.Fatalf("empty tracker: GET /bootstrap = %q, want its own addrs %q", boot.Peers, tr.self)
 	}
-	a := newTestPeer(t)
+	a := p2ptest.NewPeer(t)
 	tr.announce(t, a) // no blobs yet: still a peer to join through
 	tr.get(t, tracker.PathBootstrap, &boot)
-	if len(boot.Peers) != len(tr.self)+len(a.addrs) || boot.Peers[0] != tr.self[0] || !slices.Contains(boot.Peers, a.addrs[0]) {
+	if len(boot.Peers) != len(tr.self)+len(a.Addrs) || boot.Peers[0] != tr.self[0] || !slices.Contains(boot.Peers, a.Addrs[0]) {
 		t.Fatalf("GET /bootstrap = %q, want the tracker's addrs then A's", boot.Peers)
 	}
 	tr.clock.Advance(tracker.HolderTTL + time.Second)
@@ -447,7 +427,7 @@ func TestServerBootstrap(t *testing.T) {
 func TestServerMetricsAndHealth(t *testing.T) {
 	t.Parallel()
 	tr := newTestTracker(t)
-	a := newTestPeer(t)
+	a := p2ptest.NewPeer(t)
 	tr.announce(t, a, downloading(blobA, 0))
 	tr.lease(t, a, 0, false, false)
 	tr.serve(httptest.NewRequest(http.MethodPost, tracker.PathAnnounce, strings.NewReader("{}")))
@@ -481,10 +461,10 @@ func TestServerMetricsAndHealth(t *testing.T) {
 func TestServerAcceptsNodeSigner(t *testing.T) {
 	t.Parallel()
 	srv := newHTTPTracker(t)
-	a := newTestPeer(t)
+	a := p2ptest.NewPeer(t)
 	do := func(path string, v any) []byte {
 		body, _ := json.Marshal(v)
-		resp, err := srv.Client().Do(signedRequest(t, srv.URL, path, a.signer, body))
+		resp, err := srv.Client().Do(signedRequest(t, srv.URL, path, a.Signer, body))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -495,9 +475,9 @@ func TestServerAcceptsNodeSigner(t *testing.T) {
 		}
 		return out
 	}
-	do(tracker.PathAnnounce, tracker.AnnounceRequest{Peer: a.id, Addrs: a.addrs, Time: time.Now().UnixMilli(), Blobs: []tracker.BlobState{downloading(blobA, 0)}})
+	do(tracker.PathAnnounce, tracker.AnnounceRequest{Peer: a.ID, Addrs: a.Addrs, Time: time.Now().UnixMilli(), Blobs: []tracker.BlobState{downloading(blobA, 0)}})
 	var lease tracker.LeaseResponse
-	if err := json.Unmarshal(do(tracker.PathLease, tracker.LeaseRequest{Peer: a.id, Time: time.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 2}), &lease); err != nil {
+	if err := json.Unmarshal(do(tracker.PathLease, tracker.LeaseRequest{Peer: a.ID, Time: time.Now().UnixMilli(), Digest: blobA, Size: testSize, ChunkSize: testChunk, Chunk: 2}), &lease); err != nil {
 		t.Fatalf("lease answer: %v", err)
 	}
 	if !lease.Granted {
@@ -512,7 +492,7 @@ func FuzzServerAnnounce(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	signer := newTestPeer(f).signer
+	signer := p2ptest.NewPeer(f).Signer
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, path := range []string{tracker.PathAnnounce, tracker.PathLease} {
 			rec := httptest.NewRecorder()
