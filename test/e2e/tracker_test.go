@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/shoal-dev/shoal/p2p"
+
+	"github.com/shoal-dev/shoal/p2p/p2ptest"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 	"github.com/shoal-dev/shoal/tracker"
 )
@@ -192,7 +193,7 @@ func waitPeers(t *testing.T, ctx context.Context, nodes []*harness.Node, min int
 func TestTrackerBadInput(t *testing.T) {
 	t.Parallel()
 	tr := harness.StartTracker(t, harness.TrackerOptions{})
-	a, b := newTrackerSigner(t), newTrackerSigner(t)
+	a, b := p2ptest.NewPeer(t), p2ptest.NewPeer(t)
 	blob := digest.FromString("bad input")
 	announce := func(peer string, addrs []string) []byte {
 		body, err := json.Marshal(tracker.AnnounceRequest{
@@ -204,23 +205,23 @@ func TestTrackerBadInput(t *testing.T) {
 		}
 		return body
 	}
-	lease, _ := json.Marshal(tracker.LeaseRequest{Peer: b.s.ID(), Time: time.Now().UnixMilli(), Digest: blob, Size: 100, ChunkSize: 10, Chunk: 0})
+	lease, _ := json.Marshal(tracker.LeaseRequest{Peer: b.ID, Time: time.Now().UnixMilli(), Digest: blob, Size: 100, ChunkSize: 10, Chunk: 0})
 	huge := append([]byte(`{"peer":"`), bytes.Repeat([]byte("x"), tracker.MaxBody+1)...)
 	cases := []struct {
 		name   string
 		path   string
-		signer *trackerSigner // nil: unsigned
-		header string         // Shoal-Peer, if not the signer's
+		signer *p2ptest.Peer // nil: unsigned
+		header string        // Shoal-Peer, if not the signer's
 		body   []byte
 		tamper bool // change the body after signing
 	}{
-		{"unsigned", tracker.PathAnnounce, nil, "", announce(a.s.ID(), a.addrs), false},
+		{"unsigned", tracker.PathAnnounce, nil, "", announce(a.ID, a.Addrs), false},
 		{"not JSON", tracker.PathAnnounce, a, "", []byte("announce everything"), false},
-		{"unknown field", tracker.PathAnnounce, a, "", []byte(`{"peer":"` + a.s.ID() + `","evil":1}`), false},
+		{"unknown field", tracker.PathAnnounce, a, "", []byte(`{"peer":"` + a.ID + `","evil":1}`), false},
 		{"huge", tracker.PathAnnounce, a, "", huge, false},
-		{"body changed after signing", tracker.PathAnnounce, a, "", announce(a.s.ID(), a.addrs), true},
-		{"signed by one peer, in another's name", tracker.PathAnnounce, a, b.s.ID(), announce(b.s.ID(), b.addrs), false},
-		{"addresses of another peer", tracker.PathAnnounce, a, "", announce(a.s.ID(), b.addrs), false},
+		{"body changed after signing", tracker.PathAnnounce, a, "", announce(a.ID, a.Addrs), true},
+		{"signed by one peer, in another's name", tracker.PathAnnounce, a, b.ID, announce(b.ID, b.Addrs), false},
+		{"addresses of another peer", tracker.PathAnnounce, a, "", announce(a.ID, b.Addrs), false},
 		{"lease from a peer in no swarm", tracker.PathLease, b, "", lease, false},
 	}
 	for _, c := range cases {
@@ -230,7 +231,7 @@ func TestTrackerBadInput(t *testing.T) {
 		}
 		req.Header.Set("Content-Type", "application/json")
 		if c.signer != nil {
-			if err := tracker.Sign(req, c.signer.s, c.body); err != nil {
+			if err := tracker.Sign(req, c.signer.Signer, c.body); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -260,9 +261,9 @@ func TestTrackerBadInput(t *testing.T) {
 		t.Errorf("after refused requests only, /swarms = %+v, want nothing", sw.Swarms)
 	}
 	// Still serving: a well-formed, signed announce is taken.
-	body := announce(a.s.ID(), a.addrs)
+	body := announce(a.ID, a.Addrs)
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, tr.URL+tracker.PathAnnounce, bytes.NewReader(body))
-	if err := tracker.Sign(req, a.s, body); err != nil {
+	if err := tracker.Sign(req, a.Signer, body); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -276,24 +277,4 @@ func TestTrackerBadInput(t *testing.T) {
 	if sw, err = tr.Swarms(t.Context()); err != nil || len(sw.Swarms) != 1 || sw.Swarms[0].Members != 1 {
 		t.Errorf("after one good announce, /swarms = %+v (%v), want one swarm of one member", sw.Swarms, err)
 	}
-}
-
-// trackerSigner is a libp2p identity, as a node has, and an address of it.
-type trackerSigner struct {
-	s     *p2p.Signer
-	addrs []string
-}
-
-func newTrackerSigner(t *testing.T) *trackerSigner {
-	t.Helper()
-	h, err := p2p.NewHost(p2p.HostOptions{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	s, err := p2p.NewSigner(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &trackerSigner{s: s, addrs: p2p.Addrs(h)}
 }
