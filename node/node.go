@@ -139,7 +139,6 @@ func New(cfg Config) (*Node, error) {
 		OnChunkList: n.fleet.KeepChunkList,
 		OnCommit:    n.fleet.Announce,
 	})
-	n.tracker.Follow(n.store, n.downloader)
 	uploaded := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "shoal_chunk_uploaded_bytes_total", Help: "Chunk bytes sent to peers.",
 	})
@@ -275,7 +274,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return n.downloader.Run(ctx) })
 	g.Go(func() error { return n.fleet.Run(ctx) })
-	g.Go(func() error { return n.tracker.Run(ctx) })
+	g.Go(func() error { return n.tracker.Run(ctx, n.store, n.downloader) })
 	g.Go(func() error { return serve.HTTP(ctx, n.registry, n.registryLn) })
 	if n.adminLn != nil {
 		g.Go(func() error { return serve.HTTP(ctx, n.admin, n.adminLn) })

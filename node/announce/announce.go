@@ -27,18 +27,32 @@ type Announcer interface {
 	// first; fresh asks the trackers now unless they answered about d lately.
 	Providers(ctx context.Context, d digest.Digest, fresh bool, dht func(context.Context) ([]string, error)) ([]string, error)
 	// Lease asks for the origin lease on a chunk; see swarm.OriginLeaser.
-	Lease(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(bool), ok bool, err error)
+	Lease(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(bool), holder string, ok bool, err error)
 	// Bootstrap returns peers to join the fleet through.
 	Bootstrap(ctx context.Context) ([]string, error)
-	// Follow gives the announcer what it reports on. The store and the downloader are built
-	// after it (the store tells it of evictions, the downloads ask it for members), so this
-	// is the one step that comes later; it must precede Run and every download.
-	Follow(s *store.Store, dl *swarm.Downloader)
-	// Run announces until ctx ends.
-	Run(ctx context.Context) error
+	// Run announces what held holds and what running fetches, until ctx ends. They come
+	// here, not to a constructor, because they are built after the announcer: the store
+	// tells it of evictions, and downloads ask it for members and leases.
+	Run(ctx context.Context, held Held, running Running) error
 	// Close releases what the announcer holds.
 	Close()
 }
+
+// Held is the store as the announcer reads it; *store.Store is one.
+type Held interface {
+	Walk(fn func(store.Info) bool)
+	Stat(d digest.Digest) (store.Info, error)
+}
+
+// Running is the downloader as the announcer reads it; *swarm.Downloader is one.
+type Running interface {
+	Downloads() []swarm.DownloadStatus
+}
+
+var (
+	_ Held    = (*store.Store)(nil)
+	_ Running = (*swarm.Downloader)(nil)
+)
 
 // Disabled is the Announcer of a node without trackers.
 type Disabled struct{}
@@ -55,13 +69,12 @@ func (Disabled) Providers(ctx context.Context, _ digest.Digest, _ bool, dht func
 }
 
 // Lease fails with ErrDisabled: the chunk is fetched without a lease.
-func (Disabled) Lease(context.Context, digest.Digest, int64, int64, int) (func(bool), bool, error) {
-	return nil, false, ErrDisabled
+func (Disabled) Lease(context.Context, digest.Digest, int64, int64, int) (func(bool), string, bool, error) {
+	return nil, "", false, ErrDisabled
 }
 
 // Bootstrap fails with ErrDisabled.
 func (Disabled) Bootstrap(context.Context) ([]string, error) { return nil, ErrDisabled }
 
-func (Disabled) Follow(*store.Store, *swarm.Downloader) {}
-func (Disabled) Run(context.Context) error              { return nil }
-func (Disabled) Close()                                 {}
+func (Disabled) Run(context.Context, Held, Running) error { return nil }
+func (Disabled) Close()                                   {}

@@ -43,17 +43,16 @@ type Options struct {
 type Tracker struct {
 	client *trackerclient.Client
 	peers  AddrBook
-	dl     *swarm.Downloader // set by Follow
-	store  *store.Store      // set by Follow
 	cs     int64
 	log    *slog.Logger
 	kick   chan struct{}
 	flight singleflight.Group // announces of one download running now
 
 	mu       sync.Mutex
-	pending  map[digest.Digest]blobEvent // to announce at the next pass
-	running  map[digest.Digest]bool      // downloads announced as running
-	answered map[digest.Digest]time.Time // the last answer about each running download
+	pending  map[digest.Digest]blobEvent         // to announce at the next pass
+	running  map[digest.Digest]bool              // downloads announced as running
+	answered map[digest.Digest]time.Time         // the last answer about each running download
+	last     map[digest.Digest]tracker.BlobState // each running download as last announced
 }
 
 // blobEvent is what happened to a blob that the trackers hear of at once.
@@ -65,7 +64,7 @@ const (
 	blobGone
 )
 
-// New returns the announcer of o.Client's trackers; call Follow, then Run.
+// New returns the announcer of o.Client's trackers; Run announces.
 func New(o Options) *Tracker {
 	log := o.Logger
 	if log == nil {
@@ -77,11 +76,9 @@ func New(o Options) *Tracker {
 		pending:  make(map[digest.Digest]blobEvent),
 		running:  make(map[digest.Digest]bool),
 		answered: make(map[digest.Digest]time.Time),
+		last:     make(map[digest.Digest]tracker.BlobState),
 	}
 }
-
-// Follow sets the store and the downloader whose blobs are announced.
-func (t *Tracker) Follow(s *store.Store, dl *swarm.Downloader) { t.store, t.dl = s, dl }
 
 // Close stops the client's lease renewals and background requests.
 func (t *Tracker) Close() { t.client.Close() }
@@ -104,8 +101,8 @@ func (t *Tracker) event(d digest.Digest, e blobEvent) {
 	}
 }
 
-// Run announces to the trackers until ctx ends.
-func (t *Tracker) Run(ctx context.Context) error {
+// Run announces to the trackers what held holds and running fetches, until ctx ends.
+func (t *Tracker) Run(ctx context.Context, held Held, running Running) error {
 	downloads := time.NewTicker(tracker.AnnounceDownload)
 	defer downloads.Stop()
 	holding := time.NewTicker(tracker.AnnounceHolding)
@@ -115,33 +112,33 @@ func (t *Tracker) Run(ctx context.Context) error {
 	// them: a tracker that comes back is not left without the holders for a minute, nor
 	// without the commits and evictions the failed announce carried.
 	var retry <-chan time.Time
-	held := func() {
+	announceHeld := func() {
 		retry = nil
-		if !t.announceHeld(ctx) {
+		if !t.announceHeld(ctx, held) {
 			retry = time.After(heldRetry)
 		}
 	}
-	running := func() {
-		if !t.announceRunning(ctx) && retry == nil {
+	announceRunning := func() {
+		if !t.announceRunning(ctx, held, running) && retry == nil {
 			retry = time.After(heldRetry)
 		}
 	}
-	held()
+	announceHeld()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.kick:
-			running()
+			announceRunning()
 		case <-downloads.C:
-			running()
+			announceRunning()
 		case <-holding.C:
-			held()
+			announceHeld()
 		case <-retry:
-			held()
+			announceHeld()
 		case <-t.client.Restarted():
-			held()
-			running()
+			announceHeld()
+			announceRunning()
 		}
 	}
 }
@@ -158,9 +155,9 @@ func (t *Tracker) state(s swarm.DownloadStatus) tracker.BlobState {
 	return b
 }
 
-// held is d's BlobState when the store holds it, or false.
-func (t *Tracker) held(d digest.Digest) (tracker.BlobState, bool) {
-	info, err := t.store.Stat(d)
+// holding is d's BlobState when held holds it, or false.
+func (t *Tracker) holding(held Held, d digest.Digest) (tracker.BlobState, bool) {
+	info, err := held.Stat(d)
 	if err != nil {
 		return tracker.BlobState{}, false
 	}
@@ -176,9 +173,9 @@ func (t *Tracker) complete(info store.Info) tracker.BlobState {
 // since the last pass: downloads started, blobs committed, evicted, or whose download ended
 // without a commit (gone). It reports false when there was something to announce and no
 // tracker took it.
-func (t *Tracker) announceRunning(ctx context.Context) bool {
+func (t *Tracker) announceRunning(ctx context.Context, held Held, running Running) bool {
 	now := make(map[digest.Digest]tracker.BlobState)
-	for _, s := range t.dl.Downloads() {
+	for _, s := range running.Downloads() {
 		now[s.Digest] = t.state(s)
 	}
 	t.mu.Lock()
@@ -195,7 +192,7 @@ func (t *Tracker) announceRunning(ctx context.Context) bool {
 			t.running[d] = true
 			continue
 		case blobCommitted:
-			if b, ok := t.held(d); ok {
+			if b, ok := t.holding(held, d); ok {
 				blobs = append(blobs, b)
 			}
 		case blobGone:
@@ -204,24 +201,23 @@ func (t *Tracker) announceRunning(ctx context.Context) bool {
 			}
 			blobs = append(blobs, tracker.BlobState{Digest: d, Gone: true})
 		}
-		delete(t.running, d)
-		delete(t.answered, d)
+		t.stopped(d)
 	}
 	for d := range t.running {
 		if _, ok := now[d]; ok || pending[d] != 0 {
 			continue
 		}
 		// The download ended: committed (its commit may not have been queued yet) or failed.
-		if b, ok := t.held(d); ok {
+		if b, ok := t.holding(held, d); ok {
 			blobs = append(blobs, b)
 		} else {
 			blobs = append(blobs, tracker.BlobState{Digest: d, Gone: true})
 		}
-		delete(t.running, d)
-		delete(t.answered, d)
+		t.stopped(d)
 	}
 	for d, b := range now {
 		t.running[d] = true
+		t.last[d] = b
 		blobs = append(blobs, b)
 	}
 	t.mu.Unlock()
@@ -234,11 +230,18 @@ func (t *Tracker) announceRunning(ctx context.Context) bool {
 	return err == nil
 }
 
-// announceHeld announces every blob in the store; it reports whether a tracker took it (or
+// stopped forgets a download that is no longer running. Callers hold mu.
+func (t *Tracker) stopped(d digest.Digest) {
+	delete(t.running, d)
+	delete(t.answered, d)
+	delete(t.last, d)
+}
+
+// announceHeld announces every blob held holds; it reports whether a tracker took it (or
 // there was nothing to announce).
-func (t *Tracker) announceHeld(ctx context.Context) bool {
+func (t *Tracker) announceHeld(ctx context.Context, held Held) bool {
 	var blobs []tracker.BlobState
-	t.store.Walk(func(info store.Info) bool {
+	held.Walk(func(info store.Info) bool {
 		blobs = append(blobs, t.complete(info))
 		return ctx.Err() == nil
 	})
@@ -271,16 +274,17 @@ func (t *Tracker) announce(ctx context.Context, blobs []tracker.BlobState) (map[
 	return swarms, nil
 }
 
-// announceNow announces the download of d alone, unless another announce of it is under
-// way (then it waits for that one), and returns the members of its swarm.
+// announceNow announces the download of d alone, with its progress as of the last pass,
+// unless another announce of it is under way (then it waits for that one), and returns the
+// members of its swarm.
 func (t *Tracker) announceNow(ctx context.Context, d digest.Digest) []tracker.Member {
 	ch := t.flight.DoChan(d.String(), func() (any, error) {
 		t.mu.Lock()
 		t.running[d] = true
+		b, ok := t.last[d]
 		t.mu.Unlock()
-		b := tracker.BlobState{Digest: d}
-		if s, ok := t.dl.Status(d); ok {
-			b = t.state(s)
+		if !ok {
+			b = tracker.BlobState{Digest: d}
 		}
 		swarms, _ := t.announce(ctx, []tracker.BlobState{b}) // on failure: nobody, the DHT carries on
 		return swarms[d], nil
@@ -341,8 +345,8 @@ func (t *Tracker) Providers(ctx context.Context, d digest.Digest, fresh bool, dh
 func (t *Tracker) Bootstrap(ctx context.Context) ([]string, error) { return t.client.Bootstrap(ctx) }
 
 // Lease asks the trackers for the lease on a chunk; see the tracker client's Lease. A refusal
-// naming the holder hints the download to it.
-func (t *Tracker) Lease(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
+// names the holder when the tracker does.
+func (t *Tracker) Lease(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {
 	t.mu.Lock()
 	_, announced := t.answered[d]
 	t.mu.Unlock()
@@ -352,13 +356,10 @@ func (t *Tracker) Lease(ctx context.Context, d digest.Digest, size, chunkSize in
 	}
 	lease, holder, err := t.client.Lease(ctx, d, size, chunkSize, index)
 	if err != nil {
-		return nil, false, err
+		return nil, "", false, err
 	}
 	if lease == nil {
-		if holder != "" {
-			t.dl.Hint(holder, d)
-		}
-		return nil, false, nil
+		return nil, holder, false, nil
 	}
-	return lease.Release, true, nil
+	return lease.Release, "", true, nil
 }

@@ -79,6 +79,6 @@ func (m *Member) KeepChunkList(d digest.Digest, chunkSize int64, list []digest.D
 type leasing struct{ *Member }
 
 // LeaseOrigin asks the trackers for the lease on a chunk.
-func (l leasing) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
+func (l leasing) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {
 	return l.tracker.Lease(ctx, d, size, chunkSize, index)
 }

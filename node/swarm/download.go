@@ -66,6 +66,15 @@ func newDownload(d digest.Digest, registry, repo string) *Download {
 	}
 }
 
+// hint tells the download's engine of a peer that most likely holds or fetches the blob;
+// it never blocks (a full queue drops the hint: the next lookup finds the peer anyway).
+func (job *Download) hint(peer string) {
+	select {
+	case job.hints <- peer:
+	default:
+	}
+}
+
 // notifyLocked wakes every waiter. Callers hold mu.
 func (job *Download) notifyLocked() {
 	close(job.changed)

@@ -182,13 +182,8 @@ func (dl *Downloader) chunkFailure(reason string) {
 // Hint tells the download of d, if one runs, that peer asked about d: it is most likely
 // fetching it too, so the two can trade chunks. It never blocks.
 func (dl *Downloader) Hint(peer string, d digest.Digest) {
-	download := dl.lookup(d)
-	if download == nil {
-		return
-	}
-	select {
-	case download.hints <- peer:
-	default:
+	if download := dl.lookup(d); download != nil {
+		download.hint(peer)
 	}
 }
 

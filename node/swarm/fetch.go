@@ -135,13 +135,17 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 	}
 	if e.leaser != nil {
 		lctx, cancel := e.clock.WithTimeout(ctx, leaseTimeout)
-		release, ok, lerr := e.leaser.LeaseOrigin(lctx, e.job.digest, e.job.size, e.cs, req.chunk)
+		release, holder, ok, lerr := e.leaser.LeaseOrigin(lctx, e.job.digest, e.job.size, e.cs, req.chunk)
 		cancel()
 		switch {
 		case lerr != nil:
 			// No tracker answered: fetch without a lease, as a fleet without one does.
 			e.log.Debug("no origin lease, fetching without", "chunk", req.chunk, "err", lerr)
 		case !ok:
+			if holder != "" {
+				// The node fetching it is the one to get it from.
+				e.job.hint(holder)
+			}
 			return 0, errLeasedElsewhere
 		default:
 			// Given back when the request ends; done when the chunk arrived whole.

@@ -47,10 +47,11 @@ type Fleet interface {
 // member sees every other).
 type OriginLeaser interface {
 	// LeaseOrigin asks for the lease on chunk index of d (size bytes in chunks of chunkSize).
-	// ok false: another node holds the lease or the chunk; get it from peers. An error: no
-	// tracker could answer, and the chunk is fetched without a lease. While held, the lease
-	// is kept alive; release ends it, done saying the chunk arrived whole.
-	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), ok bool, err error)
+	// ok false: another node holds the lease or the chunk (holder, when the tracker named
+	// it); get it from peers. An error: no tracker could answer, and the chunk is fetched
+	// without a lease. While held, the lease is kept alive; release ends it, done saying the
+	// chunk arrived whole.
+	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), holder string, ok bool, err error)
 }
 
 // Timing of a download's work with peers.

@@ -205,17 +205,18 @@ func newMemLeases(ttl time.Duration) *memLeases {
 	return &memLeases{ttl: ttl, held: map[string]memLease{}}
 }
 
-// take gives the lease on chunk c of d to id unless another holds it or has the chunk.
-func (l *memLeases) take(id string, d digest.Digest, c int) (func(bool), bool, error) {
+// take gives the lease on chunk c of d to id unless another holds it or has the chunk, and
+// names that other then, as a tracker does.
+func (l *memLeases) take(id string, d digest.Digest, c int) (func(bool), string, bool, error) {
 	if l.down.Load() {
-		return nil, false, errTrackerDown
+		return nil, "", false, errTrackerDown
 	}
 	key := fmt.Sprintf("%s/%d", d, c)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e, ok := l.held[key]; ok && e.holder != id && (e.done || time.Now().Before(e.until)) {
 		l.denials.Add(1)
-		return nil, false, nil
+		return nil, e.holder, false, nil
 	}
 	l.held[key] = memLease{holder: id, until: time.Now().Add(l.ttl)}
 	l.grants.Add(1)
@@ -230,13 +231,13 @@ func (l *memLeases) take(id string, d digest.Digest, c int) (func(bool), bool, e
 		} else {
 			delete(l.held, key)
 		}
-	}, true, nil
+	}, "", true, nil
 }
 
 // leasingView is a member's view of a fleet with a tracker.
 type leasingView struct{ memView }
 
-func (v leasingView) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), bool, error) {
+func (v leasingView) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {
 	return v.f.leases.take(v.id, d, index)
 }
 
@@ -556,7 +557,7 @@ func TestSwarmLeaseHolderDies(t *testing.T) {
 	l := newMemLeases(1500 * time.Millisecond)
 	d := digest.FromBytes(data)
 	for c := range 4 {
-		if _, ok, _ := l.take("ghost", d, c); !ok {
+		if _, _, ok, _ := l.take("ghost", d, c); !ok {
 			t.Fatal("ghost lease refused")
 		}
 	}
