@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/benbjohnson/clock"
@@ -46,59 +47,65 @@ func readAsync(t *testing.T, dl *Downloader, d digest.Digest) <-chan error {
 // of the download's clock, not of the wall's.
 func TestStallFollowsTheClock(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 4*64<<10)
-	o := newFakeOrigin(data)
-	o.gate = make(chan struct{}) // bodies send nothing until the test ends
-	dl, clk := mockHarness(t, o)
-	t.Cleanup(func() { close(o.gate) })
+	synctest.Test(t, func(t *testing.T) {
+		data := randomBlob(t, 4*64<<10)
+		o := newFakeOrigin(data)
+		o.gate = make(chan struct{}) // bodies send nothing until the test ends
+		dl, clk := mockHarness(t, o)
+		t.Cleanup(func() { close(o.gate) })
 
-	done := readAsync(t, dl, digest.FromBytes(data))
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case err := <-done:
-			if err == nil || !strings.Contains(err.Error(), "no progress") {
-				t.Fatalf("read of a stalled download = %v, want no progress", err)
+		done := readAsync(t, dl, digest.FromBytes(data))
+		for range 10 { // ten minutes of the mock's time; the bubble's own barely moves
+			synctest.Wait()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), "no progress") {
+					t.Fatalf("read of a stalled download = %v, want no progress", err)
+				}
+				return
+			default:
 			}
-			return
-		case <-deadline:
-			t.Fatalf("the download did not give up; its clock stands at %v", clk.Now())
-		case <-time.After(10 * time.Millisecond):
 			clk.Add(time.Minute)
 		}
-	}
+		t.Fatalf("the download did not give up; its clock stands at %v", clk.Now())
+	})
 }
 
 // TestOriginBackoffFollowsTheClock: after a failed origin request the origin is asked again
-// only once the backoff has passed on the download's clock.
+// only once the backoff has passed on the download's clock. It runs in a synctest bubble, so
+// "nothing happens while the mock stands still" is checked once every goroutine of the
+// download is idle, not after some wall-clock wait.
 func TestOriginBackoffFollowsTheClock(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 64<<10)
-	o := newFakeOrigin(data)
-	o.cutOnce = 1000
-	dl, clk := mockHarness(t, o)
+	synctest.Test(t, func(t *testing.T) {
+		data := randomBlob(t, 64<<10)
+		o := newFakeOrigin(data)
+		o.cutOnce = 1000
+		dl, clk := mockHarness(t, o)
 
-	done := readAsync(t, dl, digest.FromBytes(data))
-	// However long the wall clock runs, the mock's does not move: no second request.
-	time.Sleep(300 * time.Millisecond)
-	if offs := o.offsets(); !slices.Equal(offs, []int64{0}) {
-		t.Fatalf("origin offsets before the backoff passed = %v, want [0]", offs)
-	}
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("read = %v, want the blob", err)
-			}
-			if offs := o.offsets(); !slices.Equal(offs, []int64{0, 1000}) {
-				t.Errorf("origin offsets = %v, want [0 1000]: one retry, where the first broke", offs)
-			}
-			return
-		case <-deadline:
-			t.Fatal("no retry after the backoff passed")
-		case <-time.After(10 * time.Millisecond):
-			clk.Add(50 * time.Millisecond)
+		done := readAsync(t, dl, digest.FromBytes(data))
+		synctest.Wait() // the first request broke; the engine waits on its clock
+		if offs := o.offsets(); !slices.Equal(offs, []int64{0}) {
+			t.Fatalf("origin offsets before the backoff passed = %v, want [0]", offs)
 		}
-	}
+		// The first backoff is at most 200 ms: 400 ms of the mock's time is enough, while the
+		// bubble's own clock, which a download ignoring its clock would follow, moves only
+		// the millisecond Add yields for.
+		for range 8 {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("read = %v, want the blob", err)
+				}
+				if offs := o.offsets(); !slices.Equal(offs, []int64{0, 1000}) {
+					t.Errorf("origin offsets = %v, want [0 1000]: one retry, where the first broke", offs)
+				}
+				return
+			default:
+			}
+			clk.Add(50 * time.Millisecond)
+			synctest.Wait()
+		}
+		t.Fatalf("no retry 400 ms after the failure on the download's clock; origin offsets %v", o.offsets())
+	})
 }
