@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/host"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/opencontainers/go-digest"
@@ -163,32 +163,15 @@ func TestRouterMaxProviders(t *testing.T) {
 	}
 }
 
-// fakeClock is a settable time source for cache expiry.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 func TestRouterCache(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
 	const ttl = 5 * time.Second
 	routers := newMockRouters(t, 4, RouterOptions{CacheTTL: ttl})
 	finder := routers[3]
-	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
-	finder.now = clock.now
+	clk := clock.NewMock()
+	clk.Set(time.Unix(1_700_000_000, 0))
+	finder.now = clk.Now
 	d := digest.FromString("cached")
 
 	// A miss is not cached: the first provider is seen at once.
@@ -209,13 +192,13 @@ func TestRouterCache(t *testing.T) {
 	if err := routers[1].Provide(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	clock.advance(ttl - time.Millisecond)
+	clk.Add(ttl - time.Millisecond)
 	got, err = finder.FindProviders(ctx, d)
 	if err != nil || !slices.Equal(peerIDs(got), first) || len(got[0].Addrs) == 0 {
 		t.Fatalf("FindProviders(%s) within TTL = %+v, %v, want cached %v", d, got, err, first)
 	}
 
-	clock.advance(time.Millisecond)
+	clk.Add(time.Millisecond)
 	both := []string{routers[0].h.ID().String(), routers[1].h.ID().String()}
 	slices.Sort(both)
 	got, err = finder.FindProviders(ctx, d)
@@ -230,8 +213,9 @@ func TestRouterFindProvidersFresh(t *testing.T) {
 	const ttl = 5 * time.Second
 	routers := newMockRouters(t, 5, RouterOptions{CacheTTL: ttl})
 	finder := routers[4]
-	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
-	finder.now = clock.now
+	clk := clock.NewMock()
+	clk.Set(time.Unix(1_700_000_000, 0))
+	finder.now = clk.Now
 	d := digest.FromString("fresh")
 	ids := func(rs ...*Router) []string {
 		out := make([]string, len(rs))
@@ -256,7 +240,7 @@ func TestRouterFindProvidersFresh(t *testing.T) {
 	if err := routers[1].Provide(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	clock.advance(ttl / 2)
+	clk.Add(ttl / 2)
 	find("FindProviders within TTL", finder.FindProviders, ids(routers[0]))
 	// A fresh lookup skips the cache...
 	find("FindProvidersFresh", finder.FindProvidersFresh, ids(routers[0], routers[1]))
@@ -266,7 +250,7 @@ func TestRouterFindProvidersFresh(t *testing.T) {
 	if err := routers[2].Provide(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	clock.advance(ttl / 2)
+	clk.Add(ttl / 2)
 	find("FindProviders after refresh", finder.FindProviders, ids(routers[0], routers[1]))
 	find("FindProvidersFresh again", finder.FindProvidersFresh, ids(routers[0], routers[1], routers[2]))
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/p2p"
@@ -46,7 +47,7 @@ func signedRequest(t *testing.T, url, path string, signer *p2p.Signer, body []by
 
 type testTracker struct {
 	*Server
-	clock *fakeClock
+	clock *clock.Mock
 	self  []string
 }
 
@@ -159,7 +160,7 @@ func TestServerAnnounce(t *testing.T) {
 
 	// A downloader that stops announcing leaves after DownloadTTL.
 	tr.announce(t, b, downloading(blobA, 0))
-	tr.clock.Advance(tracker.DownloadTTL + time.Millisecond)
+	tr.clock.Add(tracker.DownloadTTL + time.Millisecond)
 	if ms := membersOf(tr.announce(t, a, downloading(blobA, 0)), blobA); len(ms) != 0 {
 		t.Fatalf("after tracker.DownloadTTL A sees %+v", ms)
 	}
@@ -179,7 +180,7 @@ func TestServerLeaseHandOver(t *testing.T) {
 	if resp := tr.lease(t, b, 0, false, false); resp.Granted || resp.Holder != a.ID {
 		t.Fatalf("B's lease = %+v, want holder A", resp)
 	}
-	tr.clock.Advance(tracker.LeaseTTL / 2)
+	tr.clock.Add(tracker.LeaseTTL / 2)
 	tr.announce(t, a, downloading(blobA, 0))
 	tr.announce(t, b, downloading(blobA, 0))
 	if resp := tr.lease(t, a, 0, false, false); !resp.Granted {
@@ -187,7 +188,7 @@ func TestServerLeaseHandOver(t *testing.T) {
 	}
 	// A's process dies: no more renewals nor announces. B keeps announcing.
 	for range 4 {
-		tr.clock.Advance(tracker.LeaseTTL / 4)
+		tr.clock.Add(tracker.LeaseTTL / 4)
 		tr.announce(t, b, downloading(blobA, 0))
 	}
 	if resp := tr.lease(t, b, 0, false, false); !resp.Granted {
@@ -202,7 +203,7 @@ func TestServerLeaseHandOver(t *testing.T) {
 		t.Fatalf("lease of B's done chunk = %+v, want holder B", resp)
 	}
 	// B leaves: the chunk can be leased again.
-	tr.clock.Advance(tracker.DownloadTTL + time.Millisecond)
+	tr.clock.Add(tracker.DownloadTTL + time.Millisecond)
 	tr.announce(t, c, downloading(blobA, 0))
 	if resp := tr.lease(t, c, 0, false, false); !resp.Granted {
 		t.Fatalf("lease of the chunk of an expired member = %+v, want granted", resp)
@@ -417,7 +418,7 @@ func TestServerBootstrap(t *testing.T) {
 	if len(boot.Peers) != len(tr.self)+len(a.Addrs) || boot.Peers[0] != tr.self[0] || !slices.Contains(boot.Peers, a.Addrs[0]) {
 		t.Fatalf("GET /bootstrap = %q, want the tracker's addrs then A's", boot.Peers)
 	}
-	tr.clock.Advance(tracker.HolderTTL + time.Second)
+	tr.clock.Add(tracker.HolderTTL + time.Second)
 	tr.get(t, tracker.PathBootstrap, &boot)
 	if !slices.Equal(boot.Peers, tr.self) {
 		t.Fatalf("after A expired: GET /bootstrap = %q, want only the tracker", boot.Peers)

@@ -5,33 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/tracker"
 )
 
-// fakeClock is a clock tests move by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newFakeClock is a clock tests move by hand, at a fixed start.
+func newFakeClock() *clock.Mock {
+	c := clock.NewMock()
+	c.Set(time.Unix(1_700_000_000, 0))
+	return c
 }
 
 var (
@@ -117,11 +104,11 @@ func TestStateMembership(t *testing.T) {
 	// Expiry: a downloader after DownloadTTL, a holder after HolderTTL.
 	announce(t, s, "B", holding(blobA))
 	announce(t, s, "C", downloading(blobA, 0))
-	clock.Advance(tracker.DownloadTTL + time.Millisecond)
+	clock.Add(tracker.DownloadTTL + time.Millisecond)
 	if got := peersOf(announce(t, s, "D", downloading(blobA, 0)), blobA); !slices.Equal(got, []string{"B"}) {
 		t.Fatalf("after tracker.DownloadTTL D sees %v, want [B] (A and C expired)", got)
 	}
-	clock.Advance(tracker.HolderTTL)
+	clock.Add(tracker.HolderTTL)
 	s.Sweep()
 	if st := s.Stats(); st.Swarms != 0 || st.Members != 0 || st.Peers != 0 {
 		t.Errorf("after tracker.HolderTTL Stats() = %+v, want empty", st)
@@ -225,7 +212,7 @@ func TestStateLeases(t *testing.T) {
 
 	// A renews within the TTL, keeping the chunk past the first lease's end.
 	for range 3 {
-		clock.Advance(tracker.LeaseTTL / 2)
+		clock.Add(tracker.LeaseTTL / 2)
 		announce(t, s, "A", downloading(blobA, 0))
 		announce(t, s, "B", downloading(blobA, 0))
 		if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted {
@@ -238,7 +225,7 @@ func TestStateLeases(t *testing.T) {
 
 	// A's holder dies (stops renewing but stays a member): after LeaseTTL the chunk goes to B.
 	for range 4 {
-		clock.Advance(tracker.LeaseTTL / 4)
+		clock.Add(tracker.LeaseTTL / 4)
 		announce(t, s, "A", downloading(blobA, 0))
 		announce(t, s, "B", downloading(blobA, 0))
 	}
@@ -262,7 +249,7 @@ func TestStateLeases(t *testing.T) {
 
 	// B's membership lapses: its done chunk is leasable again.
 	for range 3 {
-		clock.Advance(tracker.DownloadTTL / 2)
+		clock.Add(tracker.DownloadTTL / 2)
 		announce(t, s, "A", downloading(blobA, 0))
 	}
 	if resp := mustLease(t, s, leaseReq("A", 0)); !resp.Granted {
@@ -359,7 +346,7 @@ func TestStateCaps(t *testing.T) {
 	mustLease(t, s, leaseReq("A", 1)) // a renewal needs no room
 
 	// Expired entries make room.
-	clock.Advance(tracker.HolderTTL + maxSweepInterval)
+	clock.Add(tracker.HolderTTL + maxSweepInterval)
 	if res := announce(t, s, "D", downloading(digest.FromString("c"), 0)); res.Refused != 0 {
 		t.Fatalf("after expiry: %d refused, want 0", res.Refused)
 	}
