@@ -126,7 +126,8 @@ func New(cfg Config) (*Node, error) {
 	if network != nil {
 		n.fleet = fleet.New(fleet.Options{
 			Network: network, Store: n.store, ChunkSize: cfg.ChunkSize, Bootstrap: cfg.Bootstrap,
-			BootstrapDNS: cfg.BootstrapDNS, Tracker: n.tracker, Logger: log, Registerer: n.metrics,
+			BootstrapDNS: cfg.BootstrapDNS, Tracker: n.tracker, Trackers: len(cfg.Trackers) > 0,
+			Logger: log, Registerer: n.metrics,
 		})
 	}
 	n.downloader = swarm.New(swarm.Options{

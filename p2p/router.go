@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -18,8 +19,6 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-
-	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // Defaults of RouterOptions.
@@ -377,7 +376,8 @@ func (r *Router) cached(d digest.Digest) ([]Peer, bool) {
 		return nil, false
 	}
 	if !r.now().Before(e.expires) {
-		r.cache.Remove(d)
+		// Left for the next store or the LRU to replace: removing it here could remove a
+		// fresh entry stored meanwhile.
 		return nil, false
 	}
 	return clonePeers(e.peers), true

@@ -48,7 +48,10 @@ type Options struct {
 	BootstrapDNS string
 	// Tracker is told of the blobs the fleet announces and asked for members and, without
 	// other bootstrap sources, for peers to join through; announce.Disabled without trackers.
-	Tracker    announce.Announcer
+	Tracker announce.Announcer
+	// Trackers says that Tracker talks to real trackers: the node is not ready before its
+	// first attempt to join through them, and its downloads ask them for origin leases.
+	Trackers   bool
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -65,6 +68,7 @@ type Member struct {
 	announce     chan digest.Digest
 	joined       atomic.Bool
 	needPeer     bool // bootstrap sources were given: not ready until the first join attempt
+	leases       bool // downloads ask the trackers for origin leases
 }
 
 // New returns the membership of o.Network's node; Run joins the fleet.
@@ -73,12 +77,12 @@ func New(o Options) *Member {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	_, noTracker := o.Tracker.(announce.Disabled)
 	m := &Member{
 		net: o.Network, store: o.Store, tracker: o.Tracker, chunkSize: o.ChunkSize,
 		bootstrap: o.Bootstrap, bootstrapDNS: o.BootstrapDNS, log: log,
 		announce: make(chan digest.Digest, 1024),
-		needPeer: len(o.Bootstrap) > 0 || o.BootstrapDNS != "" || !noTracker,
+		leases:   o.Trackers,
+		needPeer: len(o.Bootstrap) > 0 || o.BootstrapDNS != "" || o.Trackers,
 	}
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

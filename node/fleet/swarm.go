@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/chunk"
-	"github.com/shoal-dev/shoal/node/announce"
 	"github.com/shoal-dev/shoal/node/swarm"
 )
 
@@ -20,7 +19,7 @@ var (
 // Swarm is what the downloads use to reach the fleet. With trackers it also hands out origin
 // leases; without, it does not implement swarm.OriginLeaser, so downloads never ask for one.
 func (m *Member) Swarm() swarm.Fleet {
-	if _, off := m.tracker.(announce.Disabled); off {
+	if !m.leases {
 		return m
 	}
 	return leasing{m}

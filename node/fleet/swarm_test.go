@@ -14,7 +14,7 @@ func TestSwarmLeases(t *testing.T) {
 	if _, ok := New(Options{Tracker: announce.Disabled{}}).Swarm().(swarm.OriginLeaser); ok {
 		t.Errorf("the swarm side of a member without trackers implements OriginLeaser")
 	}
-	if _, ok := New(Options{Tracker: announce.New(announce.Options{})}).Swarm().(swarm.OriginLeaser); !ok {
+	if _, ok := New(Options{Tracker: announce.New(announce.Options{}), Trackers: true}).Swarm().(swarm.OriginLeaser); !ok {
 		t.Errorf("the swarm side of a member with trackers does not implement OriginLeaser")
 	}
 	if f := (None{}).Swarm(); f != nil {

@@ -86,7 +86,7 @@ func New(o Options) (*Mirror, error) {
 		tags: newTagCache(tagEntries),
 	}
 	if m.peers == nil {
-		m.peers = alone{}
+		m.peers = NoPeers{}
 	}
 	if m.onStored == nil {
 		m.onStored = func(digest.Digest) {}
@@ -136,16 +136,16 @@ type cachedBlob struct{ *store.Blob }
 func (b cachedBlob) File() registryapi.FileHandle { return b.Blob.File() }
 func (b cachedBlob) Source() string               { return "cache" }
 
-// alone is the Peers of a node outside any fleet.
-type alone struct{}
+// NoPeers is the Peers of a node outside any fleet: never connected, holding nothing.
+type NoPeers struct{}
 
-func (alone) Connected() bool { return false }
-func (alone) FindProviders(context.Context, digest.Digest, bool) ([]string, error) {
+func (NoPeers) Connected() bool { return false }
+func (NoPeers) FindProviders(context.Context, digest.Digest, bool) ([]string, error) {
 	return nil, nil
 }
-func (alone) Have(context.Context, string, digest.Digest) (chunk.Have, error) {
+func (NoPeers) Have(context.Context, string, digest.Digest) (chunk.Have, error) {
 	return chunk.Have{}, chunk.ErrNotHeld
 }
-func (alone) GetChunk(context.Context, string, digest.Digest, int, io.Writer) (int64, error) {
+func (NoPeers) GetChunk(context.Context, string, digest.Digest, int, io.Writer) (int64, error) {
 	return 0, chunk.ErrNotHeld
 }
