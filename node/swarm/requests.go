@@ -65,7 +65,6 @@ func (e *engine) snapshot(have []bool) Snapshot {
 	for r := range e.reqs {
 		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start), Duplicate: r.buffered})
 	}
-	perPeer := e.policy.withDefaults().PerPeer
 	for _, p := range e.peers {
 		if e.dl.Banned(p.id) {
 			continue
@@ -79,18 +78,9 @@ func (e *engine) snapshot(have []bool) Snapshot {
 			}
 			continue
 		}
-		active := p.active
-		switch {
-		case now.Before(p.busyUntil):
-			active = perPeer
-		case p.rate == 0:
-			// Slow start: one request to a peer until it has delivered a chunk, so the
-			// first chunk (a waiting client's) does not share the peer's link with others.
-			active = perPeer - 1 + min(active, 1)
-		}
 		pv := PeerView{
-			ID: p.id, Has: p.have.Chunks, Fetching: p.have.Fetching, Active: active, Rate: p.rate,
-			Member: !p.complete,
+			ID: p.id, Has: p.have.Chunks, Fetching: p.have.Fetching, Active: p.active, Rate: p.rate,
+			Busy: now.Before(p.busyUntil), SlowStart: p.rate == 0, Member: !p.complete,
 		}
 		if !p.idleSince.IsZero() {
 			pv.OriginIdle = now.Sub(p.idleSince)

@@ -22,6 +22,12 @@ type PeerView struct {
 	Fetching []bool
 	// Active is the number of our requests outstanding to this peer.
 	Active int
+	// Busy marks a peer that refused a request as busy a moment ago: it is asked nothing
+	// until the moment has passed.
+	Busy bool
+	// SlowStart marks a peer that has not delivered a chunk to us yet: it gets one request
+	// at a time, so the first chunk (a waiting client's) does not share its link.
+	SlowStart bool
 	// Rate is the observed bytes per second from this peer; 0 if not yet known.
 	Rate float64
 	// Member marks a peer downloading the blob too, so sharing the origin's work: each chunk
@@ -132,7 +138,7 @@ func (p Policy) Next(s Snapshot) []Request {
 	originBusy := 0
 	slots := make(map[string]int, len(s.Peers))
 	for _, pv := range s.Peers {
-		slots[pv.ID] = p.PerPeer - pv.Active
+		slots[pv.ID] = p.PerPeer - p.load(pv)
 	}
 	for _, f := range s.Inflight {
 		if f.Chunk >= 0 && f.Chunk < n {
@@ -235,6 +241,18 @@ func (p Policy) Next(s Snapshot) []Request {
 	return reqs
 }
 
+// load is how many of a peer's PerPeer slots count as taken: a busy peer has none free, and
+// one in slow start only one until it delivered, whatever is outstanding.
+func (p Policy) load(pv PeerView) int {
+	switch {
+	case pv.Busy:
+		return p.PerPeer
+	case pv.SlowStart:
+		return p.PerPeer - 1 + min(pv.Active, 1)
+	}
+	return pv.Active
+}
+
 // bestPeer picks, among peers holding chunk c with a free slot, the one expected to deliver
 // soonest: highest rate per outstanding request, unknown rates treated as average.
 func (p Policy) bestPeer(peers []PeerView, c int, slots, assigned map[string]int) (string, bool) {
@@ -258,7 +276,7 @@ func (p Policy) bestPeer(peers []PeerView, c int, slots, assigned map[string]int
 		if rate <= 0 {
 			rate = avg
 		}
-		score := rate / float64(pv.Active+assigned[pv.ID]+1)
+		score := rate / float64(p.load(pv)+assigned[pv.ID]+1)
 		if score > bestScore || score == bestScore && pv.ID < best {
 			best, bestScore = pv.ID, score
 		}

@@ -144,6 +144,21 @@ func TestPolicyNext(t *testing.T) {
 			},
 		},
 		{
+			name: "a busy peer is asked nothing; the other holder takes the chunks",
+			snap: Snapshot{Have: bits(3), Peers: []PeerView{{ID: "a", Has: all(3), Busy: true}, {ID: "b", Has: bits(3, 0)}}},
+			want: []Request{{0, "b"}},
+		},
+		{
+			name: "a peer in slow start gets one request, and none while it has one",
+			snap: Snapshot{Have: bits(6), Peers: []PeerView{{ID: "a", Has: all(6), SlowStart: true}, {ID: "b", Has: all(6), SlowStart: true, Active: 1}}},
+			want: []Request{{0, "a"}},
+		},
+		{
+			name: "a peer in slow start comes after one with a known rate",
+			snap: Snapshot{Have: bits(2, 1), Peers: []PeerView{{ID: "a", Has: all(2), SlowStart: true}, {ID: "b", Has: all(2), Rate: 1}}},
+			want: []Request{{0, "b"}},
+		},
+		{
 			name: "chunks leased to another node are left to the peers",
 			snap: Snapshot{Have: bits(3), Leased: bits(3, 0, 1), Peers: []PeerView{{ID: "a", Has: bits(3, 0)}}},
 			want: []Request{{0, "a"}, {2, ""}},
