@@ -28,6 +28,16 @@ func NewSigner(h host.Host) (*Signer, error) {
 	return &Signer{id: h.ID(), key: key}, nil
 }
 
+// NewKeySigner returns the signer of the peer whose identity key is key, for a peer that
+// has no host, such as a simulated one.
+func NewKeySigner(key crypto.PrivKey) (*Signer, error) {
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("peer ID of key: %w", err)
+	}
+	return &Signer{id: id, key: key}, nil
+}
+
 // ID is the peer ID signatures verify against.
 func (s *Signer) ID() string { return s.id.String() }
 

@@ -19,6 +19,17 @@ import (
 
 var _ p2p.ChunkStore = chunkServer{}
 
+// NewChunkServer returns what a member answers peers' HAVE and GET requests with: the
+// committed blobs of st (with their chunk lists of chunkSize) and dl's running downloads,
+// counting the chunk bytes sent in uploaded. Serve uses it; a fleet simulator serves its
+// simulated peers with the same code.
+func NewChunkServer(st *store.Store, dl *swarm.Downloader, chunkSize int64, uploaded prometheus.Counter, log *slog.Logger) p2p.ChunkStore {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return chunkServer{store: st, downloader: dl, chunkSize: chunkSize, uploaded: uploaded, log: log}
+}
+
 // chunkServer answers peers from the node's cache and its running downloads.
 type chunkServer struct {
 	store      *store.Store

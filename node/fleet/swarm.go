@@ -62,8 +62,7 @@ func (m *Member) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 // Serve starts answering peers' chunk requests from the store and dl's running downloads,
 // counting the bytes sent in uploaded; peers asking about a blob are hinted to dl.
 func (m *Member) Serve(dl *swarm.Downloader, uploaded prometheus.Counter) error {
-	cs := chunkServer{store: m.store, downloader: dl, chunkSize: m.chunkSize, uploaded: uploaded, log: m.log}
-	return m.net.Exchange.Serve(cs, dl.Hint)
+	return m.net.Exchange.Serve(NewChunkServer(m.store, dl, m.chunkSize, uploaded, m.log), dl.Hint)
 }
 
 // KeepChunkList stores the chunk list a download computed, so peers can check what this

@@ -417,9 +417,12 @@ func (s *Store) dropCorrupt(e *entry) {
 	s.finish(c)
 }
 
+// checkChunkSize bounds a chunk size to what a file name and a list may hold. The store takes
+// sizes below the fleet's chunk.MinSize (the config enforces that one), so a simulated fleet
+// can run small chunks through the real store; a list's length is bounded by maxChunks.
 func checkChunkSize(chunkSize int64) error {
-	if chunkSize < chunk.MinSize || chunkSize > chunk.MaxSize {
-		return fmt.Errorf("chunk size %d, want %d to %d: %w", chunkSize, chunk.MinSize, chunk.MaxSize, ErrOutOfRange)
+	if chunkSize < 1 || chunkSize > chunk.MaxSize {
+		return fmt.Errorf("chunk size %d, want 1 to %d: %w", chunkSize, chunk.MaxSize, ErrOutOfRange)
 	}
 	return nil
 }

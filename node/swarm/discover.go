@@ -21,7 +21,9 @@ type peerState struct {
 	lastPoll  time.Time
 	fails     int
 	active    int
-	rate      float64 // bytes per second, smoothed
+	answered  time.Time // the last answer showing the peer's download running (or held)
+	asked     bool      // a seed this download asked to fetch the blob
+	rate      float64   // bytes per second, smoothed
 	busyUntil time.Time
 	idleSince time.Time // first answer in a row showing nothing fetched from the origin
 	found     time.Time // when this download learned of the peer
@@ -32,6 +34,7 @@ func (p *peerState) observe(h chunk.Have, now time.Time) {
 	p.have = h
 	p.complete = !slices.Contains(h.Chunks, false)
 	p.fails = 0
+	p.answered = now
 	switch {
 	case slices.Contains(h.Fetching, true):
 		p.idleSince = time.Time{}
@@ -64,8 +67,21 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 			}
 			return provided{}
 		})
+		if e.seeder != nil {
+			e.findSeeds(ctx)
+		}
 		if err := e.findNow(ctx); err != nil {
 			return 0, err
+		}
+		if e.seeder != nil {
+			// The first origin request waits for the seeds: a node that is not one leaves
+			// the origin to them.
+			t := e.clock.Timer(seedsTimeout)
+			err := e.await(ctx, func() bool { return e.seedsKnown }, t.C)
+			t.Stop()
+			if err != nil {
+				return 0, err
+			}
 		}
 		if !e.anyPeer() {
 			if wait := start.Add(settle).Sub(e.clock.Now()); wait > 0 {
@@ -115,6 +131,47 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 	return e.head.size, nil
 }
 
+// findSeeds looks up the blob's seeds; seedsFound takes the answer in.
+func (e *engine) findSeeds(ctx context.Context) {
+	e.spawn(func() event {
+		sctx, cancel := e.clock.WithTimeout(ctx, seedsTimeout)
+		defer cancel()
+		seeds, err := e.seeder.Seeds(sctx, e.job.digest)
+		return seedsFound{seeds: seeds, err: err}
+	})
+}
+
+// askSeed asks seed p to fetch the blob, once per download: it answered that it holds
+// nothing of it.
+func (e *engine) askSeed(ctx context.Context, p *peerState) {
+	if p.asked {
+		return
+	}
+	p.asked = true
+	// A seed just asked gets seedLive to start before the others stop waiting for it.
+	p.answered = e.clock.Now()
+	id := p.id
+	e.spawn(func() event {
+		actx, cancel := e.clock.WithTimeout(ctx, seedsTimeout)
+		defer cancel()
+		return seedAsked{peer: id, err: e.seeder.AskSeed(actx, id, e.job.registry, e.job.repo, e.job.digest)}
+	})
+}
+
+// seedLive reports whether some seed other than this node answered lately that it runs the
+// download (or was asked to, lately): while one does, the origin is left to the seeds.
+func (e *engine) seedLive(now time.Time) bool {
+	for _, id := range e.seeds {
+		if p := e.peers[id]; p != nil && !p.answered.IsZero() && now.Sub(p.answered) < seedLive {
+			return true
+		}
+	}
+	return false
+}
+
+// isSeed reports whether peer id is one of the blob's seeds.
+func (e *engine) isSeed(id string) bool { return slices.Contains(e.seeds, id) }
+
 // findNow looks the blob up and asks every peer found, and every peer that asked us, what
 // it holds, waiting for the answers.
 func (e *engine) findNow(ctx context.Context) error {
@@ -160,7 +217,9 @@ func (e *engine) takeHints() []string {
 
 // admit starts tracking peer id, unless it is us, banned, known already or one too many.
 func (e *engine) admit(id string) bool {
-	if id == "" || e.fleet == nil || id == e.fleet.Self() || e.peers[id] != nil || len(e.peers) >= maxPeers || e.dl.Banned(id) {
+	// The seeds are always tracked: they are where the blob comes from first.
+	full := len(e.peers) >= maxPeers && !e.isSeed(id)
+	if id == "" || e.fleet == nil || id == e.fleet.Self() || e.peers[id] != nil || full || e.dl.Banned(id) {
 		return false
 	}
 	e.peers[id] = &peerState{id: id, found: e.clock.Now()}

@@ -16,6 +16,7 @@ import (
 	"github.com/benbjohnson/clock"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
@@ -44,6 +45,9 @@ type Options struct {
 	Attempts int
 	// BanFor is how long a peer that sent false data is not asked again; 0 means 10 minutes.
 	BanFor time.Duration
+	// MaxBuffered caps the bytes that endgame duplicates hold in memory (at least one chunk
+	// each); 0 means 32 MiB.
+	MaxBuffered int64
 	// Clock is the time downloads go by: their timeouts, polls, backoffs and bans. Nil means
 	// the real clock.
 	Clock clock.Clock
@@ -64,6 +68,9 @@ type Downloader struct {
 	bans   map[string]time.Time // peer ID to the end of its ban
 
 	peerBytes atomic.Int64 // the fetched{source="peer"} counter, readable
+
+	// polls is the node's budget of HAVE polls, shared by its downloads.
+	polls *rate.Limiter
 }
 
 type metrics struct {
@@ -84,6 +91,9 @@ func New(opts Options) *Downloader {
 	}
 	if opts.BanFor <= 0 {
 		opts.BanFor = 10 * time.Minute
+	}
+	if opts.MaxBuffered <= 0 {
+		opts.MaxBuffered = maxBuffered
 	}
 	log := opts.Logger
 	if log == nil {
@@ -136,6 +146,7 @@ func New(opts Options) *Downloader {
 		metrics: m,
 		active:  make(map[digest.Digest]*Download),
 		bans:    make(map[string]time.Time),
+		polls:   rate.NewLimiter(pollBudget, pollBudget),
 	}
 }
 
@@ -342,17 +353,32 @@ func (dl *Downloader) run(ctx context.Context, download *Download) {
 // restart starts a new download of what download fetched, with no reader, unless another
 // has started meanwhile.
 func (dl *Downloader) restart(ctx context.Context, old *Download) {
-	dl.mu.Lock()
-	if dl.active[old.digest] != nil {
-		dl.mu.Unlock()
-		return
-	}
-	download := newDownload(old.digest, old.registry, old.repo)
-	dl.active[old.digest] = download
-	dl.mu.Unlock()
-	if err := dl.launch(ctx, download); err != nil {
+	if err := dl.detached(ctx, old.registry, old.repo, old.digest); err != nil {
 		dl.log.Debug("blob not fetched again", "digest", old.digest, "err", err)
 	}
+}
+
+// Fetch starts a download of d from repo at registry with no reader, unless one runs or the
+// store holds d already: a seed, asked by a peer, fetches the blob for the fleet. It returns
+// once the download is started; the download goes on after ctx ends.
+func (dl *Downloader) Fetch(ctx context.Context, registry, repo string, d digest.Digest) error {
+	if _, err := dl.opts.Store.Stat(d); err == nil {
+		return nil
+	}
+	return dl.detached(ctx, registry, repo, d)
+}
+
+// detached starts a download with no reader unless one of d runs.
+func (dl *Downloader) detached(ctx context.Context, registry, repo string, d digest.Digest) error {
+	dl.mu.Lock()
+	if dl.active[d] != nil {
+		dl.mu.Unlock()
+		return nil
+	}
+	download := newDownload(d, registry, repo)
+	dl.active[d] = download
+	dl.mu.Unlock()
+	return dl.launch(ctx, download)
 }
 
 // Len is the number of downloads in progress.

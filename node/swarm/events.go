@@ -3,6 +3,7 @@ package swarm
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/shoal-dev/shoal/chunk"
 )
@@ -15,6 +16,16 @@ import (
 // that owns it.
 type event interface {
 	apply(ctx context.Context, e *engine)
+}
+
+// urgent reports whether ev calls for the policy at once: a request ended (its slot is free)
+// or the origin answered its first. Other events wait for the engine's next tick.
+func urgent(ev event) bool {
+	switch ev.(type) {
+	case requestDone, originAnswered:
+		return true
+	}
+	return false
 }
 
 // report carries an event from a goroutine the engine started; last is set on its final
@@ -66,15 +77,52 @@ type probed struct {
 	err  error
 }
 
-func (ev probed) apply(_ context.Context, e *engine) {
+func (ev probed) apply(ctx context.Context, e *engine) {
 	e.probing--
 	p := e.peers[ev.peer]
 	if p == nil {
 		return
 	}
 	p.lastPoll = e.clock.Now()
-	if ev.err == nil {
+	switch {
+	case ev.err == nil:
 		p.observe(ev.have, p.lastPoll)
+	case errors.Is(ev.err, chunk.ErrNotHeld) && e.isSeed(p.id) && !e.seeding:
+		e.askSeed(ctx, p)
+	}
+}
+
+// seedsFound is the answer on the blob's seeds. A node that is not one tracks them, and
+// asks each that holds nothing of the blob yet to fetch it.
+type seedsFound struct {
+	seeds []string
+	err   error
+}
+
+func (ev seedsFound) apply(ctx context.Context, e *engine) {
+	e.seedsKnown = true
+	if ev.err != nil {
+		e.log.Debug("no seeds found", "err", ev.err)
+		return
+	}
+	e.seeds = ev.seeds
+	e.seeding = slices.Contains(ev.seeds, e.fleet.Self())
+	for _, id := range ev.seeds {
+		if e.admit(id) {
+			e.probe(ctx, id)
+		}
+	}
+}
+
+// seedAsked: a seed was asked to fetch the blob.
+type seedAsked struct {
+	peer string
+	err  error
+}
+
+func (ev seedAsked) apply(_ context.Context, e *engine) {
+	if ev.err != nil {
+		e.log.Debug("seed not asked", "peer", ev.peer, "err", ev.err)
 	}
 }
 
@@ -83,13 +131,20 @@ type lookupDone struct {
 	found []string
 }
 
-func (ev lookupDone) apply(ctx context.Context, e *engine) {
+func (ev lookupDone) apply(_ context.Context, e *engine) {
 	e.finding = false
 	e.lastFind = e.clock.Now()
+	fresh := false
 	for _, id := range ev.found {
-		if e.admit(id) {
-			e.poll(ctx, e.peers[id])
-		}
+		// Asked at the next tick, first of the peers due, within the poll budget.
+		fresh = e.admit(id) || fresh
+	}
+	// Once lookups bring no one new, they are spaced out: the holders are known, and the
+	// DHT's cost per node must not grow with the swarm.
+	if fresh {
+		e.findWait = findEvery
+	} else {
+		e.findWait = min(2*e.findWait, findMax)
 	}
 }
 
@@ -98,10 +153,8 @@ type hint struct {
 	peer string
 }
 
-func (ev hint) apply(ctx context.Context, e *engine) {
-	if e.admit(ev.peer) {
-		e.poll(ctx, e.peers[ev.peer])
-	}
+func (ev hint) apply(_ context.Context, e *engine) {
+	e.admit(ev.peer) // asked at the next tick, first of the peers due
 }
 
 // haveAnswer is a peer's answer to what it holds, asked while the download runs.
@@ -111,7 +164,7 @@ type haveAnswer struct {
 	err  error
 }
 
-func (ev haveAnswer) apply(_ context.Context, e *engine) {
+func (ev haveAnswer) apply(ctx context.Context, e *engine) {
 	p := e.peers[ev.peer]
 	if p == nil {
 		return
@@ -128,6 +181,9 @@ func (ev haveAnswer) apply(_ context.Context, e *engine) {
 	case errors.Is(ev.err, chunk.ErrNotHeld):
 		// Not started yet, or evicted since: keep asking for a while.
 		p.have = chunk.Have{}
+		if e.isSeed(p.id) && !e.seeding {
+			e.askSeed(ctx, p)
+		}
 		if p.fails++; p.fails >= 4*peerFailures {
 			e.forget(p)
 		}

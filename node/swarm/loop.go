@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,8 +37,9 @@ type engine struct {
 	nextID    uint64
 	finding   bool
 	lastFind  time.Time
-	progress  time.Time // when a byte last arrived
-	written   int64     // bytes written when last looked
+	findWait  time.Duration // between lookups: findEvery, longer while they find no one new
+	progress  time.Time     // when a byte last arrived
+	written   int64         // bytes written when last looked
 	suppliers map[string]bool
 
 	// Discovery: the origin's answer on the size once in, and the HAVE requests still out.
@@ -55,6 +57,13 @@ type engine struct {
 	// chunks whose lease another node had when last asked, until when to leave them to it.
 	leaser          OriginLeaser
 	leasedElsewhere map[int]time.Time
+
+	// seeder, in a fleet without trackers, names the blob's seeds: once known, seeds holds
+	// them (seedsKnown set, even if the lookup failed) and seeding says this node is one.
+	seeder     Seeder
+	seeds      []string
+	seedsKnown bool
+	seeding    bool
 }
 
 func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
@@ -70,11 +79,14 @@ func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 		peers:     make(map[string]*peerState),
 		reqs:      make(map[*chunkReq]struct{}),
 		suppliers: make(map[string]bool),
+		findWait:  findEvery,
 
 		leasedElsewhere: make(map[int]time.Time),
 	}
 	if l, ok := e.fleet.(OriginLeaser); ok {
 		e.leaser = l
+	} else if sd, ok := e.fleet.(Seeder); ok {
+		e.seeder = sd
 	}
 	return e
 }
@@ -230,27 +242,65 @@ func (e *engine) loop(ctx context.Context) error {
 	}
 	// This node's own order of origin fetches, so nodes fetching at once rarely collide.
 	e.policy.Rank = rand.Perm(len(e.job.haveChunks()))
-	tick := e.clock.Ticker(50 * time.Millisecond)
+	tick := e.clock.Ticker(tickEvery)
 	defer tick.Stop()
+	// The policy is asked at once when a request ends or a reader waits; news of the peers
+	// (answers, lookups, hints) waits for the next tick, so a burst of answers costs one
+	// decision, not one each; and with no news, the rules that go by time alone are applied
+	// every rescheduleEvery.
+	now, dirty, last := true, false, time.Time{}
 	for {
 		have := e.job.haveChunks()
 		if !slices.Contains(have, false) {
 			return nil
 		}
-		if err := e.schedule(ctx, have); err != nil {
-			return err
+		if now {
+			if err := e.schedule(ctx, have); err != nil {
+				return err
+			}
+			now, dirty, last = false, false, e.clock.Now()
 		}
 		select {
 		case r := <-e.events:
 			e.receive(ctx, r)
+			if urgent(r.ev) {
+				now = true
+			} else {
+				dirty = true
+			}
 		case id := <-e.job.hints:
 			hint{peer: id}.apply(ctx, e)
+			dirty = true
 		case <-e.job.wake:
+			now = true
 		case <-tick.C:
 			e.maintain(ctx)
+			now = dirty || e.clock.Since(last) >= rescheduleEvery
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// pollDue polls the peers still downloading whose last answer is pollEvery old, oldest
+// first (the seeds, then peers never asked, come first), as far as the node's budget allows: however large
+// the swarm, the node sends at most pollBudget HAVEs a second over all its downloads.
+func (e *engine) pollDue(ctx context.Context, now time.Time) {
+	var due []*peerState
+	for _, p := range e.peers {
+		if !p.polling && !p.complete && now.Sub(p.lastPoll) >= pollEvery {
+			due = append(due, p)
+		}
+	}
+	// The seeds first: while they answer, the others leave the origin to them.
+	slices.SortFunc(due, func(a, b *peerState) int {
+		return cmp.Or(-cmp.Compare(btoi(e.isSeed(a.id)), btoi(e.isSeed(b.id))), a.lastPoll.Compare(b.lastPoll), cmp.Compare(a.id, b.id))
+	})
+	for _, p := range due {
+		if !e.dl.polls.AllowN(now, 1) {
+			return
+		}
+		e.poll(ctx, p)
 	}
 }
 
@@ -262,12 +312,8 @@ func (e *engine) maintain(ctx context.Context) {
 		e.written = written
 		e.progress = now
 	}
-	for _, p := range e.peers {
-		if !p.polling && !p.complete && now.Sub(p.lastPoll) >= pollEvery {
-			e.poll(ctx, p)
-		}
-	}
-	if e.fleet != nil && !e.finding && now.Sub(e.lastFind) >= findEvery && e.fleet.Connected() {
+	e.pollDue(ctx, now)
+	if e.fleet != nil && !e.finding && now.Sub(e.lastFind) >= e.findWait && e.fleet.Connected() {
 		e.finding = true
 		e.spawn(func() event {
 			found, err := e.fleet.FindProviders(ctx, e.job.digest, true)
@@ -277,4 +323,11 @@ func (e *engine) maintain(ctx context.Context) {
 			return lookupDone{found: found}
 		})
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

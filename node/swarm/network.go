@@ -54,16 +54,39 @@ type OriginLeaser interface {
 	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), holder string, ok bool, err error)
 }
 
+// Seeder may be implemented by a Fleet without trackers. It names a blob's seeds: the few
+// fleet members every node works out alike (the DHT's closest peers to the blob's key), which
+// alone fetch the blob from the origin, splitting its chunks among themselves, while every
+// other member takes it from peers. So the origin sends a blob about once however large the
+// fleet, with no tracker: members need not see each other to agree on who fetches what. A
+// seed asked for a blob it is not fetching starts to, whether or not it needs the blob.
+type Seeder interface {
+	// Seeds returns d's seeds, closest first; this node may be one.
+	Seeds(ctx context.Context, d digest.Digest) ([]string, error)
+	// AskSeed asks seed to fetch d from repo at registry (see Downloader.Fetch).
+	AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error
+}
+
 // Timing of a download's work with peers.
 const (
 	// settle is how long a download that found no holder waits, at most, before its first
 	// origin request when it has fleet peers: nodes that start on the same blob at the same
 	// moment find each other in that time instead of all asking the origin for the same bytes.
 	settle = 150 * time.Millisecond
+	// tickEvery is how often a running download looks at its peers and timers; news of the
+	// peers is acted on at the next tick. rescheduleEvery is how often the policy is asked
+	// when nothing happened: its rules that go by time alone (endgame, back-offs, idle
+	// members) are that coarse.
+	tickEvery       = 50 * time.Millisecond
+	rescheduleEvery = 200 * time.Millisecond
 	// pollEvery is how often the bitmap of a peer still downloading is asked for again.
 	pollEvery = 250 * time.Millisecond
-	// findEvery is how often a running download looks for new holders.
+	// pollBudget caps the HAVE polls a node sends a second, over all its downloads.
+	pollBudget = 64
+	// findEvery is how often a running download looks for new holders, while lookups find
+	// some; each that finds no one new doubles the wait, up to findMax.
 	findEvery = time.Second
+	findMax   = 8 * time.Second
 	// haveTimeout bounds one HAVE request; provideTimeout the announce before discovery.
 	haveTimeout    = 2 * time.Second
 	provideTimeout = time.Second
@@ -71,8 +94,7 @@ const (
 	headGrace = 500 * time.Millisecond
 	// maxPeers is the most peers one download keeps track of.
 	maxPeers = 32
-	// maxBuffered caps the memory of endgame duplicates, which hold a whole chunk each: at
-	// most this many bytes, and at least one chunk.
+	// maxBuffered is the default of Options.MaxBuffered.
 	maxBuffered = 32 << 20
 	// stallTimeout fails a download in which no byte arrived for this long.
 	stallTimeout = 2 * time.Minute
@@ -83,6 +105,11 @@ const (
 	memberGrace = time.Second
 	// busyBackoff is how long a peer that answered busy is left alone.
 	busyBackoff = 200 * time.Millisecond
+	// seedsTimeout bounds finding a blob's seeds and asking one to fetch it. seedLive is how
+	// long after a seed's last answer showing its download running other members still
+	// leave the origin to the seeds; past it, with no seed live, they fetch themselves.
+	seedsTimeout = 2 * time.Second
+	seedLive     = 10 * time.Second
 )
 
 // Leases.

@@ -39,6 +39,7 @@ func (e *engine) schedule(ctx context.Context, have []bool) error {
 	}
 
 	if e.clock.Since(e.progress) > stallTimeout {
+		e.logStall(have)
 		return fmt.Errorf("no progress for %v", stallTimeout)
 	}
 	if e.originFails >= e.dl.opts.Attempts && !e.peersCanFinish(have) {
@@ -54,13 +55,18 @@ func (e *engine) snapshot(have []bool) Snapshot {
 		Have: have, Readers: e.job.readerChunks(e.cs), Salt: e.job.digest.String(),
 		Leased:          e.leasedChunks(now, len(have)),
 		OriginSlowStart: !e.originAnswered,
-		MaxDuplicates:   int(max(1, maxBuffered/e.cs)),
+		MaxDuplicates:   int(max(1, e.dl.opts.MaxBuffered/e.cs)),
 	}
 	if e.fleet != nil {
 		snap.Self = e.fleet.Self()
 	}
 	if wait := e.originRetryAt.Sub(now); wait > 0 {
 		snap.OriginBackoff = wait
+	}
+	// A seed splits the origin's work with the other seeds; any other node leaves it to them
+	// while one is live, and fends for itself when none is.
+	if e.seeding || e.seeds != nil && e.seedLive(now) {
+		snap.Fetchers = e.seeds
 	}
 	for r := range e.reqs {
 		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start), Duplicate: r.buffered})
@@ -230,4 +236,35 @@ func (e *engine) supplierList() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// logStall says where a download that stopped making progress stands, for the operator: what
+// is missing, who could supply it and what is asked.
+func (e *engine) logStall(have []bool) {
+	missing, held, leased := 0, 0, 0
+	now := e.clock.Now()
+	for c, h := range have {
+		if h {
+			continue
+		}
+		missing++
+		for _, p := range e.peers {
+			if c < len(p.have.Chunks) && p.have.Chunks[c] {
+				held++
+				break
+			}
+		}
+		if until, ok := e.leasedElsewhere[c]; ok && now.Before(until) {
+			leased++
+		}
+	}
+	known := 0
+	for _, p := range e.peers {
+		if p.have.Chunks != nil {
+			known++
+		}
+	}
+	e.log.Warn("download stalled", "missing", missing, "missingHeldByPeers", held, "missingLeasedElsewhere", leased,
+		"requests", len(e.reqs), "peers", len(e.peers), "peersAnswering", known, "originFails", e.originFails,
+		"seeds", len(e.seeds), "seeding", e.seeding)
 }

@@ -70,6 +70,10 @@ type Snapshot struct {
 	// OriginSlowStart keeps one request at most in flight to the origin, until it has answered
 	// one: the first (a waiting client's) is not slowed by others.
 	OriginSlowStart bool
+	// Fetchers, if set, are the only nodes that fetch the blob from the origin (the blob's
+	// seeds): a node not among them asks the origin nothing, and those among them designate
+	// the chunks among themselves alone.
+	Fetchers []string
 	// MaxDuplicates caps the endgame duplicates in flight, which hold a chunk in memory each;
 	// 0 means no cap.
 	MaxDuplicates int
@@ -225,6 +229,9 @@ func (p Policy) Next(s Snapshot) []Request {
 	slices.SortFunc(forOrigin[split:], func(a, b int) int { return cmp.Compare(rank(a), rank(b)) })
 	// With other members fetching the same blob, each takes the chunks designated to it,
 	// then those of members idle at the origin (finished with their share, or failing).
+	if s.Fetchers != nil && !slices.Contains(s.Fetchers, s.Self) {
+		forOrigin = nil
+	}
 	forOrigin = p.designated(s, forOrigin)
 	for _, c := range forOrigin {
 		if originBusy >= originCap {
@@ -330,7 +337,7 @@ func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
 func (p Policy) designated(s Snapshot, chunks []int) []int {
 	var members []PeerView
 	for _, pv := range s.Peers {
-		if pv.Member && pv.ID != s.Self {
+		if pv.Member && pv.ID != s.Self && (s.Fetchers == nil || slices.Contains(s.Fetchers, pv.ID)) {
 			members = append(members, pv)
 		}
 	}
@@ -341,12 +348,17 @@ func (p Policy) designated(s Snapshot, chunks []int) []int {
 	for _, pv := range members {
 		idle[pv.ID] = pv.OriginIdle >= p.StealAfter && !slices.Contains(pv.Fetching, true)
 	}
+	self := rendezvous.SeedOf(s.Salt, s.Self)
+	seeds := make([]rendezvous.Seed, len(members))
+	for i, pv := range members {
+		seeds[i] = rendezvous.SeedOf(s.Salt, pv.ID)
+	}
 	mine := make([]int, 0, len(chunks))
 	var stolen []int
 	for _, c := range chunks {
-		owner, best := s.Self, designation(s.Salt, s.Self, c)
-		for _, pv := range members {
-			if w := designation(s.Salt, pv.ID, c); w > best || w == best && pv.ID < owner {
+		owner, best := s.Self, self.Weight(uint64(c))
+		for i, pv := range members {
+			if w := seeds[i].Weight(uint64(c)); w > best || w == best && pv.ID < owner {
 				owner, best = pv.ID, w
 			}
 		}
@@ -358,10 +370,4 @@ func (p Policy) designated(s Snapshot, chunks []int) []int {
 		}
 	}
 	return append(mine, stolen...)
-}
-
-// designation is member id's weight for chunk c of the blob salt: the member with the highest
-// weight fetches the chunk from the origin. Every node computes the same weights.
-func designation(salt, id string, c int) uint64 {
-	return rendezvous.Weight(salt, id, uint64(c))
 }

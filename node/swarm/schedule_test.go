@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/rendezvous"
 )
 
 func bits(n int, set ...int) []bool {
@@ -301,7 +303,7 @@ func TestOriginDesignation(t *testing.T) {
 		{ID: "m2", Has: bits(n), Fetching: busy, Member: true},
 	}}
 	for _, c := range (Policy{}).withDefaults().designated(s, seq(63)) {
-		if designation(s.Salt, "m0", c) < max(designation(s.Salt, "m1", c), designation(s.Salt, "m2", c)) {
+		if rendezvous.Weight(s.Salt, "m0", uint64(c)) < max(rendezvous.Weight(s.Salt, "m1", uint64(c)), rendezvous.Weight(s.Salt, "m2", uint64(c))) {
 			t.Fatalf("chunk %d of a member idle for only 500ms taken", c)
 		}
 	}
@@ -309,7 +311,7 @@ func TestOriginDesignation(t *testing.T) {
 	got := (Policy{}).withDefaults().designated(s, seq(63))
 	var mine, stolen int
 	for i, c := range got {
-		w0, w1, w2 := designation(s.Salt, "m0", c), designation(s.Salt, "m1", c), designation(s.Salt, "m2", c)
+		w0, w1, w2 := rendezvous.Weight(s.Salt, "m0", uint64(c)), rendezvous.Weight(s.Salt, "m1", uint64(c)), rendezvous.Weight(s.Salt, "m2", uint64(c))
 		switch {
 		case w0 > w1 && w0 > w2:
 			mine++
@@ -333,4 +335,38 @@ func seq(n int) []int {
 		out[i] = i
 	}
 	return out
+}
+
+// TestPolicyFetchers: with the blob's seeds known, a node that is not one asks the origin
+// nothing, even for chunks no peer has; a seed splits the chunks with the other seeds alone,
+// not with every member it sees.
+func TestPolicyFetchers(t *testing.T) {
+	t.Parallel()
+	n := 64
+	members := []PeerView{
+		{ID: "s1", Has: bits(n), Fetching: bits(n), Member: true},
+		{ID: "m1", Has: bits(n), Fetching: bits(n), Member: true},
+		{ID: "m2", Has: bits(n), Fetching: bits(n), Member: true},
+	}
+	seeds := []string{"s0", "s1"}
+	s := Snapshot{Have: bits(n), Self: "m0", Salt: "sha256:x", Peers: members, Fetchers: seeds}
+	if reqs := (Policy{}).Next(s); len(reqs) != 0 {
+		t.Errorf("a node that is no seed asked for %v, want nothing: the seeds fetch from the origin", reqs)
+	}
+	s.Fetchers = nil
+	if reqs := (Policy{}).Next(s); len(reqs) == 0 {
+		t.Error("with no seed live, the node asked the origin for nothing")
+	}
+
+	s = Snapshot{Have: bits(n), Self: "s0", Salt: "sha256:x", Peers: members, Fetchers: seeds}
+	got := (Policy{}).withDefaults().designated(s, seq(n))
+	for _, c := range got {
+		if rendezvous.Weight(s.Salt, "s0", uint64(c)) < rendezvous.Weight(s.Salt, "s1", uint64(c)) {
+			t.Errorf("seed s0 took chunk %d, designated to the other seed", c)
+		}
+	}
+	// About half the chunks, not a quarter: m1 and m2 are members but not seeds.
+	if len(got) < n/3 {
+		t.Errorf("seed s0 takes %d of %d chunks, want about half", len(got), n)
+	}
 }

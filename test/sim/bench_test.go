@@ -1,0 +1,120 @@
+package sim
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+var (
+	benchNodes = flag.String("sim.nodes", "", "run the bench scenarios at these node counts, comma-separated (make bench-sim)")
+	benchRun   = flag.String("sim.run", "", "run only the bench scenarios whose name matches this regexp")
+	benchJSON  = flag.String("sim.json", "", "write the bench results to this JSON file")
+	benchPlot  = flag.String("sim.plot", "", "draw the bench results' completion-time CDFs into this PNG file")
+)
+
+// scenarios are the rollouts make bench-sim runs at each fleet size: a 1 GiB image in 4
+// layers, 1 Gbit/s nodes, a 250 Mbit/s origin, DHT-only and with a tracker.
+func scenarios(nodes int) []Config {
+	var out []Config
+	for _, mode := range []string{"dht", "tracker"} {
+		base := Config{Nodes: nodes, Tracker: mode == "tracker"}
+		add := func(name string, c Config) {
+			c.Name = fmt.Sprintf("%s-%s-%d", name, mode, nodes)
+			out = append(out, c)
+		}
+		add("cold", base)
+		rolling := base
+		rolling.Batches = 10
+		add("rolling", rolling)
+		late := base
+		late.LateEvery, late.LateBy = 10, 20*time.Second
+		add("late", late)
+		dying := base
+		dying.DieFraction, dying.DieAt = 0.05, 15*time.Second
+		add("dying", dying)
+		slow := base
+		slow.SlowEvery = 10
+		add("slow", slow)
+	}
+	return out
+}
+
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// runTimed runs cfg in a bubble of its own, recording the real time and CPU it took.
+func runTimed(t *testing.T, cfg Config) *Result {
+	t.Helper()
+	start, cpu := time.Now(), cpuSeconds()
+	var r *Result
+	synctest.Test(t, func(t *testing.T) {
+		cfg.Dir = t.TempDir()
+		var err error
+		if r, err = Run(t.Context(), cfg); err != nil {
+			t.Fatal(err)
+		}
+	})
+	r.Wall, r.CPU = time.Since(start).Seconds(), cpuSeconds()-cpu
+	return r
+}
+
+// summary is one line of a result.
+func summary(r *Result) string {
+	return fmt.Sprintf("%-22s origin %.3fx  p50 %.2fx p99 %.2fx max %.2fx of %.1f s  incomplete %d dead %d retries %d  upload max %.1fx mean  per node/s: have %.1f chunk %.1f lookup %.2f announce %.2f lease %.2f  tracker peak %d/s  (%.0f s, %.0f CPU-s)",
+		r.Name, r.OriginRatio, r.P50Ratio, r.P99Ratio, r.MaxRatio, r.Bound, r.Incomplete, r.Dead, r.Retries, r.UploadMax,
+		r.PerNodeSecond.Haves, r.PerNodeSecond.ChunkRequests, r.PerNodeSecond.Lookups, r.PerNodeSecond.Announces, r.PerNodeSecond.Leases,
+		r.TrackerPeak, r.Wall, r.CPU)
+}
+
+// TestBench runs the bench scenarios (make bench-sim): go test ./sim -run TestBench
+// -sim.nodes 100,1000 -sim.json FILE -sim.plot FILE.
+func TestBench(t *testing.T) {
+	if *benchNodes == "" {
+		t.Skip("no -sim.nodes")
+	}
+	var filter *regexp.Regexp
+	if *benchRun != "" {
+		filter = regexp.MustCompile(*benchRun)
+	}
+	var results []*Result
+	for _, s := range strings.Split(*benchNodes, ",") {
+		nodes, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || nodes <= 0 {
+			t.Fatalf("-sim.nodes: %q is not a node count", s)
+		}
+		for _, cfg := range scenarios(nodes) {
+			if filter != nil && !filter.MatchString(cfg.Name) {
+				continue
+			}
+			r := runTimed(t, cfg)
+			t.Log(summary(r))
+			results = append(results, r)
+		}
+	}
+	if *benchJSON != "" {
+		b, err := json.MarshalIndent(results, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(*benchJSON, append(b, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if *benchPlot != "" {
+		if err := plotCDF(*benchPlot, results); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/shoal-dev/shoal/chunk"
+	"github.com/shoal-dev/shoal/node/swarm"
+	"github.com/shoal-dev/shoal/p2p"
+)
+
+// errUnreachable is what a request to a node that died gets once its caller gives up: a
+// machine that is gone answers nothing, so requests to it hang until their deadline.
+var errUnreachable = errors.New("peer unreachable")
+
+// dht holds the provider records of every blob, as the DHT's closest peers to the blob's
+// key hold them: a record is visible once its provide has gone through.
+type dht struct {
+	mu      sync.Mutex
+	records map[digest.Digest]map[string]time.Time // provider to the moment it became visible
+}
+
+func (t *dht) add(d digest.Digest, id string, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.records == nil {
+		t.records = make(map[digest.Digest]map[string]time.Time)
+	}
+	r := t.records[d]
+	if r == nil {
+		r = make(map[string]time.Time)
+		t.records[d] = r
+	}
+	if old, ok := r[id]; !ok || at.Before(old) {
+		r[id] = at
+	}
+}
+
+// find returns what the real router returns for a lookup by self: up to pool visible
+// records, of which a random sample of max, self left out.
+func (t *dht) find(d digest.Digest, self string, pool, max int, rng *rand.Rand) []string {
+	now := time.Now()
+	t.mu.Lock()
+	var ids []string
+	for id, at := range t.records[d] {
+		if id != self && !at.After(now) {
+			ids = append(ids, id)
+		}
+	}
+	t.mu.Unlock()
+	// Map order is not random enough to stand for the order records arrive in.
+	rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	if len(ids) > pool {
+		ids = ids[:pool]
+	}
+	if len(ids) > max {
+		ids = ids[:max]
+	}
+	return ids
+}
+
+// member is one node's side of the simulated fleet: the swarm.Fleet its downloader uses.
+type member struct {
+	w *world
+	n *node
+
+	mu    sync.Mutex
+	rng   *rand.Rand
+	cache map[digest.Digest]cached // the router's cache of non-empty lookups
+}
+
+type cached struct {
+	ids     []string
+	expires time.Time
+}
+
+var _ swarm.Fleet = (*member)(nil)
+
+// seedingMember is a member of a fleet without a tracker that names its blobs' seeds.
+type seedingMember struct{ *member }
+
+var _ swarm.Seeder = seedingMember{}
+
+// Seeds returns the nodes whose IDs are closest to d's key, as a DHT lookup of the closest
+// peers does: every node gets the same answer, dead nodes included (the DHT learns late).
+func (s seedingMember) Seeds(ctx context.Context, d digest.Digest) ([]string, error) {
+	if err := sleep(ctx, s.w.cfg.LookupTime); err != nil {
+		return nil, err
+	}
+	return s.w.seedsOf(d), nil
+}
+
+func (s seedingMember) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
+	s.n.count(&s.n.stats.SeedAsks)
+	p, err := s.reach(ctx, seed)
+	if err != nil {
+		return err
+	}
+	err = p.dl.Fetch(ctx, registry, repo, d)
+	if serr := sleep(ctx, s.w.cfg.Latency); serr != nil {
+		return serr
+	}
+	return err
+}
+
+// leasingMember is a member whose fleet has a tracker: downloads ask it for origin leases.
+type leasingMember struct{ *member }
+
+var _ swarm.OriginLeaser = leasingMember{}
+
+func (m *member) Self() string    { return m.n.id }
+func (m *member) Connected() bool { return true }
+
+func (m *member) Provide(ctx context.Context, d digest.Digest) error {
+	if m.n.tracker != nil {
+		m.n.tracker.Started(d)
+	}
+	m.n.count(&m.n.stats.Provides)
+	// The record is stored at the closest peers when the provide's lookup is through.
+	m.w.dht.add(d, m.n.id, time.Now().Add(m.w.cfg.ProvideTime))
+	return sleep(ctx, m.w.cfg.ProvideTime)
+}
+
+func (m *member) FindProviders(ctx context.Context, d digest.Digest, fresh bool) ([]string, error) {
+	lookup := func(ctx context.Context) ([]string, error) {
+		if !fresh {
+			m.mu.Lock()
+			c, ok := m.cache[d]
+			m.mu.Unlock()
+			if ok && time.Now().Before(c.expires) {
+				return append([]string(nil), c.ids...), nil
+			}
+		}
+		m.n.count(&m.n.stats.Lookups)
+		if err := sleep(ctx, m.w.cfg.LookupTime); err != nil {
+			return nil, err
+		}
+		m.mu.Lock()
+		ids := m.w.dht.find(d, m.n.id, p2p.DefaultMaxProviders*5, p2p.DefaultMaxProviders, m.rng)
+		if len(ids) > 0 {
+			m.cache[d] = cached{ids: ids, expires: time.Now().Add(p2p.DefaultCacheTTL)}
+		} else {
+			delete(m.cache, d)
+		}
+		m.mu.Unlock()
+		return append([]string(nil), ids...), nil
+	}
+	if m.n.tracker != nil {
+		return m.n.tracker.Providers(ctx, d, fresh, lookup)
+	}
+	return lookup(ctx)
+}
+
+// reach sends a request to peer: after the one-way latency it returns the peer, or waits
+// until ctx ends if the peer is gone.
+func (m *member) reach(ctx context.Context, peer string) (*node, error) {
+	if err := sleep(ctx, m.w.cfg.Latency); err != nil {
+		return nil, err
+	}
+	p := m.w.byID[peer]
+	if p == nil {
+		return nil, fmt.Errorf("peer %s: unknown", peer)
+	}
+	if p.dead.Load() {
+		<-ctx.Done()
+		return nil, fmt.Errorf("peer %s: %w", peer, errUnreachable)
+	}
+	return p, nil
+}
+
+func (m *member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error) {
+	m.n.count(&m.n.stats.Haves)
+	p, err := m.reach(ctx, peer)
+	if err != nil {
+		return chunk.Have{}, err
+	}
+	p.dl.Hint(m.n.id, d)
+	h, ok := p.serve.Have(d, true)
+	if err := sleep(ctx, m.w.cfg.Latency); err != nil {
+		return chunk.Have{}, err
+	}
+	if !ok {
+		return chunk.Have{}, fmt.Errorf("have %s from %s: %w", d, peer, chunk.ErrNotHeld)
+	}
+	return h, nil
+}
+
+func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error) {
+	m.n.count(&m.n.stats.ChunkRequests)
+	p, err := m.reach(ctx, peer)
+	if err != nil {
+		return 0, err
+	}
+	var buf bytes.Buffer
+	if _, err := p.serve.ReadChunk(ctx, d, index, &buf); err != nil {
+		if serr := sleep(ctx, m.w.cfg.Latency); serr != nil {
+			return 0, serr
+		}
+		return 0, fmt.Errorf("chunk %d of %s from %s: %w", index, d, peer, err)
+	}
+	vbytes := int64(buf.Len()) * m.w.scale
+	p.uploaded.Add(vbytes)
+	if err := sleepUntil(ctx, transfer(p.up, m.n.down, vbytes).Add(m.w.cfg.Latency)); err != nil {
+		return 0, err
+	}
+	if p.dead.Load() {
+		return 0, fmt.Errorf("chunk %d of %s from %s: %w", index, d, peer, errUnreachable)
+	}
+	return io.Copy(w, &buf)
+}
+
+func (l leasingMember) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {
+	return l.n.tracker.Lease(ctx, d, size, chunkSize, index)
+}
