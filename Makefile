@@ -5,7 +5,7 @@ export PATH := $(GOBIN):$(PATH)
 BIN     := bin/shoal
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-quick bench-single bench-p2p bench-fleet manifests clean
+.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-quick bench-single bench-p2p bench-fleet bench-sim manifests clean
 
 all: build
 
@@ -76,6 +76,13 @@ bench-fleet: tools
 # bench-quick runs every fleet scenario on 6 hosts and a 32 MiB image, in under 3 minutes.
 bench-quick: tools
 	cd test && $(GO) run ./cmd/bench-fleet --quick --json ../bench/results/fleet-quick.json --plot ../bench/results/fleet-quick.png
+
+# bench-sim rolls a 1 GiB image out to simulated fleets of 100 and 1,000 nodes (SIM_NODES), each
+# node running shoal's own downloader, store, chunk server and tracker client, in virtual time:
+# cold, rolling, late joiners, 5% dying, slow nodes; DHT-only and with a tracker.
+SIM_NODES ?= 100,1000
+bench-sim:
+	cd test && $(GO) test -count=1 -timeout 180m -run '^TestBench$$' ./sim -args -sim.nodes $(SIM_NODES) -sim.json ../bench/results/sim.json -sim.plot ../docs/img/sim-cdf.png
 
 # manifests renders the Helm chart (deploy/helm/shoal) with its default values into the plain
 # manifests in deploy/kubernetes; test/deploy checks that they are up to date. Needs helm

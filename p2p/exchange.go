@@ -30,7 +30,10 @@ const ChunkProtocol protocol.ID = "/shoal/chunk/1.0.0"
 const (
 	// DefaultMaxStreams lets a peer fetch several blobs (an image's layers) at once with a
 	// few chunks in flight each.
-	DefaultMaxStreams      = 16
+	DefaultMaxStreams = 16
+	// DefaultMaxUploads is the upload slots of a node: as many chunks as one peer may ask
+	// at once.
+	DefaultMaxUploads      = 16
 	DefaultExchangeTimeout = 30 * time.Second
 )
 
@@ -63,6 +66,11 @@ type ExchangeOptions struct {
 	// MaxStreams is how many inbound requests one peer may have in flight;
 	// more are answered busy at once rather than queued.
 	MaxStreams int
+	// MaxUploads is how many chunks the node sends at once, to all peers together; more
+	// requests are answered busy at once, so the askers take the chunk from another
+	// holder (as BitTorrent's upload slots make a swarm a tree, not a star around the
+	// first holders). 0 means DefaultMaxUploads.
+	MaxUploads int
 	// UploadLimit caps the chunk bytes per second sent to all peers
 	// together; 0 means unlimited.
 	UploadLimit float64
@@ -83,6 +91,7 @@ type ExchangeOptions struct {
 type Exchange struct {
 	h          host.Host
 	maxStreams int
+	maxUploads int
 	limiter    *rate.Limiter // nil when unlimited
 	timeout    time.Duration
 	log        *slog.Logger
@@ -90,8 +99,10 @@ type Exchange struct {
 	mu       sync.Mutex
 	store    ChunkStore                           // nil until Serve
 	onHave   func(peerID string, d digest.Digest) // nil when unset
+	fetch    FetchFunc                            // nil: FETCH requests are refused
 	closed   bool
 	perPeer  map[peer.ID]int
+	uploads  int // GET requests being answered
 	inflight map[network.Stream]context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -112,6 +123,9 @@ func NewExchange(h host.Host, o ExchangeOptions) (*Exchange, error) {
 	}
 	if e.maxStreams <= 0 {
 		e.maxStreams = DefaultMaxStreams
+	}
+	if e.maxUploads = o.MaxUploads; e.maxUploads <= 0 {
+		e.maxUploads = DefaultMaxUploads
 	}
 	if e.timeout <= 0 {
 		e.timeout = DefaultExchangeTimeout
@@ -147,6 +161,29 @@ func (e *Exchange) Serve(store ChunkStore, onHave func(peerID string, d digest.D
 	}
 	e.store, e.onHave = store, onHave
 	e.h.SetStreamHandler(ChunkProtocol, e.handle)
+	return nil
+}
+
+// FetchFunc starts fetching blob d from repo at registry because peer asked, a seed's answer
+// to a FETCH. It returns an error wrapping chunk.ErrNotHeld to refuse (the node is not a
+// seed of d, or does not serve that registry) and chunk.ErrBusy to have the peer ask again
+// later.
+type FetchFunc func(peerID string, d digest.Digest, registry, repo string) error
+
+// ServeFetch answers FETCH requests with fn; until it is called they are refused.
+func (e *Exchange) ServeFetch(fn FetchFunc) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.fetch = fn
+}
+
+// Fetch asks peerID, a seed of d, to fetch d from repo at registry. It returns an error
+// wrapping chunk.ErrNotHeld when the peer refuses, chunk.ErrBusy when it asks for later.
+func (e *Exchange) Fetch(ctx context.Context, peerID string, d digest.Digest, registry, repo string) error {
+	err := e.request(ctx, peerID, request{typ: msgFetch, digest: d, registry: registry, repo: repo}, readStatus)
+	if err != nil {
+		return fmt.Errorf("ask %s to fetch %s: %w", peerID, d, err)
+	}
 	return nil
 }
 
@@ -358,8 +395,11 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		return req, 0, refuse(s, statusError, err)
 	}
 	e.mu.Lock()
-	store, onHave := e.store, e.onHave
+	store, onHave, fetch := e.store, e.onHave, e.fetch
 	e.mu.Unlock()
+	if req.typ == msgFetch {
+		return req, 0, e.serveFetch(s, remote, req, fetch)
+	}
 	if req.typ == msgHave && onHave != nil {
 		onHave(remote.String(), req.digest)
 	}
@@ -383,6 +423,10 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 	if req.index >= len(have.Chunks) || !have.Chunks[req.index] {
 		return req, 0, refuse(s, statusNotHeld, nil)
 	}
+	if !e.takeUpload() {
+		return req, 0, refuse(s, statusBusy, nil)
+	}
+	defer e.endUpload()
 	cw := &chunkWriter{
 		ctx:     ctx,
 		w:       w,
@@ -403,6 +447,40 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		return req, 0, refuse(s, statusError, fmt.Errorf("read chunk %d: %w", req.index, err))
 	}
 	return req, cw.sent, w.Flush()
+}
+
+// serveFetch answers a FETCH with fn's word.
+func (e *Exchange) serveFetch(s network.Stream, remote peer.ID, req request, fn FetchFunc) error {
+	if fn == nil {
+		return refuse(s, statusNotHeld, errors.New("not serving FETCH"))
+	}
+	switch err := fn(remote.String(), req.digest, req.registry, req.repo); {
+	case errors.Is(err, chunk.ErrNotHeld):
+		return refuse(s, statusNotHeld, err)
+	case errors.Is(err, chunk.ErrBusy):
+		return refuse(s, statusBusy, err)
+	case err != nil:
+		return refuse(s, statusError, err)
+	}
+	_, err := s.Write([]byte{statusOK})
+	return err
+}
+
+// takeUpload takes one of the upload slots, if one is free.
+func (e *Exchange) takeUpload() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.uploads >= e.maxUploads {
+		return false
+	}
+	e.uploads++
+	return true
+}
+
+func (e *Exchange) endUpload() {
+	e.mu.Lock()
+	e.uploads--
+	e.mu.Unlock()
 }
 
 // refusal is a request answered with a status other than statusOK.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -682,5 +683,61 @@ func TestExchangeServeLater(t *testing.T) {
 	}
 	if err := server.Serve(nil, nil); err == nil {
 		t.Errorf("Serve(nil) = nil error, want one")
+	}
+}
+
+// TestExchangeFetch: a FETCH reaches the serving node's FetchFunc with the asker, the digest
+// and the source, and its answer comes back as the asker's error; a node serving no FETCH
+// refuses, and names out of bounds never leave the asker.
+func TestExchangeFetch(t *testing.T) {
+	t.Parallel()
+	ch, sh := connectedHosts(t)
+	server := newTestExchange(t, sh, ExchangeOptions{})
+	client := newTestExchange(t, ch, ExchangeOptions{})
+	seed := sh.ID().String()
+	d := digest.FromString("layer")
+	ctx := testContext(t)
+
+	if err := client.Fetch(ctx, seed, d, "docker.io", "library/app"); !errors.Is(err, chunk.ErrNotHeld) {
+		t.Errorf("Fetch from a node serving no FETCH = %v, want %v", err, chunk.ErrNotHeld)
+	}
+	type asked struct {
+		peer           string
+		d              digest.Digest
+		registry, repo string
+	}
+	got := make(chan asked, 4)
+	answer := make(chan error, 1)
+	server.ServeFetch(func(peerID string, d digest.Digest, registry, repo string) error {
+		got <- asked{peerID, d, registry, repo}
+		return <-answer
+	})
+	for _, tc := range []struct {
+		answer, want error
+	}{
+		{nil, nil},
+		{fmt.Errorf("not a seed: %w", chunk.ErrNotHeld), chunk.ErrNotHeld},
+		{chunk.ErrBusy, chunk.ErrBusy},
+		{errors.New("disk full"), ErrRemote},
+	} {
+		answer <- tc.answer
+		err := client.Fetch(ctx, seed, d, "docker.io", "library/app")
+		if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+			t.Errorf("Fetch answered %v = %v, want %v", tc.answer, err, tc.want)
+		}
+		if a := <-got; a != (asked{ch.ID().String(), d, "docker.io", "library/app"}) {
+			t.Errorf("FetchFunc got %+v", a)
+		}
+	}
+	long := strings.Repeat("a", maxNameLen+1)
+	for _, names := range [][2]string{{"", "repo"}, {"docker.io", ""}, {long, "repo"}, {"docker.io", long}} {
+		if err := client.Fetch(ctx, seed, d, names[0], names[1]); err == nil {
+			t.Errorf("Fetch(%q, %q) = nil, want an error", names[0], names[1])
+		}
+	}
+	select {
+	case a := <-got:
+		t.Errorf("a malformed FETCH reached the FetchFunc: %+v", a)
+	default:
 	}
 }

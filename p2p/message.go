@@ -25,10 +25,18 @@ import (
 //
 // Request:
 //
-//	type    byte     msgHave (1) or msgGet (2)
+//	type    byte     msgHave (1), msgGet (2) or msgFetch (3)
 //	dlen    uvarint  length of the digest string, 1..maxDigestLen
 //	digest  dlen bytes, e.g. "sha256:0123..."; only sha256 and sha512
-//	index   uvarint  chunk index, < chunk.MaxCount; always 0 for msgHave
+//	index   uvarint  chunk index, < chunk.MaxCount; always 0 for msgHave and msgFetch
+//	rlen    uvarint  msgFetch only: length of the registry, 1..maxNameLen
+//	reg     rlen bytes, the registry the blob comes from, as in the ns parameter
+//	plen    uvarint  msgFetch only: length of the repository, 1..maxNameLen
+//	repo    plen bytes, the repository in that registry
+//
+// A FETCH asks a seed of the blob to fetch it; statusOK (it is fetching it, or holds it)
+// has no body, statusNotHeld refuses (the node is not a seed of it, or does not serve that
+// registry), statusBusy asks again later.
 //
 // Response: a status byte. Only statusOK has a body, and nothing may follow
 // the body.
@@ -56,8 +64,9 @@ import (
 //	length  uvarint  chunk length, 1..chunk.MaxSize
 //	data    exactly length bytes
 const (
-	msgHave byte = 1
-	msgGet  byte = 2
+	msgHave  byte = 1
+	msgGet   byte = 2
+	msgFetch byte = 3
 )
 
 // Bits of the HAVE body's flags byte.
@@ -79,9 +88,12 @@ const (
 	// maxDigestLen is the length of the longest digest accepted:
 	// "sha512:" and 128 hex digits.
 	maxDigestLen = 7 + 128
+	// maxNameLen bounds a FETCH's registry and repository: the distribution
+	// spec's 255 characters for a repository name.
+	maxNameLen = 255
 	// maxRequestLen is the longest valid request: type, digest length,
-	// digest and index.
-	maxRequestLen = 1 + binary.MaxVarintLen64 + maxDigestLen + binary.MaxVarintLen64
+	// digest and index, and a FETCH's two names.
+	maxRequestLen = 1 + binary.MaxVarintLen64 + maxDigestLen + binary.MaxVarintLen64 + 2*(binary.MaxVarintLen64+maxNameLen)
 	// readBatch is how much of a bitmap or chunk list is read at a time, so
 	// memory grows with the bytes a peer actually sends, not with the counts
 	// it claims.
@@ -99,6 +111,8 @@ type request struct {
 	typ    byte
 	digest digest.Digest
 	index  int
+	// registry and repo are a FETCH's source.
+	registry, repo string
 }
 
 // checkDigest accepts only digests that have a DHT key: valid sha256 or sha512.
@@ -119,19 +133,28 @@ func checkDigest(d digest.Digest) error {
 // the digest's validity is the caller's concern, so that tests can send
 // invalid ones.
 func appendRequest(b []byte, req request) ([]byte, error) {
-	if req.typ != msgHave && req.typ != msgGet {
+	if req.typ != msgHave && req.typ != msgGet && req.typ != msgFetch {
 		return nil, fmt.Errorf("encode request: unknown type %d", req.typ)
 	}
 	if len(req.digest) == 0 || len(req.digest) > maxDigestLen {
 		return nil, fmt.Errorf("encode request: digest of %d bytes", len(req.digest))
 	}
-	if req.index < 0 || req.index >= chunk.MaxCount || (req.typ == msgHave && req.index != 0) {
+	if req.index < 0 || req.index >= chunk.MaxCount || (req.typ != msgGet && req.index != 0) {
 		return nil, fmt.Errorf("encode request: chunk index %d", req.index)
 	}
 	b = append(b, req.typ)
 	b = binary.AppendUvarint(b, uint64(len(req.digest)))
 	b = append(b, req.digest...)
 	b = binary.AppendUvarint(b, uint64(req.index))
+	if req.typ == msgFetch {
+		for _, name := range []string{req.registry, req.repo} {
+			if len(name) == 0 || len(name) > maxNameLen {
+				return nil, fmt.Errorf("encode request: name of %d bytes", len(name))
+			}
+			b = binary.AppendUvarint(b, uint64(len(name)))
+			b = append(b, name...)
+		}
+	}
 	return b, nil
 }
 
@@ -142,7 +165,7 @@ func decodeRequest(r byteReader) (request, error) {
 	if err != nil {
 		return request{}, truncated("request type", err)
 	}
-	if typ != msgHave && typ != msgGet {
+	if typ != msgHave && typ != msgGet && typ != msgFetch {
 		return request{}, fmt.Errorf("%w: request type %d", chunk.ErrProtocol, typ)
 	}
 	n, err := readUvarint(r, "digest length", maxDigestLen)
@@ -160,10 +183,40 @@ func decodeRequest(r byteReader) (request, error) {
 	if err != nil {
 		return request{}, err
 	}
-	if typ == msgHave && index != 0 {
-		return request{}, fmt.Errorf("%w: have request with chunk index %d", chunk.ErrProtocol, index)
+	if typ != msgGet && index != 0 {
+		return request{}, fmt.Errorf("%w: request type %d with chunk index %d", chunk.ErrProtocol, typ, index)
 	}
-	return request{typ: typ, digest: digest.Digest(buf[:n]), index: int(index)}, nil
+	req := request{typ: typ, digest: digest.Digest(buf[:n]), index: int(index)}
+	if typ == msgFetch {
+		var names [2]string
+		for i, what := range []string{"registry", "repository"} {
+			l, err := readUvarint(r, what+" length", maxNameLen)
+			if err != nil {
+				return request{}, err
+			}
+			if l == 0 {
+				return request{}, fmt.Errorf("%w: empty %s", chunk.ErrProtocol, what)
+			}
+			name := make([]byte, l)
+			if _, err := io.ReadFull(r, name); err != nil {
+				return request{}, truncated(what, err)
+			}
+			names[i] = string(name)
+		}
+		req.registry, req.repo = names[0], names[1]
+	}
+	return req, nil
+}
+
+// readStatus reads a response that is a status alone.
+func readStatus(r byteReader) error {
+	if err := decodeStatus(r); err != nil {
+		return err
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		return fmt.Errorf("%w: bytes after a status-only response", chunk.ErrProtocol)
+	}
+	return nil
 }
 
 // chunkCount is the number of chunks of a blob, or an error when the

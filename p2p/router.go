@@ -13,6 +13,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
+	kbucket "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -294,6 +295,32 @@ func (r *Router) Provide(ctx context.Context, d digest.Digest) error {
 	}
 	r.log.Debug("provided", "digest", d, "duration", time.Since(start))
 	return nil
+}
+
+// ClosestPeers returns the k fleet members, this node among them if it is one, whose IDs are
+// closest to d's key in the DHT's XOR metric, closest first: the peers that hold d's provider
+// records, and the same set for every node that asks (a blob's seeds).
+func (r *Router) ClosestPeers(ctx context.Context, d digest.Digest, k int) ([]string, error) {
+	key, err := Key(d)
+	if err != nil {
+		return nil, fmt.Errorf("closest peers: %w", err)
+	}
+	target := string(key.Hash())
+	ids, err := r.dht.GetClosestPeers(ctx, target)
+	if err != nil {
+		return nil, fmt.Errorf("closest peers of %s: %w", d, err)
+	}
+	// The lookup leaves this node out; a node among the closest must count itself in, as
+	// the others count it.
+	if !slices.Contains(ids, r.h.ID()) {
+		ids = append(ids, r.h.ID())
+	}
+	ids = kbucket.SortClosestPeers(ids, kbucket.ConvertKey(target))
+	out := make([]string, 0, min(k, len(ids)))
+	for _, id := range ids[:min(k, len(ids))] {
+		out = append(out, id.String())
+	}
+	return out, nil
 }
 
 // FindProviders returns up to MaxProviders other peers that announced d. It

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/benbjohnson/clock"
+	kbucket "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/opencontainers/go-digest"
 )
@@ -372,5 +374,44 @@ func TestRouterProtocolPrefix(t *testing.T) {
 	// b reaches a, but a speaks another DHT, so b never adds it.
 	if err := b.Bootstrap(ctx); !errors.Is(err, ErrNoBootstrapPeer) {
 		t.Errorf("Bootstrap(peer with another prefix) = %v, want %v", err, ErrNoBootstrapPeer)
+	}
+}
+
+// TestRouterClosestPeers: every node of a fleet names the same seeds for a blob, whether it
+// is one of them or not, closest to the blob's key first.
+func TestRouterClosestPeers(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	routers := newMockRouters(t, 8, RouterOptions{})
+	for i := range 4 {
+		d := digest.FromString(fmt.Sprint("layer ", i))
+		var want []string
+		for _, r := range routers {
+			got, err := r.ClosestPeers(ctx, d, 3)
+			if err != nil {
+				t.Fatalf("ClosestPeers(%s) = %v", d, err)
+			}
+			if len(got) != 3 {
+				t.Fatalf("ClosestPeers(%s) from %s = %v, want 3 peers", d, r.h.ID(), got)
+			}
+			if want == nil {
+				want = got
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("ClosestPeers(%s) from %s = %v, from the first %v: the nodes disagree", d, r.h.ID(), got, want)
+			}
+		}
+		// The answer is the 3 closest of all 8 by the DHT's metric.
+		all := make([]peer.ID, len(routers))
+		for i, r := range routers {
+			all[i] = r.h.ID()
+		}
+		key, _ := Key(d)
+		sorted := kbucket.SortClosestPeers(all, kbucket.ConvertKey(string(key.Hash())))
+		for j, id := range sorted[:3] {
+			if want[j] != id.String() {
+				t.Errorf("ClosestPeers(%s)[%d] = %s, want %s", d, j, want[j], id)
+			}
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -69,6 +70,7 @@ type Member struct {
 	joined       atomic.Bool
 	needPeer     bool // bootstrap sources were given: not ready until the first join attempt
 	leases       bool // downloads ask the trackers for origin leases
+	seedCache    *lru.Cache[digest.Digest, seedEntry]
 }
 
 // New returns the membership of o.Network's node; Run joins the fleet.
@@ -80,9 +82,10 @@ func New(o Options) *Member {
 	m := &Member{
 		net: o.Network, store: o.Store, tracker: o.Tracker, chunkSize: o.ChunkSize,
 		bootstrap: o.Bootstrap, bootstrapDNS: o.BootstrapDNS, log: log,
-		announce: make(chan digest.Digest, 1024),
-		leases:   o.Trackers,
-		needPeer: len(o.Bootstrap) > 0 || o.BootstrapDNS != "" || o.Trackers,
+		announce:  make(chan digest.Digest, 1024),
+		leases:    o.Trackers,
+		seedCache: newSeedCache(),
+		needPeer:  len(o.Bootstrap) > 0 || o.BootstrapDNS != "" || o.Trackers,
 	}
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -17,10 +17,10 @@ var (
 )
 
 // Swarm is what the downloads use to reach the fleet. With trackers it also hands out origin
-// leases; without, it does not implement swarm.OriginLeaser, so downloads never ask for one.
+// leases; without, it names each blob's seeds instead (see seeds.go).
 func (m *Member) Swarm() swarm.Fleet {
 	if !m.leases {
-		return m
+		return seeder{m}
 	}
 	return leasing{m}
 }
@@ -62,6 +62,7 @@ func (m *Member) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 // Serve starts answering peers' chunk requests from the store and dl's running downloads,
 // counting the bytes sent in uploaded; peers asking about a blob are hinted to dl.
 func (m *Member) Serve(dl *swarm.Downloader, uploaded prometheus.Counter) error {
+	m.net.Exchange.ServeFetch(m.serveFetch(dl))
 	return m.net.Exchange.Serve(NewChunkServer(m.store, dl, m.chunkSize, uploaded, m.log), dl.Hint)
 }
 

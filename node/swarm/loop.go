@@ -283,19 +283,25 @@ func (e *engine) loop(ctx context.Context) error {
 }
 
 // pollDue polls the peers still downloading whose last answer is pollEvery old, oldest
-// first (the seeds, then peers never asked, come first), as far as the node's budget allows: however large
-// the swarm, the node sends at most pollBudget HAVEs a second over all its downloads.
+// first (peers never asked come first), as far as the node's budget allows: however large
+// the swarm, the node sends at most pollBudget HAVEs a second over all its downloads, and
+// one a seedPollEvery to each of a blob's few seeds.
 func (e *engine) pollDue(ctx context.Context, now time.Time) {
 	var due []*peerState
 	for _, p := range e.peers {
-		if !p.polling && !p.complete && now.Sub(p.lastPoll) >= pollEvery {
+		switch {
+		case p.polling || p.complete:
+		case e.isSeed(p.id):
+			// Outside the budget, at most every seedPollEvery: while the seeds answer,
+			// the others leave the origin to them, so they must be heard from.
+			if now.Sub(p.lastPoll) >= seedPollEvery {
+				e.poll(ctx, p)
+			}
+		case now.Sub(p.lastPoll) >= pollEvery:
 			due = append(due, p)
 		}
 	}
-	// The seeds first: while they answer, the others leave the origin to them.
-	slices.SortFunc(due, func(a, b *peerState) int {
-		return cmp.Or(-cmp.Compare(btoi(e.isSeed(a.id)), btoi(e.isSeed(b.id))), a.lastPoll.Compare(b.lastPoll), cmp.Compare(a.id, b.id))
-	})
+	slices.SortFunc(due, func(a, b *peerState) int { return cmp.Or(a.lastPoll.Compare(b.lastPoll), cmp.Compare(a.id, b.id)) })
 	for _, p := range due {
 		if !e.dl.polls.AllowN(now, 1) {
 			return
@@ -323,11 +329,4 @@ func (e *engine) maintain(ctx context.Context) {
 			return lookupDone{found: found}
 		})
 	}
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -108,8 +108,9 @@ const (
 	// seedsTimeout bounds finding a blob's seeds and asking one to fetch it. seedLive is how
 	// long after a seed's last answer showing its download running other members still
 	// leave the origin to the seeds; past it, with no seed live, they fetch themselves.
-	seedsTimeout = 2 * time.Second
-	seedLive     = 10 * time.Second
+	seedsTimeout  = 2 * time.Second
+	seedLive      = 10 * time.Second
+	seedPollEvery = time.Second
 )
 
 // Leases.

@@ -18,6 +18,7 @@ var (
 	benchNodes = flag.String("sim.nodes", "", "run the bench scenarios at these node counts, comma-separated (make bench-sim)")
 	benchRun   = flag.String("sim.run", "", "run only the bench scenarios whose name matches this regexp")
 	benchJSON  = flag.String("sim.json", "", "write the bench results to this JSON file")
+	benchSlots = flag.Int("sim.slots", 0, "upload slots per node")
 	benchPlot  = flag.String("sim.plot", "", "draw the bench results' completion-time CDFs into this PNG file")
 )
 
@@ -26,7 +27,7 @@ var (
 func scenarios(nodes int) []Config {
 	var out []Config
 	for _, mode := range []string{"dht", "tracker"} {
-		base := Config{Nodes: nodes, Tracker: mode == "tracker"}
+		base := Config{Nodes: nodes, Tracker: mode == "tracker", UploadSlots: *benchSlots}
 		add := func(name string, c Config) {
 			c.Name = fmt.Sprintf("%s-%s-%d", name, mode, nodes)
 			out = append(out, c)
@@ -72,8 +73,8 @@ func runTimed(t *testing.T, cfg Config) *Result {
 
 // summary is one line of a result.
 func summary(r *Result) string {
-	return fmt.Sprintf("%-22s origin %.3fx  p50 %.2fx p99 %.2fx max %.2fx of %.1f s  incomplete %d dead %d retries %d  upload max %.1fx mean  per node/s: have %.1f chunk %.1f lookup %.2f announce %.2f lease %.2f  tracker peak %d/s  (%.0f s, %.0f CPU-s)",
-		r.Name, r.OriginRatio, r.P50Ratio, r.P99Ratio, r.MaxRatio, r.Bound, r.Incomplete, r.Dead, r.Retries, r.UploadMax,
+	return fmt.Sprintf("%-22s origin %.3fx from %d nodes  p50 %.2fx p99 %.2fx max %.2fx of %.1f s  incomplete %d dead %d retries %d  upload max %.1fx mean  per node/s: have %.1f chunk %.1f lookup %.2f announce %.2f lease %.2f  tracker peak %d/s  (%.0f s, %.0f CPU-s)",
+		r.Name, r.OriginRatio, r.OriginNodes, r.P50Ratio, r.P99Ratio, r.MaxRatio, r.Bound, r.Incomplete, r.Dead, r.Retries, r.UploadMax,
 		r.PerNodeSecond.Haves, r.PerNodeSecond.ChunkRequests, r.PerNodeSecond.Lookups, r.PerNodeSecond.Announces, r.PerNodeSecond.Leases,
 		r.TrackerPeak, r.Wall, r.CPU)
 }

@@ -199,6 +199,16 @@ func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 	if err != nil {
 		return 0, err
 	}
+	if slots := m.w.cfg.UploadSlots; slots > 0 {
+		if p.uploading.Add(1) > int64(slots) {
+			p.uploading.Add(-1)
+			if err := sleep(ctx, m.w.cfg.Latency); err != nil {
+				return 0, err
+			}
+			return 0, fmt.Errorf("chunk %d of %s from %s: %w", index, d, peer, chunk.ErrBusy)
+		}
+		defer p.uploading.Add(-1)
+	}
 	var buf bytes.Buffer
 	if _, err := p.serve.ReadChunk(ctx, d, index, &buf); err != nil {
 		if serr := sleep(ctx, m.w.cfg.Latency); serr != nil {

@@ -43,6 +43,8 @@ type Result struct {
 	// Retries counts layer pulls that failed and were tried again; RetryError is one.
 	Retries    int    `json:"retries"`
 	RetryError string `json:"retry_error,omitempty"`
+	// OriginNodes counts the nodes that took bytes from the origin.
+	OriginNodes int `json:"origin_nodes"`
 	// UploadMax is the busiest node's upload over the mean upload.
 	UploadMax float64 `json:"upload_max_ratio"`
 	// PerNodeSecond counts each request kind per node per second of pulling.
@@ -85,6 +87,9 @@ func (w *world) result() *Result {
 	for _, n := range w.nodes {
 		uploads = append(uploads, float64(n.uploaded.Load()))
 		r.Retries += n.retries
+		if n.fromOrigin.Load() > 0 {
+			r.OriginNodes++
+		}
 		if r.RetryError == "" && n.retryErr != nil {
 			r.RetryError = n.retryErr.Error()
 		}

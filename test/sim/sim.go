@@ -70,6 +70,9 @@ type Config struct {
 	// Seeds is how many seeds each blob has in a fleet without a tracker (3); -1: none, every
 	// member may fetch from the origin.
 	Seeds int
+	// UploadSlots caps the chunk requests a node serves at once, refusing more as busy, as
+	// p2p.Exchange does (p2p.DefaultMaxUploads; -1: no cap).
+	UploadSlots int
 	// Tracker adds a tracker; TrackerService is its time per request (200 µs).
 	Tracker        bool
 	TrackerService time.Duration
@@ -116,6 +119,9 @@ func (c Config) withDefaults() Config {
 	if c.Seeds == 0 {
 		c.Seeds = 3
 	}
+	if c.UploadSlots == 0 {
+		c.UploadSlots = p2p.DefaultMaxUploads
+	}
 	def(&c.LayerSize, 256<<20)
 	def(&c.ChunkSize, 4<<20)
 	def(&c.RealChunk, 64)
@@ -153,9 +159,11 @@ type node struct {
 	client  *trackerclient.Client
 	stats   counters
 
-	uploaded atomic.Int64 // virtual bytes sent to peers
-	dead     atomic.Bool
-	cancel   context.CancelFunc
+	uploaded   atomic.Int64 // virtual bytes sent to peers
+	fromOrigin atomic.Int64 // virtual bytes taken from the origin
+	uploading  atomic.Int64 // chunk requests being served
+	dead       atomic.Bool
+	cancel     context.CancelFunc
 
 	start, done time.Time
 	err         error
