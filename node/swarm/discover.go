@@ -23,6 +23,7 @@ type peerState struct {
 	active    int
 	answered  time.Time // the last answer showing the peer's download running (or held)
 	asked     bool      // a seed this download asked to fetch the blob
+	asking    bool      // that request is still out
 	rate      float64   // bytes per second, smoothed
 	busyUntil time.Time
 	idleSince time.Time // first answer in a row showing nothing fetched from the origin
@@ -147,9 +148,7 @@ func (e *engine) askSeed(ctx context.Context, p *peerState) {
 	if p.asked {
 		return
 	}
-	p.asked = true
-	// A seed just asked gets seedLive to start before the others stop waiting for it.
-	p.answered = e.clock.Now()
+	p.asked, p.asking = true, true
 	id := p.id
 	e.spawn(func() event {
 		actx, cancel := e.clock.WithTimeout(ctx, seedsTimeout)
@@ -159,10 +158,11 @@ func (e *engine) askSeed(ctx context.Context, p *peerState) {
 }
 
 // seedLive reports whether some seed other than this node answered lately that it runs the
-// download (or was asked to, lately): while one does, the origin is left to the seeds.
+// download, or took the request to, or is being asked: while one is, the origin is left to
+// the seeds.
 func (e *engine) seedLive(now time.Time) bool {
 	for _, id := range e.seeds {
-		if p := e.peers[id]; p != nil && !p.answered.IsZero() && now.Sub(p.answered) < seedLive {
+		if p := e.peers[id]; p != nil && (p.asking || !p.answered.IsZero() && now.Sub(p.answered) < seedLive) {
 			return true
 		}
 	}

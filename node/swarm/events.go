@@ -121,8 +121,17 @@ type seedAsked struct {
 }
 
 func (ev seedAsked) apply(_ context.Context, e *engine) {
+	p := e.peers[ev.peer]
+	if p != nil {
+		p.asking = false
+	}
 	if ev.err != nil {
-		e.log.Debug("seed not asked", "peer", ev.peer, "err", ev.err)
+		e.log.Debug("seed refused or did not answer", "peer", ev.peer, "err", ev.err)
+		return
+	}
+	if p != nil {
+		// It gets seedLive to start before the others stop waiting for it.
+		p.answered = e.clock.Now()
 	}
 }
 

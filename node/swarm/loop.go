@@ -292,9 +292,15 @@ func (e *engine) pollDue(ctx context.Context, now time.Time) {
 		switch {
 		case p.polling || p.complete:
 		case e.isSeed(p.id):
-			// Outside the budget, at most every seedPollEvery: while the seeds answer,
-			// the others leave the origin to them, so they must be heard from.
-			if now.Sub(p.lastPoll) >= seedPollEvery {
+			// Outside the budget: while the seeds answer, the others leave the origin to
+			// them, so they must be heard from every seedPollEvery; and a seed splits the
+			// origin's work with the other seeds by what they fetch, so it asks them as
+			// often as any peer.
+			every := seedPollEvery
+			if e.seeding {
+				every = pollEvery
+			}
+			if now.Sub(p.lastPoll) >= every {
 				e.poll(ctx, p)
 			}
 		case now.Sub(p.lastPoll) >= pollEvery:

@@ -17,8 +17,9 @@ import (
 	"github.com/shoal-dev/shoal/p2p"
 )
 
-// errUnreachable is what a request to a node that died gets once its caller gives up: a
-// machine that is gone answers nothing, so requests to it hang until their deadline.
+// errUnreachable is what a request to a node that died gets once its deadline passed: a
+// machine that is gone answers nothing, so requests to it hang until then (the exchange's
+// timeout at most).
 var errUnreachable = errors.New("peer unreachable")
 
 // dht holds the provider records of every blob, as the DHT's closest peers to the blob's
@@ -170,7 +171,8 @@ func (m *member) reach(ctx context.Context, peer string) (*node, error) {
 		return nil, fmt.Errorf("peer %s: unknown", peer)
 	}
 	if p.dead.Load() {
-		<-ctx.Done()
+		// As the exchange bounds every request, whatever its caller's deadline.
+		_ = sleep(ctx, p2p.DefaultExchangeTimeout)
 		return nil, fmt.Errorf("peer %s: %w", peer, errUnreachable)
 	}
 	return p, nil
