@@ -85,4 +85,3 @@ func TestSeedsFetchForTheFleet(t *testing.T) {
 		t.Errorf("the origin sent %.3fx the image's blob bytes, want one copy (<= 1.05x)", ratio)
 	}
 }
-
