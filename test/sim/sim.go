@@ -496,8 +496,3 @@ func (r rngReader) Read(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
-// live returns the nodes that did not die.
-func (w *world) live() []*node {
-	return slices.DeleteFunc(slices.Clone(w.nodes), func(n *node) bool { return n.dead.Load() })
-}
