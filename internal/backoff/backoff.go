@@ -2,9 +2,25 @@
 package backoff
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
+
+// Sleep waits d, or until ctx ends (returning its error); d <= 0 returns at once.
+func Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Exponential waits Base after the first failure and doubles with each further one, up to
 // Max. Jitter spreads the waits of nodes that failed together, so they do not retry together.

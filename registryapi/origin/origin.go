@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/shoal-dev/shoal/internal/backoff"
 )
 
 // MaxManifestSize is the largest manifest or index the client accepts, as containerd and
@@ -227,16 +229,7 @@ func (p *pinnedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // sleep waits for d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+var sleep = backoff.Sleep
 
 // drain discards a little of what is left of a body before closing it, so the connection
 // can be reused for the next request.

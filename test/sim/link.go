@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/backoff"
 )
 
 // link is one direction of a network interface: it carries one transfer at a time at its
@@ -39,19 +41,7 @@ func transfer(up, down *link, n int64) time.Time {
 }
 
 // sleep waits for d or for ctx to end.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+var sleep = backoff.Sleep
 
 // sleepUntil waits until at or for ctx to end.
 func sleepUntil(ctx context.Context, at time.Time) error {
