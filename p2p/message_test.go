@@ -391,6 +391,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		{typ: msgHave, digest: testDigest},
 		{typ: msgGet, digest: testDigest512, index: 77},
 		{typ: msgGet, digest: "sha256:zz", index: chunk.MaxCount - 1},
+		{typ: msgFetch, digest: testDigest, registry: "docker.io", repo: "library/app"},
 	} {
 		b, err := appendRequest(nil, req)
 		if err != nil {
