@@ -26,6 +26,7 @@ type peerState struct {
 	asking    bool      // that request is still out
 	rate      float64   // bytes per second, smoothed
 	busyUntil time.Time
+	busy      int       // busy answers in a row
 	idleSince time.Time // first answer in a row showing nothing fetched from the origin
 	found     time.Time // when this download learned of the peer
 }

@@ -103,8 +103,6 @@ const (
 	// memberGrace is how long a peer that announced the blob but has not yet said what it
 	// holds is taken to be downloading it too.
 	memberGrace = time.Second
-	// busyBackoff is how long a peer that answered busy is left alone.
-	busyBackoff = 200 * time.Millisecond
 	// seedsTimeout bounds finding a blob's seeds and asking one to fetch it. seedLive is how
 	// long after a seed's last answer showing its download running other members still
 	// leave the origin to the seeds; past it, with no seed live, they fetch themselves.
@@ -122,6 +120,10 @@ const (
 	// died, its lease runs out and the next ask gets it.
 	leaseRecheck = time.Second
 )
+
+// busyBackoff is how long a peer that answered busy is left alone: 200 to 400 ms after the
+// first busy answer in a row, doubling up to 1.6 to 3.2 s.
+var busyBackoff = backoff.Exponential{Base: 400 * time.Millisecond, Max: 3200 * time.Millisecond, Jitter: 0.5}
 
 // originBackoff is how long the origin is left alone after failed requests in a row: 100 to
 // 200 ms after the first, doubling up to 1.6 to 3.2 s.

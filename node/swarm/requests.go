@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -181,7 +180,7 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		e.job.fromPeers.Add(int64(n))
 		e.suppliers[req.peer] = true
 		if p != nil {
-			p.fails = 0
+			p.fails, p.busy = 0, 0
 			if secs := e.clock.Since(req.start).Seconds(); secs > 0 {
 				rate := float64(n) / secs
 				if p.rate == 0 {
@@ -198,7 +197,10 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		return
 	case errors.Is(err, chunk.ErrBusy):
 		if p != nil {
-			p.busyUntil = e.clock.Now().Add(busyBackoff + rand.N(busyBackoff))
+			// Its upload slots are full: the longer it stays so, the longer it is left alone,
+			// so a swarm of many askers does not poll its busiest holders.
+			p.busy++
+			p.busyUntil = e.clock.Now().Add(busyBackoff.Delay(p.busy))
 		}
 		return
 	case errors.Is(err, chunk.ErrNotHeld):
