@@ -323,6 +323,27 @@ func (r *Router) ClosestPeers(ctx context.Context, d digest.Digest, k int) ([]st
 	return out, nil
 }
 
+// ClosestTo orders peer IDs by their distance to d's key in the DHT's XOR metric, closest
+// first, as ClosestPeers does: for a test, or a simulation, that knows every member.
+func ClosestTo(d digest.Digest, ids []string) ([]string, error) {
+	key, err := Key(d)
+	if err != nil {
+		return nil, err
+	}
+	pids := make([]peer.ID, len(ids))
+	for i, s := range ids {
+		if pids[i], err = peer.Decode(s); err != nil {
+			return nil, fmt.Errorf("peer ID %q: %w", s, err)
+		}
+	}
+	pids = kbucket.SortClosestPeers(pids, kbucket.ConvertKey(string(key.Hash())))
+	out := make([]string, len(pids))
+	for i, id := range pids {
+		out[i] = id.String()
+	}
+	return out, nil
+}
+
 // FindProviders returns up to MaxProviders other peers that announced d. It
 // returns as soon as the DHT lookup completes, so a blob nobody holds is a
 // quick empty answer in a small fleet, and never waits longer than

@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"github.com/benbjohnson/clock"
-	kbucket "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/opencontainers/go-digest"
 )
@@ -402,16 +400,16 @@ func TestRouterClosestPeers(t *testing.T) {
 			}
 		}
 		// The answer is the 3 closest of all 8 by the DHT's metric.
-		all := make([]peer.ID, len(routers))
+		all := make([]string, len(routers))
 		for i, r := range routers {
-			all[i] = r.h.ID()
+			all[i] = r.h.ID().String()
 		}
-		key, _ := Key(d)
-		sorted := kbucket.SortClosestPeers(all, kbucket.ConvertKey(string(key.Hash())))
-		for j, id := range sorted[:3] {
-			if want[j] != id.String() {
-				t.Errorf("ClosestPeers(%s)[%d] = %s, want %s", d, j, want[j], id)
-			}
+		sorted, err := ClosestTo(d, all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(want, sorted[:3]) {
+			t.Errorf("ClosestPeers(%s) = %v, want the closest 3 of all, %v", d, want, sorted[:3])
 		}
 	}
 }

@@ -3,6 +3,7 @@ package p2p
 import (
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -28,9 +29,13 @@ func NewSigner(h host.Host) (*Signer, error) {
 	return &Signer{id: h.ID(), key: key}, nil
 }
 
-// NewKeySigner returns the signer of the peer whose identity key is key, for a peer that
-// has no host, such as a simulated one.
-func NewKeySigner(key crypto.PrivKey) (*Signer, error) {
+// GenerateSigner makes a new Ed25519 identity from the randomness of r and returns its signer,
+// for a peer that has no host, such as a simulated one.
+func GenerateSigner(r io.Reader) (*Signer, error) {
+	key, _, err := crypto.GenerateEd25519Key(r)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
 	id, err := peer.IDFromPrivateKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("peer ID of key: %w", err)

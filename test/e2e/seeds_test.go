@@ -6,9 +6,6 @@ import (
 	"testing"
 	"time"
 
-	kbucket "github.com/libp2p/go-libp2p-kbucket"
-	"github.com/libp2p/go-libp2p/core/peer"
-
 	"github.com/shoal-dev/shoal/p2p"
 	"github.com/shoal-dev/shoal/test/internal/harness"
 )
@@ -29,19 +26,15 @@ func TestSeedsFetchForTheFleet(t *testing.T) {
 	nodes := append([]*harness.Node{first}, o.join(t, boot, 5, harness.NodeOptions{})...)
 	// Every node connected to every other, so its DHT lookups see the whole fleet.
 	waitPeers(t, ctx, nodes, len(nodes)-1)
-	byID := make(map[peer.ID]*harness.Node)
-	var ids []peer.ID
+	byID := make(map[string]*harness.Node)
+	var ids []string
 	for _, n := range nodes {
 		st, err := n.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		id, err := peer.Decode(st.PeerID)
-		if err != nil {
-			t.Fatalf("node %s: peer ID %q: %v", n.URL, st.PeerID, err)
-		}
-		byID[id] = n
-		ids = append(ids, id)
+		byID[st.PeerID] = n
+		ids = append(ids, st.PeerID)
 	}
 	o.proxy.Reset()
 	puller := nodes[len(nodes)-1]
@@ -50,12 +43,12 @@ func TestSeedsFetchForTheFleet(t *testing.T) {
 	}
 	holds := make(map[*harness.Node]int)
 	for _, b := range im.Blobs() {
-		key, err := p2p.Key(b.Digest)
+		sorted, err := p2p.ClosestTo(b.Digest, ids)
 		if err != nil {
 			t.Fatal(err)
 		}
-		seeds := kbucket.SortClosestPeers(ids, kbucket.ConvertKey(string(key.Hash())))[:3]
-		if slices.ContainsFunc(seeds, func(id peer.ID) bool { return byID[id] == puller }) {
+		seeds := sorted[:3]
+		if slices.ContainsFunc(seeds, func(id string) bool { return byID[id] == puller }) {
 			// A seed fetches its share and the other seeds' too when they are not fetching:
 			// it asks none of them.
 			continue

@@ -14,7 +14,6 @@
 package sim
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -29,7 +28,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -189,32 +187,23 @@ type world struct {
 	seeds  map[digest.Digest][]string
 }
 
-// seedsOf returns the cfg.Seeds nodes whose IDs' SHA-256 is closest to d's by XOR, as
-// Kademlia measures it.
+// seedsOf returns the cfg.Seeds nodes closest to d's key by the DHT's metric, as
+// p2p.Router.ClosestPeers finds them.
 func (w *world) seedsOf(d digest.Digest) []string {
 	w.seedMu.Lock()
 	defer w.seedMu.Unlock()
 	if s, ok := w.seeds[d]; ok {
 		return slices.Clone(s)
 	}
-	key := sha256.Sum256([]byte(d))
-	type scored struct {
-		id   string
-		dist [32]byte
-	}
-	all := make([]scored, len(w.nodes))
+	ids := make([]string, len(w.nodes))
 	for i, n := range w.nodes {
-		h := sha256.Sum256([]byte(n.id))
-		for j := range h {
-			h[j] ^= key[j]
-		}
-		all[i] = scored{n.id, h}
+		ids[i] = n.id
 	}
-	slices.SortFunc(all, func(a, b scored) int { return bytes.Compare(a.dist[:], b.dist[:]) })
-	var out []string
-	for _, s := range all[:min(len(all), w.cfg.Seeds)] {
-		out = append(out, s.id)
+	sorted, err := p2p.ClosestTo(d, ids)
+	if err != nil {
+		panic(err) // the IDs are this world's own, the digest its layers'
 	}
+	out := sorted[:min(len(sorted), w.cfg.Seeds)]
 	if w.seeds == nil {
 		w.seeds = make(map[digest.Digest][]string)
 	}
@@ -300,11 +289,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 }
 
 func (w *world) newNode(ctx context.Context, i int, dir string, rng *rand.Rand) (*node, error) {
-	key, _, err := crypto.GenerateEd25519Key(rngReader{rng})
-	if err != nil {
-		return nil, err
-	}
-	signer, err := p2p.NewKeySigner(key)
+	signer, err := p2p.GenerateSigner(rngReader{rng})
 	if err != nil {
 		return nil, err
 	}
