@@ -315,12 +315,18 @@ func (r *Router) ClosestPeers(ctx context.Context, d digest.Digest, k int) ([]st
 	if !slices.Contains(ids, r.h.ID()) {
 		ids = append(ids, r.h.ID())
 	}
+	out := closest(ids, target)
+	return out[:min(k, len(out))], nil
+}
+
+// closest orders ids by their distance to the DHT key target, closest first.
+func closest(ids []peer.ID, target string) []string {
 	ids = kbucket.SortClosestPeers(ids, kbucket.ConvertKey(target))
-	out := make([]string, 0, min(k, len(ids)))
-	for _, id := range ids[:min(k, len(ids))] {
-		out = append(out, id.String())
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id.String()
 	}
-	return out, nil
+	return out
 }
 
 // ClosestTo orders peer IDs by their distance to d's key in the DHT's XOR metric, closest
@@ -336,12 +342,7 @@ func ClosestTo(d digest.Digest, ids []string) ([]string, error) {
 			return nil, fmt.Errorf("peer ID %q: %w", s, err)
 		}
 	}
-	pids = kbucket.SortClosestPeers(pids, kbucket.ConvertKey(string(key.Hash())))
-	out := make([]string, len(pids))
-	for i, id := range pids {
-		out[i] = id.String()
-	}
-	return out, nil
+	return closest(pids, string(key.Hash())), nil
 }
 
 // FindProviders returns up to MaxProviders other peers that announced d. It

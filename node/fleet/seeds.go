@@ -25,8 +25,8 @@ const (
 	seedCount = 3
 	// seedsTTL is how long a blob's seeds, once looked up, are taken as they were.
 	seedsTTL = time.Minute
-	// seedsTimeout bounds the lookup a FETCH needs to tell whether this node is a seed.
-	seedsTimeout = 5 * time.Second
+	// fetchLookupTimeout bounds the lookup a FETCH needs to tell whether this node is a seed.
+	fetchLookupTimeout = 5 * time.Second
 )
 
 // fetchLimit caps the downloads FETCH requests start, a second: a peer may ask a seed only
@@ -93,7 +93,7 @@ func (m *Member) serveFetch(dl *swarm.Downloader) p2p.FetchFunc {
 		if !limit.Allow() {
 			return chunk.ErrBusy
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), seedsTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), fetchLookupTimeout)
 		defer cancel()
 		seeds, err := m.seeds(ctx, d)
 		if err != nil {

@@ -100,7 +100,7 @@ func (s seedingMember) Seeds(ctx context.Context, d digest.Digest) ([]string, er
 }
 
 func (s seedingMember) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
-	s.n.count(&s.n.stats.SeedAsks)
+	s.n.stats.SeedAsks.Add(1)
 	p, err := s.reach(ctx, seed)
 	if err != nil {
 		return err
@@ -124,7 +124,7 @@ func (m *member) Provide(ctx context.Context, d digest.Digest) error {
 	if m.n.tracker != nil {
 		m.n.tracker.Started(d)
 	}
-	m.n.count(&m.n.stats.Provides)
+	m.n.stats.Provides.Add(1)
 	// The record is stored at the closest peers when the provide's lookup is through.
 	m.w.dht.add(d, m.n.id, time.Now().Add(m.w.cfg.ProvideTime))
 	return sleep(ctx, m.w.cfg.ProvideTime)
@@ -140,7 +140,7 @@ func (m *member) FindProviders(ctx context.Context, d digest.Digest, fresh bool)
 				return append([]string(nil), c.ids...), nil
 			}
 		}
-		m.n.count(&m.n.stats.Lookups)
+		m.n.stats.Lookups.Add(1)
 		if err := sleep(ctx, m.w.cfg.LookupTime); err != nil {
 			return nil, err
 		}
@@ -179,7 +179,7 @@ func (m *member) reach(ctx context.Context, peer string) (*node, error) {
 }
 
 func (m *member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error) {
-	m.n.count(&m.n.stats.Haves)
+	m.n.stats.Haves.Add(1)
 	p, err := m.reach(ctx, peer)
 	if err != nil {
 		return chunk.Have{}, err
@@ -196,7 +196,7 @@ func (m *member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 }
 
 func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error) {
-	m.n.count(&m.n.stats.ChunkRequests)
+	m.n.stats.ChunkRequests.Add(1)
 	p, err := m.reach(ctx, peer)
 	if err != nil {
 		return 0, err

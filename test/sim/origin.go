@@ -40,7 +40,7 @@ func (c originClient) blob(d digest.Digest) ([]byte, error) {
 
 func (c originClient) GetBlob(ctx context.Context, _, _ string, d digest.Digest, offset, length int64) (io.ReadCloser, int64, error) {
 	c.o.requests.Add(1)
-	c.n.count(&c.n.stats.OriginRequests)
+	c.n.stats.OriginRequests.Add(1)
 	b, err := c.blob(d)
 	if err != nil {
 		return nil, 0, err
@@ -66,7 +66,7 @@ func (c originClient) GetBlob(ctx context.Context, _, _ string, d digest.Digest,
 }
 
 func (c originClient) HeadBlob(ctx context.Context, _, _ string, d digest.Digest) (int64, error) {
-	c.n.count(&c.n.stats.OriginRequests)
+	c.n.stats.OriginRequests.Add(1)
 	b, err := c.blob(d)
 	if err != nil {
 		return 0, err

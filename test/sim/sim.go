@@ -169,8 +169,6 @@ type node struct {
 	retryErr    error // the first of their errors
 }
 
-func (n *node) count(c *atomic.Int64) { c.Add(1) }
-
 // world is everything one rollout shares.
 type world struct {
 	cfg     Config
@@ -460,9 +458,9 @@ type nodeTransport struct {
 func (nt nodeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch kind(req.URL.Path) {
 	case "announce":
-		nt.n.count(&nt.n.stats.Announces)
+		nt.n.stats.Announces.Add(1)
 	case "lease":
-		nt.n.count(&nt.n.stats.Leases)
+		nt.n.stats.Leases.Add(1)
 	}
 	return nt.t.RoundTrip(req)
 }
