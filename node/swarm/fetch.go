@@ -138,11 +138,6 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 		release, holder, ok, lerr := e.leaser.LeaseOrigin(lctx, e.job.digest, e.job.size, e.cs, req.chunk)
 		cancel()
 		switch {
-		case lerr != nil && errors.Is(lerr, context.DeadlineExceeded) && ctx.Err() == nil:
-			// The tracker is late, not dead: a late answer is no grant. The chunk is left to
-			// the peers a moment and asked for again; once the tracker counts as down (after
-			// a few timeouts in a row) the ask fails at once and the chunk comes without.
-			return 0, errLeasedElsewhere
 		case lerr != nil:
 			// No tracker answered: fetch without a lease, as a fleet without one does.
 			e.log.Debug("no origin lease, fetching without", "chunk", req.chunk, "err", lerr)

@@ -48,9 +48,8 @@ type Fleet interface {
 type OriginLeaser interface {
 	// LeaseOrigin asks for the lease on chunk index of d (size bytes in chunks of chunkSize).
 	// ok false: another node holds the lease or the chunk (holder, when the tracker named
-	// it); get it from peers. An error wrapping context.DeadlineExceeded: the tracker is
-	// late, and the chunk is asked for again a moment later; another error: no tracker
-	// could answer, and the chunk is fetched without a lease. While held, the lease is kept alive; release ends it, done saying the
+	// it); get it from peers. An error: no tracker could answer, and the chunk is fetched
+	// without a lease. While held, the lease is kept alive; release ends it, done saying the
 	// chunk arrived whole.
 	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), holder string, ok bool, err error)
 }

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -190,7 +189,6 @@ type memLeases struct {
 	ttl     time.Duration
 	held    map[string]memLease
 	down    atomic.Bool // no tracker answers
-	slow    atomic.Bool // every ask times out: the tracker answers too late
 	grants  atomic.Int64
 	denials atomic.Int64
 }
@@ -212,9 +210,6 @@ func newMemLeases(ttl time.Duration) *memLeases {
 func (l *memLeases) take(id string, d digest.Digest, c int) (func(bool), string, bool, error) {
 	if l.down.Load() {
 		return nil, "", false, errTrackerDown
-	}
-	if l.slow.Load() {
-		return nil, "", false, fmt.Errorf("lease chunk %d: %w", c, context.DeadlineExceeded)
 	}
 	key := fmt.Sprintf("%s/%d", d, c)
 	l.mu.Lock()
@@ -588,39 +583,4 @@ func TestSwarmTrackerDown(t *testing.T) {
 	if ratio := float64(o.sentBytes()) / float64(len(data)); ratio > 1.5 {
 		t.Errorf("origin sent %.2fx the blob without a tracker, want <= 1.5x", ratio)
 	}
-}
-
-// TestSwarmSlowTracker: a tracker that answers every lease ask too late is not a dead one and
-// a late answer is no grant: the node asks the origin for no chunk while its asks time out,
-// and fetches without leases once the tracker counts as down (its asks fail at once).
-func TestSwarmSlowTracker(t *testing.T) {
-	t.Parallel()
-	synctest.Test(t, func(t *testing.T) {
-		data := randomBlob(t, 16*64<<10)
-		o := newFakeOrigin(data)
-		f := newMemFleet()
-		f.leases = newMemLeases(10 * time.Second)
-		f.leases.slow.Store(true)
-		m := f.add(t, "m0", o)
-		done := make(chan error, 1)
-		go func() {
-			got, err := m.read(t, digest.FromBytes(data))
-			if err == nil && !bytes.Equal(got, data) {
-				err = errors.New("read other bytes than the blob's")
-			}
-			done <- err
-		}()
-		time.Sleep(10 * time.Second)
-		if n := o.sentBytes(); n != 0 {
-			t.Fatalf("the origin sent %d bytes while every lease ask timed out, want none", n)
-		}
-		f.leases.slow.Store(false)
-		f.leases.down.Store(true)
-		if err := <-done; err != nil {
-			t.Fatalf("read once the tracker was down = %v", err)
-		}
-		if n := o.sentBytes(); n != int64(len(data)) {
-			t.Errorf("the origin sent %d bytes, want the blob's %d once", n, len(data))
-		}
-	})
 }

@@ -70,9 +70,9 @@ type Options struct {
 // is asked of one tracker only, the first of the trackers ordered by rendezvous hash of the
 // digest over their URLs that is not known to be down, so every node asks the same tracker
 // for the same blob; when it fails the next in that order is asked. A tracker that fails (a
-// transport error, a 5xx, or slowLimit timeouts in a row: a slow tracker is not a dead one)
-// is marked down for a backoff and skipped until then, so a dead tracker costs little: a
-// lease asked while every tracker is down fails at once with ErrUnavailable. Nothing is retried inside a request.
+// transport error, a timeout or a 5xx) is marked down for a backoff and skipped until then,
+// so a dead tracker costs nothing: a lease asked while every tracker is down fails at once
+// with ErrUnavailable. Nothing is retried inside a request.
 type Client struct {
 	opts     Options
 	backoff  backoff.Exponential
@@ -103,14 +103,8 @@ type endpoint struct {
 	mu        sync.Mutex
 	downUntil time.Time
 	failures  int
-	slow      int // requests in a row that timed out
 	instance  string
 }
-
-// slowLimit is how many requests in a row may time out before a tracker counts as down: a
-// tracker that answers late (busy with a whole fleet's announces) is not a dead one, and its
-// late answers are worth more than none, while one that never answers costs a few timeouts.
-const slowLimit = 3
 
 // New checks o and returns a client.
 func New(o Options) (*Client, error) {
@@ -233,15 +227,7 @@ func (c *Client) result(e *endpoint, op string, err error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if down && errors.Is(err, context.DeadlineExceeded) {
-		if e.slow++; e.slow < slowLimit {
-			c.up.Store(false) // the last request did not succeed
-			c.log.Debug("tracker slow", "tracker", e.base, "err", err)
-			return
-		}
-	}
 	if down {
-		e.slow = 0
 		e.failures++
 		wait := c.backoff.Delay(e.failures)
 		e.downUntil = time.Now().Add(wait)
@@ -249,7 +235,7 @@ func (c *Client) result(e *endpoint, op string, err error) {
 		c.log.Debug("tracker down", "tracker", e.base, "retry", wait, "err", err)
 		return
 	}
-	e.failures, e.slow = 0, 0
+	e.failures = 0
 	e.downUntil = time.Time{}
 	c.up.Store(true)
 }

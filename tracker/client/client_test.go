@@ -262,22 +262,16 @@ func TestClientStrictAnswers(t *testing.T) {
 	}
 }
 
-// TestClientBackoff: a tracker that does not answer costs slowLimit timeouts (it may only be
-// slow), then nothing: leases fail at once while it is known down.
+// TestClientBackoff: a tracker that does not answer costs one timeout, then nothing: leases
+// fail at once while it is known down.
 func TestClientBackoff(t *testing.T) {
 	t.Parallel()
 	f := newFakeTracker(t)
 	f.hang.Store(true)
 	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 	ctx := context.Background()
-	for i := range slowLimit {
-		before := f.requests.Load()
-		if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("Lease %d from a hanging tracker = %v, want ErrUnavailable and a timeout", i, err)
-		}
-		if f.requests.Load() == before {
-			t.Fatalf("Lease %d of %d timeouts did not reach the tracker: a slow tracker was taken for dead", i, slowLimit)
-		}
+	if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Lease from a hanging tracker = %v, want ErrUnavailable", err)
 	}
 	before := f.requests.Load()
 	for range 100 {
