@@ -71,7 +71,20 @@ type Member struct {
 	needPeer     bool // bootstrap sources were given: not ready until the first join attempt
 	leases       bool // downloads ask the trackers for origin leases
 	seedCache    *lru.Cache[digest.Digest, seedEntry]
+	// sent counts the requests the node's downloads send to the fleet, by kind: the
+	// control plane's cost per node, next to the chunks themselves.
+	sent *prometheus.CounterVec
 }
+
+// Request kinds counted in shoal_p2p_requests_total.
+const (
+	sentHave    = "have"    // HAVE: what a peer holds of a blob
+	sentChunk   = "chunk"   // GET of one chunk
+	sentProvide = "provide" // DHT announce of a blob
+	sentFind    = "find"    // lookup of a blob's holders (tracker and DHT)
+	sentSeeds   = "seeds"   // lookup of a blob's seeds (DHT closest peers, not cached)
+	sentFetch   = "fetch"   // FETCH asking a seed to fetch a blob
+)
 
 // New returns the membership of o.Network's node; Run joins the fleet.
 func New(o Options) *Member {
@@ -86,9 +99,16 @@ func New(o Options) *Member {
 		leases:    o.Trackers,
 		seedCache: newSeedCache(),
 		needPeer:  len(o.Bootstrap) > 0 || o.BootstrapDNS != "" || o.Trackers,
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_p2p_requests_total",
+			Help: "Requests the node's downloads sent to the fleet, by kind: have, chunk, provide, find, seeds, fetch.",
+		}, []string{"kind"}),
+	}
+	for _, k := range []string{sentHave, sentChunk, sentProvide, sentFind, sentSeeds, sentFetch} {
+		m.sent.WithLabelValues(k)
 	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		o.Registerer.MustRegister(m.sent, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shoal_p2p_peers", Help: "Peers connected now.",
 		}, func() float64 { return float64(m.net.Peers()) }))
 	}

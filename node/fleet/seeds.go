@@ -57,6 +57,7 @@ func (s seeder) Seeds(ctx context.Context, d digest.Digest) ([]string, error) { 
 
 // AskSeed sends seed a FETCH of d from repo at registry.
 func (s seeder) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
+	s.sent.WithLabelValues(sentFetch).Inc()
 	return s.net.Exchange.Fetch(ctx, seed, d, registry, repo)
 }
 
@@ -64,6 +65,7 @@ func (m *Member) seeds(ctx context.Context, d digest.Digest) ([]string, error) {
 	if e, ok := m.seedCache.Get(d); ok && time.Now().Before(e.expires) {
 		return slices.Clone(e.ids), nil
 	}
+	m.sent.WithLabelValues(sentSeeds).Inc()
 	ids, err := m.net.Router.ClosestPeers(ctx, d, seedCount)
 	if err != nil {
 		return nil, err

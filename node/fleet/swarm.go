@@ -31,12 +31,14 @@ func (m *Member) Connected() bool { return m.net.RoutingPeers() > 0 || m.net.Pee
 
 func (m *Member) Provide(ctx context.Context, d digest.Digest) error {
 	m.tracker.Started(d) // to the trackers too, without waiting for them
+	m.sent.WithLabelValues(sentProvide).Inc()
 	return m.net.Router.Provide(ctx, d)
 }
 
 // FindProviders returns the members of d's swarm the trackers know, then the holders the DHT
 // finds.
 func (m *Member) FindProviders(ctx context.Context, d digest.Digest, fresh bool) ([]string, error) {
+	m.sent.WithLabelValues(sentFind).Inc()
 	find := m.net.Router.FindProviders
 	if fresh {
 		find = m.net.Router.FindProvidersFresh
@@ -52,10 +54,12 @@ func (m *Member) FindProviders(ctx context.Context, d digest.Digest, fresh bool)
 }
 
 func (m *Member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error) {
+	m.sent.WithLabelValues(sentHave).Inc()
 	return m.net.Exchange.Have(ctx, peer, d)
 }
 
 func (m *Member) GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error) {
+	m.sent.WithLabelValues(sentChunk).Inc()
 	return m.net.Exchange.GetChunk(ctx, peer, d, index, w)
 }
 
