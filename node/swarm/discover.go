@@ -70,7 +70,8 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 			return provided{}
 		})
 		if e.seeder != nil {
-			e.findSeeds(ctx)
+			e.seedsSince = e.clock.Now()
+			e.findSeeds(ctx, 0)
 		}
 		if err := e.findNow(ctx); err != nil {
 			return 0, err
@@ -133,10 +134,19 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 	return e.head.size, nil
 }
 
-// findSeeds looks up the blob's seeds; seedsFound takes the answer in.
-func (e *engine) findSeeds(ctx context.Context) {
+// findSeeds looks up the blob's seeds after delay; seedsFound takes the answer in.
+func (e *engine) findSeeds(ctx context.Context, delay time.Duration) {
 	e.spawn(func() event {
-		sctx, cancel := e.clock.WithTimeout(ctx, seedsTimeout)
+		if delay > 0 {
+			t := e.clock.Timer(delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return seedsFound{err: ctx.Err()}
+			}
+		}
+		sctx, cancel := e.clock.WithTimeout(ctx, seedsLookupTimeout)
 		defer cancel()
 		seeds, err := e.seeder.Seeds(sctx, e.job.digest)
 		return seedsFound{seeds: seeds, err: err}
@@ -163,11 +173,24 @@ func (e *engine) askSeed(ctx context.Context, p *peerState) {
 // the seeds.
 func (e *engine) seedLive(now time.Time) bool {
 	for _, id := range e.seeds {
-		if p := e.peers[id]; p != nil && (p.asking || !p.answered.IsZero() && now.Sub(p.answered) < seedLive) {
+		p := e.peers[id]
+		switch {
+		case p == nil || id == e.fleet.Self():
+		case p.asking, !p.answered.IsZero() && now.Sub(p.answered) < seedLive:
+			return true
+		case p.answered.IsZero() && !p.asked && now.Sub(e.seedsAt) < seedLive:
+			// Not heard from yet: a loaded seed answers late, which is no reason to
+			// fetch what it is there for.
 			return true
 		}
 	}
 	return false
+}
+
+// awaitingSeeds reports whether the blob's seeds are still being looked up, and not for
+// so long that this node should fend for itself.
+func (e *engine) awaitingSeeds(now time.Time) bool {
+	return e.seeder != nil && e.seeds == nil && !e.seedsSince.IsZero() && now.Sub(e.seedsSince) < seedLive
 }
 
 // isSeed reports whether peer id is one of the blob's seeds.

@@ -102,10 +102,16 @@ type seedsFound struct {
 func (ev seedsFound) apply(ctx context.Context, e *engine) {
 	e.seedsKnown = true
 	if ev.err != nil {
+		if ctx.Err() != nil {
+			return
+		}
 		e.log.Debug("no seeds found", "err", ev.err)
+		if e.awaitingSeeds(e.clock.Now()) {
+			e.findSeeds(ctx, seedsRetry)
+		}
 		return
 	}
-	e.seeds = ev.seeds
+	e.seeds, e.seedsAt = ev.seeds, e.clock.Now()
 	e.seeding = slices.Contains(ev.seeds, e.fleet.Self())
 	for _, id := range ev.seeds {
 		if e.admit(id) {
@@ -148,9 +154,9 @@ func (ev lookupDone) apply(_ context.Context, e *engine) {
 		// Asked at the next tick, first of the peers due, within the poll budget.
 		fresh = e.admit(id) || fresh
 	}
-	// Once lookups bring no one new, they are spaced out: the holders are known, and the
-	// DHT's cost per node must not grow with the swarm.
-	if fresh {
+	// Once lookups bring no one new, or the download knows peers enough, they are spaced
+	// out: the holders are known, and the DHT's cost per node must not grow with the swarm.
+	if fresh && len(e.peers) < enoughPeers {
 		e.findWait = findEvery
 	} else {
 		e.findWait = min(2*e.findWait, findMax)

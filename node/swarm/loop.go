@@ -59,11 +59,15 @@ type engine struct {
 	leasedElsewhere map[int]time.Time
 
 	// seeder, in a fleet without trackers, names the blob's seeds: once known, seeds holds
-	// them (seedsKnown set, even if the lookup failed) and seeding says this node is one.
+	// them and seeding says this node is one. seedsKnown is set by the first lookup's end,
+	// even a failed one (which is tried again); seedsSince is when the first began, seedsAt
+	// when one found them.
 	seeder     Seeder
 	seeds      []string
 	seedsKnown bool
 	seeding    bool
+	seedsSince time.Time
+	seedsAt    time.Time
 }
 
 func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {

@@ -92,8 +92,10 @@ const (
 	provideTimeout = time.Second
 	// headGrace is how long the origin may take to confirm a size peers gave.
 	headGrace = 500 * time.Millisecond
-	// maxPeers is the most peers one download keeps track of.
-	maxPeers = 32
+	// maxPeers is the most peers one download keeps track of; with enoughPeers, its
+	// lookups are spaced out as when they find no one new.
+	maxPeers    = 32
+	enoughPeers = 16
 	// maxBuffered is the default of Options.MaxBuffered.
 	maxBuffered = 32 << 20
 	// stallTimeout fails a download in which no byte arrived for this long.
@@ -103,12 +105,18 @@ const (
 	// memberGrace is how long a peer that announced the blob but has not yet said what it
 	// holds is taken to be downloading it too.
 	memberGrace = time.Second
-	// seedsTimeout bounds finding a blob's seeds and asking one to fetch it. seedLive is how
-	// long after a seed's last answer showing its download running other members still
-	// leave the origin to the seeds; past it, with no seed live, they fetch themselves.
-	seedsTimeout  = 2 * time.Second
-	seedLive      = 10 * time.Second
-	seedPollEvery = time.Second
+	// seedsTimeout is how long a download waits for its blob's seeds before its first
+	// origin request, and bounds asking a seed to fetch it; seedsLookupTimeout bounds one
+	// lookup of the seeds, which goes on after that wait (a loaded fleet answers late), and
+	// a failed one is tried again every seedsRetry. seedLive is how long after a seed's last
+	// answer (or, for one not heard from yet, after the seeds were found; for seeds not
+	// known yet, after the download began) other members still leave the origin to the
+	// seeds; past it, with no seed live, they fetch themselves.
+	seedsTimeout       = 2 * time.Second
+	seedsLookupTimeout = 10 * time.Second
+	seedsRetry         = time.Second
+	seedLive           = 10 * time.Second
+	seedPollEvery      = time.Second
 )
 
 // Leases.

@@ -63,9 +63,13 @@ func (e *engine) snapshot(have []bool) Snapshot {
 		snap.OriginBackoff = wait
 	}
 	// A seed splits the origin's work with the other seeds; any other node leaves it to them
-	// while one is live, and fends for itself when none is.
-	if e.seeding || e.seeds != nil && e.seedLive(now) {
+	// while one is live, and fends for itself when none is. While the seeds are still
+	// being looked up, the origin is left to whoever they turn out to be.
+	switch {
+	case e.seeding || e.seeds != nil && e.seedLive(now):
 		snap.Fetchers = e.seeds
+	case e.awaitingSeeds(now):
+		snap.Fetchers = []string{}
 	}
 	for r := range e.reqs {
 		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start), Duplicate: r.buffered})
@@ -77,8 +81,9 @@ func (e *engine) snapshot(have []bool) Snapshot {
 		if p.have.Chunks == nil {
 			// Announced the blob but cannot say what it has yet: most likely it is starting
 			// to download it too. For a moment it counts as a member, so nodes starting
-			// together split the origin's work from their first request.
-			if now.Sub(p.found) < memberGrace {
+			// together split the origin's work from their first request. A fellow seed
+			// counts as one for longer: it is there to fetch, and a loaded one answers late.
+			if now.Sub(p.found) < memberGrace || e.seeding && e.isSeed(p.id) && now.Sub(p.found) < seedLive {
 				snap.Peers = append(snap.Peers, PeerView{ID: p.id, Member: true})
 			}
 			continue

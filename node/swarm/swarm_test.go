@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -29,6 +30,7 @@ type memFleet struct {
 	members   map[string]*member
 	providers map[digest.Digest][]string
 	leases    *memLeases // a tracker's origin leases; nil for a fleet without a tracker
+	seeds     *memSeeds  // the blobs' seeds, for a fleet without a tracker; nil: none
 }
 
 type member struct {
@@ -63,8 +65,11 @@ func (f *memFleet) addWithCapacity(t *testing.T, id string, o Origin, capacity i
 	m := &member{id: id, st: st, reg: prometheus.NewRegistry(), lists: true}
 	m.flip.Store(-1)
 	var view Fleet = memView{f, id}
-	if f.leases != nil {
+	switch {
+	case f.leases != nil:
 		view = leasingView{memView{f, id}}
+	case f.seeds != nil:
+		view = seedingView{memView{f, id}}
 	}
 	m.dl = New(Options{Store: st, Origin: o, ChunkSize: 64 << 10, Fleet: view, Registerer: m.reg, BanFor: time.Minute})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -239,6 +244,44 @@ type leasingView struct{ memView }
 
 func (v leasingView) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {
 	return v.f.leases.take(v.id, d, index)
+}
+
+// memSeeds names every blob's seeds, as the DHT's closest peers would: the same members
+// for every blob. The first failures lookups fail, each after lookupTime, as they do in a
+// fleet too loaded to answer in time.
+type memSeeds struct {
+	ids        []string
+	failures   atomic.Int64
+	lookupTime time.Duration
+	lookups    atomic.Int64
+}
+
+// seedingView is a member's view of a fleet with seeds.
+type seedingView struct{ memView }
+
+func (v seedingView) Seeds(ctx context.Context, d digest.Digest) ([]string, error) {
+	s := v.f.seeds
+	s.lookups.Add(1)
+	if s.failures.Add(-1) >= 0 {
+		select {
+		case <-time.After(s.lookupTime):
+		case <-ctx.Done():
+		}
+		return nil, errors.New("closest peers: context deadline exceeded")
+	}
+	return slices.Clone(s.ids), nil
+}
+
+func (v seedingView) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
+	m := v.f.member(seed)
+	if m == nil || m.down.Load() {
+		return errPeerDown
+	}
+	if !slices.Contains(v.f.seeds.ids, seed) {
+		return chunk.ErrNotHeld
+	}
+	m.dl.Hint(v.id, d)
+	return m.dl.Fetch(context.Background(), registry, repo, d)
 }
 
 func (m *member) read(t *testing.T, d digest.Digest) ([]byte, error) {
@@ -512,9 +555,15 @@ func TestSwarmLyingSizeOriginDown(t *testing.T) {
 // all read data from origin o at the same moment, and checks what each read.
 func coldFleet(t *testing.T, n int, leases *memLeases, o *fakeOrigin, data []byte) {
 	t.Helper()
-	d := digest.FromBytes(data)
 	f := newMemFleet()
 	f.leases = leases
+	coldPull(t, f, n, o, data)
+}
+
+// coldPull adds n members to f and has them all read the blob at once.
+func coldPull(t *testing.T, f *memFleet, n int, o *fakeOrigin, data []byte) {
+	t.Helper()
+	d := digest.FromBytes(data)
 	var ms []*member
 	for i := range n {
 		ms = append(ms, f.add(t, fmt.Sprintf("m%d", i), o))
@@ -583,4 +632,48 @@ func TestSwarmTrackerDown(t *testing.T) {
 	if ratio := float64(o.sentBytes()) / float64(len(data)); ratio > 1.5 {
 		t.Errorf("origin sent %.2fx the blob without a tracker, want <= 1.5x", ratio)
 	}
+}
+
+// TestSwarmSeedsLate: in a fleet with seeds but no tracker, seed lookups that fail at first
+// (a fleet too loaded to answer them in time) are tried again, and meanwhile the members
+// that are not seeds leave the origin alone: it sends the blob once, split between the two
+// seeds, not once more for every member that could not learn who they are.
+func TestSwarmSeedsLate(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 32*64<<10)
+	o := newFakeOrigin(data)
+	o.rate = 8 << 20
+	f := newMemFleet()
+	f.seeds = &memSeeds{ids: []string{"m0", "m1"}, lookupTime: 200 * time.Millisecond}
+	f.seeds.failures.Store(8) // about the first lookup of each of the six members, and more
+	coldPull(t, f, 6, o, data)
+	if sent := o.sentBytes(); sent > int64(len(data))*11/10 {
+		t.Errorf("origin sent %.3fx the blob, want about one copy: members that had no seeds yet fetched themselves", float64(sent)/float64(len(data)))
+	}
+	for _, id := range []string{"m2", "m3", "m4", "m5"} {
+		if n := f.member(id).fetched("origin"); n > 0 {
+			t.Errorf("%s, no seed, fetched %.0f bytes from the origin", id, n)
+		}
+	}
+	if n := f.seeds.lookups.Load(); n <= 8 {
+		t.Errorf("%d seed lookups: the failed ones were not tried again", n)
+	}
+}
+
+// TestSwarmSeedsDown: when no seed lookup succeeds for long, members fend for themselves
+// and the blob still arrives everywhere.
+func TestSwarmSeedsDown(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		data := randomBlob(t, 8*64<<10)
+		o := newFakeOrigin(data)
+		f := newMemFleet()
+		f.seeds = &memSeeds{ids: []string{"m0"}}
+		f.seeds.failures.Store(1 << 30)
+		start := time.Now()
+		coldPull(t, f, 3, o, data)
+		if took := time.Since(start); took < seedLive || took > seedLive+5*time.Second {
+			t.Errorf("done in %v: the members should wait %v for seeds, then fetch", took, seedLive)
+		}
+	})
 }
