@@ -39,6 +39,9 @@ const (
 	// a row doubles it, up to maxBackoff.
 	DefaultBackoff = 2 * time.Second
 	maxBackoff     = 30 * time.Second
+	// idleConnsPerTracker is how many connections to each tracker the default client keeps
+	// open between requests.
+	idleConnsPerTracker = 16
 )
 
 // Options configure New.
@@ -140,7 +143,11 @@ func New(o Options) (*Client, error) {
 		}, []string{"op", "result"}),
 	}
 	if c.http == nil {
-		c.http = &http.Client{}
+		// A node has several lease and announce requests out at once; net/http's default
+		// of two idle connections per host would open a new one for most of them.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = idleConnsPerTracker
+		c.http = &http.Client{Transport: t}
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
