@@ -5,7 +5,7 @@ export PATH := $(GOBIN):$(PATH)
 BIN     := bin/shoal
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-quick bench-single bench-p2p bench-fleet bench-sim manifests clean
+.PHONY: all build tools test test-unit test-e2e fuzz lint demo bench bench-quick bench-single bench-p2p bench-fleet bench-sim bench-tracker bench-nodes manifests clean
 
 all: build
 
@@ -83,6 +83,19 @@ bench-quick: tools
 SIM_NODES ?= 100,1000
 bench-sim:
 	cd test && $(GO) test -count=1 -timeout 180m -run '^TestBench$$' ./sim -args -sim.nodes $(SIM_NODES) -sim.json ../bench/results/sim.json -sim.plot ../docs/img/sim-cdf.png
+
+# bench-tracker loads real `shoal tracker` processes on loopback with the signed announces
+# and lease requests of a rollout from 5,000 node identities: open-loop steps at fixed rates
+# and a closed-loop maximum, with one, two and three trackers side by side (about 5 minutes).
+bench-tracker:
+	cd test && $(GO) run ./cmd/bench-tracker --json ../bench/results/tracker.json
+
+# bench-nodes starts 100 real `shoal node` processes on loopback (NODES) and rolls cold
+# images out to all of them at once through a rate-limited origin, DHT-only and with a
+# tracker, then checks that every node finds the others' blobs in the DHT (about 6 minutes).
+NODES ?= 100
+bench-nodes: tools
+	cd test && $(GO) run ./cmd/bench-nodes --nodes $(NODES) --json ../bench/results/nodes-$(NODES).json
 
 # manifests renders the Helm chart (deploy/helm/shoal) with its default values into the plain
 # manifests in deploy/kubernetes; test/deploy checks that they are up to date. Needs helm

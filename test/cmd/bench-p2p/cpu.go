@@ -2,38 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
+
+	"github.com/shoal-dev/shoal/test/internal/harness"
 )
-
-// userHZ is the unit of the CPU times in /proc/<pid>/stat on Linux.
-const userHZ = 100
-
-// cpuSeconds is the user plus system CPU time process pid has used so far, all threads.
-func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, in parentheses, may hold spaces; the fields after it do not.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	// utime and stime are fields 14 and 15 of the line; f starts at field 3.
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad utime or stime", pid)
-	}
-	return float64(utime+stime) / userHZ, nil
-}
 
 // cpuMeter measures the CPU time of named processes over a span.
 type cpuMeter struct {
@@ -44,7 +17,7 @@ type cpuMeter struct {
 func startCPU(pids map[string]int) cpuMeter {
 	m := cpuMeter{pids: pids, start: map[string]float64{}}
 	for name, pid := range pids {
-		if s, err := cpuSeconds(pid); err == nil {
+		if s, err := harness.ProcessCPU(pid); err == nil {
 			m.start[name] = s
 		}
 	}
@@ -56,7 +29,7 @@ func (m cpuMeter) perGB(bytes int64) map[string]float64 {
 	out := map[string]float64{}
 	for name, pid := range m.pids {
 		start, ok := m.start[name]
-		end, err := cpuSeconds(pid)
+		end, err := harness.ProcessCPU(pid)
 		if !ok || err != nil {
 			continue
 		}

@@ -18,20 +18,3 @@ func TestPercentile(t *testing.T) {
 		t.Errorf("percentile of none = %v", got)
 	}
 }
-
-func TestCPUMeter(t *testing.T) {
-	busy, total, err := readCPU()
-	if err != nil || total == 0 || busy > total {
-		t.Fatalf("readCPU() = %d busy of %d, %v", busy, total, err)
-	}
-	m := startCPU()
-	x := 0
-	for i := range 20_000_000 {
-		x += i
-	}
-	_ = x
-	frac, secs := m.used()
-	if frac < 0 || frac > 1 || secs < 0 {
-		t.Errorf("used() = %v of the machine, %v CPU-s", frac, secs)
-	}
-}

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -104,7 +101,7 @@ func Run(ctx context.Context, e *Env, s Scenario, timing string) (_ Result, err 
 	}
 	took := make([]time.Duration, len(hosts))
 	errs := make([]error, len(hosts))
-	cpu := startCPU()
+	cpu := harness.StartMachineCPU()
 	begin := time.Now()
 	for first := 0; first < len(hosts); first += batch {
 		var wg sync.WaitGroup
@@ -127,7 +124,7 @@ func Run(ctx context.Context, e *Env, s Scenario, timing string) (_ Result, err 
 		}
 	}
 	total := time.Since(begin)
-	busy, cpuSeconds := cpu.used()
+	busy, cpuSeconds := cpu.Used()
 	// Origin fetches a scenario still had running when the last client finished (none, if
 	// it is well behaved) count too.
 	if err := e.Counter.WaitIdle(ctx, 30*time.Second); err != nil {
@@ -202,50 +199,4 @@ func percentile(sorted []float64, p float64) float64 {
 	}
 	i := int(math.Ceil(p*float64(len(sorted)))) - 1
 	return sorted[max(0, min(i, len(sorted)-1))]
-}
-
-// cpuMeter measures the whole machine's CPU use from /proc/stat.
-type cpuMeter struct{ busy0, total0 uint64 }
-
-func startCPU() cpuMeter {
-	b, t, _ := readCPU()
-	return cpuMeter{b, t}
-}
-
-// used returns the fraction of all cores' time spent not idle since start, and that time
-// in CPU seconds.
-func (m cpuMeter) used() (busy, seconds float64) {
-	b, t, err := readCPU()
-	if err != nil || t <= m.total0 {
-		return 0, 0
-	}
-	return float64(b-m.busy0) / float64(t-m.total0), float64(b-m.busy0) / userHZ
-}
-
-// userHZ is the unit of /proc/stat's times.
-const userHZ = 100
-
-// readCPU reads the machine's busy and total CPU time in ticks: every field of the "cpu"
-// line of /proc/stat but idle and iowait counts as busy (guest time is already in user).
-func readCPU() (busy, total uint64, err error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 8 || f[0] != "cpu" {
-		return 0, 0, errors.New("/proc/stat: no cpu line")
-	}
-	for i, s := range f[1:min(len(f), 9)] { // user nice system idle iowait irq softirq steal
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
-		}
-		total += v
-		if i != 3 && i != 4 {
-			busy += v
-		}
-	}
-	return busy, total, nil
 }

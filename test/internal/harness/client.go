@@ -42,6 +42,14 @@ func PullThrough(ctx context.Context, baseURL string, im Image) error {
 	return errors.Join(errs...)
 }
 
+// FetchBlob GETs blob d of repo through the registry API at baseURL, as PullThrough does
+// each blob: the answer must be a 200 of exactly d.
+func FetchBlob(ctx context.Context, baseURL, repo string, d Descriptor) error {
+	c := newPullClient()
+	defer c.CloseIdleConnections()
+	return fetchVerified(ctx, c, baseURL+"/v2/"+repo+"/blobs/"+d.Digest.String(), "", d)
+}
+
 // ResolveTag asks baseURL for im's tag as containerd does (GET with containerd's Accept
 // header) and checks that the answer is im's manifest, byte for byte.
 func ResolveTag(ctx context.Context, baseURL string, im Image) error {

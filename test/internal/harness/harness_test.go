@@ -304,3 +304,31 @@ func get(t *testing.T, url string, h http.Header) ([]byte, int) {
 	}
 	return b.Bytes(), resp.StatusCode
 }
+
+func TestCPUMeters(t *testing.T) {
+	busy, total, err := readMachineCPU()
+	if err != nil || total == 0 || busy > total {
+		t.Fatalf("readMachineCPU() = %d busy of %d, %v", busy, total, err)
+	}
+	m := StartMachineCPU()
+	self0, err := ProcessCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := 0
+	for i := range 200_000_000 {
+		x += i
+	}
+	_ = x
+	frac, secs := m.Used()
+	if frac < 0 || frac > 1 || secs < 0 {
+		t.Errorf("Used() = %v of the machine, %v CPU-s", frac, secs)
+	}
+	self1, err := ProcessCPU(os.Getpid())
+	if err != nil || self1 <= self0 {
+		t.Errorf("ProcessCPU after a busy loop: %v then %v, %v", self0, self1, err)
+	}
+	if m, err := ProcessMemory(os.Getpid()); err != nil || m.RSS < 1<<20 || m.Peak < m.RSS {
+		t.Errorf("ProcessMemory = %+v, %v: want at least a MiB, peak at least that", m, err)
+	}
+}

@@ -305,6 +305,28 @@ func (m Metrics) Sum(name string, match Labels) float64 {
 	return sum
 }
 
+// Count adds up the sample counts of the histograms and summaries of family name whose
+// labels match: how many observations were made. A missing family counts 0.
+func (m Metrics) Count(name string, match Labels) uint64 {
+	fam := m[name]
+	if fam == nil {
+		return 0
+	}
+	var n uint64
+	for _, s := range fam.GetMetric() {
+		if !labelsMatch(s.GetLabel(), match) {
+			continue
+		}
+		switch {
+		case s.Summary != nil:
+			n += s.GetSummary().GetSampleCount()
+		case s.Histogram != nil:
+			n += s.GetHistogram().GetSampleCount()
+		}
+	}
+	return n
+}
+
 // Has reports whether family name exists.
 func (m Metrics) Has(name string) bool { return m[name] != nil }
 
