@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -114,7 +115,7 @@ func randomBytes(t *testing.T, n int) []byte {
 
 // newTestExchange starts an exchange on h and closes it when the test ends,
 // before h is closed.
-func newTestExchange(t *testing.T, h host.Host, o ExchangeOptions) *Exchange {
+func newTestExchange(t testing.TB, h host.Host, o ExchangeOptions) *Exchange {
 	t.Helper()
 	if o.Store == nil {
 		o.Store = newFakeStore()
@@ -133,7 +134,7 @@ func newTestExchange(t *testing.T, h host.Host, o ExchangeOptions) *Exchange {
 
 // connectedHosts starts two loopback TCP hosts, the first connected to the
 // second.
-func connectedHosts(t *testing.T) (client, server host.Host) {
+func connectedHosts(t testing.TB) (client, server host.Host) {
 	t.Helper()
 	client = newTestHost(t, HostOptions{})
 	server = newTestHost(t, HostOptions{})
@@ -145,7 +146,7 @@ func connectedHosts(t *testing.T) (client, server host.Host) {
 
 // exchangePair serves store from one loopback host and returns an exchange
 // on another, connected host, and the serving peer's ID.
-func exchangePair(t *testing.T, o ExchangeOptions) (*Exchange, string) {
+func exchangePair(t testing.TB, o ExchangeOptions) (*Exchange, string) {
 	t.Helper()
 	ch, sh := connectedHosts(t)
 	newTestExchange(t, sh, o)
@@ -740,4 +741,35 @@ func TestExchangeFetch(t *testing.T) {
 		t.Errorf("a malformed FETCH reached the FetchFunc: %+v", a)
 	default:
 	}
+}
+
+// BenchmarkHave measures one HAVE round trip between two loopback TCP hosts (TLS, yamux, a
+// fresh stream per request, as the downloads' polls are): the unit of the control plane's
+// cost. It reports the process's CPU per request, both ends together.
+func BenchmarkHave(b *testing.B) {
+	store := newFakeStore()
+	data := make([]byte, 64*chunk.MinSize)
+	d := store.add(data, chunk.MinSize, []int{0, 5, 9})
+	client, server := exchangePair(b, ExchangeOptions{Store: store})
+	ctx := context.Background()
+	if _, err := client.Have(ctx, server, d); err != nil {
+		b.Fatal(err)
+	}
+	cpu0 := processCPU(b)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := client.Have(ctx, server, d); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

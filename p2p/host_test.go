@@ -19,7 +19,7 @@ import (
 const loopbackAddr = "/ip4/127.0.0.1/tcp/0"
 
 // newTestHost starts a host on loopback TCP and closes it when the test ends.
-func newTestHost(t *testing.T, o HostOptions) host.Host {
+func newTestHost(t testing.TB, o HostOptions) host.Host {
 	t.Helper()
 	if o.ListenAddrs == nil {
 		o.ListenAddrs = []string{loopbackAddr}
@@ -34,7 +34,7 @@ func newTestHost(t *testing.T, o HostOptions) host.Host {
 
 // addrInfo returns what a peer needs to dial h, going through Addrs as an
 // operator would.
-func addrInfo(t *testing.T, h host.Host) peer.AddrInfo {
+func addrInfo(t testing.TB, h host.Host) peer.AddrInfo {
 	t.Helper()
 	addrs := Addrs(h)
 	if len(addrs) == 0 {
