@@ -2,6 +2,8 @@ package announce
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -355,6 +357,9 @@ func (t *Tracker) Lease(ctx context.Context, d digest.Digest, size, chunkSize in
 		t.announceNow(ctx, d)
 	}
 	lease, holder, err := t.client.Lease(ctx, d, size, chunkSize, index)
+	if errors.Is(err, trackerclient.ErrUnavailable) {
+		return nil, "", false, fmt.Errorf("%w: %w", swarm.ErrNoTracker, err)
+	}
 	if err != nil {
 		return nil, "", false, err
 	}

@@ -176,11 +176,12 @@ func (e *engine) seedLive(now time.Time) bool {
 		p := e.peers[id]
 		switch {
 		case p == nil || id == e.fleet.Self():
-		case p.asking, !p.answered.IsZero() && now.Sub(p.answered) < seedLive:
+		case p.asking, !p.answered.IsZero() && now.Sub(later(p.answered, e.progress)) < seedLive:
+			// Asked, or heard from lately, or at least once while bytes still arrive.
 			return true
-		case p.answered.IsZero() && !p.asked && now.Sub(e.seedsAt) < seedLive:
+		case p.answered.IsZero() && !p.asked && now.Sub(later(e.seedsAt, e.progress)) < seedLive:
 			// Not heard from yet: a loaded seed answers late, which is no reason to
-			// fetch what it is there for.
+			// fetch what it is there for while bytes still arrive.
 			return true
 		}
 	}
@@ -188,9 +189,17 @@ func (e *engine) seedLive(now time.Time) bool {
 }
 
 // awaitingSeeds reports whether the blob's seeds are still being looked up, and not for
-// so long that this node should fend for itself.
+// so long that this node should fend for itself: a seedLive since the lookups began, or
+// since bytes last arrived from peers, whichever is later.
 func (e *engine) awaitingSeeds(now time.Time) bool {
-	return e.seeder != nil && e.seeds == nil && !e.seedsSince.IsZero() && now.Sub(e.seedsSince) < seedLive
+	return e.seeder != nil && e.seeds == nil && !e.seedsSince.IsZero() && now.Sub(later(e.seedsSince, e.progress)) < seedLive
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // isSeed reports whether peer id is one of the blob's seeds.

@@ -515,10 +515,16 @@ func (job *Download) release() {
 // With chunkSize > 0 it also computes the chunk list, kept once the digest matched.
 func (job *Download) verify(abort <-chan struct{}, chunkSize int64) error {
 	h := job.digest.Algorithm().Hash()
-	buf := make([]byte, 1<<20)
 	job.mu.Lock()
 	size := job.size
 	job.mu.Unlock()
+	// Reads stop at the blob's end and at each chunk's: a buffer longer than either is
+	// never filled, and a download of a small blob need not hold a megabyte.
+	bufLen := min(1<<20, max(size, 0))
+	if chunkSize > 0 {
+		bufLen = min(bufLen, chunkSize)
+	}
+	buf := make([]byte, bufLen)
 	var list []digest.Digest
 	ch := sha256.New()
 	var known digest.Digest // the current chunk's SHA-256, if checked on arrival

@@ -23,6 +23,7 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	e.nextID++
 	rctx, cancel := context.WithCancel(ctx)
 	req := &chunkReq{id: e.nextID, chunk: r.Chunk, peer: r.Peer, start: e.clock.Now(), buffered: dup, cancel: cancel}
+	req.leaseGiveUp = !e.leaseFailSince.IsZero() && req.start.Sub(e.leaseFailSince) >= leaseGiveUp
 	e.reqs[req] = struct{}{}
 	if req.peer == "" {
 		e.job.claim(req.chunk, req.id)
@@ -138,9 +139,13 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 		release, holder, ok, lerr := e.leaser.LeaseOrigin(lctx, e.job.digest, e.job.size, e.cs, req.chunk)
 		cancel()
 		switch {
-		case lerr != nil:
-			// No tracker answered: fetch without a lease, as a fleet without one does.
+		case lerr != nil && (errors.Is(lerr, ErrNoTracker) || req.leaseGiveUp):
+			// No tracker is up, or none answered for long: fetch without a lease, as a
+			// fleet without one does.
 			e.log.Debug("no origin lease, fetching without", "chunk", req.chunk, "err", lerr)
+		case lerr != nil:
+			// A tracker too slow to answer, or one that refused, granted nothing.
+			return 0, fmt.Errorf("%w: %w", errLeaseUnknown, lerr)
 		case !ok:
 			if holder != "" {
 				// The node fetching it is the one to get it from.

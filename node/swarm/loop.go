@@ -57,6 +57,9 @@ type engine struct {
 	// chunks whose lease another node had when last asked, until when to leave them to it.
 	leaser          OriginLeaser
 	leasedElsewhere map[int]time.Time
+	// leaseFailSince is when lease requests began to fail in a row (zero: the last one was
+	// answered).
+	leaseFailSince time.Time
 
 	// seeder, in a fleet without trackers, names the blob's seeds: once known, seeds holds
 	// them and seeding says this node is one. seedsKnown is set by the first lookup's end,

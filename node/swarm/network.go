@@ -48,9 +48,12 @@ type Fleet interface {
 type OriginLeaser interface {
 	// LeaseOrigin asks for the lease on chunk index of d (size bytes in chunks of chunkSize).
 	// ok false: another node holds the lease or the chunk (holder, when the tracker named
-	// it); get it from peers. An error: no tracker could answer, and the chunk is fetched
-	// without a lease. While held, the lease is kept alive; release ends it, done saying the
-	// chunk arrived whole.
+	// it); get it from peers. An error wrapping ErrNoTracker: no tracker is up, and the chunk
+	// is fetched without a lease. Any other error (a tracker too slow to answer, or one that
+	// refused the request) is no grant: the chunk is asked for again a little later, and
+	// fetched without a lease only once the trackers failed to answer for leaseGiveUp.
+	// While held, the lease is kept alive; release ends it, done saying the chunk arrived
+	// whole.
 	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), holder string, ok bool, err error)
 }
 
@@ -82,7 +85,7 @@ const (
 	// pollEvery is how often the bitmap of a peer still downloading is asked for again.
 	pollEvery = 250 * time.Millisecond
 	// pollBudget caps the HAVE polls a node sends a second, over all its downloads.
-	pollBudget = 64
+	pollBudget = 16
 	// findEvery is how often a running download looks for new holders, while lookups find
 	// some; each that finds no one new doubles the wait, up to findMax.
 	findEvery = time.Second
@@ -110,8 +113,9 @@ const (
 	// lookup of the seeds, which goes on after that wait (a loaded fleet answers late), and
 	// a failed one is tried again every seedsRetry. seedLive is how long after a seed's last
 	// answer (or, for one not heard from yet, after the seeds were found; for seeds not
-	// known yet, after the download began) other members still leave the origin to the
-	// seeds; past it, with no seed live, they fetch themselves.
+	// known yet, after the download began), or after the last byte from peers if that is
+	// later, other members still leave the origin to the seeds; past it, with no seed
+	// live, they fetch themselves.
 	seedsTimeout       = 2 * time.Second
 	seedsLookupTimeout = 10 * time.Second
 	seedsRetry         = time.Second
@@ -119,10 +123,16 @@ const (
 	seedPollEvery      = time.Second
 )
 
+// ErrNoTracker is what LeaseOrigin returns, wrapped, when no tracker is up.
+var ErrNoTracker = errors.New("no tracker available")
+
 // Leases.
 const (
-	// leaseTimeout bounds asking for a lease; past it the chunk is fetched without one.
-	leaseTimeout = time.Second
+	// leaseTimeout bounds asking for a lease: past it, the chunk is asked for again after
+	// leaseRecheck. leaseGiveUp is how long lease requests may fail in a row before chunks
+	// are fetched without one, as in a fleet without a tracker.
+	leaseTimeout = 4 * time.Second
+	leaseGiveUp  = 15 * time.Second
 	// leaseRecheck is how long a chunk leased to another node is left to it before asking
 	// again: by then it has usually arrived there and comes from that peer; if that node
 	// died, its lease runs out and the next ask gets it.
@@ -137,5 +147,9 @@ var busyBackoff = backoff.Exponential{Base: 400 * time.Millisecond, Max: 3200 * 
 // 200 ms after the first, doubling up to 1.6 to 3.2 s.
 var originBackoff = backoff.Exponential{Base: 200 * time.Millisecond, Max: 3200 * time.Millisecond, Jitter: 0.5}
 
-// errLeasedElsewhere ends an origin request whose chunk another node has the lease on.
-var errLeasedElsewhere = errors.New("chunk leased to another node")
+// errLeasedElsewhere ends an origin request whose chunk another node has the lease on;
+// errLeaseUnknown one whose lease request got no answer, or a refusal.
+var (
+	errLeasedElsewhere = errors.New("chunk leased to another node")
+	errLeaseUnknown    = errors.New("no answer on the origin lease")
+)

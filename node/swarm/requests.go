@@ -22,6 +22,9 @@ type chunkReq struct {
 	start    time.Time
 	buffered bool // an endgame duplicate: the chunk is written only if it wins
 	cancel   context.CancelFunc
+	// leaseGiveUp: lease requests have failed for leaseGiveUp; fetch without one if this
+	// one fails too.
+	leaseGiveUp bool
 }
 
 // schedule starts the requests the policy asks for, then gives up on a download that
@@ -163,8 +166,17 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		switch {
 		case err == nil:
 			e.originFails = 0
+			e.leaseFailSince = time.Time{}
 		case errors.Is(err, errLeasedElsewhere):
 			e.leasedElsewhere[req.chunk] = e.clock.Now().Add(leaseRecheck)
+			e.leaseFailSince = time.Time{}
+		case errors.Is(err, errLeaseUnknown):
+			// Not a grant: asked again after leaseRecheck, meanwhile left to the peers.
+			e.leasedElsewhere[req.chunk] = e.clock.Now().Add(leaseRecheck)
+			if e.leaseFailSince.IsZero() {
+				e.leaseFailSince = req.start
+			}
+			e.log.Debug("no answer on the origin lease, asking again later", "chunk", req.chunk, "err", err)
 		case errors.Is(err, errSuperseded) || errors.Is(err, context.Canceled):
 		default:
 			// A transfer that moved bytes resumes at once; one that did not backs off.

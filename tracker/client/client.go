@@ -33,8 +33,9 @@ var ErrUnavailable = errors.New("no tracker available")
 
 // Client timing defaults.
 const (
-	// DefaultTimeout bounds one request: a tracker slower than this is treated as down.
-	DefaultTimeout = time.Second
+	// DefaultTimeout bounds one request: a tracker slower than this slowLimit times in a
+	// row is treated as down.
+	DefaultTimeout = 3 * time.Second
 	// DefaultBackoff is how long a tracker that failed is left alone at first; each failure in
 	// a row doubles it, up to maxBackoff.
 	DefaultBackoff = 2 * time.Second
@@ -106,6 +107,7 @@ type endpoint struct {
 	mu        sync.Mutex
 	downUntil time.Time
 	failures  int
+	slow      int // requests in a row not answered in time
 	instance  string
 }
 
@@ -214,19 +216,32 @@ func (e *endpoint) available(now time.Time) bool {
 	return !now.Before(e.downUntil)
 }
 
-// errDown marks a failure that says the tracker is not answering.
+// errDown marks a failure that says the tracker is not answering: it could not be reached,
+// its answer broke off, or it failed (5xx).
 type errDown struct{ err error }
 
 func (e errDown) Error() string { return e.err.Error() }
 func (e errDown) Unwrap() error { return e.err }
 
+// errSlow marks a request the tracker did not answer within Timeout. A loaded tracker
+// answers late, which is not down: it counts as down only after slowLimit in a row.
+type errSlow struct{ err error }
+
+func (e errSlow) Error() string { return e.err.Error() }
+func (e errSlow) Unwrap() error { return e.err }
+
+// slowLimit is how many requests in a row a tracker may leave unanswered within Timeout
+// before it is taken to be down.
+const slowLimit = 10
+
 // result records how a request to e ended.
 func (c *Client) result(e *endpoint, op string, err error) {
 	down := errors.As(err, new(errDown))
+	slow := errors.As(err, new(errSlow))
 	switch {
 	case err == nil:
 		c.requests.WithLabelValues(op, "ok").Inc()
-	case down:
+	case down, slow:
 		c.requests.WithLabelValues(op, "error").Inc()
 	default:
 		// The tracker answered, refusing the request: it is up.
@@ -234,6 +249,14 @@ func (c *Client) result(e *endpoint, op string, err error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if slow {
+		if e.slow++; e.slow < slowLimit {
+			c.log.Debug("tracker slow", "tracker", e.base, "in a row", e.slow, "err", err)
+			return
+		}
+		down = true
+	}
+	e.slow = 0
 	if down {
 		e.failures++
 		wait := c.backoff.Delay(e.failures)
@@ -273,7 +296,11 @@ func (c *Client) do(ctx context.Context, e *endpoint, method, path string, in, o
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return errDown{fmt.Errorf("%s %s%s: %w", method, e.base, path, err)}
+		err = fmt.Errorf("%s %s%s: %w", method, e.base, path, err)
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			return errSlow{err}
+		}
+		return errDown{err}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, tracker.MaxBody+1))

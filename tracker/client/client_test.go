@@ -270,8 +270,14 @@ func TestClientBackoff(t *testing.T) {
 	f.hang.Store(true)
 	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
 	ctx := context.Background()
-	if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Lease from a hanging tracker = %v, want ErrUnavailable", err)
+	// A tracker that answers late is not down at once: the first slowLimit leases fail as
+	// unanswered (no grant, and no reason to fetch without one), and only then is it
+	// taken to be down.
+	for i := range slowLimit {
+		_, _, err := c.Lease(ctx, clientBlob, 100, 10, 0)
+		if err == nil || errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Lease %d from a hanging tracker = %v, want a timeout, not ErrUnavailable", i+1, err)
+		}
 	}
 	before := f.requests.Load()
 	for range 100 {
@@ -415,6 +421,13 @@ func TestClientLeaseRendezvous(t *testing.T) {
 		first, second = b, a
 	}
 	first.hang.Store(true)
+	// A tracker slow to answer is not down at once: its first slowLimit lease requests
+	// time out, with no fail-over (two trackers must not both lease the chunk).
+	for i := range slowLimit {
+		if l, _, err := c1.Lease(context.Background(), d, 100, 10, 0); l != nil || err == nil || errors.Is(err, ErrUnavailable) {
+			t.Fatalf("lease %d from a hanging tracker = %v, %v; want a timeout", i+1, l, err)
+		}
+	}
 	// asks counts the lease requests a tracker saw, leaving out releases (posted in the
 	// background, so they may land at any time).
 	asks := func(f *fakeTracker) int {
@@ -471,15 +484,17 @@ func TestClientMetrics(t *testing.T) {
 		t.Error("up = false after an answer")
 	}
 	f.hang.Store(true)
-	if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); err == nil {
-		t.Error("Announce to a hanging tracker = nil error, want a timeout")
+	for i := range slowLimit {
+		if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); err == nil {
+			t.Error("Announce to a hanging tracker = nil error, want a timeout")
+		}
+		if up := c.up.Load(); up != (i < slowLimit-1) {
+			t.Errorf("up = %v after %d timeouts in a row (down after %d)", up, i+1, slowLimit)
+		}
 	}
-	if c.up.Load() {
-		t.Error("up = true after a timeout")
-	}
-	for _, r := range []string{"ok", "error"} {
-		if n := testutil.ToFloat64(c.requests.WithLabelValues("announce", r)); n != 1 {
-			t.Errorf("shoal_tracker_requests_total{op=announce,result=%s} = %v, want 1", r, n)
+	for r, want := range map[string]float64{"ok": 1, "error": slowLimit} {
+		if n := testutil.ToFloat64(c.requests.WithLabelValues("announce", r)); n != want {
+			t.Errorf("shoal_tracker_requests_total{op=announce,result=%s} = %v, want %v", r, n, want)
 		}
 	}
 }

@@ -128,7 +128,7 @@ func (l *Lease) renew(every time.Duration) {
 			err = errors.New("renewal refused")
 		}
 		l.c.result(l.e, "lease", err)
-		if err != nil && !errors.As(err, new(errDown)) {
+		if err != nil && !errors.As(err, new(errDown)) && !errors.As(err, new(errSlow)) {
 			l.c.log.Debug("lease lost", "digest", l.req.Digest, "chunk", l.req.Chunk, "err", err)
 			return
 		}
