@@ -246,7 +246,7 @@ func (s *Store) Stat(d digest.Digest) (Info, error) {
 	}
 	e := s.blobs[d]
 	if e == nil {
-		return Info{}, fmt.Errorf("stat %s: %w", d, ErrNotFound)
+		return Info{}, &notFoundError{op: "stat", d: d}
 	}
 	return e.info(), nil
 }
@@ -273,7 +273,7 @@ func (s *Store) openBlob(op string, d digest.Digest, touch bool) (*Blob, error) 
 	e := s.blobs[d]
 	if e == nil {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("%s %s: %w", op, d, ErrNotFound)
+		return nil, &notFoundError{op: op, d: d}
 	}
 	// Opened under the lock so Delete cannot move the file aside between lookup and open.
 	f, err := os.Open(path)
@@ -427,6 +427,17 @@ func (s *Store) Stats() Stats {
 		PartialBytes: s.idleBytes,
 	}
 }
+
+// notFoundError is ErrNotFound for one digest. Its message is put together only when asked
+// for: a miss is the everyday answer to a peer asking for a blob the node is still
+// downloading, and most callers only check errors.Is(err, ErrNotFound).
+type notFoundError struct {
+	op string
+	d  digest.Digest
+}
+
+func (e *notFoundError) Error() string { return e.op + " " + string(e.d) + ": " + ErrNotFound.Error() }
+func (e *notFoundError) Unwrap() error { return ErrNotFound }
 
 // validate rejects anything go-digest does not accept before it can become part of a path:
 // the hex check is what keeps "sha256:../../etc" out of the filesystem.

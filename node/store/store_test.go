@@ -778,3 +778,17 @@ func TestWritable(t *testing.T) {
 		t.Error("Writable() = nil with tmp/ gone")
 	}
 }
+
+// TestNotFoundMessage checks that a miss still says what was asked for, of which blob.
+func TestNotFoundMessage(t *testing.T) {
+	s := openStore(t, Options{Dir: t.TempDir()})
+	d := digest.FromString("absent")
+	_, err := s.Stat(d)
+	if want := "stat " + string(d) + ": blob not found"; !errors.Is(err, ErrNotFound) || err.Error() != want {
+		t.Errorf("Stat(%s) = %v, want %q", d, err, want)
+	}
+	_, err = s.Open(d)
+	if want := "open " + string(d) + ": blob not found"; !errors.Is(err, ErrNotFound) || err.Error() != want {
+		t.Errorf("Open(%s) = %v, want %q", d, err, want)
+	}
+}

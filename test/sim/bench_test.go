@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +21,9 @@ var (
 	benchJSON  = flag.String("sim.json", "", "write the bench results to this JSON file")
 	benchSlots = flag.Int("sim.slots", 0, "upload slots per node")
 	benchPlot  = flag.String("sim.plot", "", "draw the bench results' completion-time CDFs into this PNG file")
+	benchGC    = flag.Int("sim.gogc", 400, "the bench runs' GC percent (GOGC) unless GOGC is set: a fleet holds little heap but many goroutines, whose stacks every collection scans")
+	benchLimit = flag.Int("sim.memlimit", 12, "the bench runs' soft memory limit in GiB unless GOMEMLIMIT is set (0: none), which bounds what -sim.gogc lets the heap grow to")
+	benchMem   = flag.String("sim.memprofile", "", "write a heap profile taken at each scenario's peak heap to this file (one per scenario: the name is inserted before the extension)")
 )
 
 // scenarios are the rollouts make bench-sim runs at each fleet size: a 1 GiB image in 4
@@ -55,11 +59,30 @@ func cpuSeconds() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
+// checkFiles says whether the process may open the files cfg's fleet holds open at once:
+// each node's store lock, and for each layer being pulled its partial file and chunk bitmap.
+func checkFiles(cfg Config) error {
+	cfg = cfg.withDefaults()
+	need := uint64(cfg.Nodes*(1+2*cfg.Layers) + 256)
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur < need {
+		return fmt.Errorf("%d nodes hold up to %d files open (a store lock, and a partial file and its chunk bitmap per layer), over the limit of %d: raise ulimit -n", cfg.Nodes, need, lim.Cur)
+	}
+	return nil
+}
+
 // runTimed runs cfg in a bubble of its own, recording the real time and CPU it took.
 func runTimed(t *testing.T, cfg Config) *Result {
 	t.Helper()
 	start, cpu := time.Now(), cpuSeconds()
 	var r *Result
+	if *benchMem != "" {
+		stop := watchHeap(t, profilePath(*benchMem, cfg.Name))
+		defer func() { r.PeakHeap, r.PeakGoroutines = stop() }()
+	}
 	synctest.Test(t, func(t *testing.T) {
 		cfg.Dir = t.TempDir()
 		var err error
@@ -85,6 +108,12 @@ func TestBench(t *testing.T) {
 	if *benchNodes == "" {
 		t.Skip("no -sim.nodes")
 	}
+	if os.Getenv("GOGC") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(*benchGC))
+	}
+	if os.Getenv("GOMEMLIMIT") == "" && *benchLimit > 0 {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(*benchLimit) << 30))
+	}
 	var filter *regexp.Regexp
 	if *benchRun != "" {
 		filter = regexp.MustCompile(*benchRun)
@@ -99,8 +128,15 @@ func TestBench(t *testing.T) {
 			if filter != nil && !filter.MatchString(cfg.Name) {
 				continue
 			}
+			if err := checkFiles(cfg); err != nil {
+				t.Errorf("%s: %v", cfg.Name, err)
+				continue
+			}
 			r := runTimed(t, cfg)
 			t.Log(summary(r))
+			if r.PeakHeap > 0 {
+				t.Logf("%s: peak live heap %.2f GB, %d goroutines at most", r.Name, float64(r.PeakHeap)/1e9, r.PeakGoroutines)
+			}
 			results = append(results, r)
 		}
 	}

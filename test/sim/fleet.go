@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,44 +27,97 @@ var errUnreachable = errors.New("peer unreachable")
 // key hold them: a record is visible once its provide has gone through.
 type dht struct {
 	mu      sync.Mutex
-	records map[digest.Digest]map[string]time.Time // provider to the moment it became visible
+	records map[digest.Digest]*providers
+}
+
+// providers are one blob's records in the order they become visible, which is the order
+// they are added while every provide takes the same time.
+type providers struct {
+	ids   []string
+	at    []time.Time // when ids[i] became visible, ascending
+	index map[string]int
 }
 
 func (t *dht) add(d digest.Digest, id string, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.records == nil {
-		t.records = make(map[digest.Digest]map[string]time.Time)
+		t.records = make(map[digest.Digest]*providers)
 	}
 	r := t.records[d]
 	if r == nil {
-		r = make(map[string]time.Time)
+		r = &providers{index: make(map[string]int)}
 		t.records[d] = r
 	}
-	if old, ok := r[id]; !ok || at.Before(old) {
-		r[id] = at
+	if i, ok := r.index[id]; ok {
+		if !at.Before(r.at[i]) {
+			return
+		}
+		// Sooner than before: out of order, so take it out and put it back in its place.
+		r.ids, r.at = slices.Delete(r.ids, i, i+1), slices.Delete(r.at, i, i+1)
+	}
+	i, _ := slices.BinarySearchFunc(r.at, at, func(a, b time.Time) int { return a.Compare(b) })
+	for i < len(r.at) && !r.at[i].After(at) {
+		i++
+	}
+	r.ids, r.at = slices.Insert(r.ids, i, id), slices.Insert(r.at, i, at)
+	if i == len(r.ids)-1 {
+		r.index[id] = i
+		return
+	}
+	for j := i; j < len(r.ids); j++ {
+		r.index[r.ids[j]] = j
 	}
 }
 
 // find returns what the real router returns for a lookup by self: up to pool visible
-// records, of which a random sample of max, self left out.
+// records, of which a random sample of max, self left out. The sample is drawn from all the
+// visible records: which pool of them a lookup meets first is as random as the sample.
 func (t *dht) find(d digest.Digest, self string, pool, max int, rng *rand.Rand) []string {
 	now := time.Now()
 	t.mu.Lock()
-	var ids []string
-	for id, at := range t.records[d] {
-		if id != self && !at.After(now) {
-			ids = append(ids, id)
+	defer t.mu.Unlock()
+	r := t.records[d]
+	if r == nil {
+		return nil
+	}
+	visible, _ := slices.BinarySearchFunc(r.at, now, func(a, b time.Time) int { return a.Compare(b) })
+	for visible < len(r.at) && !r.at[visible].After(now) {
+		visible++
+	}
+	skip := -1 // self's place among the visible, if it is one
+	if i, ok := r.index[self]; ok && i < visible {
+		skip = i
+	}
+	avail := visible
+	if skip >= 0 {
+		avail--
+	}
+	want := min(avail, pool, max)
+	if want <= 0 {
+		return nil
+	}
+	if avail <= 2*want {
+		// Few to choose from: shuffle them all.
+		ids := make([]string, 0, avail)
+		for i := range visible {
+			if i != skip {
+				ids = append(ids, r.ids[i])
+			}
 		}
+		rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+		return ids[:want]
 	}
-	t.mu.Unlock()
-	// Map order is not random enough to stand for the order records arrive in.
-	rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
-	if len(ids) > pool {
-		ids = ids[:pool]
-	}
-	if len(ids) > max {
-		ids = ids[:max]
+	// Many: draw distinct places until there are enough.
+	ids := make([]string, 0, want)
+	taken := make(map[int]bool, want)
+	for len(ids) < want {
+		i := rng.IntN(visible)
+		if i == skip || taken[i] {
+			continue
+		}
+		taken[i] = true
+		ids = append(ids, r.ids[i])
 	}
 	return ids
 }

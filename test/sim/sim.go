@@ -440,7 +440,9 @@ func (w *world) read(ctx context.Context, n *node, d digest.Digest) error {
 	}
 	defer r.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(r, 0, r.Size())); err != nil {
+	// The hash takes no reader: a buffer of the copy's own, no longer than the real layer.
+	buf := make([]byte, min(32<<10, max(r.Size(), 1)))
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(r, 0, r.Size()), buf); err != nil {
 		return err
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != d {

@@ -1,8 +1,14 @@
 package sim
 
 import (
+	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"testing"
+	"testing/synctest"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // TestQuick rolls a 64 MiB image out to 200 simulated nodes at once, with and without a
@@ -62,4 +68,53 @@ var calibration = Config{
 	Name: "calibration", Nodes: 10, Layers: 4, LayerSize: 48 << 20,
 	NodeRate: 62.5e6, OriginRate: 15.625e6,
 	Latency: 100 * time.Microsecond, LookupTime: 10 * time.Millisecond, ProvideTime: 10 * time.Millisecond,
+}
+
+// TestDHTFind checks a lookup's answer: only records visible by now, never the asker, each
+// at most once, and no more than asked for.
+func TestDHTFind(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := digest.FromString("blob")
+		var tab dht
+		now := time.Now()
+		for i := range 50 {
+			tab.add(d, fmt.Sprint(i), now.Add(time.Duration(i)*time.Second))
+		}
+		tab.add(d, "7", now.Add(time.Hour)) // later than its record: no change
+		tab.add(d, "49", now)               // sooner: visible now
+		rng := rand.New(rand.NewPCG(1, 2))
+		for _, tc := range []struct {
+			wait       time.Duration
+			self       string
+			pool, most int
+			want       int
+		}{
+			{0, "x", 100, 20, 2},                // "0" and "49"
+			{0, "0", 100, 20, 1},                // self left out
+			{9 * time.Second, "x", 100, 20, 11}, // "0".."9" and "49"
+			{30 * time.Second, "3", 100, 20, 20},
+			{30 * time.Second, "3", 5, 20, 5},
+			{time.Minute, "x", 100, 100, 50},
+		} {
+			time.Sleep(tc.wait - time.Since(now))
+			got := tab.find(d, tc.self, tc.pool, tc.most, rng)
+			if len(got) != tc.want {
+				t.Errorf("after %v: find(%s) = %d records, want %d", tc.wait, tc.self, len(got), tc.want)
+			}
+			seen := make(map[string]bool)
+			for _, id := range got {
+				i, err := strconv.Atoi(id)
+				if err != nil {
+					t.Fatalf("find(%s) = %v: %s is not a record of the table", tc.self, got, id)
+				}
+				if seen[id] || id == tc.self || (i != 49 && time.Duration(i)*time.Second > tc.wait) {
+					t.Errorf("after %v: find(%s) = %v: %s twice, self or not yet visible", tc.wait, tc.self, got, id)
+				}
+				seen[id] = true
+			}
+		}
+		if got := tab.find(digest.FromString("other"), "x", 100, 20, rng); len(got) != 0 {
+			t.Errorf("find of an unknown blob = %v, want none", got)
+		}
+	})
 }
