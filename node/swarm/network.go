@@ -85,7 +85,7 @@ const (
 	// pollEvery is how often the bitmap of a peer still downloading is asked for again.
 	pollEvery = 250 * time.Millisecond
 	// pollBudget caps the HAVE polls a node sends a second, over all its downloads.
-	pollBudget = 16
+	pollBudget = 32
 	// findEvery is how often a running download looks for new holders, while lookups find
 	// some; each that finds no one new doubles the wait, up to findMax.
 	findEvery = time.Second
