@@ -12,7 +12,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -237,23 +236,11 @@ func (f *fleet) pids() []int {
 }
 
 func (f *fleet) close() error {
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, n := range f.nodes {
-		wg.Go(func() {
-			if err := n.Close(); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
+	err := harness.CloseNodes(f.nodes)
 	if f.tracker != nil {
-		errs = append(errs, f.tracker.Close())
+		err = errors.Join(err, f.tracker.Close())
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 // runFleet starts mode's fleet, measures it idle, rolls each setting out to it, measures the
@@ -324,7 +311,6 @@ func (e *env) start(ctx context.Context, mode, dir string) (_ *fleet, err error)
 	f := &fleet{mode: mode, nodes: make([]*harness.Node, e.cfg.Nodes)}
 	defer func() {
 		if err != nil {
-			f.nodes = slices.DeleteFunc(f.nodes, func(n *harness.Node) bool { return n == nil })
 			err = errors.Join(err, f.close())
 		}
 	}()

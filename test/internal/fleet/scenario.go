@@ -127,24 +127,7 @@ func deployShoalTracker(ctx context.Context, e *Env, dir string) (*Deployment, e
 // through it. extra flags go to every node (a tracker, say).
 func deployShoal(ctx context.Context, e *Env, dir string, bootstrap bool, extra ...string) (_ *Deployment, err error) {
 	nodes := make([]*harness.Node, len(e.Net.Hosts))
-	stop := func() error {
-		var errs []error
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for _, n := range nodes {
-			if n != nil {
-				wg.Go(func() {
-					if err := n.Close(); err != nil {
-						mu.Lock()
-						errs = append(errs, err)
-						mu.Unlock()
-					}
-				})
-			}
-		}
-		wg.Wait()
-		return errors.Join(errs...)
-	}
+	stop := func() error { return harness.CloseNodes(nodes) }
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, stop())

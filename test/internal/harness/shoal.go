@@ -233,6 +233,20 @@ func StartNode(tb testing.TB, o NodeOptions) *Node {
 	return n
 }
 
+// CloseNodes closes every node of nodes at once (nil entries are skipped) and joins their
+// errors.
+func CloseNodes(nodes []*Node) error {
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		if n != nil {
+			wg.Go(func() { errs[i] = n.Close() })
+		}
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Close sends SIGTERM and waits up to NodeStopTimeout. It returns an error if the node had
 // to be killed or exited with a non-zero status. Calling it again returns the same result.
 func (n *Node) Close() error { return n.stopped.close(n.stop) }
