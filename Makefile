@@ -82,7 +82,7 @@ bench-quick: tools
 # cold, rolling, late joiners, 5% dying, slow nodes; DHT-only and with a tracker.
 SIM_NODES ?= 100,1000
 bench-sim:
-	cd test && $(GO) test -count=1 -timeout 180m -run '^TestBench$$' ./sim -args -sim.nodes $(SIM_NODES) -sim.json ../bench/results/sim.json -sim.plot ../docs/img/sim-cdf.png
+	cd test && $(GO) test -count=1 -timeout 180m -run '^TestBench$$' ./sim -args -sim.nodes $(SIM_NODES) -sim.json ../../bench/results/sim.json -sim.plot ../../docs/img/sim-cdf.png
 
 # bench-tracker loads real `shoal tracker` processes on loopback with the signed announces
 # and lease requests of a rollout from 5,000 node identities: open-loop steps at fixed rates
