@@ -189,10 +189,11 @@ func (e *engine) seedLive(now time.Time) bool {
 }
 
 // awaitingSeeds reports whether the blob's seeds are still being looked up, and not for
-// so long that this node should fend for itself: a seedLive since the lookups began, or
-// since bytes last arrived from peers, whichever is later.
+// so long (seedLive since the lookups began) that this node should fend for itself. Bytes
+// from peers do not extend it: with no seeds known, a peer sending them may be a node that
+// fends for itself, fetching only its share of the origin's chunks.
 func (e *engine) awaitingSeeds(now time.Time) bool {
-	return e.seeder != nil && e.seeds == nil && !e.seedsSince.IsZero() && now.Sub(later(e.seedsSince, e.progress)) < seedLive
+	return e.seeder != nil && e.seeds == nil && !e.seedsSince.IsZero() && now.Sub(e.seedsSince) < seedLive
 }
 
 func later(a, b time.Time) time.Time {

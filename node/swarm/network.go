@@ -112,10 +112,10 @@ const (
 	// origin request, and bounds asking a seed to fetch it; seedsLookupTimeout bounds one
 	// lookup of the seeds, which goes on after that wait (a loaded fleet answers late), and
 	// a failed one is tried again every seedsRetry. seedLive is how long after a seed's last
-	// answer (or, for one not heard from yet, after the seeds were found; for seeds not
-	// known yet, after the download began), or after the last byte from peers if that is
-	// later, other members still leave the origin to the seeds; past it, with no seed
-	// live, they fetch themselves.
+	// answer (or, for one not heard from yet, after the seeds were found), or after the
+	// last byte from peers if that is later, other members still leave the origin to the
+	// seeds, and while the seeds are not known, how long after the download began; past
+	// it, with no seed live, they fetch themselves.
 	seedsTimeout       = 2 * time.Second
 	seedsLookupTimeout = 10 * time.Second
 	seedsRetry         = time.Second
