@@ -75,6 +75,12 @@ func (d *fakeDownload) Wait(ctx context.Context) error {
 		f.running--
 		f.mu.Unlock()
 	}()
+	f.mu.Lock()
+	failed := f.fail[d.d]
+	f.mu.Unlock()
+	if failed {
+		return errors.New("origin unavailable")
+	}
 	select {
 	case <-f.release:
 	case <-ctx.Done():
@@ -82,9 +88,6 @@ func (d *fakeDownload) Wait(ctx context.Context) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.fail[d.d] {
-		return errors.New("origin unavailable")
-	}
 	f.held[d.d] = true
 	return nil
 }
@@ -131,8 +134,9 @@ func TestRun(t *testing.T) {
 func TestRunFails(t *testing.T) {
 	t.Parallel()
 	pl := testPlan(10 * blobWorkers)
+	// The failing blob fails at once; the others wait until the run gives up on them, so
+	// the run cannot have opened every download before it saw the failure.
 	f := &fakeStore{held: map[digest.Digest]bool{}, fail: map[digest.Digest]bool{pl.blobs[0].digest: true}, release: make(chan struct{})}
-	close(f.release)
 	h := &Handler{opts: Options{Cache: f, Downloads: f}}
 	err := h.run(t.Context(), pl)
 	if err == nil || !strings.Contains(err.Error(), pl.blobs[0].digest.String()) {
