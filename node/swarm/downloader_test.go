@@ -385,8 +385,14 @@ func TestOriginDown(t *testing.T) {
 	if _, err := readAll(t, dl, digest.FromBytes(data)); !errors.Is(err, errDown) {
 		t.Errorf("Open with origin down = %v, want %v", err, errDown)
 	}
+	// The reader hears of the failure as the download ends; it leaves the active set just
+	// after.
+	deadline := time.Now().Add(2 * time.Second)
+	for dl.Len() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if n := dl.Len(); n != 0 {
-		t.Errorf("Len after failure = %d, want 0", n)
+		t.Errorf("Len 2 s after failure = %d, want 0", n)
 	}
 }
 
