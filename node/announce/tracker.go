@@ -357,7 +357,9 @@ func (t *Tracker) Lease(ctx context.Context, d digest.Digest, size, chunkSize in
 		t.announceNow(ctx, d)
 	}
 	lease, holder, err := t.client.Lease(ctx, d, size, chunkSize, index)
-	if errors.Is(err, trackerclient.ErrUnavailable) {
+	if errors.Is(err, trackerclient.ErrUnavailable) && !errors.Is(err, trackerclient.ErrSlow) {
+		// Every tracker is unreachable. One that is only slow (ErrSlow) is left to the
+		// download's patience: it asks again, and fetches without a lease only later.
 		return nil, "", false, fmt.Errorf("%w: %w", swarm.ErrNoTracker, err)
 	}
 	if err != nil {

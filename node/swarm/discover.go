@@ -175,7 +175,7 @@ func (e *engine) seedLive(now time.Time) bool {
 	for _, id := range e.seeds {
 		p := e.peers[id]
 		switch {
-		case p == nil || id == e.fleet.Self():
+		case p == nil: // this node, or one not tracked
 		case p.asking, !p.answered.IsZero() && now.Sub(later(p.answered, e.progress)) < seedLive:
 			// Asked, or heard from lately, or at least once while bytes still arrive.
 			return true

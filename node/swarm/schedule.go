@@ -72,7 +72,8 @@ type Snapshot struct {
 	OriginSlowStart bool
 	// Fetchers, if set, are the only nodes that fetch the blob from the origin (the blob's
 	// seeds): a node not among them asks the origin nothing, and those among them designate
-	// the chunks among themselves alone.
+	// the chunks among themselves alone. Set but empty (the seeds are still being looked
+	// up): no node fetches from the origin.
 	Fetchers []string
 	// MaxDuplicates caps the endgame duplicates in flight, which hold a chunk in memory each;
 	// 0 means no cap.

@@ -31,6 +31,11 @@ import (
 // ErrUnavailable means no configured tracker could answer (or all are known to be down).
 var ErrUnavailable = errors.New("no tracker available")
 
+// ErrSlow, alongside ErrUnavailable, says that a tracker skipped as down was taken to be so
+// because it left requests unanswered in time, not because it could not be reached: it is
+// most likely up but loaded, and what it would have answered is not known.
+var ErrSlow = errors.New("tracker not answering in time")
+
 // Client timing defaults.
 const (
 	// DefaultTimeout bounds one request: a tracker slower than this slowLimit times in a
@@ -107,7 +112,8 @@ type endpoint struct {
 	mu        sync.Mutex
 	downUntil time.Time
 	failures  int
-	slow      int // requests in a row not answered in time
+	slow      int  // requests in a row not answered in time
+	slowDown  bool // down because of them, not because it could not be reached
 	instance  string
 }
 
@@ -216,6 +222,14 @@ func (e *endpoint) available(now time.Time) bool {
 	return !now.Before(e.downUntil)
 }
 
+// downSlow reports whether the tracker is down for leaving requests unanswered in time
+// rather than for being unreachable.
+func (e *endpoint) downSlow() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.slowDown
+}
+
 // errDown marks a failure that says the tracker is not answering: it could not be reached,
 // its answer broke off, or it failed (5xx).
 type errDown struct{ err error }
@@ -239,6 +253,10 @@ func (c *Client) result(e *endpoint, op string, err error) {
 	down := errors.As(err, new(errDown))
 	slow := errors.As(err, new(errSlow))
 	switch {
+	case errors.Is(err, context.Canceled) && !down && !slow:
+		// The caller gave up: that says nothing of the tracker.
+		c.requests.WithLabelValues(op, "error").Inc()
+		return
 	case err == nil:
 		c.requests.WithLabelValues(op, "ok").Inc()
 	case down, slow:
@@ -257,6 +275,7 @@ func (c *Client) result(e *endpoint, op string, err error) {
 		down = true
 	}
 	e.slow = 0
+	e.slowDown = slow
 	if down {
 		e.failures++
 		wait := c.backoff.Delay(e.failures)
@@ -273,6 +292,7 @@ func (c *Client) result(e *endpoint, op string, err error) {
 // do sends one request to e and decodes its answer into out. A failure to reach the tracker
 // or a 5xx is an errDown; another status is a plain error (the tracker refused).
 func (c *Client) do(ctx context.Context, e *endpoint, method, path string, in, out any) error {
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
 	var body []byte
@@ -297,7 +317,10 @@ func (c *Client) do(ctx context.Context, e *endpoint, method, path string, in, o
 	resp, err := c.http.Do(req)
 	if err != nil {
 		err = fmt.Errorf("%s %s%s: %w", method, e.base, path, err)
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		switch {
+		case errors.Is(parent.Err(), context.Canceled):
+			return err // the caller gave up
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 			return errSlow{err}
 		}
 		return errDown{err}

@@ -284,6 +284,8 @@ func TestClientBackoff(t *testing.T) {
 		start := time.Now()
 		if _, _, err := c.Lease(ctx, clientBlob, 100, 10, 1); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("Lease while the tracker is down = %v, want ErrUnavailable", err)
+		} else if !errors.Is(err, ErrSlow) {
+			t.Fatalf("Lease while a hanging tracker is down = %v, want ErrSlow too: it is loaded, not gone", err)
 		}
 		if d := time.Since(start); d > 50*time.Millisecond {
 			t.Fatalf("Lease while the tracker is down took %v, want at once", d)
@@ -302,6 +304,33 @@ func TestClientBackoff(t *testing.T) {
 	c2 := newTestClient(t, p2ptest.NewPeer(t), dead.URL)
 	if _, _, err := c2.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Lease from a closed port = %v, want ErrUnavailable", err)
+	}
+	if _, _, err := c2.Lease(ctx, clientBlob, 100, 10, 0); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrSlow) {
+		t.Errorf("Lease while a closed port is down = %v, want ErrUnavailable and not ErrSlow", err)
+	}
+}
+
+// TestClientCallerGivesUp: a request the caller cancels says nothing of the tracker, which
+// is not counted slow or down for it.
+func TestClientCallerGivesUp(t *testing.T) {
+	t.Parallel()
+	f := newFakeTracker(t)
+	f.hang.Store(true)
+	c := newTestClient(t, p2ptest.NewPeer(t), f.srv.URL)
+	for range 2 * slowLimit {
+		cctx, ccancel := context.WithCancel(context.Background())
+		time.AfterFunc(20*time.Millisecond, ccancel)
+		if _, _, err := c.Lease(cctx, clientBlob, 100, 10, 0); err == nil {
+			t.Fatal("Lease cancelled by its caller = nil error")
+		}
+		ccancel()
+	}
+	e := c.trackers[0]
+	e.mu.Lock()
+	slow, down := e.slow, time.Now().Before(e.downUntil)
+	e.mu.Unlock()
+	if slow != 0 || down {
+		t.Errorf("after leases their callers cancelled: %d slow in a row, down %v; want neither", slow, down)
 	}
 }
 

@@ -57,13 +57,16 @@ type Lease struct {
 // tracker the digest hashes to, falling over to the next when it does not answer. Granted:
 // a Lease, renewed every third of its TTL until released. Refused: a nil Lease and the
 // holder's peer ID when the tracker named a valid one. ErrUnavailable (at once when every
-// tracker is known to be down): no tracker answered.
+// tracker is known to be down): no tracker answered; with ErrSlow too when one skipped was
+// down for answering late, not for being unreachable.
 func (c *Client) Lease(ctx context.Context, d digest.Digest, size, chunkSize int64, chunk int) (*Lease, string, error) {
 	req := tracker.LeaseRequest{Peer: c.self, Digest: d, Size: size, ChunkSize: chunkSize, Chunk: chunk}
 	var errs []error
 	now := time.Now()
+	slowSkipped := false
 	for _, e := range c.order(d) {
 		if !e.available(now) {
+			slowSkipped = slowSkipped || e.downSlow()
 			continue
 		}
 		resp, err := c.postLease(ctx, e, req)
@@ -96,6 +99,10 @@ func (c *Client) Lease(ctx context.Context, d digest.Digest, size, chunkSize int
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if slowSkipped {
+		// A loaded tracker may well answer the next ask: no reason to fetch without.
+		errs = append(errs, ErrSlow)
 	}
 	if len(errs) == 0 {
 		return nil, "", ErrUnavailable
