@@ -199,7 +199,7 @@ func (e *env) run(ctx context.Context, res *stepResult, drive func() (driven, op
 		cpu0[i] = cpuOf(pid)
 	}
 	gen0, dials0 := cpuOf(self), e.meter.dials.Load()
-	busy0, niced0 := machineCPU()
+	machine := harness.StartMachineCPU()
 
 	sampled := make(chan int64, 1)
 	stop := make(chan struct{})
@@ -240,7 +240,8 @@ func (e *env) run(ctx context.Context, res *stepResult, drive func() (driven, op
 		res.TrackerCPU += res.TrackerCPUBy[i]
 	}
 	gen1 := cpuOf(self)
-	busy1, niced1 := machineCPU()
+	_, busy := machine.Used()
+	niced := machine.Niced()
 	close(stop)
 	res.TrackerRSS = <-sampled
 	for _, pid := range pids {
@@ -292,9 +293,9 @@ func (e *env) run(ctx context.Context, res *stepResult, drive func() (driven, op
 	}
 	res.GeneratorCPU = gen1 - gen0
 	res.CoresBusy = (res.TrackerCPU + res.GeneratorCPU) / res.Seconds
-	res.OtherCPU = max(0, busy1-busy0-res.TrackerCPU-res.GeneratorCPU)
-	res.Niced = min(res.OtherCPU, niced1-niced0)
-	res.MachineBusy = (busy1 - busy0) / res.Seconds
+	res.OtherCPU = max(0, busy-res.TrackerCPU-res.GeneratorCPU)
+	res.Niced = min(res.OtherCPU, niced)
+	res.MachineBusy = busy / res.Seconds
 
 	after, err := e.handlerTimes(ctx)
 	if err != nil {

@@ -48,48 +48,61 @@ func ProcessesCPU(pids []int) float64 {
 }
 
 // MachineCPU measures the whole machine's CPU use from /proc/stat.
-type MachineCPU struct{ busy0, total0 uint64 }
+type MachineCPU struct{ busy0, total0, nice0 uint64 }
 
 // StartMachineCPU starts measuring.
 func StartMachineCPU() MachineCPU {
-	b, t, _ := readMachineCPU()
-	return MachineCPU{b, t}
+	b, t, n, _ := readMachineCPU()
+	return MachineCPU{b, t, n}
 }
 
 // Used returns the fraction of all cores' time spent not idle since the start, and that
 // time in CPU seconds.
 func (m MachineCPU) Used() (busy, seconds float64) {
-	b, t, err := readMachineCPU()
+	b, t, _, err := readMachineCPU()
 	if err != nil || t <= m.total0 {
 		return 0, 0
 	}
 	return float64(b-m.busy0) / float64(t-m.total0), float64(b-m.busy0) / userHZ
 }
 
-// readMachineCPU reads the machine's busy and total CPU time in ticks: every field of the
-// "cpu" line of /proc/stat but idle and iowait counts as busy (guest time is already in
-// user).
-func readMachineCPU() (busy, total uint64, err error) {
+// Niced returns the CPU seconds processes at a positive nice value took since the start
+// (part of Used's seconds).
+func (m MachineCPU) Niced() float64 {
+	_, _, n, err := readMachineCPU()
+	if err != nil || n < m.nice0 {
+		return 0
+	}
+	return float64(n-m.nice0) / userHZ
+}
+
+// readMachineCPU reads the machine's busy, total and niced CPU time in ticks: every field
+// of the "cpu" line of /proc/stat but idle and iowait counts as busy (guest time is already
+// in user).
+func readMachineCPU() (busy, total, nice uint64, err error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
 	if len(f) < 8 || f[0] != "cpu" {
-		return 0, 0, errors.New("/proc/stat: no cpu line")
+		return 0, 0, 0, errors.New("/proc/stat: no cpu line")
 	}
 	for i, s := range f[1:min(len(f), 9)] { // user nice system idle iowait irq softirq steal
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+			return 0, 0, 0, fmt.Errorf("/proc/stat: %w", err)
 		}
 		total += v
 		if i != 3 && i != 4 {
 			busy += v
 		}
+		if i == 1 {
+			nice = v
+		}
 	}
-	return busy, total, nil
+	return busy, total, nice, nil
 }
 
 // Memory is a process's resident set, from /proc/<pid>/status.

@@ -306,7 +306,7 @@ func get(t *testing.T, url string, h http.Header) ([]byte, int) {
 }
 
 func TestCPUMeters(t *testing.T) {
-	busy, total, err := readMachineCPU()
+	busy, total, _, err := readMachineCPU()
 	if err != nil || total == 0 || busy > total {
 		t.Fatalf("readMachineCPU() = %d busy of %d, %v", busy, total, err)
 	}
