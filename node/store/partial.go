@@ -40,8 +40,10 @@ type Partial struct {
 	// each other: reads and writes still run in parallel.
 	life  sync.RWMutex
 	state partialState
-	data  *os.File
-	bits  *os.File
+	data  *handle
+	bits  *handle
+	// committed is the data file after Commit, owned by the committed Blob; ReadAt reads it.
+	committed *os.File
 
 	// mu serialises bitmap updates so the byte written to disk always matches memory even
 	// when neighbouring chunks, which share a byte, are marked at the same time.
@@ -140,7 +142,8 @@ func (p *Partial) reopen(bitmap []byte) error {
 		data.Close()
 		return err
 	}
-	p.data, p.bits, p.bitmap = data, bits, bitmap
+	p.adopt(data, bits)
+	p.bitmap = bitmap
 	return nil
 }
 
@@ -173,8 +176,15 @@ func (p *Partial) create() error {
 		_ = p.removeFiles() // the create error is the one worth reporting
 		return err
 	}
-	p.data, p.bits = data, bits
+	p.adopt(data, bits)
 	return nil
+}
+
+// adopt hands the freshly opened files to the store's Handles, which may close them while
+// unused and open them again on the next read or write.
+func (p *Partial) adopt(data, bits *os.File) {
+	p.data = p.s.handles.adopt(data, p.s.partialPath(p.digest))
+	p.bits = p.s.handles.adopt(bits, p.s.chunksPath(p.digest))
 }
 
 // Digest returns the digest being downloaded.
@@ -199,7 +209,12 @@ func (p *Partial) WriteAt(b []byte, off int64) (int, error) {
 	if p.state != partialOpen {
 		return 0, fmt.Errorf("write %s: %w", p.digest, ErrClosed)
 	}
-	return p.data.WriteAt(b, off)
+	f, err := p.data.use()
+	if err != nil {
+		return 0, fmt.Errorf("write %s: %w", p.digest, err)
+	}
+	defer p.data.done()
+	return f.WriteAt(b, off)
 }
 
 // ReadAt reads from the partial file, following io.ReaderAt. It does not check the bitmap:
@@ -210,7 +225,15 @@ func (p *Partial) ReadAt(b []byte, off int64) (int, error) {
 	if p.state == partialDone {
 		return 0, fmt.Errorf("read %s: %w", p.digest, ErrClosed)
 	}
-	return p.data.ReadAt(b, off)
+	if p.state == partialCommitted {
+		return p.committed.ReadAt(b, off)
+	}
+	f, err := p.data.use()
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", p.digest, err)
+	}
+	defer p.data.done()
+	return f.ReadAt(b, off)
 }
 
 // MarkChunk records that chunk i is completely written. It persists with a one-byte write and
@@ -240,7 +263,12 @@ func (p *Partial) setChunk(i int, done bool) error {
 	if b == old {
 		return nil
 	}
-	if _, err := p.bits.WriteAt([]byte{b}, bitOffset(i)); err != nil {
+	f, err := p.bits.use()
+	if err == nil {
+		_, err = f.WriteAt([]byte{b}, bitOffset(i))
+		p.bits.done()
+	}
+	if err != nil {
 		return fmt.Errorf("set chunk %d of %s: %w", i, p.digest, err)
 	}
 	p.bitmap[i/8] = b
@@ -302,8 +330,20 @@ func (p *Partial) commit(mediaType string, c *cleanup) (*Blob, error) {
 		return nil, fmt.Errorf("commit %s: %w", p.digest, ErrClosed)
 	}
 	s, d := p.s, p.digest
+	// Opened (if the pool had closed it) before the rename below moves its path, and held so
+	// the pool cannot close it: on success it becomes the committed Blob's.
+	data, err := p.data.use()
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", d, err)
+	}
+	handed := false
+	defer func() {
+		if !handed {
+			p.data.done()
+		}
+	}()
 	// Verified content must be on disk before its committed name is.
-	if err := p.data.Sync(); err != nil {
+	if err := data.Sync(); err != nil {
 		return nil, fmt.Errorf("commit %s: %w", d, err)
 	}
 	now := s.now()
@@ -339,8 +379,9 @@ func (p *Partial) commit(mediaType string, c *cleanup) (*Blob, error) {
 		s.reserved -= p.size
 		delete(s.open, d)
 		s.mu.Unlock()
+		handed = true
 		p.finishCommit()
-		return &Blob{s: s, e: e, f: f, also: p.data}, nil
+		return &Blob{s: s, e: e, f: f, also: p.committed}, nil
 	}
 	e, err := s.installLocked(d, p.size, mediaType, s.partialPath(d), typeTmp, c)
 	if err != nil {
@@ -356,14 +397,17 @@ func (p *Partial) commit(mediaType string, c *cleanup) (*Blob, error) {
 	delete(s.open, d)
 	s.evictLocked(d, c)
 	s.mu.Unlock()
+	handed = true
 	p.finishCommit()
-	return &Blob{s: s, e: e, f: p.data}, nil
+	return &Blob{s: s, e: e, f: p.committed}, nil
 }
 
-// finishCommit hands p.data over to the committed Blob and closes the bitmap.
+// finishCommit takes the data file out of the pool for the committed Blob and closes the
+// bitmap.
 func (p *Partial) finishCommit() {
 	p.state = partialCommitted
-	if err := p.bits.Close(); err != nil {
+	p.committed = p.data.detach()
+	if err := p.bits.close(); err != nil {
 		p.s.log.Debug("close bitmap of committed blob", "digest", p.digest, "err", err)
 	}
 }
@@ -377,7 +421,7 @@ func (p *Partial) Abort() error {
 	}
 	p.state = partialDone
 	// Files go before p leaves s.open, while nobody else may touch these paths.
-	err := errors.Join(p.data.Close(), p.bits.Close(), p.removeFiles())
+	err := errors.Join(p.data.close(), p.bits.close(), p.removeFiles())
 	p.s.release(p, false)
 	if err != nil {
 		return fmt.Errorf("abort %s: %w", p.digest, err)
@@ -395,7 +439,7 @@ func (p *Partial) Close() error {
 		return nil
 	}
 	p.state = partialDone
-	err := errors.Join(p.data.Close(), p.bits.Close())
+	err := errors.Join(p.data.close(), p.bits.close())
 	keep := p.anyChunk()
 	if keep {
 		now := p.s.now()

@@ -72,6 +72,9 @@ type Options struct {
 	// OnEvict, if set, is called without any store lock held after a committed blob leaves
 	// the index through eviction or Delete, so the node can stop announcing it.
 	OnEvict func(digest.Digest)
+	// Handles bounds the files of partial downloads kept open, and may be shared by several
+	// Stores; nil gives the Store a pool of its own of DefaultOpenFiles.
+	Handles *Handles
 
 	now        func() time.Time // tests fix the clock so recency order on disk is deterministic
 	beforeHash func()           // tests hold a chunk list computation to make callers meet
@@ -105,6 +108,7 @@ type Store struct {
 	log      *slog.Logger
 	onEvict  func(digest.Digest)
 	now      func() time.Time
+	handles  *Handles
 
 	// mu guards the index. It is held for renames, which keep disk and index in step, but
 	// never while blob contents are read, written or synced.
@@ -143,6 +147,7 @@ func Open(opts Options) (*Store, error) {
 		log:      opts.Logger,
 		onEvict:  opts.OnEvict,
 		now:      opts.now,
+		handles:  opts.Handles,
 		blobs:    make(map[digest.Digest]*entry),
 		idle:     make(map[digest.Digest]*entry),
 		open:     make(map[digest.Digest]*Partial),
@@ -155,6 +160,9 @@ func Open(opts Options) (*Store, error) {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.handles == nil {
+		s.handles = NewHandles(DefaultOpenFiles)
 	}
 	for _, sub := range []string{blobsDir, partialDir, tmpDir} {
 		if err := os.MkdirAll(filepath.Join(s.dir, sub), 0o755); err != nil {

@@ -59,21 +59,6 @@ func cpuSeconds() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
-// checkFiles says whether the process may open the files cfg's fleet holds open at once:
-// each node's store lock, and for each layer being pulled its partial file and chunk bitmap.
-func checkFiles(cfg Config) error {
-	cfg = cfg.withDefaults()
-	need := uint64(cfg.Nodes*(1+2*cfg.Layers) + 256)
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	if lim.Cur < need {
-		return fmt.Errorf("%d nodes hold up to %d files open (a store lock, and a partial file and its chunk bitmap per layer), over the limit of %d: raise ulimit -n", cfg.Nodes, need, lim.Cur)
-	}
-	return nil
-}
-
 // runTimed runs cfg in a bubble of its own, recording the real time and CPU it took.
 func runTimed(t *testing.T, cfg Config) *Result {
 	t.Helper()
@@ -126,10 +111,6 @@ func TestBench(t *testing.T) {
 		}
 		for _, cfg := range scenarios(nodes) {
 			if filter != nil && !filter.MatchString(cfg.Name) {
-				continue
-			}
-			if err := checkFiles(cfg); err != nil {
-				t.Errorf("%s: %v", cfg.Name, err)
 				continue
 			}
 			r := runTimed(t, cfg)

@@ -26,6 +26,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -180,6 +181,7 @@ type world struct {
 	nodes   []*node
 	byID    map[string]*node
 	layers  []digest.Digest
+	handles *store.Handles // every node's store shares the process's open files
 
 	seedMu sync.Mutex
 	seeds  map[digest.Digest][]string
@@ -227,7 +229,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		defer os.RemoveAll(dir)
 	}
-	w := &world{cfg: cfg, scale: cfg.ChunkSize / cfg.RealChunk, start: time.Now(), byID: make(map[string]*node)}
+	handles, err := storeHandles(cfg)
+	if err != nil {
+		return nil, err
+	}
+	w := &world{cfg: cfg, scale: cfg.ChunkSize / cfg.RealChunk, start: time.Now(), byID: make(map[string]*node), handles: handles}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 7))
 	w.origin = &origin{w: w, up: link{rate: cfg.OriginRate}, blobs: make(map[digest.Digest][]byte)}
 	realLayer := cfg.LayerSize / w.scale
@@ -296,7 +302,7 @@ func (w *world) newNode(ctx context.Context, i int, dir string, rng *rand.Rand) 
 		rate *= w.cfg.SlowFactor
 	}
 	n := &node{id: signer.ID(), index: i, up: &link{rate: rate}, down: &link{rate: rate}}
-	if n.store, err = store.Open(store.Options{Dir: dir}); err != nil {
+	if n.store, err = store.Open(store.Options{Dir: dir, Handles: w.handles}); err != nil {
 		return nil, err
 	}
 	m := &member{w: w, n: n, rng: rand.New(rand.NewPCG(rng.Uint64(), 1)), cache: make(map[digest.Digest]cached)}
@@ -335,6 +341,23 @@ func (w *world) newNode(ctx context.Context, i int, dir string, rng *rand.Rand) 
 	})
 	n.serve = fleet.NewChunkServer(n.store, n.dl, w.cfg.RealChunk, prometheus.NewCounter(prometheus.CounterOpts{Name: "uploaded"}), nil)
 	return n, nil
+}
+
+// storeHandles is the pool of open files the nodes' stores share: what the process's limit
+// leaves after each store's directory lock and a margin, and no more than the fleet's partial
+// downloads could hold (a data file and a bitmap per layer per node). With fewer, the stores
+// close files between uses and open them again, as a real node does past its own bound.
+func storeHandles(cfg Config) (*store.Handles, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return nil, fmt.Errorf("sim: open-file limit: %w", err)
+	}
+	const margin, least = 512, 64
+	spare := int64(lim.Cur) - int64(cfg.Nodes) - margin
+	if spare < least {
+		return nil, fmt.Errorf("sim: %d nodes hold %d store locks open, and the open-file limit is %d: raise ulimit -n", cfg.Nodes, cfg.Nodes, lim.Cur)
+	}
+	return store.NewHandles(int(min(spare, int64(2*cfg.Layers*cfg.Nodes)))), nil
 }
 
 // logger is node i's logger: the config's, or one that drops everything.
