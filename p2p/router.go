@@ -12,6 +12,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	kbucket "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -20,6 +21,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 )
 
 // Defaults of RouterOptions.
@@ -104,7 +106,14 @@ type Router struct {
 	now          func() time.Time // replaced in tests
 	tableWait    time.Duration    // shortened in tests
 	findSeconds  *prometheus.HistogramVec
+	walks        *prometheus.CounterVec
 	cache        *lru.Cache[digest.Digest, cacheEntry]
+
+	// pm sends single DHT messages: announces and lookups at a key's closest members.
+	pm       *pb.ProtocolMessenger
+	closest  *lru.Cache[string, closestEntry] // by DHT key
+	walking  singleflight.Group               // walks for closest members, by DHT key
+	provided *lru.Cache[digest.Digest, time.Time]
 }
 
 type cacheEntry struct {
@@ -130,6 +139,12 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 		return nil, err
 	}
 	r.cache = cache
+	if r.closest, err = lru.New[string, closestEntry](closestEntries); err != nil {
+		return nil, err
+	}
+	if r.provided, err = lru.New[digest.Digest, time.Time](cacheEntries); err != nil {
+		return nil, err
+	}
 	if r.findTimeout <= 0 {
 		r.findTimeout = DefaultFindTimeout
 	}
@@ -147,9 +162,18 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 		Help:    "Time of DHT provider lookups that reached the network, by whether they found a holder.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 	}, []string{"result"})
+	r.walks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "shoal_dht_walks_total",
+		Help: "Iterative DHT lookups started, by what they looked for: a key's closest members (announces, seeds) or a blob's holders when its closest members were not known.",
+	}, []string{"kind"})
+	for _, k := range []string{walkClosest, walkProviders} {
+		r.walks.WithLabelValues(k)
+	}
 	if o.Registerer != nil {
-		if err := o.Registerer.Register(r.findSeconds); err != nil {
-			return nil, fmt.Errorf("register dht metrics: %w", err)
+		for _, c := range []prometheus.Collector{r.findSeconds, r.walks} {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("register dht metrics: %w", err)
+			}
 		}
 	}
 	prefix := o.ProtocolPrefix
@@ -178,6 +202,10 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 		return nil, fmt.Errorf("start dht: %w", err)
 	}
 	r.dht = d
+	if r.pm, err = pb.NewProtocolMessenger(d.MessageSender()); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("start dht: %w", err)
+	}
 	r.log.Info("dht started", "peer", h.ID().String(), "protocol", prefix, "bootstrap", len(r.bootstrap))
 	return r, nil
 }
@@ -282,15 +310,19 @@ func (r *Router) waitForTable(ctx context.Context) error {
 	return nil
 }
 
-// Provide announces that this node holds d, or is downloading it. Records
-// expire in the DHT after RecordLifetime, so a node re-announces what it keeps.
+// Provide announces that this node holds d, or is downloading it, to the members closest to
+// d's key. Records expire in the DHT after RecordLifetime, so a node re-announces what it
+// keeps; a Provide within provideFresh of a successful one does nothing.
 func (r *Router) Provide(ctx context.Context, d digest.Digest) error {
 	key, err := Key(d)
 	if err != nil {
 		return fmt.Errorf("provide: %w", err)
 	}
+	if at, ok := r.provided.Get(d); ok && r.now().Sub(at) < provideFresh {
+		return nil
+	}
 	start := time.Now()
-	if err := r.dht.Provide(ctx, key, true); err != nil {
+	if err := r.provide(ctx, d, key.Hash()); err != nil {
 		return fmt.Errorf("provide %s: %w", d, err)
 	}
 	r.log.Debug("provided", "digest", d, "duration", time.Since(start))
@@ -306,15 +338,13 @@ func (r *Router) ClosestPeers(ctx context.Context, d digest.Digest, k int) ([]st
 		return nil, fmt.Errorf("closest peers: %w", err)
 	}
 	target := string(key.Hash())
-	ids, err := r.dht.GetClosestPeers(ctx, target)
+	ids, err := r.closestPeers(ctx, target)
 	if err != nil {
 		return nil, fmt.Errorf("closest peers of %s: %w", d, err)
 	}
 	// The lookup leaves this node out; a node among the closest must count itself in, as
 	// the others count it.
-	if !slices.Contains(ids, r.h.ID()) {
-		ids = append(ids, r.h.ID())
-	}
+	ids = append(slices.Clone(ids), r.h.ID())
 	out := closest(ids, target)
 	return out[:min(k, len(out))], nil
 }
@@ -385,8 +415,18 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 	// first few members. So a wider set is gathered and a random sample kept.
 	// One more than that, since our own record may be among them.
 	pool := r.maxProviders * samplePool
+	// The closest members of the key, when known, are asked directly: they hold the
+	// records, and their answer stands, "nobody" included. The walk is for when they are
+	// not known or do not answer.
+	peers, answered := r.askHolders(qctx, string(key.Hash()), key.Hash(), pool)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("find providers of %s: %w", d, err)
+	}
+	if answered {
+		return r.found(d, start, peers), nil
+	}
+	r.walks.WithLabelValues(walkProviders).Inc()
 	ch := r.dht.FindProvidersAsync(qctx, key, pool+1)
-	var peers []Peer
 	for ai := range ch {
 		if ai.ID == r.h.ID() || len(peers) == pool {
 			continue
@@ -405,6 +445,12 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("find providers of %s: %w", d, err)
 	}
+	return r.found(d, start, peers), nil
+}
+
+// found samples MaxProviders of the peers a lookup of d found, records the lookup and caches
+// its result.
+func (r *Router) found(d digest.Digest, start time.Time, peers []Peer) []Peer {
 	if len(peers) > r.maxProviders {
 		rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
 		peers = peers[:r.maxProviders]
@@ -416,7 +462,7 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 	r.findSeconds.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	r.log.Debug("providers found", "digest", d, "peers", len(peers), "duration", time.Since(start))
 	r.store(d, peers)
-	return clonePeers(peers), nil
+	return clonePeers(peers)
 }
 
 func (r *Router) cached(d digest.Digest) ([]Peer, bool) {

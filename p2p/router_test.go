@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // newMockRouters starts n routers on a fully connected mocknet and waits
@@ -411,5 +413,86 @@ func TestRouterClosestPeers(t *testing.T) {
 		if !slices.Equal(want, sorted[:3]) {
 			t.Errorf("ClosestPeers(%s) = %v, want the closest 3 of all, %v", d, want, sorted[:3])
 		}
+	}
+}
+
+// TestRouterClosestShared: a key's closest members are walked for once and reused by the
+// announce, the seeds and the holder lookups that follow, until closestTTL; a node that
+// knows them asks them for holders directly, and an announce repeated soon is not sent.
+func TestRouterClosestShared(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	routers := newMockRouters(t, 8, RouterOptions{})
+	a, b, c := routers[0], routers[1], routers[2]
+	clk := clock.NewMock()
+	clk.Set(time.Unix(1_700_000_000, 0))
+	b.now = clk.Now
+	walks := func(r *Router, kind string) int { return int(testutil.ToFloat64(r.walks.WithLabelValues(kind))) }
+	d := digest.FromString("shared")
+
+	if err := a.Provide(ctx, d); err != nil {
+		t.Fatalf("Provide(%s) = %v", d, err)
+	}
+	if err := b.Provide(ctx, d); err != nil {
+		t.Fatalf("Provide(%s) = %v", d, err)
+	}
+	// Seeds asked at once by many callers: one walk, the announce's.
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			if got, err := b.ClosestPeers(ctx, d, 3); err != nil || len(got) != 3 {
+				t.Errorf("ClosestPeers(%s) = %v, %v, want 3 peers", d, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := b.Provide(ctx, d); err != nil {
+		t.Fatalf("Provide(%s) again = %v", d, err)
+	}
+	if got := walks(b, walkClosest); got != 1 {
+		t.Errorf("walks for closest members after an announce, 5 seed lookups and a repeated announce = %d, want 1", got)
+	}
+
+	// b knows d's closest members: it asks them, and finds a without a walk.
+	got, err := b.FindProvidersFresh(ctx, d)
+	if want := []string{a.h.ID().String()}; err != nil || !slices.Equal(peerIDs(got), want) {
+		t.Fatalf("FindProvidersFresh(%s) from a provider = %v, %v, want %v", d, peerIDs(got), err, want)
+	}
+	if len(b.h.Peerstore().Addrs(a.h.ID())) == 0 {
+		t.Errorf("no address kept for %s, found by asking the closest members", a.h.ID())
+	}
+	if got := walks(b, walkProviders); got != 0 {
+		t.Errorf("walks for holders by a node that knows the closest members = %d, want 0", got)
+	}
+	// Their "nobody" stands too: no walk for a key nobody provides.
+	e := digest.FromString("nobody")
+	if _, err := b.ClosestPeers(ctx, e, 3); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.FindProvidersFresh(ctx, e); err != nil || len(got) != 0 {
+		t.Errorf("FindProvidersFresh(%s) = %v, %v, want none", e, peerIDs(got), err)
+	}
+	if got := walks(b, walkProviders); got != 0 {
+		t.Errorf("walks for holders of a key whose closest members answered = %d, want 0", got)
+	}
+
+	// c knows nothing of d's neighbourhood: it walks, and finds both.
+	got, err = c.FindProviders(ctx, d)
+	want := []string{a.h.ID().String(), b.h.ID().String()}
+	slices.Sort(want)
+	if err != nil || !slices.Equal(peerIDs(got), want) {
+		t.Fatalf("FindProviders(%s) = %v, %v, want %v", d, peerIDs(got), err, want)
+	}
+	if got := walks(c, walkProviders); got != 1 {
+		t.Errorf("walks for holders by a node that does not know the closest members = %d, want 1", got)
+	}
+
+	// Past closestTTL the members are walked for again.
+	clk.Add(closestTTL)
+	if _, err := b.ClosestPeers(ctx, d, 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := walks(b, walkClosest); got != 3 {
+		t.Errorf("walks for closest members of two keys, the first again past closestTTL = %d, want 3", got)
 	}
 }
