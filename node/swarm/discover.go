@@ -136,6 +136,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 
 // findSeeds looks up the blob's seeds after delay; seedsFound takes the answer in.
 func (e *engine) findSeeds(ctx context.Context, delay time.Duration) {
+	e.seedsLooking = true
 	e.spawn(func() event {
 		if delay > 0 {
 			t := e.clock.Timer(delay)
@@ -189,11 +190,12 @@ func (e *engine) seedLive(now time.Time) bool {
 }
 
 // awaitingSeeds reports whether the blob's seeds are still being looked up, and not for
-// so long (seedLive since the lookups began) that this node should fend for itself. Bytes
-// from peers do not extend it: with no seeds known, a peer sending them may be a node that
-// fends for itself, fetching only its share of the origin's chunks.
+// so long that this node should fend for itself: seedLive since the lookups began, or until
+// the lookup running then ends (a loaded fleet answers late, and a lookup about to answer is
+// worth its wait). Bytes from peers do not extend it: with no seeds known, a peer sending
+// them may be a node that fends for itself, fetching only its share of the origin's chunks.
 func (e *engine) awaitingSeeds(now time.Time) bool {
-	return e.seeder != nil && e.seeds == nil && !e.seedsSince.IsZero() && now.Sub(e.seedsSince) < seedLive
+	return e.seeder != nil && e.seeds == nil && !e.seedsSince.IsZero() && (e.seedsLooking || now.Sub(e.seedsSince) < seedLive)
 }
 
 func later(a, b time.Time) time.Time {

@@ -100,7 +100,7 @@ type seedsFound struct {
 }
 
 func (ev seedsFound) apply(ctx context.Context, e *engine) {
-	e.seedsKnown = true
+	e.seedsKnown, e.seedsLooking = true, false
 	if ev.err != nil {
 		if ctx.Err() != nil {
 			return

@@ -64,13 +64,14 @@ type engine struct {
 	// seeder, in a fleet without trackers, names the blob's seeds: once known, seeds holds
 	// them and seeding says this node is one. seedsKnown is set by the first lookup's end,
 	// even a failed one (which is tried again); seedsSince is when the first began, seedsAt
-	// when one found them.
-	seeder     Seeder
-	seeds      []string
-	seedsKnown bool
-	seeding    bool
-	seedsSince time.Time
-	seedsAt    time.Time
+	// when one found them; seedsLooking is set while a lookup (or its retry) is pending.
+	seeder       Seeder
+	seeds        []string
+	seedsKnown   bool
+	seeding      bool
+	seedsLooking bool
+	seedsSince   time.Time
+	seedsAt      time.Time
 }
 
 func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {

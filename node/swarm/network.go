@@ -114,8 +114,9 @@ const (
 	// a failed one is tried again every seedsRetry. seedLive is how long after a seed's last
 	// answer (or, for one not heard from yet, after the seeds were found), or after the
 	// last byte from peers if that is later, other members still leave the origin to the
-	// seeds, and while the seeds are not known, how long after the download began; past
-	// it, with no seed live, they fetch themselves.
+	// seeds, and while the seeds are not known, how long after the download began (or
+	// until the lookup running then ends); past it, with no seed live, they fetch
+	// themselves.
 	seedsTimeout       = 2 * time.Second
 	seedsLookupTimeout = 10 * time.Second
 	seedsRetry         = time.Second

@@ -261,7 +261,8 @@ func (v leasingView) LeaseOrigin(ctx context.Context, d digest.Digest, size, chu
 type memSeeds struct {
 	ids        []string
 	failures   atomic.Int64
-	lookupTime time.Duration
+	lookupTime time.Duration // of a failing lookup
+	answerTime time.Duration // of one that finds the seeds
 	lookups    atomic.Int64
 }
 
@@ -277,6 +278,11 @@ func (v seedingView) Seeds(ctx context.Context, d digest.Digest) ([]string, erro
 		case <-ctx.Done():
 		}
 		return nil, errors.New("closest peers: context deadline exceeded")
+	}
+	select {
+	case <-time.After(s.answerTime):
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 	return slices.Clone(s.ids), nil
 }
@@ -688,6 +694,30 @@ func TestSwarmSeedsLate(t *testing.T) {
 	if n := f.seeds.lookups.Load(); n <= 8 {
 		t.Errorf("%d seed lookups: the failed ones were not tried again", n)
 	}
+}
+
+// TestSwarmSeedsSlowLookup: a seed lookup still running when the wait for seeds ends is
+// waited for: in a loaded fleet the first lookups run out of time and the retries answer
+// late, and members that are not seeds leave the origin alone until they do.
+func TestSwarmSeedsSlowLookup(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		data := randomBlob(t, 32*64<<10)
+		o := newFakeOrigin(data)
+		o.rate = 8 << 20
+		f := newMemFleet()
+		f.seeds = &memSeeds{ids: []string{"m0", "m1"}, lookupTime: seedLive - seedLive/20, answerTime: 3 * time.Second}
+		f.seeds.failures.Store(6) // the first lookup of each member fails just before seedLive
+		coldPull(t, f, 6, o, data)
+		for _, id := range []string{"m2", "m3", "m4", "m5"} {
+			if n := f.member(id).fetched("origin"); n > 0 {
+				t.Errorf("%s, no seed, fetched %.0f bytes from the origin while its seeds lookup ran", id, n)
+			}
+		}
+		if sent := o.sentBytes(); sent > int64(len(data))*3/2 {
+			t.Errorf("origin sent %.3fx the blob, want about one copy", float64(sent)/float64(len(data)))
+		}
+	})
 }
 
 // TestSwarmSeedsDown: when no seed lookup succeeds for long, members fend for themselves
