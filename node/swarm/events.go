@@ -204,7 +204,13 @@ func (ev haveAnswer) apply(ctx context.Context, e *engine) {
 		}
 	default:
 		e.log.Debug("peer did not answer", "peer", p.id, "err", ev.err)
-		if p.fails++; p.fails >= peerFailures {
+		p.fails++
+		switch {
+		case e.isSeed(p.id) && errors.Is(ev.err, context.DeadlineExceeded) && e.clock.Since(p.answered) < seedLive:
+			// A seed that answers late is loaded, not gone: everyone polls it, and its
+			// share of the origin's chunks is fetched twice if it is forgotten. One
+			// silent for seedLive is.
+		case p.fails >= peerFailures:
 			e.forget(p)
 		}
 	}

@@ -96,7 +96,10 @@ func (e *engine) snapshot(have []bool) Snapshot {
 			Busy: now.Before(p.busyUntil), SlowStart: p.rate == 0, Member: !p.complete,
 		}
 		if !p.idleSince.IsZero() {
-			pv.OriginIdle = now.Sub(p.idleSince)
+			// Between answers, not up to now: a peer too loaded to answer lately is not
+			// known to be idle, and taking its share would fetch those chunks twice. One
+			// that stopped answering is forgotten after peerFailures, and its share with it.
+			pv.OriginIdle = p.answered.Sub(p.idleSince)
 		}
 		snap.Peers = append(snap.Peers, pv)
 	}

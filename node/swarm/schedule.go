@@ -34,8 +34,9 @@ type PeerView struct {
 	// no one holds is designated to one member (Snapshot.Self included) by rendezvous
 	// hashing, and the others leave it to that member unless it stays idle at the origin.
 	Member bool
-	// OriginIdle is how long the peer has been seen fetching nothing from the origin; 0 if
-	// it is fetching now or has not been seen long enough to tell.
+	// OriginIdle is how long the peer has been seen fetching nothing from the origin, from
+	// the first answer in a row that showed it idle to the latest; 0 if it is fetching now
+	// or has not been seen long enough to tell.
 	OriginIdle time.Duration
 }
 
