@@ -68,14 +68,14 @@ func (r *Router) closestPeers(ctx context.Context, key string) ([]peer.ID, error
 		r.walks.WithLabelValues(walkClosest).Inc()
 		// Not the first caller's context: a caller giving up must not end the walk the
 		// others wait for.
-		wctx, cancel := context.WithTimeout(r.dht.Context(), closestTimeout)
+		wctx, cancel := context.WithTimeout(r.ctx, closestTimeout)
 		defer cancel()
 		ids, err := r.dht.GetClosestPeers(wctx, key)
 		switch {
 		case err == nil:
 			r.closest.Add(key, closestEntry{ids: ids, expires: r.now().Add(closestTTL)})
 			return ids, nil
-		case errors.Is(err, context.DeadlineExceeded) && len(ids) > 0 && r.dht.Context().Err() == nil:
+		case errors.Is(err, context.DeadlineExceeded) && len(ids) > 0 && r.ctx.Err() == nil:
 			r.log.Debug("closest peers lookup ran out of time, taking what it found", "peers", len(ids))
 			return ids, nil
 		}

@@ -109,6 +109,9 @@ type Router struct {
 	walks        *prometheus.CounterVec
 	cache        *lru.Cache[digest.Digest, cacheEntry]
 
+	// ctx ends with Close, and the walks shared between callers with it.
+	ctx  context.Context
+	stop context.CancelFunc
 	// pm sends single DHT messages: announces and lookups at a key's closest members.
 	pm       *pb.ProtocolMessenger
 	closest  *lru.Cache[string, closestEntry] // by DHT key
@@ -134,6 +137,7 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 		now:          time.Now,
 		tableWait:    tableWait,
 	}
+	r.ctx, r.stop = context.WithCancel(context.Background())
 	cache, err := lru.New[digest.Digest, cacheEntry](cacheEntries)
 	if err != nil {
 		return nil, err
@@ -500,6 +504,7 @@ func (r *Router) store(d digest.Digest, peers []Peer) {
 
 // Close stops the DHT. It does not close the host.
 func (r *Router) Close() error {
+	r.stop()
 	if err := r.dht.Close(); err != nil {
 		return fmt.Errorf("close dht: %w", err)
 	}
