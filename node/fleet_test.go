@@ -93,7 +93,7 @@ func TestFleetDiscovery(t *testing.T) {
 		return err == nil && slices.Contains(peers, stA.PeerID)
 	})
 	_, metrics := get(t, "http://"+b.AdminAddr()+"/metrics", nil)
-	for _, want := range []string{`shoal_dht_find_duration_seconds_count{result="found"}`, "shoal_p2p_peers 1"} {
+	for _, want := range []string{`shoal_dht_find_duration_seconds_count{result="found"}`, "shoal_p2p_peers 1", `shoal_dht_walks_total{kind="closest"}`} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics of the second node lacks %s", want)
 		}
