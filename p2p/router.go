@@ -33,10 +33,14 @@ const (
 )
 
 const (
-	// refreshPeriod is how often the routing table is refreshed. A fleet is
-	// small next to the public DHT and its members come and go with
-	// deployments, so it is refreshed far more often than kad-dht's 10 min.
-	refreshPeriod = time.Minute
+	// refreshPeriod is how often the routing table is refreshed: every peer in
+	// it pinged, and a walk for each bucket. A fleet's members come and go with
+	// deployments, so it is refreshed more often than kad-dht's 10 min, but a
+	// refresh costs a node some 250 messages at 100 nodes, and once a minute
+	// that was most of an idle node's CPU (0.26% of a core each, against 0.03%
+	// at 40 nodes). Between refreshes the table learns of new members from
+	// their own lookups and announces, which reach it.
+	refreshPeriod = 5 * time.Minute
 	// refreshQueryTimeout bounds each refresh lookup.
 	refreshQueryTimeout = 10 * time.Second
 	// tablePollInterval is how often Bootstrap looks whether the routing
