@@ -23,11 +23,15 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	e.nextID++
 	rctx, cancel := context.WithCancel(ctx)
 	req := &chunkReq{id: e.nextID, chunk: r.Chunk, peer: r.Peer, start: e.clock.Now(), buffered: dup, cancel: cancel}
-	req.leaseGiveUp = !e.leaseFailSince.IsZero() && req.start.Sub(e.leaseFailSince) >= leaseGiveUp
+	// Leases are given up on only while nothing arrives from peers either: with bytes coming,
+	// the chunks a late tracker leaves unleased are on their way from the peers.
+	req.leaseGiveUp = !e.leaseFailSince.IsZero() && req.start.Sub(later(e.leaseFailSince, e.progress)) >= leaseGiveUp
 	e.reqs[req] = struct{}{}
 	if req.peer == "" {
 		e.job.claim(req.chunk, req.id)
-		e.job.setFetching(req.chunk, true)
+		if e.leaser == nil {
+			e.job.setFetching(req.chunk, true)
+		} // else once leased (fetchOrigin): a chunk waiting on a late tracker is no promise
 		first := !e.originAnswered
 		e.spawn(func() event {
 			n, err := e.fetchOrigin(rctx, req, first)
@@ -156,6 +160,9 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 			// Given back when the request ends; done when the chunk arrived whole.
 			defer func() { release(err == nil) }()
 		}
+		// Only now is the chunk on its way from the origin, for peers asking: while the
+		// lease request was out, they may take it (the tracker arbitrates).
+		e.job.setFetching(req.chunk, true)
 	}
 	body, _, err := e.dl.opts.Origin.GetBlob(ctx, e.job.registry, e.job.repo, e.job.digest, off, end-off)
 	if err != nil {

@@ -51,7 +51,9 @@ type OriginLeaser interface {
 	// it); get it from peers. An error wrapping ErrNoTracker: no tracker is up, and the chunk
 	// is fetched without a lease. Any other error (a tracker too slow to answer, or one that
 	// refused the request) is no grant: the chunk is asked for again a little later, and
-	// fetched without a lease only once the trackers failed to answer for leaseGiveUp.
+	// fetched without a lease only once the trackers failed to answer for leaseGiveUp and
+	// no byte came from peers for as long. Peers see a chunk as being fetched from the
+	// origin only once its lease is held.
 	// While held, the lease is kept alive; release ends it, done saying the chunk arrived
 	// whole.
 	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), holder string, ok bool, err error)
@@ -130,8 +132,9 @@ var ErrNoTracker = errors.New("no tracker available")
 // Leases.
 const (
 	// leaseTimeout bounds asking for a lease: past it, the chunk is asked for again after
-	// leaseRecheck. leaseGiveUp is how long lease requests may fail in a row before chunks
-	// are fetched without one, as in a fleet without a tracker.
+	// leaseRecheck. leaseGiveUp is how long lease requests may fail in a row, with no byte
+	// from peers meanwhile, before chunks are fetched without one, as in a fleet without a
+	// tracker.
 	leaseTimeout = 4 * time.Second
 	leaseGiveUp  = 15 * time.Second
 	// leaseRecheck is how long a chunk leased to another node is left to it before asking

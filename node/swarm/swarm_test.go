@@ -214,6 +214,8 @@ type memLeases struct {
 	down    atomic.Bool  // no tracker is up
 	slow    atomic.Int64 // so many lease requests more go unanswered, each after slowFor
 	slowFor time.Duration
+	// slowTo: every lease request of these members goes unanswered, after slowFor.
+	slowTo  map[string]bool
 	grants  atomic.Int64
 	denials atomic.Int64
 }
@@ -239,7 +241,7 @@ func (l *memLeases) take(id string, d digest.Digest, c int) (func(bool), string,
 	if l.down.Load() {
 		return nil, "", false, errTrackerDown
 	}
-	if l.slow.Add(-1) >= 0 {
+	if l.slowTo[id] || l.slow.Add(-1) >= 0 {
 		time.Sleep(l.slowFor)
 		return nil, "", false, errTrackerSlow
 	}
@@ -675,6 +677,34 @@ func TestSwarmTrackerSlow(t *testing.T) {
 	if got := l.grants.Load(); got != 32 {
 		t.Errorf("%d leases granted for 32 chunks: chunks were fetched without one", got)
 	}
+}
+
+// TestSwarmTrackerSlowForLong: members whose lease requests the tracker never answers in time
+// (it is loaded, or their way to it is) leave the origin to the member it does answer: their
+// chunks waiting on a lease are not shown to peers as being fetched, so that member takes
+// them under leases, and while bytes come from it they do not give up on leases and fetch
+// without, however long the rollout lasts.
+func TestSwarmTrackerSlowForLong(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		data := randomBlob(t, 32*64<<10)
+		o := newFakeOrigin(data)
+		o.rate = 48 << 10 // about 43 s for the blob: well past leaseGiveUp
+		l := newMemLeases(10 * time.Second)
+		l.slowFor = leaseTimeout + time.Second
+		l.slowTo = map[string]bool{"m1": true, "m2": true, "m3": true}
+		start := time.Now()
+		coldFleet(t, 4, l, o, data)
+		if took := time.Since(start); took < 2*leaseGiveUp {
+			t.Fatalf("done in %v: the rollout must outlast leaseGiveUp for the test to mean anything", took)
+		}
+		if sent := o.sentBytes(); sent > int64(len(data))*11/10 {
+			t.Errorf("origin sent %.3fx the blob, want about one copy", float64(sent)/float64(len(data)))
+		}
+		if got := l.grants.Load(); got != 32 {
+			t.Errorf("%d leases granted for 32 chunks: chunks were fetched without one while a member could lease them", got)
+		}
+	})
 }
 
 // TestSwarmTrackerDown: when no tracker answers, downloads go on without leases.
