@@ -11,6 +11,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/multiformats/go-multihash"
 	"github.com/opencontainers/go-digest"
 )
@@ -61,8 +62,8 @@ type closestEntry struct {
 // node left out, from the cache or one walk shared by every caller. A walk that ran out of
 // time still returns what it found, uncached.
 func (r *Router) closestPeers(ctx context.Context, key string) ([]peer.ID, error) {
-	if e, ok := r.closest.Get(key); ok && r.now().Before(e.expires) {
-		return e.ids, nil
+	if ids, ok := r.closestCached(key); ok {
+		return ids, nil
 	}
 	ch := r.walking.DoChan(key, func() (any, error) {
 		r.walks.WithLabelValues(walkClosest).Inc()
@@ -95,7 +96,7 @@ func (r *Router) closestPeers(ctx context.Context, key string) ([]peer.ID, error
 // closestCached returns key's closest members if they are cached and fresh.
 func (r *Router) closestCached(key string) ([]peer.ID, bool) {
 	e, ok := r.closest.Get(key)
-	if !ok || !r.now().Before(e.expires) || len(e.ids) == 0 {
+	if !ok || !r.now().Before(e.expires) {
 		return nil, false
 	}
 	return e.ids, true
@@ -147,12 +148,12 @@ func (r *Router) provide(ctx context.Context, d digest.Digest, mh multihash.Mult
 	return nil
 }
 
-// askHolders asks a few of key's closest members, known from the cache, who provides it,
-// and returns up to pool of the providers they name, this node left out, their addresses
-// kept for dialling. ok is false when no member is cached or none answered.
-func (r *Router) askHolders(ctx context.Context, key string, mh multihash.Multihash, pool int) (peers []Peer, ok bool) {
-	ids, cached := r.closestCached(key)
-	if !cached {
+// askHolders asks a few of the closest members of the key mh, known from the cache, who
+// provides it, and returns the providers they name, this node left out, their addresses kept
+// for dialling. ok is false when no member is cached or none answered.
+func (r *Router) askHolders(ctx context.Context, mh multihash.Multihash) (peers []Peer, ok bool) {
+	ids, cached := r.closestCached(string(mh))
+	if !cached || len(ids) == 0 {
 		return nil, false
 	}
 	among := slices.Clone(ids[:min(askAmong, len(ids))])
@@ -190,20 +191,20 @@ func (r *Router) askHolders(ctx context.Context, key string, mh multihash.Multih
 		return nil, false
 	}
 	for _, ai := range found {
+		ai.Addrs = ma.Unique(ai.Addrs)
 		if len(ai.Addrs) > 0 {
 			r.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
 		}
-		p := Peer{ID: ai.ID.String(), Addrs: make([]string, 0, len(ai.Addrs))}
-		for _, a := range ai.Addrs {
-			if s := a.String(); !slices.Contains(p.Addrs, s) {
-				p.Addrs = append(p.Addrs, s)
-			}
-		}
-		peers = append(peers, p)
-	}
-	if len(peers) > pool {
-		rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
-		peers = peers[:pool]
+		peers = append(peers, peerOf(ai))
 	}
 	return peers, true
+}
+
+// peerOf is the Peer a provider record names.
+func peerOf(ai peer.AddrInfo) Peer {
+	p := Peer{ID: ai.ID.String(), Addrs: make([]string, len(ai.Addrs))}
+	for i, a := range ai.Addrs {
+		p.Addrs[i] = a.String()
+	}
+	return p
 }

@@ -418,32 +418,28 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 	start := time.Now()
 	qctx, cancel := context.WithTimeout(ctx, r.findTimeout)
 	defer cancel()
-	// Every node asking gets the records in about the same order: were each
-	// to keep the first MaxProviders, a large swarm would all fetch from its
-	// first few members. So a wider set is gathered and a random sample kept.
-	// One more than that, since our own record may be among them.
-	pool := r.maxProviders * samplePool
 	// The closest members of the key, when known, are asked directly: they hold the
 	// records, and their answer stands, "nobody" included. The walk is for when they are
 	// not known or do not answer.
-	peers, answered := r.askHolders(qctx, string(key.Hash()), key.Hash(), pool)
+	peers, answered := r.askHolders(qctx, key.Hash())
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("find providers of %s: %w", d, err)
 	}
 	if answered {
 		return r.found(d, start, peers), nil
 	}
+	// Every node walking gets the records in about the same order: were each
+	// to keep the first MaxProviders, a large swarm would all fetch from its
+	// first few members. So a wider set is gathered and a random sample kept.
+	// One more than that, since our own record may be among them.
+	pool := r.maxProviders * samplePool
 	r.walks.WithLabelValues(walkProviders).Inc()
 	ch := r.dht.FindProvidersAsync(qctx, key, pool+1)
 	for ai := range ch {
 		if ai.ID == r.h.ID() || len(peers) == pool {
 			continue
 		}
-		p := Peer{ID: ai.ID.String(), Addrs: make([]string, len(ai.Addrs))}
-		for i, a := range ai.Addrs {
-			p.Addrs[i] = a.String()
-		}
-		peers = append(peers, p)
+		peers = append(peers, peerOf(ai))
 		if len(peers) == pool {
 			// Stop the lookup and keep draining: the channel closes
 			// once its goroutine has returned.

@@ -29,9 +29,6 @@ func (e *engine) start(ctx context.Context, r Request, dup bool) {
 	e.reqs[req] = struct{}{}
 	if req.peer == "" {
 		e.job.claim(req.chunk, req.id)
-		if e.leaser == nil {
-			e.job.setFetching(req.chunk, true)
-		} // else once leased (fetchOrigin): a chunk waiting on a late tracker is no promise
 		first := !e.originAnswered
 		e.spawn(func() event {
 			n, err := e.fetchOrigin(rctx, req, first)
@@ -160,10 +157,11 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 			// Given back when the request ends; done when the chunk arrived whole.
 			defer func() { release(err == nil) }()
 		}
-		// Only now is the chunk on its way from the origin, for peers asking: while the
-		// lease request was out, they may take it (the tracker arbitrates).
-		e.job.setFetching(req.chunk, true)
 	}
+	// Only now is the chunk on its way from the origin, for peers asking: while a lease
+	// request was out it was no promise, and they could take it (the tracker arbitrates).
+	// endRequest clears it.
+	e.job.setFetching(req.chunk, true)
 	body, _, err := e.dl.opts.Origin.GetBlob(ctx, e.job.registry, e.job.repo, e.job.digest, off, end-off)
 	if err != nil {
 		return 0, err

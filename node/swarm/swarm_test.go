@@ -333,6 +333,17 @@ func (m *member) fetched(source string) float64 {
 	return testutil.ToFloat64(m.dl.metrics.fetched.WithLabelValues(source))
 }
 
+// wantNoOriginFetch checks that the members ids, none of them a seed, fetched nothing from
+// the origin.
+func wantNoOriginFetch(t *testing.T, f *memFleet, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if n := f.member(id).fetched("origin"); n > 0 {
+			t.Errorf("%s, no seed, fetched %.0f bytes from the origin", id, n)
+		}
+	}
+}
+
 // heldBlob starts a fleet with one member, named holder, holding a random blob of size bytes
 // that the origin o also serves.
 func heldBlob(t *testing.T, holder string, size int) ([]byte, digest.Digest, *fakeOrigin, *memFleet, *member) {
@@ -738,11 +749,7 @@ func TestSwarmSeedsLate(t *testing.T) {
 	if sent := o.sentBytes(); sent > int64(len(data))*3/2 {
 		t.Errorf("origin sent %.3fx the blob, want about one copy: members that had no seeds yet fetched themselves", float64(sent)/float64(len(data)))
 	}
-	for _, id := range []string{"m2", "m3", "m4", "m5"} {
-		if n := f.member(id).fetched("origin"); n > 0 {
-			t.Errorf("%s, no seed, fetched %.0f bytes from the origin", id, n)
-		}
-	}
+	wantNoOriginFetch(t, f, "m2", "m3", "m4", "m5")
 	if n := f.seeds.lookups.Load(); n <= 8 {
 		t.Errorf("%d seed lookups: the failed ones were not tried again", n)
 	}
@@ -761,11 +768,7 @@ func TestSwarmSeedsSlowLookup(t *testing.T) {
 		f.seeds = &memSeeds{ids: []string{"m0", "m1"}, lookupTime: seedLive - seedLive/20, answerTime: 3 * time.Second}
 		f.seeds.failures.Store(6) // the first lookup of each member fails just before seedLive
 		coldPull(t, f, 6, o, data)
-		for _, id := range []string{"m2", "m3", "m4", "m5"} {
-			if n := f.member(id).fetched("origin"); n > 0 {
-				t.Errorf("%s, no seed, fetched %.0f bytes from the origin while its seeds lookup ran", id, n)
-			}
-		}
+		wantNoOriginFetch(t, f, "m2", "m3", "m4", "m5")
 		if sent := o.sentBytes(); sent > int64(len(data))*3/2 {
 			t.Errorf("origin sent %.3fx the blob, want about one copy", float64(sent)/float64(len(data)))
 		}
