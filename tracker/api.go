@@ -61,8 +61,16 @@ const (
 	LeaseTTL         = 30 * time.Second // a lease not renewed within this expires
 	DownloadTTL      = 10 * time.Second // a downloading member not announced within this leaves the swarm
 	HolderTTL        = 3 * time.Minute  // a holder not announced within this leaves the swarm
-	AnnounceDownload = time.Second      // how often a node announces its running downloads
+	AnnounceDownload = time.Second      // how often a node announces its running downloads, at least
 	AnnounceHolding  = time.Minute      // how often a node announces what it holds
+	// MaxAnnounceDownload is the longest a tracker lets a node wait between announces of
+	// its running downloads (AnnounceResponse.IntervalMillis), however many nodes download
+	// at once; a downloading member is kept for DownloadTTL or three intervals, whichever
+	// is longer.
+	MaxAnnounceDownload = 10 * time.Second
+	// Fetchers is how many members of a swarm the tracker names to fetch the blob from the
+	// origin (Swarm.Fetchers).
+	Fetchers = 3
 )
 
 // AnnounceRequest tells the tracker what a node is downloading and holding.
@@ -102,12 +110,24 @@ type AnnounceResponse struct {
 	// tracker restarted and lost its state, and announces everything again at once.
 	Instance string  `json:"instance"`
 	Swarms   []Swarm `json:"swarms"`
+	// IntervalMillis is how long the node waits before it announces its running downloads
+	// again: AnnounceDownload, longer while many nodes download at once, so that the
+	// tracker's announce load stays bounded however large the fleet (at most
+	// MaxAnnounceDownload). 0 (a tracker that does not say): AnnounceDownload.
+	IntervalMillis int64 `json:"intervalMillis,omitempty"`
 }
 
 // Swarm is the members of one blob's swarm, the asking node left out.
 type Swarm struct {
 	Digest  digest.Digest `json:"digest"`
 	Members []Member      `json:"members"`
+	// Fetchers are the swarm's origin fetchers, the asking node among them if it is one:
+	// the first Fetchers members to join that are still in the swarm. They alone fetch the
+	// blob from the origin (under leases, splitting its chunks), and every other member
+	// takes it from peers while one of them is live, so the lease requests of a rollout
+	// come from a few nodes, not from the whole fleet. Those other than the asking node
+	// are also in Members, with their addrs.
+	Fetchers []string `json:"fetchers,omitempty"`
 }
 
 // Member is one node in a swarm.

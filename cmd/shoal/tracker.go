@@ -26,6 +26,7 @@ func runTracker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		psk        = fs.String("psk", "", "private network key `file` (/key/swarm/psk/1.0.0/ format), the fleet's")
 		maxPeers   = fs.Int("max-peers", server.DefaultMaxPeers, "most peers tracked; new ones are refused beyond it")
 		maxMembers = fs.Int("max-members", server.DefaultMaxMembers, "most swarm memberships tracked over all blobs; new ones are refused beyond it")
+		announces  = fs.Float64("announce-rate", server.DefaultAnnounceRate, "download announces a `second` the tracker aims for: with more nodes downloading at once, each is told to announce less often (every 1 s to 10 s)")
 		newLog     = logFlags(fs)
 		p2pListen  listFlag
 	)
@@ -37,8 +38,8 @@ func runTracker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	if *maxPeers <= 0 || *maxMembers <= 0 {
-		return errors.New("--max-peers and --max-members must be positive")
+	if *maxPeers <= 0 || *maxMembers <= 0 || !(*announces > 0) {
+		return errors.New("--max-peers, --max-members and --announce-rate must be positive")
 	}
 	if len(p2pListen) == 0 {
 		p2pListen = listFlag{"/ip4/0.0.0.0/tcp/5091"}
@@ -48,7 +49,7 @@ func runTracker(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		P2PListen: p2pListen,
 		DataDir:   *dataDir,
 		PSK:       *psk,
-		Limits:    server.Limits{MaxPeers: *maxPeers, MaxMembers: *maxMembers},
+		Limits:    server.Limits{MaxPeers: *maxPeers, MaxMembers: *maxMembers, AnnounceRate: *announces},
 		Logger:    logger,
 	})
 }

@@ -26,6 +26,8 @@ type Announcer interface {
 	// Providers merges the trackers' members of d's swarm with what dht finds, members
 	// first; fresh asks the trackers now unless they answered about d lately.
 	Providers(ctx context.Context, d digest.Digest, fresh bool, dht func(context.Context) ([]string, error)) ([]string, error)
+	// Fetchers names the members that fetch d from the origin; see swarm.Seeder.
+	Fetchers(ctx context.Context, d digest.Digest) ([]string, error)
 	// Lease asks for the origin lease on a chunk; see swarm.OriginLeaser.
 	Lease(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(bool), holder string, ok bool, err error)
 	// Bootstrap returns peers to join the fleet through.
@@ -67,6 +69,9 @@ func (Disabled) Gone(digest.Digest)      {}
 func (Disabled) Providers(ctx context.Context, _ digest.Digest, _ bool, dht func(context.Context) ([]string, error)) ([]string, error) {
 	return dht(ctx)
 }
+
+// Fetchers names none: every member may fetch from the origin.
+func (Disabled) Fetchers(context.Context, digest.Digest) ([]string, error) { return []string{}, nil }
 
 // Lease fails with ErrDisabled: the chunk is fetched without a lease.
 func (Disabled) Lease(context.Context, digest.Digest, int64, int64, int) (func(bool), string, bool, error) {

@@ -199,12 +199,56 @@ func TestTrackerAnnounces(t *testing.T) {
 	}
 	release(false)
 
+	// Both are told the same fetchers, the two of them (the first to announce may have
+	// been told of itself alone: the other comes with its next announce).
+	for _, m := range []*member{a, b} {
+		eventually(t, "both members as fetchers", func() bool {
+			f, err := m.t.Fetchers(t.Context(), d)
+			if err != nil {
+				t.Fatalf("Fetchers(%s) = %v", d, err)
+			}
+			return len(f) == 2 && slices.Contains(f, a.peer.ID) && slices.Contains(f, b.peer.ID)
+		})
+	}
+
 	// The download ends without a commit: the tracker hears it is gone.
 	a.dl.mu.Lock()
 	a.dl.list = nil
 	a.dl.mu.Unlock()
 	a.t.Gone(d)
 	eventually(t, "the failed download out of the swarm", func() bool { return swarms(t, url)[d].Members == 1 })
+}
+
+// TestFetchersTrackerDown: with every tracker unreachable, a download is told of no
+// fetchers, at once and without an error, so every member fetches its share; a tracker that
+// only answers late is an error, so the download asks again rather than fetch.
+func TestFetchersTrackerDown(t *testing.T) {
+	t.Parallel()
+	dead := httptest.NewServer(http.NotFoundHandler())
+	url := dead.URL
+	dead.Close()
+	m := newMember(t, url)
+	d := digest.FromString("a blob")
+	f, err := m.t.Fetchers(t.Context(), d)
+	if err != nil || f == nil || len(f) != 0 {
+		t.Fatalf("Fetchers with the tracker down = %#v, %v; want an empty list", f, err)
+	}
+
+	hang := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(hang) })
+	m = newMember(t, slow.URL)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if f, err := m.t.Fetchers(ctx, d); err == nil {
+		t.Fatalf("Fetchers with the tracker not answering = %v, nil; want an error", f)
+	}
 }
 
 // TestDisabled: a node without trackers answers as if no tracker knew anything, so its
@@ -221,6 +265,9 @@ func TestDisabled(t *testing.T) {
 	}
 	if _, _, ok, err := a.Lease(t.Context(), d, 1, testChunk, 0); ok || !errors.Is(err, ErrDisabled) {
 		t.Errorf("Lease = %v, %v, want %v", ok, err, ErrDisabled)
+	}
+	if f, err := a.Fetchers(t.Context(), d); err != nil || f == nil || len(f) != 0 {
+		t.Errorf("Fetchers = %#v, %v, want an empty list: every member may fetch", f, err)
 	}
 	if _, err := a.Bootstrap(t.Context()); !errors.Is(err, ErrDisabled) {
 		t.Errorf("Bootstrap = %v, want %v", err, ErrDisabled)

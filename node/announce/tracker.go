@@ -37,7 +37,8 @@ type Options struct {
 }
 
 // Tracker is the node's side of its trackers: it announces the running
-// downloads every tracker.AnnounceDownload and the held blobs every tracker.AnnounceHolding,
+// downloads every tracker.AnnounceDownload (or as much longer as the trackers ask, which
+// they do while many nodes download at once) and the held blobs every tracker.AnnounceHolding,
 // a download's start, commit, failure or eviction at once, and keeps the members the
 // trackers answer so downloads find each other without waiting for the DHT. Trackers are an
 // aid only: when none answers, the node goes on with the DHT alone, and no client sees an
@@ -132,8 +133,10 @@ func (t *Tracker) Run(ctx context.Context, held Held, running Running) error {
 			return nil
 		case <-t.kick:
 			announceRunning()
+			downloads.Reset(t.client.Interval())
 		case <-downloads.C:
 			announceRunning()
+			downloads.Reset(t.client.Interval())
 		case <-holding.C:
 			announceHeld()
 		case <-retry:
@@ -279,7 +282,7 @@ func (t *Tracker) announce(ctx context.Context, blobs []tracker.BlobState) (map[
 // announceNow announces the download of d alone, with its progress as of the last pass,
 // unless another announce of it is under way (then it waits for that one), and returns the
 // members of its swarm.
-func (t *Tracker) announceNow(ctx context.Context, d digest.Digest) []tracker.Member {
+func (t *Tracker) announceNow(ctx context.Context, d digest.Digest) ([]tracker.Member, error) {
 	ch := t.flight.DoChan(d.String(), func() (any, error) {
 		t.mu.Lock()
 		t.running[d] = true
@@ -288,16 +291,38 @@ func (t *Tracker) announceNow(ctx context.Context, d digest.Digest) []tracker.Me
 		if !ok {
 			b = tracker.BlobState{Digest: d}
 		}
-		swarms, _ := t.announce(ctx, []tracker.BlobState{b}) // on failure: nobody, the DHT carries on
-		return swarms[d], nil
+		swarms, err := t.announce(ctx, []tracker.BlobState{b}) // on failure: nobody, the DHT carries on
+		return swarms[d], err
 	})
 	select {
 	case r := <-ch:
 		members, _ := r.Val.([]tracker.Member)
-		return members
+		return members, r.Err
 	case <-ctx.Done():
-		return t.client.Members(d)
+		return t.client.Members(d), ctx.Err()
 	}
+}
+
+// Fetchers returns the origin fetchers the trackers name for d's swarm (see
+// tracker.Swarm.Fetchers), announcing the download now if no tracker has answered about it
+// yet. With every tracker unreachable it returns none and no error: each node then fetches
+// its share, as in a fleet whose trackers are down. A tracker that is only slow to answer
+// is an error, and the download asks again: a loaded tracker is not a dead one.
+func (t *Tracker) Fetchers(ctx context.Context, d digest.Digest) ([]string, error) {
+	if f, ok := t.client.Fetchers(d); ok {
+		return f, nil
+	}
+	_, err := t.announceNow(ctx, d)
+	if f, ok := t.client.Fetchers(d); ok {
+		return f, nil
+	}
+	if errors.Is(err, trackerclient.ErrUnavailable) && !errors.Is(err, trackerclient.ErrSlow) {
+		return []string{}, nil
+	}
+	if err == nil {
+		err = fmt.Errorf("no tracker answered about %s", d)
+	}
+	return nil, err
 }
 
 // fresh reports whether the trackers answered about d's download within the last announce
@@ -306,7 +331,7 @@ func (t *Tracker) fresh(d digest.Digest) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	at, ok := t.answered[d]
-	return ok && time.Since(at) < tracker.AnnounceDownload
+	return ok && time.Since(at) < t.client.Interval()
 }
 
 // Providers merges the trackers' members of d's swarm with dht's answer, members first.
@@ -318,7 +343,7 @@ func (t *Tracker) Providers(ctx context.Context, d digest.Digest, fresh bool, dh
 	go func() {
 		defer close(done)
 		if fresh && !t.fresh(d) {
-			members = t.announceNow(ctx, d)
+			members, _ = t.announceNow(ctx, d)
 			return
 		}
 		members = t.client.Members(d)
@@ -354,7 +379,7 @@ func (t *Tracker) Lease(ctx context.Context, d digest.Digest, size, chunkSize in
 	t.mu.Unlock()
 	if !announced {
 		// The tracker leases only to members of the swarm.
-		t.announceNow(ctx, d)
+		_, _ = t.announceNow(ctx, d) // a failure shows in the lease request
 	}
 	lease, holder, err := t.client.Lease(ctx, d, size, chunkSize, index)
 	if errors.Is(err, trackerclient.ErrUnavailable) && !errors.Is(err, trackerclient.ErrSlow) {

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"github.com/opencontainers/go-digest"
@@ -14,10 +15,12 @@ import (
 var (
 	_ swarm.Fleet        = (*Member)(nil)
 	_ swarm.OriginLeaser = leasing{}
+	_ swarm.Seeder       = leasing{}
 )
 
-// Swarm is what the downloads use to reach the fleet. With trackers it also hands out origin
-// leases; without, it names each blob's seeds instead (see seeds.go).
+// Swarm is what the downloads use to reach the fleet. It names each blob's seeds: without
+// trackers the DHT's closest members to the blob (see seeds.go), with trackers the fetchers
+// they name, who also get origin leases from them.
 func (m *Member) Swarm() swarm.Fleet {
 	if !m.leases {
 		return seeder{m}
@@ -80,6 +83,20 @@ func (m *Member) KeepChunkList(d digest.Digest, chunkSize int64, list []digest.D
 
 // leasing is the swarm side of a member with trackers.
 type leasing struct{ *Member }
+
+// Seeds returns the fetchers the trackers name for d; none while every tracker is
+// unreachable.
+func (l leasing) Seeds(ctx context.Context, d digest.Digest) ([]string, error) {
+	return l.tracker.Fetchers(ctx, d)
+}
+
+// AskSeed is refused: the trackers name fetchers among the members of the blob's swarm,
+// which fetch it already.
+func (l leasing) AskSeed(context.Context, string, string, string, digest.Digest) error {
+	return errFetchersAreMembers
+}
+
+var errFetchersAreMembers = errors.New("the trackers' fetchers are members of the swarm: nothing to ask")
 
 // LeaseOrigin asks the trackers for the lease on a chunk.
 func (l leasing) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {

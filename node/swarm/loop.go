@@ -61,7 +61,7 @@ type engine struct {
 	// answered).
 	leaseFailSince time.Time
 
-	// seeder, in a fleet without trackers, names the blob's seeds: once known, seeds holds
+	// seeder names the blob's seeds (with trackers, their fetchers): once known, seeds holds
 	// them and seeding says this node is one. seedsKnown is set by the first lookup's end,
 	// even a failed one (which is tried again); seedsSince is when the first began, seedsAt
 	// when one found them; seedsLooking is set while a lookup (or its retry) is pending.
@@ -93,7 +93,8 @@ func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 	}
 	if l, ok := e.fleet.(OriginLeaser); ok {
 		e.leaser = l
-	} else if sd, ok := e.fleet.(Seeder); ok {
+	}
+	if sd, ok := e.fleet.(Seeder); ok {
 		e.seeder = sd
 	}
 	return e

@@ -59,12 +59,16 @@ type OriginLeaser interface {
 	LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (release func(done bool), holder string, ok bool, err error)
 }
 
-// Seeder may be implemented by a Fleet without trackers. It names a blob's seeds: the few
-// fleet members every node works out alike (the DHT's closest peers to the blob's key), which
-// alone fetch the blob from the origin, splitting its chunks among themselves, while every
-// other member takes it from peers. So the origin sends a blob about once however large the
-// fleet, with no tracker: members need not see each other to agree on who fetches what. A
-// seed asked for a blob it is not fetching starts to, whether or not it needs the blob.
+// Seeder may be implemented by a Fleet. It names a blob's seeds: the few fleet members every
+// node works out alike, which alone fetch the blob from the origin, splitting its chunks
+// among themselves, while every other member takes it from peers. So the origin sends a
+// blob about once however large the fleet. Without trackers they are the DHT's closest
+// peers to the blob's key: members need not see each other to agree on who fetches what,
+// and a seed asked for a blob it is not fetching starts to, whether or not it needs the
+// blob. With trackers they are the fetchers the trackers name among the blob's swarm
+// (with an OriginLeaser's leases), so that lease requests come from a few members, not
+// from the whole fleet; an empty list means none (every tracker down), and every member
+// fetches its share.
 type Seeder interface {
 	// Seeds returns d's seeds, closest first; this node may be one.
 	Seeds(ctx context.Context, d digest.Digest) ([]string, error)

@@ -31,17 +31,18 @@ func (c *Client) Announce(ctx context.Context, blobs []tracker.BlobState) (map[d
 		return nil, ErrUnavailable
 	}
 	type answer struct {
-		e     *endpoint
-		swarm map[digest.Digest][]tracker.Member
-		err   error
+		e        *endpoint
+		swarm    map[digest.Digest]swarmAnswer
+		interval time.Duration
+		err      error
 	}
 	answers := make([]answer, len(live))
 	var wg sync.WaitGroup
 	for i, e := range live {
 		wg.Go(func() {
-			answers[i] = answer{e: e, swarm: make(map[digest.Digest][]tracker.Member)}
+			answers[i] = answer{e: e, swarm: make(map[digest.Digest]swarmAnswer)}
 			for batch := range slices.Chunk(blobs, tracker.MaxBlobs) {
-				got, err := c.announceOne(ctx, e, batch)
+				got, interval, err := c.announceOne(ctx, e, batch)
 				if err != nil {
 					answers[i].err = err
 					return
@@ -49,6 +50,7 @@ func (c *Client) Announce(ctx context.Context, blobs []tracker.BlobState) (map[d
 				for d, m := range got {
 					answers[i].swarm[d] = m
 				}
+				answers[i].interval = max(answers[i].interval, interval)
 			}
 		})
 	}
@@ -62,11 +64,13 @@ func (c *Client) Announce(ctx context.Context, blobs []tracker.BlobState) (map[d
 	merged := make(map[digest.Digest][]tracker.Member)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	interval := time.Duration(0)
 	for _, a := range answers {
 		if a.err != nil {
 			errs = append(errs, a.err)
 			continue
 		}
+		interval = max(interval, a.interval)
 		for d, running := range downloading {
 			if !running {
 				delete(c.members, d)
@@ -74,11 +78,14 @@ func (c *Client) Announce(ctx context.Context, blobs []tracker.BlobState) (map[d
 			}
 			byTracker := c.members[d]
 			if byTracker == nil {
-				byTracker = make(map[*endpoint][]tracker.Member)
+				byTracker = make(map[*endpoint]swarmAnswer)
 				c.members[d] = byTracker
 			}
 			byTracker[a.e] = a.swarm[d]
 		}
+	}
+	if len(errs) < len(answers) {
+		c.interval = interval
 	}
 	if len(errs) == len(answers) {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, errors.Join(errs...))
@@ -91,15 +98,21 @@ func (c *Client) Announce(ctx context.Context, blobs []tracker.BlobState) (map[d
 	return merged, nil
 }
 
-// announceOne sends one announce to e and returns the validated members of the swarm of
-// each download among blobs.
-func (c *Client) announceOne(ctx context.Context, e *endpoint, blobs []tracker.BlobState) (map[digest.Digest][]tracker.Member, error) {
+// swarmAnswer is what one tracker answered about one download's swarm.
+type swarmAnswer struct {
+	members  []tracker.Member
+	fetchers []string
+}
+
+// announceOne sends one announce to e and returns the validated members and fetchers of the
+// swarm of each download among blobs, and the interval the tracker asks for.
+func (c *Client) announceOne(ctx context.Context, e *endpoint, blobs []tracker.BlobState) (map[digest.Digest]swarmAnswer, time.Duration, error) {
 	req := tracker.AnnounceRequest{Peer: c.self, Addrs: c.addrs(), Time: nowMillis(), Blobs: blobs}
 	var resp tracker.AnnounceResponse
 	err := c.do(ctx, e, http.MethodPost, tracker.PathAnnounce, req, &resp)
 	c.result(e, "announce", err)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	e.mu.Lock()
 	changed := e.instance != "" && resp.Instance != e.instance
@@ -116,16 +129,34 @@ func (c *Client) announceOne(ctx context.Context, e *endpoint, blobs []tracker.B
 	for _, b := range blobs {
 		downloading[b.Digest] = !b.Complete && !b.Gone
 	}
-	out := make(map[digest.Digest][]tracker.Member)
+	out := make(map[digest.Digest]swarmAnswer)
 	for _, s := range resp.Swarms {
 		if !downloading[s.Digest] {
 			// Not a download of ours: the tracker sends members only for those, and an
 			// answer from outside is input, not truth.
 			continue
 		}
-		out[s.Digest] = c.validMembers(s.Members)
+		members := c.validMembers(s.Members)
+		out[s.Digest] = swarmAnswer{members: members, fetchers: c.validFetchers(s.Fetchers, members)}
 	}
-	return out, nil
+	interval := min(max(time.Duration(resp.IntervalMillis)*time.Millisecond, tracker.AnnounceDownload), tracker.MaxAnnounceDownload)
+	return out, interval, nil
+}
+
+// validFetchers keeps the fetchers that are this node or among members, once each, at most
+// tracker.Fetchers: a fetcher the node cannot reach is of no use to it.
+func (c *Client) validFetchers(ids []string, members []tracker.Member) []string {
+	out := []string{}
+	for _, id := range ids {
+		if len(out) == tracker.Fetchers {
+			break
+		}
+		known := id == c.self || slices.ContainsFunc(members, func(m tracker.Member) bool { return m.Peer == id })
+		if known && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // validMembers keeps the members whose peer ID decodes, other than this node, once each, at
@@ -161,6 +192,30 @@ func (c *Client) Members(d digest.Digest) []tracker.Member {
 	return c.mergedLocked(d)
 }
 
+// Fetchers returns the origin fetchers of d's swarm as the trackers last answered (see
+// tracker.Swarm.Fetchers), from the first tracker in the order leases of d are asked in
+// that answered about it, so that they agree with the leases; ok is false when no tracker
+// has answered about the download yet.
+func (c *Client) Fetchers(d digest.Digest) (fetchers []string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.order(d) {
+		if a, answered := c.members[d][e]; answered {
+			return slices.Clone(a.fetchers), true
+		}
+	}
+	return nil, false
+}
+
+// Interval is how long the trackers asked the node to wait between announces of its
+// running downloads, as of their last answer: tracker.AnnounceDownload unless they asked
+// for longer.
+func (c *Client) Interval() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(c.interval, tracker.AnnounceDownload)
+}
+
 // Forget drops what is known of d's swarm.
 func (c *Client) Forget(d digest.Digest) {
 	c.mu.Lock()
@@ -174,7 +229,7 @@ func (c *Client) mergedLocked(d digest.Digest) []tracker.Member {
 	byPeer := make(map[string]int)
 	var out []tracker.Member
 	for _, e := range c.trackers { // a fixed order, so the cap keeps the same members
-		for _, m := range c.members[d][e] {
+		for _, m := range c.members[d][e].members {
 			if i, ok := byPeer[m.Peer]; ok {
 				if m.Done > out[i].Done || m.Complete {
 					out[i].Done, out[i].Complete = max(out[i].Done, m.Done), out[i].Complete || m.Complete

@@ -95,8 +95,9 @@ type Client struct {
 
 	restarted chan struct{}
 
-	mu      sync.Mutex
-	members map[digest.Digest]map[*endpoint][]tracker.Member // the latest answer of each tracker for downloads
+	mu       sync.Mutex
+	members  map[digest.Digest]map[*endpoint]swarmAnswer // the latest answer of each tracker for downloads
+	interval time.Duration                               // the announce interval the trackers last asked for
 
 	ctx    context.Context // ends with Close: background renewals and releases
 	cancel context.CancelFunc
@@ -144,7 +145,7 @@ func New(o Options) (*Client, error) {
 		http:      o.HTTPClient,
 		log:       o.Logger,
 		restarted: make(chan struct{}, 1),
-		members:   make(map[digest.Digest]map[*endpoint][]tracker.Member),
+		members:   make(map[digest.Digest]map[*endpoint]swarmAnswer),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_tracker_requests_total",
 			Help: "Requests to trackers, by operation (announce, lease, bootstrap) and result (ok, refused, error).",

@@ -35,6 +35,8 @@ type fakeTracker struct {
 	mu        sync.Mutex
 	instance  string
 	members   []tracker.Member // answered for every digest announced and not gone
+	fetchers  []string         // likewise
+	interval  int64            // IntervalMillis of every announce answer
 	lease     tracker.LeaseResponse
 	raw       string // if set, the body of every answer
 	peers     []string
@@ -79,10 +81,10 @@ func (f *fakeTracker) serve(w http.ResponseWriter, r *http.Request) {
 			}
 			claimed, at = req.Peer, req.Time
 			f.announces = append(f.announces, req)
-			resp := tracker.AnnounceResponse{Instance: f.instance}
+			resp := tracker.AnnounceResponse{Instance: f.instance, IntervalMillis: f.interval}
 			for _, b := range req.Blobs {
 				if !b.Gone {
-					resp.Swarms = append(resp.Swarms, tracker.Swarm{Digest: b.Digest, Members: f.members})
+					resp.Swarms = append(resp.Swarms, tracker.Swarm{Digest: b.Digest, Members: f.members, Fetchers: f.fetchers})
 				}
 			}
 			out = resp
@@ -568,6 +570,58 @@ func TestClientAgainstServer(t *testing.T) {
 	}
 	if _, _, err := cb.Lease(ctx, digest.FromString("not announced"), 100, 10, 0); err == nil || errors.Is(err, ErrUnavailable) {
 		t.Errorf("Lease on a blob not announced = %v, want a refusal that is not ErrUnavailable", err)
+	}
+	// The first to join fetch from the origin, and both are told so.
+	want := []string{a.Signer.ID(), b.Signer.ID()}
+	if _, err := ca.Announce(ctx, []tracker.BlobState{state}); err != nil {
+		t.Fatalf("Announce = %v", err)
+	}
+	for name, c := range map[string]*Client{"first": ca, "second": cb} {
+		if f, ok := c.Fetchers(clientBlob); !ok || !slices.Equal(f, want) {
+			t.Errorf("%s node's Fetchers = %v, %v; want %v", name, f, ok, want)
+		}
+	}
+	if _, ok := ca.Fetchers(digest.FromString("not announced")); ok {
+		t.Error("Fetchers of a blob not announced answered")
+	}
+}
+
+// TestClientFetchersAndInterval: fetchers are taken only when the node can reach them (it,
+// or a member it was given), at most tracker.Fetchers; the interval within its bounds.
+func TestClientFetchersAndInterval(t *testing.T) {
+	t.Parallel()
+	self, other, stranger := p2ptest.NewPeer(t), p2ptest.NewPeer(t), p2ptest.NewPeer(t)
+	f := newFakeTracker(t)
+	c := newTestClient(t, self, f.srv.URL)
+	if c.Interval() != tracker.AnnounceDownload {
+		t.Errorf("Interval before any answer = %v, want %v", c.Interval(), tracker.AnnounceDownload)
+	}
+	members := []tracker.Member{{Peer: other.Signer.ID(), Addrs: []string{other.Addrs[0]}}}
+	tests := []struct {
+		fetchers []string
+		interval int64
+		want     []string
+		every    time.Duration
+	}{
+		{[]string{stranger.Signer.ID(), other.Signer.ID(), other.Signer.ID(), self.Signer.ID()}, 4000, []string{other.Signer.ID(), self.Signer.ID()}, 4 * time.Second},
+		{[]string{self.Signer.ID(), other.Signer.ID(), self.Signer.ID(), "garbage", other.Signer.ID()}, 3_600_000, []string{self.Signer.ID(), other.Signer.ID()}, tracker.MaxAnnounceDownload},
+		{nil, 0, []string{}, tracker.AnnounceDownload},
+	}
+	for _, tt := range tests {
+		f.set(func(f *fakeTracker) { f.members, f.fetchers, f.interval = members, tt.fetchers, tt.interval })
+		if _, err := c.Announce(context.Background(), []tracker.BlobState{{Digest: clientBlob}}); err != nil {
+			t.Fatalf("Announce = %v", err)
+		}
+		if got, ok := c.Fetchers(clientBlob); !ok || !slices.Equal(got, tt.want) {
+			t.Errorf("fetchers %v answered: Fetchers = %v, %v; want %v", tt.fetchers, got, ok, tt.want)
+		}
+		if got := c.Interval(); got != tt.every {
+			t.Errorf("IntervalMillis %d answered: Interval = %v, want %v", tt.interval, got, tt.every)
+		}
+	}
+	c.Forget(clientBlob)
+	if _, ok := c.Fetchers(clientBlob); ok {
+		t.Error("Fetchers answered after Forget")
 	}
 }
 

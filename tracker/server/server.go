@@ -174,7 +174,7 @@ func (s *Server) handleAnnounce(w http.ResponseWriter, r *http.Request) {
 	}
 	s.announces.WithLabelValues(resultOK).Inc()
 	s.log.Debug("announce", "peer", req.Peer, "blobs", len(req.Blobs))
-	serveJSON(w, http.StatusOK, tracker.AnnounceResponse{Instance: s.instance, Swarms: res.Swarms})
+	serveJSON(w, http.StatusOK, tracker.AnnounceResponse{Instance: s.instance, Swarms: res.Swarms, IntervalMillis: res.Interval.Milliseconds()})
 }
 
 func (s *Server) handleLease(w http.ResponseWriter, r *http.Request) {

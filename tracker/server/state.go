@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -36,10 +37,14 @@ const (
 	DefaultMaxSwarmMembers = 20_000
 	DefaultMaxChunkMarks   = 1 << 20
 	DefaultMaxSwarmMarks   = 1 << 16 // 256 GiB of 4 MiB chunks
-	bootstrapPeers         = 16      // members' addresses /bootstrap adds to the tracker's own
-	holderShare            = 4       // at most 3/4 of a member list goes to complete holders
-	progressBuckets        = 8       // downloaders within 1/8 of each other's progress are equals
-	maxSweepInterval       = time.Second
+	// DefaultAnnounceRate is the announces of running downloads a second a tracker aims
+	// for: well within what one core answers (3,000-5,000 requests a second), leaving room
+	// for leases. With more downloading nodes than that, each is told to announce less often.
+	DefaultAnnounceRate = 1000
+	bootstrapPeers      = 16 // members' addresses /bootstrap adds to the tracker's own
+	holderShare         = 4  // at most 3/4 of a member list goes to complete holders
+	progressBuckets     = 8  // downloaders within 1/8 of each other's progress are equals
+	maxSweepInterval    = time.Second
 )
 
 // Limits cap the state. A zero field takes its default. When a cap is reached, requests
@@ -55,6 +60,10 @@ type Limits struct {
 	MaxSwarmMembers int // members of one swarm
 	MaxChunkMarks   int // leases and done chunks over all swarms
 	MaxSwarmMarks   int // leases and done chunks of one swarm
+	// AnnounceRate is the announces of running downloads a second the tracker aims for: the
+	// interval it gives nodes grows with the nodes downloading at once (see
+	// tracker.AnnounceResponse.IntervalMillis).
+	AnnounceRate float64
 }
 
 func (l Limits) withDefaults() Limits {
@@ -69,6 +78,9 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxSwarmMembers, DefaultMaxSwarmMembers)
 	def(&l.MaxChunkMarks, DefaultMaxChunkMarks)
 	def(&l.MaxSwarmMarks, DefaultMaxSwarmMarks)
+	if l.AnnounceRate <= 0 {
+		l.AnnounceRate = DefaultAnnounceRate
+	}
 	return l
 }
 
@@ -83,14 +95,18 @@ type State struct {
 	swarms  map[digest.Digest]*swarm
 	members int // over all swarms
 	marks   int // leases and done chunks over all swarms
-	swept   time.Time
+	// downloaders is the peers with at least one membership not complete: the nodes that
+	// announce every interval.
+	downloaders int
+	swept       time.Time
 }
 
 type peerEntry struct {
-	id    string
-	addrs []string // replaced, never changed in place: responses share it
-	seen  time.Time
-	blobs int // swarms it is a member of
+	id        string
+	addrs     []string // replaced, never changed in place: responses share it
+	seen      time.Time
+	blobs     int // swarms it is a member of
+	downloads int // of which not complete
 }
 
 type swarm struct {
@@ -98,6 +114,10 @@ type swarm struct {
 	members         map[string]*member
 	leases          map[int]lease
 	done            map[int]string // chunk -> member that has it
+	// fetchers are the members named to fetch the blob from the origin, in the order they
+	// were chosen (see fetchersOf); joined numbers the members in the order they joined.
+	fetchers []string
+	joined   uint64
 }
 
 type member struct {
@@ -107,6 +127,8 @@ type member struct {
 	fromOrigin int64
 	fromPeers  int64
 	seen       time.Time
+	ttl        time.Duration // while downloading: DownloadTTL, or three announce intervals
+	seq        uint64        // the order it joined the swarm in
 }
 
 type lease struct {
@@ -117,6 +139,8 @@ type lease struct {
 // AnnounceResult is what State.Announce did.
 type AnnounceResult struct {
 	Swarms []tracker.Swarm
+	// Interval is how long the sender may wait before announcing its downloads again.
+	Interval time.Duration
 	// Refused counts new entries (the peer, or its membership of a swarm) not recorded
 	// because the state is full.
 	Refused int
@@ -136,7 +160,7 @@ func NewState(l Limits, now func() time.Time) *State {
 }
 
 func (m *member) live(now time.Time) bool {
-	ttl := tracker.DownloadTTL
+	ttl := max(m.ttl, tracker.DownloadTTL)
 	if m.complete {
 		ttl = tracker.HolderTTL
 	}
@@ -207,24 +231,62 @@ func (s *State) Announce(req tracker.AnnounceRequest) (AnnounceResult, error) {
 		p.addrs = slices.Clone(req.Addrs)
 		p.seen = now
 	}
+	res.Interval = s.interval()
 	res.Swarms = make([]tracker.Swarm, 0, len(req.Blobs))
 	for _, b := range req.Blobs {
 		if b.Gone {
 			s.leave(b.Digest, req.Peer)
 			continue
 		}
-		if p == nil || !s.join(now, p, b) {
+		if p == nil || !s.join(now, p, b, res.Interval) {
 			res.Refused++
 		}
 		if !b.Complete {
-			res.Swarms = append(res.Swarms, tracker.Swarm{Digest: b.Digest, Members: s.pick(now, b.Digest, req.Peer, tracker.MaxMembers)})
+			fetchers := s.fetchersOf(now, b.Digest)
+			res.Swarms = append(res.Swarms, tracker.Swarm{
+				Digest: b.Digest, Fetchers: fetchers,
+				Members: s.pick(now, b.Digest, req.Peer, fetchers, tracker.MaxMembers),
+			})
 		}
 	}
 	return res, nil
 }
 
+// interval is how long downloading nodes are told to wait between announces: enough that
+// all of them together send about AnnounceRate a second, within [AnnounceDownload,
+// MaxAnnounceDownload].
+func (s *State) interval() time.Duration {
+	d := time.Duration(float64(s.downloaders) / s.limits.AnnounceRate * float64(time.Second))
+	return min(max(d, tracker.AnnounceDownload), tracker.MaxAnnounceDownload).Round(time.Millisecond)
+}
+
+// fetchersOf returns d's origin fetchers: those chosen before that are still live members,
+// topped up to tracker.Fetchers with the live members that joined first. A fetcher keeps
+// its place while it stays in the swarm, so every member is told the same few for as long
+// as they are there.
+func (s *State) fetchersOf(now time.Time, d digest.Digest) []string {
+	sw := s.swarms[d]
+	if sw == nil {
+		return nil
+	}
+	sw.fetchers = slices.DeleteFunc(sw.fetchers, func(id string) bool { return !s.liveMember(sw, id, now) })
+	if len(sw.fetchers) < tracker.Fetchers && len(sw.members) > len(sw.fetchers) {
+		var first []*member
+		for id, m := range sw.members {
+			if m.live(now) && !slices.Contains(sw.fetchers, id) {
+				first = append(first, m)
+			}
+		}
+		slices.SortFunc(first, func(a, b *member) int { return cmp.Compare(a.seq, b.seq) })
+		for _, m := range first[:min(len(first), tracker.Fetchers-len(sw.fetchers))] {
+			sw.fetchers = append(sw.fetchers, m.peer.id)
+		}
+	}
+	return slices.Clone(sw.fetchers)
+}
+
 // join records p's state of blob b; false means it is new and there is no room for it.
-func (s *State) join(now time.Time, p *peerEntry, b tracker.BlobState) bool {
+func (s *State) join(now time.Time, p *peerEntry, b tracker.BlobState, interval time.Duration) bool {
 	sw := s.swarms[b.Digest]
 	var m *member
 	if sw != nil {
@@ -249,14 +311,33 @@ func (s *State) join(now time.Time, p *peerEntry, b tracker.BlobState) bool {
 		if len(sw.members) >= s.limits.MaxSwarmMembers {
 			return false
 		}
-		m = &member{peer: p}
+		sw.joined++
+		// Counted as a download below unless it joins complete.
+		m = &member{peer: p, seq: sw.joined, complete: true}
 		sw.members[p.id] = m
 		s.members++
 		p.blobs++
 	}
 	sw.learn(b.Size, b.ChunkSize)
+	if m.complete != b.Complete {
+		s.downloading(p, !b.Complete)
+	}
 	m.done, m.complete, m.fromOrigin, m.fromPeers, m.seen = b.Done, b.Complete, b.FromOrigin, b.FromPeers, now
+	m.ttl = 3 * interval
 	return true
+}
+
+// downloading counts one more (or one fewer) download of p's.
+func (s *State) downloading(p *peerEntry, more bool) {
+	if more {
+		if p.downloads++; p.downloads == 1 {
+			s.downloaders++
+		}
+		return
+	}
+	if p.downloads--; p.downloads == 0 {
+		s.downloaders--
+	}
 }
 
 // leave removes peer from d's swarm with its leases and done chunks, and the swarm when it
@@ -273,6 +354,9 @@ func (s *State) leave(d digest.Digest, peer string) {
 	delete(sw.members, peer)
 	s.members--
 	m.peer.blobs--
+	if !m.complete {
+		s.downloading(m.peer, false)
+	}
 	for i, l := range sw.leases {
 		if l.holder == peer {
 			delete(sw.leases, i)
@@ -296,17 +380,26 @@ func (s *State) leave(d digest.Digest, peer string) {
 // by progress, random among those within 1/progressBuckets of each other. Downloaders are
 // always included when there are any: in a rollout they are most of the swarm, and each
 // already holds chunks the others lack.
-func (s *State) pick(now time.Time, d digest.Digest, self string, n int) []tracker.Member {
+func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []string, n int) []tracker.Member {
 	out := []tracker.Member{}
 	sw := s.swarms[d]
 	if sw == nil {
 		return out
 	}
+	appendMember := func(m *member) {
+		out = append(out, tracker.Member{Peer: m.peer.id, Addrs: m.peer.addrs, Done: m.done, Complete: m.complete})
+	}
+	for _, id := range fetchers {
+		if m := sw.members[id]; id != self && m != nil && len(out) < n {
+			appendMember(m)
+		}
+	}
+	n -= len(out)
 	var holders []*member
 	var buckets [progressBuckets][]*member
 	downloaders := 0
 	for id, m := range sw.members {
-		if id == self || !m.live(now) {
+		if id == self || !m.live(now) || slices.Contains(fetchers, id) {
 			continue
 		}
 		if m.complete {
@@ -324,9 +417,6 @@ func (s *State) pick(now time.Time, d digest.Digest, self string, n int) []track
 	nd := min(downloaders, n-nh)
 	nh = min(len(holders), n-nd)
 
-	appendMember := func(m *member) {
-		out = append(out, tracker.Member{Peer: m.peer.id, Addrs: m.peer.addrs, Done: m.done, Complete: m.complete})
-	}
 	for _, m := range sample(holders, nh) {
 		appendMember(m)
 	}

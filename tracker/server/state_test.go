@@ -151,8 +151,17 @@ func TestStatePickPrefersProgress(t *testing.T) {
 	if len(ms) != tracker.MaxMembers {
 		t.Fatalf("%d members, want %d", len(ms), tracker.MaxMembers)
 	}
+	// The fetchers are the first three to join, listed first whatever their progress.
+	if f := res.Swarms[0].Fetchers; !slices.Equal(f, []string{"dl000", "dl001", "dl002"}) {
+		t.Fatalf("fetchers %v, want the first three to join", f)
+	}
+	for i, m := range ms[:3] {
+		if m.Peer != res.Swarms[0].Fetchers[i] {
+			t.Fatalf("member %d is %s, want the fetchers first", i, m.Peer)
+		}
+	}
 	holders, minDone := 0, int64(testSize)
-	for _, m := range ms {
+	for _, m := range ms[3:] {
 		if m.Peer == "me" {
 			t.Fatal("the asking peer is in its own list")
 		}
@@ -374,5 +383,88 @@ func TestStateSwarmsAndBootstrap(t *testing.T) {
 	}
 	if addrs := s.Bootstrap(); len(addrs) != bootstrapPeers {
 		t.Fatalf("Bootstrap() = %d addrs, want %d", len(addrs), bootstrapPeers)
+	}
+}
+
+func TestStateFetchers(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	s := NewState(Limits{}, clock.Now)
+	fetchersOf := func(res AnnounceResult) []string {
+		t.Helper()
+		if len(res.Swarms) != 1 {
+			t.Fatalf("%d swarms answered, want 1", len(res.Swarms))
+		}
+		return res.Swarms[0].Fetchers
+	}
+	if f := fetchersOf(announce(t, s, "p0", downloading(blobA, 0))); !slices.Equal(f, []string{"p0"}) {
+		t.Fatalf("the first member sees fetchers %v, want itself", f)
+	}
+	for i := 1; i < 6; i++ {
+		announce(t, s, fmt.Sprintf("p%d", i), downloading(blobA, 0))
+	}
+	// Every member is told the same three, the first to join, and gets their addrs.
+	for _, p := range []string{"p0", "p4", "late"} {
+		res := announce(t, s, p, downloading(blobA, 0))
+		if f := fetchersOf(res); !slices.Equal(f, []string{"p0", "p1", "p2"}) {
+			t.Fatalf("%s sees fetchers %v, want p0 p1 p2", p, f)
+		}
+		for _, f := range []string{"p0", "p1", "p2"} {
+			if f != p && !slices.Contains(peersOf(res, blobA), f) {
+				t.Errorf("%s is not told of fetcher %s as a member", p, f)
+			}
+		}
+	}
+	// A fetcher that leaves is replaced by the member that joined next; the others keep
+	// their places, and one that completes stays a fetcher.
+	announce(t, s, "p1", tracker.BlobState{Digest: blobA, Gone: true})
+	announce(t, s, "p2", holding(blobA))
+	if f := fetchersOf(announce(t, s, "p5", downloading(blobA, 0))); !slices.Equal(f, []string{"p0", "p2", "p3"}) {
+		t.Fatalf("after p1 left: fetchers %v, want p0 p2 p3", f)
+	}
+	// One that stops announcing is replaced once it expires.
+	clock.Add(tracker.DownloadTTL / 2)
+	for _, p := range []string{"p2", "p3", "p4", "p5"} {
+		announce(t, s, p, downloading(blobA, 0))
+	}
+	clock.Add(tracker.DownloadTTL/2 + time.Millisecond)
+	if f := fetchersOf(announce(t, s, "p5", downloading(blobA, 0))); !slices.Equal(f, []string{"p2", "p3", "p4"}) {
+		t.Fatalf("after p0 expired: fetchers %v, want p2 p3 p4", f)
+	}
+}
+
+func TestStateAnnounceInterval(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	s := NewState(Limits{AnnounceRate: 100}, clock.Now)
+	if got := announce(t, s, "p0", downloading(blobA, 0)).Interval; got != tracker.AnnounceDownload {
+		t.Fatalf("interval %v with one downloader, want %v", got, tracker.AnnounceDownload)
+	}
+	// 500 nodes downloading two blobs each, at 100 announces a second: every 5 s.
+	for i := range 500 {
+		announce(t, s, fmt.Sprintf("p%d", i), downloading(blobA, 0), downloading(blobB, 0))
+	}
+	res := announce(t, s, "p0", downloading(blobA, 0), downloading(blobB, 0))
+	if res.Interval != 5*time.Second {
+		t.Fatalf("interval %v with 500 downloaders at 100/s, want 5s", res.Interval)
+	}
+	// Told to wait 5 s, a member is kept for three intervals, longer than DownloadTTL.
+	clock.Add(14 * time.Second)
+	if f := announce(t, s, "p1", downloading(blobA, 0)).Swarms[0].Fetchers; !slices.Contains(f, "p0") {
+		t.Fatalf("p0 expired 14 s after an announce told to wait 5 s (fetchers %v)", f)
+	}
+	// Holders do not count: once complete, the interval shrinks again.
+	for i := range 500 {
+		announce(t, s, fmt.Sprintf("p%d", i), holding(blobA), holding(blobB))
+	}
+	if got := announce(t, s, "p1", downloading(blobA, 0)).Interval; got != tracker.AnnounceDownload {
+		t.Fatalf("interval %v with one downloader left, want %v", got, tracker.AnnounceDownload)
+	}
+	// And never beyond MaxAnnounceDownload.
+	for i := range 1500 {
+		announce(t, s, fmt.Sprintf("q%d", i), downloading(digest.FromString(fmt.Sprint(i)), 0))
+	}
+	if got := announce(t, s, "p1", downloading(blobA, 0)).Interval; got != tracker.MaxAnnounceDownload {
+		t.Fatalf("interval %v with 1,500 downloaders at 100/s, want %v", got, tracker.MaxAnnounceDownload)
 	}
 }
