@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,6 +218,48 @@ func TestTrackerAnnounces(t *testing.T) {
 	a.dl.mu.Unlock()
 	a.t.Gone(d)
 	eventually(t, "the failed download out of the swarm", func() bool { return swarms(t, url)[d].Members == 1 })
+}
+
+// TestDownloadStartOneAnnounce: a download's start (its announce, its first lookup, its
+// fetchers) costs the tracker one announce, not one each: in a rollout every node starts
+// at once.
+func TestDownloadStartOneAnnounce(t *testing.T) {
+	t.Parallel()
+	srv, err := server.New(server.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var announces atomic.Int64
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == tracker.PathAnnounce {
+			announces.Add(1)
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	m := newMember(t, hs.URL)
+	eventually(t, "the announcer running", func() bool {
+		m.t.mu.Lock()
+		defer m.t.mu.Unlock()
+		return m.t.looping
+	})
+	d := digest.FromString("a blob")
+	m.t.Started(d)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if _, err := m.t.Providers(t.Context(), d, true, func(context.Context) ([]string, error) { return nil, nil }); err != nil {
+			t.Errorf("Providers = %v", err)
+		}
+	})
+	wg.Go(func() {
+		if f, err := m.t.Fetchers(t.Context(), d); err != nil || !slices.Equal(f, []string{m.peer.ID}) {
+			t.Errorf("Fetchers = %v, %v; want this node alone", f, err)
+		}
+	})
+	wg.Wait()
+	if n := announces.Load(); n != 1 {
+		t.Errorf("%d announces for one download's start, want 1", n)
+	}
 }
 
 // TestFetchersTrackerDown: with every tracker unreachable, a download is told of no

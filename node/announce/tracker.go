@@ -52,11 +52,25 @@ type Tracker struct {
 	flight singleflight.Group // announces of one download running now
 
 	mu       sync.Mutex
+	looping  bool                                // Run is announcing
+	next     *pass                               // the pass that will carry what is pending, if anyone waits for it
+	current  *pass                               // the pass under way, if any
 	pending  map[digest.Digest]blobEvent         // to announce at the next pass
 	running  map[digest.Digest]bool              // downloads announced as running
 	answered map[digest.Digest]time.Time         // the last answer about each running download
 	last     map[digest.Digest]tracker.BlobState // each running download as last announced
 }
+
+// pass is one announce of the running downloads: an announceNow of a blob it carries waits
+// for it rather than sending one more request, so a download's start (its announce, its
+// first lookup, its fetchers) costs the tracker one request, not three.
+type pass struct {
+	done  chan struct{} // closed when it is answered, or failed
+	err   error
+	blobs map[digest.Digest]bool
+}
+
+func newPass() *pass { return &pass{done: make(chan struct{})} }
 
 // blobEvent is what happened to a blob that the trackers hear of at once.
 type blobEvent int
@@ -126,6 +140,14 @@ func (t *Tracker) Run(ctx context.Context, held Held, running Running) error {
 			retry = time.After(heldRetry)
 		}
 	}
+	t.mu.Lock()
+	t.looping = true
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.looping = false
+		t.mu.Unlock()
+	}()
 	announceHeld()
 	for {
 		select {
@@ -225,6 +247,16 @@ func (t *Tracker) announceRunning(ctx context.Context, held Held, running Runnin
 		t.last[d] = b
 		blobs = append(blobs, b)
 	}
+	p := t.next
+	if p == nil {
+		p = newPass()
+	}
+	t.next = nil
+	p.blobs = make(map[digest.Digest]bool, len(blobs))
+	for _, b := range blobs {
+		p.blobs[b.Digest] = true
+	}
+	t.current = p
 	t.mu.Unlock()
 	for _, b := range blobs {
 		if b.Complete || b.Gone {
@@ -232,6 +264,11 @@ func (t *Tracker) announceRunning(ctx context.Context, held Held, running Runnin
 		}
 	}
 	_, err := t.announce(ctx, blobs) // counted in the metrics; the DHT carries on
+	t.mu.Lock()
+	p.err = err
+	close(p.done)
+	t.current = nil
+	t.mu.Unlock()
 	return err == nil
 }
 
@@ -283,6 +320,28 @@ func (t *Tracker) announce(ctx context.Context, blobs []tracker.BlobState) (map[
 // unless another announce of it is under way (then it waits for that one), and returns the
 // members of its swarm.
 func (t *Tracker) announceNow(ctx context.Context, d digest.Digest) ([]tracker.Member, error) {
+	t.mu.Lock()
+	var p *pass
+	switch {
+	case !t.looping:
+	case t.current != nil && t.current.blobs[d]:
+		p = t.current
+	case t.pending[d] == blobStarted:
+		// Run announces it at once: wait for that.
+		if t.next == nil {
+			t.next = newPass()
+		}
+		p = t.next
+	}
+	t.mu.Unlock()
+	if p != nil {
+		select {
+		case <-p.done:
+			return t.client.Members(d), p.err
+		case <-ctx.Done():
+			return t.client.Members(d), ctx.Err()
+		}
+	}
 	ch := t.flight.DoChan(d.String(), func() (any, error) {
 		t.mu.Lock()
 		t.running[d] = true

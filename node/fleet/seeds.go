@@ -57,8 +57,12 @@ func (s seeder) Seeds(ctx context.Context, d digest.Digest) ([]string, error) { 
 
 // AskSeed sends seed a FETCH of d from repo at registry.
 func (s seeder) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
-	s.sent.WithLabelValues(sentFetch).Inc()
-	return s.net.Exchange.Fetch(ctx, seed, d, registry, repo)
+	return s.askSeed(ctx, seed, registry, repo, d)
+}
+
+func (m *Member) askSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
+	m.sent.WithLabelValues(sentFetch).Inc()
+	return m.net.Exchange.Fetch(ctx, seed, d, registry, repo)
 }
 
 func (m *Member) seeds(ctx context.Context, d digest.Digest) ([]string, error) {
@@ -75,12 +79,18 @@ func (m *Member) seeds(ctx context.Context, d digest.Digest) ([]string, error) {
 }
 
 // serveFetch is the answer to FETCH requests: dl starts the download when the source is a
-// well-formed name and this node is a seed of the blob; the asker is hinted to it.
+// well-formed name and this node is a seed of the blob; the asker is hinted to it. With
+// trackers, whose fetchers are members downloading the blob already, it only says whether
+// the download runs.
 func (m *Member) serveFetch(dl *swarm.Downloader) p2p.FetchFunc {
 	limit := rate.NewLimiter(fetchLimit, int(2*fetchLimit))
 	return func(peerID string, d digest.Digest, registry, repo string) error {
 		if m.leases {
-			return fmt.Errorf("the trackers lease the origin in this fleet: %w", chunk.ErrNotHeld)
+			if _, running := dl.Status(d); running {
+				dl.Hint(peerID, d)
+				return nil
+			}
+			return fmt.Errorf("not downloading %s, and the trackers name the fetchers in this fleet: %w", d, chunk.ErrNotHeld)
 		}
 		if ns, err := registryapi.NormalizeNamespace(registry); err != nil || ns != registry {
 			return fmt.Errorf("registry %q: %w", registry, chunk.ErrNotHeld)

@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"errors"
 	"io"
 
 	"github.com/opencontainers/go-digest"
@@ -90,13 +89,11 @@ func (l leasing) Seeds(ctx context.Context, d digest.Digest) ([]string, error) {
 	return l.tracker.Fetchers(ctx, d)
 }
 
-// AskSeed is refused: the trackers name fetchers among the members of the blob's swarm,
-// which fetch it already.
-func (l leasing) AskSeed(context.Context, string, string, string, digest.Digest) error {
-	return errFetchersAreMembers
+// AskSeed asks a fetcher whether it runs the download (FETCH): it answers yes only when it
+// does, since the trackers name fetchers among the members downloading the blob.
+func (l leasing) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
+	return l.askSeed(ctx, seed, registry, repo, d)
 }
-
-var errFetchersAreMembers = errors.New("the trackers' fetchers are members of the swarm: nothing to ask")
 
 // LeaseOrigin asks the trackers for the lease on a chunk.
 func (l leasing) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {
