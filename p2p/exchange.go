@@ -71,6 +71,10 @@ type ExchangeOptions struct {
 	// holder (as BitTorrent's upload slots make a swarm a tree, not a star around the
 	// first holders). 0 means DefaultMaxUploads.
 	MaxUploads int
+	// MaxRepeats is how many times the node sends one chunk within RepeatWindow; more
+	// requests for it are answered busy (see RepeatLimit). 0 means DefaultMaxRepeats, -1
+	// no limit.
+	MaxRepeats int
 	// UploadLimit caps the chunk bytes per second sent to all peers
 	// together; 0 means unlimited.
 	UploadLimit float64
@@ -92,6 +96,7 @@ type Exchange struct {
 	h          host.Host
 	maxStreams int
 	maxUploads int
+	repeats    *RepeatLimit  // nil when unlimited
 	limiter    *rate.Limiter // nil when unlimited
 	timeout    time.Duration
 	log        *slog.Logger
@@ -132,6 +137,12 @@ func NewExchange(h host.Host, o ExchangeOptions) (*Exchange, error) {
 	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case o.MaxRepeats == 0:
+		e.repeats = NewRepeatLimit(DefaultMaxRepeats, RepeatWindow)
+	case o.MaxRepeats > 0:
+		e.repeats = NewRepeatLimit(o.MaxRepeats, RepeatWindow)
 	}
 	if o.UploadLimit > 0 {
 		e.limiter = rate.NewLimiter(rate.Limit(o.UploadLimit), uploadBurst)
@@ -427,6 +438,9 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		return req, 0, refuse(s, statusBusy, nil)
 	}
 	defer e.endUpload()
+	if e.repeats != nil && !e.repeats.Take(req.digest, req.index) {
+		return req, 0, refuse(s, statusBusy, errRepeated)
+	}
 	cw := &chunkWriter{
 		ctx:     ctx,
 		w:       w,
@@ -465,6 +479,9 @@ func (e *Exchange) serveFetch(s network.Stream, remote peer.ID, req request, fn 
 	_, err := s.Write([]byte{statusOK})
 	return err
 }
+
+// errRepeated is why a request for a chunk sent often lately is answered busy.
+var errRepeated = errors.New("chunk sent to others just now")
 
 // takeUpload takes one of the upload slots, if one is free.
 func (e *Exchange) takeUpload() bool {

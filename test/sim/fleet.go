@@ -166,10 +166,39 @@ func (s seedingMember) AskSeed(ctx context.Context, seed, registry, repo string,
 	return err
 }
 
-// leasingMember is a member whose fleet has a tracker: downloads ask it for origin leases.
+// leasingMember is a member whose fleet has a tracker: downloads ask it for origin leases,
+// and their seeds are the fetchers the tracker names.
 type leasingMember struct{ *member }
 
-var _ swarm.OriginLeaser = leasingMember{}
+var (
+	_ swarm.OriginLeaser = leasingMember{}
+	_ swarm.Seeder       = leasingMember{}
+)
+
+func (l leasingMember) Seeds(ctx context.Context, d digest.Digest) ([]string, error) {
+	return l.n.tracker.Fetchers(ctx, d)
+}
+
+// AskSeed asks a fetcher whether it runs the download, as a real node with trackers
+// answers a FETCH.
+func (l leasingMember) AskSeed(ctx context.Context, seed, _, _ string, d digest.Digest) error {
+	l.n.stats.SeedAsks.Add(1)
+	p, err := l.reach(ctx, seed)
+	if err != nil {
+		return err
+	}
+	_, running := p.dl.Status(d)
+	if running {
+		p.dl.Hint(l.n.id, d)
+	}
+	if err := sleep(ctx, l.w.cfg.Latency); err != nil {
+		return err
+	}
+	if !running {
+		return fmt.Errorf("%s is not downloading %s", seed, d)
+	}
+	return nil
+}
 
 func (m *member) Self() string    { return m.n.id }
 func (m *member) Connected() bool { return true }
@@ -264,6 +293,12 @@ func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 			return 0, fmt.Errorf("chunk %d of %s from %s: %w", index, d, peer, chunk.ErrBusy)
 		}
 		defer p.uploading.Add(-1)
+	}
+	if p.repeats != nil && !p.repeats.Take(d, index) {
+		if err := sleep(ctx, m.w.cfg.Latency); err != nil {
+			return 0, err
+		}
+		return 0, fmt.Errorf("chunk %d of %s from %s, sent to others just now: %w", index, d, peer, chunk.ErrBusy)
 	}
 	var buf bytes.Buffer
 	if _, err := p.serve.ReadChunk(ctx, d, index, &buf); err != nil {

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -45,8 +46,11 @@ type Result struct {
 	RetryError string `json:"retry_error,omitempty"`
 	// OriginNodes counts the nodes that took bytes from the origin.
 	OriginNodes int `json:"origin_nodes"`
-	// UploadMax is the busiest node's upload over the mean upload.
-	UploadMax float64 `json:"upload_max_ratio"`
+	// UploadMax is the busiest node's upload over the mean upload; UploadTop the five
+	// busiest nodes' uploads over the mean, and the share of the image each took from the
+	// origin, busiest first.
+	UploadMax float64     `json:"upload_max_ratio"`
+	UploadTop []TopUpload `json:"upload_top,omitempty"`
 	// PerNodeSecond counts each request kind per node per second of pulling.
 	PerNodeSecond Rates `json:"per_node_second"`
 	// TrackerPeak is the most requests the tracker answered in one second.
@@ -154,12 +158,27 @@ func (w *world) result() *Result {
 		most = max(most, u)
 	}
 	if sum > 0 {
-		r.UploadMax = most / (sum / float64(len(uploads)))
+		mean := sum / float64(len(uploads))
+		r.UploadMax = most / mean
+		byUpload := slices.Clone(w.nodes)
+		slices.SortFunc(byUpload, func(a, b *node) int { return cmp.Compare(b.uploaded.Load(), a.uploaded.Load()) })
+		for _, n := range byUpload[:min(5, len(byUpload))] {
+			r.UploadTop = append(r.UploadTop, TopUpload{
+				Upload:     float64(n.uploaded.Load()) / mean,
+				FromOrigin: float64(n.fromOrigin.Load()) / float64(image),
+			})
+		}
 	}
 	if w.tracker != nil {
 		r.TrackerPeak = w.tracker.peak()
 	}
 	return r
+}
+
+// TopUpload is one of the busiest uploaders.
+type TopUpload struct {
+	Upload     float64 `json:"upload_ratio"`
+	FromOrigin float64 `json:"from_origin_ratio"`
 }
 
 // quantile is the q-quantile of sorted xs by the nearest rank; NaN if empty.

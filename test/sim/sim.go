@@ -72,6 +72,9 @@ type Config struct {
 	// UploadSlots caps the chunk requests a node serves at once, refusing more as busy, as
 	// p2p.Exchange does (p2p.DefaultMaxUploads; -1: no cap).
 	UploadSlots int
+	// MaxRepeats is how many times a node sends one chunk within p2p.RepeatWindow, as
+	// p2p.Exchange does (p2p.DefaultMaxRepeats; -1: no limit).
+	MaxRepeats int
 	// Tracker adds a tracker; TrackerService is its time per request (200 µs).
 	Tracker        bool
 	TrackerService time.Duration
@@ -121,6 +124,9 @@ func (c Config) withDefaults() Config {
 	if c.UploadSlots == 0 {
 		c.UploadSlots = p2p.DefaultMaxUploads
 	}
+	if c.MaxRepeats == 0 {
+		c.MaxRepeats = p2p.DefaultMaxRepeats
+	}
 	def(&c.LayerSize, 256<<20)
 	def(&c.ChunkSize, 4<<20)
 	def(&c.RealChunk, 64)
@@ -158,9 +164,10 @@ type node struct {
 	client  *trackerclient.Client
 	stats   counters
 
-	uploaded   atomic.Int64 // virtual bytes sent to peers
-	fromOrigin atomic.Int64 // virtual bytes taken from the origin
-	uploading  atomic.Int64 // chunk requests being served
+	uploaded   atomic.Int64     // virtual bytes sent to peers
+	fromOrigin atomic.Int64     // virtual bytes taken from the origin
+	uploading  atomic.Int64     // chunk requests being served
+	repeats    *p2p.RepeatLimit // nil: no limit
 	dead       atomic.Bool
 	cancel     context.CancelFunc
 
@@ -340,6 +347,9 @@ func (w *world) newNode(ctx context.Context, i int, dir string, rng *rand.Rand) 
 		},
 	})
 	n.serve = fleet.NewChunkServer(n.store, n.dl, w.cfg.RealChunk, prometheus.NewCounter(prometheus.CounterOpts{Name: "uploaded"}), nil)
+	if w.cfg.MaxRepeats > 0 {
+		n.repeats = p2p.NewRepeatLimit(w.cfg.MaxRepeats, p2p.RepeatWindow)
+	}
 	return n, nil
 }
 

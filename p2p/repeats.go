@@ -1,0 +1,77 @@
+package p2p
+
+import (
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Defaults of the repeat limit (ExchangeOptions.MaxRepeats).
+const (
+	// DefaultMaxRepeats is how many times a node sends one chunk within RepeatWindow.
+	DefaultMaxRepeats = 3
+	// RepeatWindow is the span the repeat limit counts over: about the time the peers
+	// that just got a chunk take to say so to the others asking.
+	RepeatWindow = 2 * time.Second
+)
+
+// RepeatLimit bounds how often a node sends the same chunk: at most a few times within
+// RepeatWindow; more requests for it are answered busy, and the askers take it from the
+// peers that just got it. In a rollout the first holders of a chunk (the seeds, which took
+// it from the origin) are the only ones most of the fleet knows of for a moment, and would
+// otherwise send it to a large share of the fleet, uploading many times the mean; with the
+// limit each of them sends it to a few, who pass it on (as BitTorrent's super-seeding
+// makes a seed hand each piece to one peer). A holder asked for many different chunks is
+// not slowed: the limit is per chunk. Safe for concurrent use.
+type RepeatLimit struct {
+	max    int
+	window time.Duration
+
+	mu    sync.Mutex
+	sent  map[repeatKey][]time.Time // when each chunk was sent within the window
+	swept time.Time
+}
+
+type repeatKey struct {
+	d     digest.Digest
+	index int
+}
+
+// NewRepeatLimit allows each chunk max sends within window.
+func NewRepeatLimit(max int, window time.Duration) *RepeatLimit {
+	return &RepeatLimit{max: max, window: window, sent: make(map[repeatKey][]time.Time)}
+}
+
+// Take reports whether chunk index of d may be sent now, and if so counts it as sent.
+func (l *RepeatLimit) Take(d digest.Digest, index int) bool {
+	now := time.Now()
+	k := repeatKey{d, index}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.swept) >= l.window {
+		l.sweep(now)
+	}
+	times := l.sent[k]
+	i := 0
+	for i < len(times) && now.Sub(times[i]) >= l.window {
+		i++
+	}
+	times = times[i:]
+	if len(times) >= l.max {
+		l.sent[k] = times
+		return false
+	}
+	l.sent[k] = append(times, now)
+	return true
+}
+
+// sweep drops the chunks not sent within the window, so the map holds only recent ones.
+func (l *RepeatLimit) sweep(now time.Time) {
+	l.swept = now
+	for k, times := range l.sent {
+		if now.Sub(times[len(times)-1]) >= l.window {
+			delete(l.sent, k)
+		}
+	}
+}
