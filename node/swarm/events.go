@@ -101,6 +101,7 @@ type seedsFound struct {
 
 func (ev seedsFound) apply(ctx context.Context, e *engine) {
 	e.seedsKnown, e.seedsLooking = true, false
+	e.seedsChecked = e.clock.Now()
 	if ev.err != nil {
 		if ctx.Err() != nil {
 			return
@@ -110,6 +111,9 @@ func (ev seedsFound) apply(ctx context.Context, e *engine) {
 			e.findSeeds(ctx, seedsRetry)
 		}
 		return
+	}
+	if e.seeds != nil && slices.Equal(ev.seeds, e.seeds) {
+		return // a check that found them as they were
 	}
 	e.seeds, e.seedsAt = ev.seeds, e.clock.Now()
 	e.seeding = slices.Contains(ev.seeds, e.fleet.Self())

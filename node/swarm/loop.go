@@ -62,7 +62,8 @@ type engine struct {
 	leaseFailSince time.Time
 
 	// seeder names the blob's seeds (with trackers, their fetchers): once known, seeds holds
-	// them and seeding says this node is one. seedsKnown is set by the first lookup's end,
+	// them and seeding says this node is one; they are looked up again every seedsRecheck
+	// (the answer changes as a swarm's first members join, or when a seed leaves). seedsKnown is set by the first lookup's end,
 	// even a failed one (which is tried again); seedsSince is when the first began, seedsAt
 	// when one found them; seedsLooking is set while a lookup (or its retry) is pending.
 	seeder       Seeder
@@ -72,6 +73,7 @@ type engine struct {
 	seedsLooking bool
 	seedsSince   time.Time
 	seedsAt      time.Time
+	seedsChecked time.Time // when the last lookup ended
 }
 
 func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
@@ -334,6 +336,9 @@ func (e *engine) maintain(ctx context.Context) {
 		e.progress = now
 	}
 	e.pollDue(ctx, now)
+	if e.seeds != nil && !e.seedsLooking && now.Sub(e.seedsChecked) >= seedsRecheck {
+		e.findSeeds(ctx, 0)
+	}
 	if e.fleet != nil && !e.finding && now.Sub(e.lastFind) >= e.findWait && e.fleet.Connected() {
 		e.finding = true
 		e.spawn(func() event {

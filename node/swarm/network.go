@@ -115,7 +115,8 @@ const (
 	// holds is taken to be downloading it too.
 	memberGrace = time.Second
 	// seedsTimeout is how long a download waits for its blob's seeds before its first
-	// origin request, and bounds asking a seed to fetch it; seedsLookupTimeout bounds one
+	// origin request, and bounds asking a seed to fetch it; seedsRecheck is how often a
+	// running download looks its seeds up again (from the fleet's cache, mostly); seedsLookupTimeout bounds one
 	// lookup of the seeds, which goes on after that wait (a loaded fleet answers late), and
 	// a failed one is tried again every seedsRetry. seedLive is how long after a seed's last
 	// answer (or, for one not heard from yet, after the seeds were found), or after the
@@ -126,6 +127,7 @@ const (
 	seedsTimeout       = 2 * time.Second
 	seedsLookupTimeout = 10 * time.Second
 	seedsRetry         = time.Second
+	seedsRecheck       = 2 * time.Second
 	seedLive           = 10 * time.Second
 	seedPollEvery      = time.Second
 )

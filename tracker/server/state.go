@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/internal/rendezvous"
 	"github.com/shoal-dev/shoal/tracker"
 )
 
@@ -43,6 +44,7 @@ const (
 	DefaultAnnounceRate = 1000
 	bootstrapPeers      = 16 // members' addresses /bootstrap adds to the tracker's own
 	holderShare         = 4  // at most 3/4 of a member list goes to complete holders
+	fetcherPool         = 16 // a swarm's fetchers are chosen among its first members
 	progressBuckets     = 8  // downloaders within 1/8 of each other's progress are equals
 	maxSweepInterval    = time.Second
 )
@@ -260,25 +262,34 @@ func (s *State) interval() time.Duration {
 	return min(max(d, tracker.AnnounceDownload), tracker.MaxAnnounceDownload).Round(time.Millisecond)
 }
 
-// fetchersOf returns d's origin fetchers: those chosen before that are still live members,
-// topped up to tracker.Fetchers with the live members that joined first. A fetcher keeps
-// its place while it stays in the swarm, so every member is told the same few for as long
-// as they are there.
+// fetchersOf returns d's origin fetchers: tracker.Fetchers of the swarm's first
+// fetcherPool members, those the blob's key weighs most by rendezvous hash, so that the
+// first nodes of a rollout, which join every layer's swarm first, do not fetch every layer.
+// Until fetcherPool members have joined they are chosen afresh at each announce from
+// those there (members look them up again every few seconds); from then on a fetcher keeps
+// its place while it stays in the swarm, and one that leaves is replaced from the
+// earliest-joined members left, so every member is told the same few.
 func (s *State) fetchersOf(now time.Time, d digest.Digest) []string {
 	sw := s.swarms[d]
 	if sw == nil {
 		return nil
 	}
+	if sw.joined <= fetcherPool {
+		sw.fetchers = nil
+	}
 	sw.fetchers = slices.DeleteFunc(sw.fetchers, func(id string) bool { return !s.liveMember(sw, id, now) })
 	if len(sw.fetchers) < tracker.Fetchers && len(sw.members) > len(sw.fetchers) {
-		var first []*member
+		var pool []*member
 		for id, m := range sw.members {
 			if m.live(now) && !slices.Contains(sw.fetchers, id) {
-				first = append(first, m)
+				pool = append(pool, m)
 			}
 		}
-		slices.SortFunc(first, func(a, b *member) int { return cmp.Compare(a.seq, b.seq) })
-		for _, m := range first[:min(len(first), tracker.Fetchers-len(sw.fetchers))] {
+		slices.SortFunc(pool, func(a, b *member) int { return cmp.Compare(a.seq, b.seq) })
+		pool = pool[:min(len(pool), fetcherPool)]
+		weight := func(m *member) uint64 { return rendezvous.Weight(string(d), m.peer.id, 0) }
+		slices.SortFunc(pool, func(a, b *member) int { return cmp.Compare(weight(b), weight(a)) })
+		for _, m := range pool[:min(len(pool), tracker.Fetchers-len(sw.fetchers))] {
 			sw.fetchers = append(sw.fetchers, m.peer.id)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/benbjohnson/clock"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/internal/rendezvous"
 	"github.com/shoal-dev/shoal/tracker"
 )
 
@@ -151,9 +152,13 @@ func TestStatePickPrefersProgress(t *testing.T) {
 	if len(ms) != tracker.MaxMembers {
 		t.Fatalf("%d members, want %d", len(ms), tracker.MaxMembers)
 	}
-	// The fetchers are the first three to join, listed first whatever their progress.
-	if f := res.Swarms[0].Fetchers; !slices.Equal(f, []string{"dl000", "dl001", "dl002"}) {
-		t.Fatalf("fetchers %v, want the first three to join", f)
+	// The fetchers are three of the first to join, listed first whatever their progress.
+	var first []string
+	for i := range 100 {
+		first = append(first, fmt.Sprintf("dl%03d", i))
+	}
+	if f, want := res.Swarms[0].Fetchers, byWeight(blobA, first, 3); !slices.Equal(f, want) {
+		t.Fatalf("fetchers %v, want %v", f, want)
 	}
 	for i, m := range ms[:3] {
 		if m.Peer != res.Swarms[0].Fetchers[i] {
@@ -386,6 +391,16 @@ func TestStateSwarmsAndBootstrap(t *testing.T) {
 	}
 }
 
+// byWeight returns the n of candidates (in join order) that fetchersOf chooses: the heaviest
+// by rendezvous hash with d among the first fetcherPool.
+func byWeight(d digest.Digest, candidates []string, n int) []string {
+	pool := slices.Clone(candidates[:min(len(candidates), fetcherPool)])
+	slices.SortFunc(pool, func(a, b string) int {
+		return cmp.Compare(rendezvous.Weight(string(d), b, 0), rendezvous.Weight(string(d), a, 0))
+	})
+	return pool[:min(n, len(pool))]
+}
+
 func TestStateFetchers(t *testing.T) {
 	t.Parallel()
 	clock := newFakeClock()
@@ -397,39 +412,53 @@ func TestStateFetchers(t *testing.T) {
 		}
 		return res.Swarms[0].Fetchers
 	}
-	if f := fetchersOf(announce(t, s, "p0", downloading(blobA, 0))); !slices.Equal(f, []string{"p0"}) {
+	if f := fetchersOf(announce(t, s, "p00", downloading(blobA, 0))); !slices.Equal(f, []string{"p00"}) {
 		t.Fatalf("the first member sees fetchers %v, want itself", f)
 	}
-	for i := 1; i < 6; i++ {
-		announce(t, s, fmt.Sprintf("p%d", i), downloading(blobA, 0))
+	var joined []string
+	for i := range 24 {
+		id := fmt.Sprintf("p%02d", i)
+		joined = append(joined, id)
+		announce(t, s, id, downloading(blobA, 0), downloading(blobB, 0))
 	}
-	// Every member is told the same three, the first to join, and gets their addrs.
-	for _, p := range []string{"p0", "p4", "late"} {
+	// Every member is told the same three, chosen among the first 16 by the blob's key,
+	// and gets their addrs; another blob with the same members gets others.
+	want := byWeight(blobA, joined, tracker.Fetchers)
+	for _, p := range []string{"p00", "p20", "late"} {
 		res := announce(t, s, p, downloading(blobA, 0))
-		if f := fetchersOf(res); !slices.Equal(f, []string{"p0", "p1", "p2"}) {
-			t.Fatalf("%s sees fetchers %v, want p0 p1 p2", p, f)
+		if f := fetchersOf(res); !slices.Equal(f, want) {
+			t.Fatalf("%s sees fetchers %v, want %v", p, f, want)
 		}
-		for _, f := range []string{"p0", "p1", "p2"} {
+		for _, f := range want {
 			if f != p && !slices.Contains(peersOf(res, blobA), f) {
 				t.Errorf("%s is not told of fetcher %s as a member", p, f)
 			}
 		}
 	}
-	// A fetcher that leaves is replaced by the member that joined next; the others keep
-	// their places, and one that completes stays a fetcher.
-	announce(t, s, "p1", tracker.BlobState{Digest: blobA, Gone: true})
-	announce(t, s, "p2", holding(blobA))
-	if f := fetchersOf(announce(t, s, "p5", downloading(blobA, 0))); !slices.Equal(f, []string{"p0", "p2", "p3"}) {
-		t.Fatalf("after p1 left: fetchers %v, want p0 p2 p3", f)
+	if fb := fetchersOf(announce(t, s, "p01", downloading(blobB, 0))); slices.Equal(fb, want) {
+		t.Errorf("two blobs with the same members have the same fetchers %v", fb)
 	}
-	// One that stops announcing is replaced once it expires.
+	// A fetcher that leaves is replaced from the first members left; the others keep their
+	// places, and one that completes stays a fetcher.
+	announce(t, s, want[0], tracker.BlobState{Digest: blobA, Gone: true})
+	announce(t, s, want[1], holding(blobA))
+	rest := slices.DeleteFunc(slices.Clone(joined), func(id string) bool { return slices.Contains(want, id) })
+	next := append(slices.Clone(want[1:]), byWeight(blobA, rest, 1)...)
+	if f := fetchersOf(announce(t, s, "p20", downloading(blobA, 0))); !slices.Equal(f, next) {
+		t.Fatalf("after %s left: fetchers %v, want %v", want[0], f, next)
+	}
+	// One that stops announcing is replaced once it expires (the holder stays).
 	clock.Add(tracker.DownloadTTL / 2)
-	for _, p := range []string{"p2", "p3", "p4", "p5"} {
-		announce(t, s, p, downloading(blobA, 0))
+	for _, id := range append(slices.Clone(joined), "late") {
+		if id != next[1] && id != want[0] {
+			announce(t, s, id, downloading(blobA, 0))
+		}
 	}
 	clock.Add(tracker.DownloadTTL/2 + time.Millisecond)
-	if f := fetchersOf(announce(t, s, "p5", downloading(blobA, 0))); !slices.Equal(f, []string{"p2", "p3", "p4"}) {
-		t.Fatalf("after p0 expired: fetchers %v, want p2 p3 p4", f)
+	rest = slices.DeleteFunc(slices.Clone(joined), func(id string) bool { return slices.Contains(want, id) || slices.Contains(next, id) })
+	last := append([]string{next[0], next[2]}, byWeight(blobA, rest, 1)...)
+	if f := fetchersOf(announce(t, s, "p20", downloading(blobA, 0))); !slices.Equal(f, last) {
+		t.Fatalf("after %s expired: fetchers %v, want %v", next[1], f, last)
 	}
 }
 
