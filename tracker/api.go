@@ -122,7 +122,9 @@ type Swarm struct {
 	Digest  digest.Digest `json:"digest"`
 	Members []Member      `json:"members"`
 	// Fetchers are the swarm's origin fetchers, the asking node among them if it is one:
-	// the first Fetchers members to join that are still in the swarm. They alone fetch the
+	// Fetchers of the swarm's first members, those the blob's key weighs most by rendezvous
+	// hash (so that one rollout's first nodes do not fetch every layer), each keeping its
+	// place while it stays in the swarm. They alone fetch the
 	// blob from the origin (under leases, splitting its chunks), and every other member
 	// takes it from peers while one of them is live, so the lease requests of a rollout
 	// come from a few nodes, not from the whole fleet. Those other than the asking node

@@ -55,12 +55,9 @@ func newSeedCache() *lru.Cache[digest.Digest, seedEntry] {
 // Seeds returns the seeds of d, this node among them if it is one.
 func (s seeder) Seeds(ctx context.Context, d digest.Digest) ([]string, error) { return s.seeds(ctx, d) }
 
-// AskSeed sends seed a FETCH of d from repo at registry.
-func (s seeder) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
-	return s.askSeed(ctx, seed, registry, repo, d)
-}
-
-func (m *Member) askSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
+// AskSeed sends seed a FETCH of d from repo at registry: without trackers it asks the seed
+// to fetch the blob, with trackers whether the fetcher runs the download (serveFetch).
+func (m *Member) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
 	m.sent.WithLabelValues(sentFetch).Inc()
 	return m.net.Exchange.Fetch(ctx, seed, d, registry, repo)
 }

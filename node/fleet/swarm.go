@@ -89,12 +89,6 @@ func (l leasing) Seeds(ctx context.Context, d digest.Digest) ([]string, error) {
 	return l.tracker.Fetchers(ctx, d)
 }
 
-// AskSeed asks a fetcher whether it runs the download (FETCH): it answers yes only when it
-// does, since the trackers name fetchers among the members downloading the blob.
-func (l leasing) AskSeed(ctx context.Context, seed, registry, repo string, d digest.Digest) error {
-	return l.askSeed(ctx, seed, registry, repo, d)
-}
-
 // LeaseOrigin asks the trackers for the lease on a chunk.
 func (l leasing) LeaseOrigin(ctx context.Context, d digest.Digest, size, chunkSize int64, index int) (func(bool), string, bool, error) {
 	return l.tracker.Lease(ctx, d, size, chunkSize, index)

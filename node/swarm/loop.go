@@ -63,9 +63,10 @@ type engine struct {
 
 	// seeder names the blob's seeds (with trackers, their fetchers): once known, seeds holds
 	// them and seeding says this node is one; they are looked up again every seedsRecheck
-	// (the answer changes as a swarm's first members join, or when a seed leaves). seedsKnown is set by the first lookup's end,
-	// even a failed one (which is tried again); seedsSince is when the first began, seedsAt
-	// when one found them; seedsLooking is set while a lookup (or its retry) is pending.
+	// (the answer changes as a swarm's first members join, or when a seed leaves).
+	// seedsKnown is set by the first lookup's end, even a failed one (which is tried again);
+	// seedsSince is when the first began, seedsAt when the seeds last changed; seedsLooking
+	// is set while a lookup (or its retry) is pending.
 	seeder       Seeder
 	seeds        []string
 	seedsKnown   bool

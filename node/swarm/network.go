@@ -116,10 +116,11 @@ const (
 	memberGrace = time.Second
 	// seedsTimeout is how long a download waits for its blob's seeds before its first
 	// origin request, and bounds asking a seed to fetch it; seedsRecheck is how often a
-	// running download looks its seeds up again (from the fleet's cache, mostly); seedsLookupTimeout bounds one
-	// lookup of the seeds, which goes on after that wait (a loaded fleet answers late), and
-	// a failed one is tried again every seedsRetry. seedLive is how long after a seed's last
-	// answer (or, for one not heard from yet, after the seeds were found), or after the
+	// running download looks its seeds up again (from the fleet's cache, mostly);
+	// seedsLookupTimeout bounds one lookup of the seeds, which goes on after that wait (a
+	// loaded fleet answers late), and a failed one is tried again every seedsRetry.
+	// seedLive is how long after a seed's last answer (or, for one not heard from yet,
+	// after the seeds were found or last changed), or after the
 	// last byte from peers if that is later, other members still leave the origin to the
 	// seeds, and while the seeds are not known, how long after the download began (or
 	// until the lookup running then ends); past it, with no seed live, they fetch
