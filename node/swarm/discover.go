@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -29,6 +30,7 @@ type peerState struct {
 	busy      int       // busy answers in a row
 	idleSince time.Time // first answer in a row showing nothing fetched from the origin
 	found     time.Time // when this download learned of the peer
+	seed      bool      // one of the blob's seeds, as last looked up
 }
 
 // observe records a peer's answer.
@@ -222,7 +224,7 @@ func (e *engine) findNow(ctx context.Context) error {
 	e.lastFind = e.clock.Now()
 	for id, p := range e.peers {
 		if p.have.Chunks != nil && !e.usable(p.have, -1) {
-			delete(e.peers, id)
+			e.dropPeer(id)
 		}
 	}
 	return nil
@@ -258,8 +260,27 @@ func (e *engine) admit(id string) bool {
 	if id == "" || e.fleet == nil || id == e.fleet.Self() || e.peers[id] != nil || full || e.dl.Banned(id) {
 		return false
 	}
-	e.peers[id] = &peerState{id: id, found: e.clock.Now()}
+	e.peers[id] = &peerState{id: id, found: e.clock.Now(), seed: e.isSeed(id)}
+	e.sorted = nil
 	return true
+}
+
+// dropPeer stops tracking peer id.
+func (e *engine) dropPeer(id string) {
+	delete(e.peers, id)
+	e.sorted = nil
+}
+
+// peerList is the peers tracked, in the order of their IDs.
+func (e *engine) peerList() []*peerState {
+	if e.sorted == nil {
+		e.sorted = make([]*peerState, 0, len(e.peers))
+		for _, p := range e.peers {
+			e.sorted = append(e.sorted, p)
+		}
+		slices.SortFunc(e.sorted, func(a, b *peerState) int { return cmp.Compare(a.id, b.id) })
+	}
+	return e.sorted
 }
 
 func (e *engine) anyPeer() bool {
@@ -326,7 +347,7 @@ func (e *engine) poll(ctx context.Context, p *peerState) {
 // forget stops using a peer; a later lookup may bring it back.
 func (e *engine) forget(p *peerState) {
 	if p.active == 0 && !p.polling {
-		delete(e.peers, p.id)
+		e.dropPeer(p.id)
 		return
 	}
 	p.have = chunk.Have{}

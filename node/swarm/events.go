@@ -87,7 +87,7 @@ func (ev probed) apply(ctx context.Context, e *engine) {
 	switch {
 	case ev.err == nil:
 		p.observe(ev.have, p.lastPoll)
-	case errors.Is(ev.err, chunk.ErrNotHeld) && e.isSeed(p.id) && !e.seeding:
+	case errors.Is(ev.err, chunk.ErrNotHeld) && p.seed && !e.seeding:
 		e.askSeed(ctx, p)
 	}
 }
@@ -117,6 +117,9 @@ func (ev seedsFound) apply(ctx context.Context, e *engine) {
 	}
 	e.seeds, e.seedsAt = ev.seeds, e.clock.Now()
 	e.seeding = slices.Contains(ev.seeds, e.fleet.Self())
+	for _, p := range e.peers {
+		p.seed = e.isSeed(p.id)
+	}
 	for _, id := range ev.seeds {
 		if e.admit(id) {
 			e.probe(ctx, id)
@@ -194,13 +197,13 @@ func (ev haveAnswer) apply(ctx context.Context, e *engine) {
 		p.observe(ev.have, e.clock.Now())
 	case ev.err == nil:
 		e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
-		delete(e.peers, p.id)
+		e.dropPeer(p.id)
 	case errors.Is(ev.err, chunk.ErrBusy):
 		// Serving many of our requests already; the next poll asks again.
 	case errors.Is(ev.err, chunk.ErrNotHeld):
 		// Not started yet, or evicted since: keep asking for a while.
 		p.have = chunk.Have{}
-		if e.isSeed(p.id) && !e.seeding {
+		if p.seed && !e.seeding {
 			e.askSeed(ctx, p)
 		}
 		if p.fails++; p.fails >= 4*peerFailures {
@@ -210,7 +213,7 @@ func (ev haveAnswer) apply(ctx context.Context, e *engine) {
 		e.log.Debug("peer did not answer", "peer", p.id, "err", ev.err)
 		p.fails++
 		switch {
-		case e.isSeed(p.id) && errors.Is(ev.err, context.DeadlineExceeded) && e.clock.Since(p.answered) < seedLive:
+		case p.seed && errors.Is(ev.err, context.DeadlineExceeded) && e.clock.Since(p.answered) < seedLive:
 			// A seed that answers late is loaded, not gone: everyone polls it, and its
 			// share of the origin's chunks is fetched twice if it is forgotten. One
 			// silent for seedLive is.

@@ -33,6 +33,7 @@ type engine struct {
 	events    chan report
 	running   int // goroutines that will still send their last report
 	peers     map[string]*peerState
+	sorted    []*peerState // peers by ID, nil when it must be made again (peerList)
 	reqs      map[*chunkReq]struct{}
 	nextID    uint64
 	finding   bool
@@ -249,7 +250,7 @@ func (e *engine) loop(ctx context.Context) error {
 	for id, p := range e.peers {
 		if p.have.Chunks != nil && !e.usable(p.have, e.job.size) {
 			e.log.Debug("peer disagrees on the blob's size, ignored", "peer", id, "size", p.have.Size)
-			delete(e.peers, id)
+			e.dropPeer(id)
 		}
 	}
 	// This node's own order of origin fetches, so nodes fetching at once rarely collide.
@@ -299,11 +300,14 @@ func (e *engine) loop(ctx context.Context) error {
 // the swarm, the node sends at most pollBudget HAVEs a second over all its downloads, and
 // one a seedPollEvery to each of a blob's few seeds.
 func (e *engine) pollDue(ctx context.Context, now time.Time) {
+	// Peers past due beyond what the budget allows now wait for the next tick, so they are
+	// not even listed when it allows none: this runs at every tick of every download.
+	budget := int(e.dl.polls.TokensAt(now))
 	var due []*peerState
-	for _, p := range e.peers {
+	for _, p := range e.peerList() {
 		switch {
 		case p.polling || p.complete:
-		case e.isSeed(p.id):
+		case p.seed:
 			// Outside the budget: while the seeds answer, the others leave the origin to
 			// them, so they must be heard from every seedPollEvery; and a seed splits the
 			// origin's work with the other seeds by what they fetch, so it asks them as
@@ -315,11 +319,13 @@ func (e *engine) pollDue(ctx context.Context, now time.Time) {
 			if now.Sub(p.lastPoll) >= every {
 				e.poll(ctx, p)
 			}
-		case now.Sub(p.lastPoll) >= pollEvery:
+		case budget > 0 && now.Sub(p.lastPoll) >= pollEvery:
 			due = append(due, p)
 		}
 	}
-	slices.SortFunc(due, func(a, b *peerState) int { return cmp.Or(a.lastPoll.Compare(b.lastPoll), cmp.Compare(a.id, b.id)) })
+	if len(due) > budget {
+		slices.SortFunc(due, func(a, b *peerState) int { return cmp.Or(a.lastPoll.Compare(b.lastPoll), cmp.Compare(a.id, b.id)) })
+	}
 	for _, p := range due {
 		if !e.dl.polls.AllowN(now, 1) {
 			return

@@ -1,7 +1,6 @@
 package swarm
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -74,10 +73,12 @@ func (e *engine) snapshot(have []bool) Snapshot {
 	case e.awaitingSeeds(now):
 		snap.Fetchers = []string{}
 	}
+	snap.Inflight = make([]Inflight, 0, len(e.reqs))
+	snap.Peers = make([]PeerView, 0, len(e.peers))
 	for r := range e.reqs {
 		snap.Inflight = append(snap.Inflight, Inflight{Chunk: r.chunk, Peer: r.peer, Age: now.Sub(r.start), Duplicate: r.buffered})
 	}
-	for _, p := range e.peers {
+	for _, p := range e.peerList() {
 		if e.dl.Banned(p.id) {
 			continue
 		}
@@ -86,7 +87,7 @@ func (e *engine) snapshot(have []bool) Snapshot {
 			// to download it too. For a moment it counts as a member, so nodes starting
 			// together split the origin's work from their first request. A fellow seed
 			// counts as one for longer: it is there to fetch, and a loaded one answers late.
-			if now.Sub(p.found) < memberGrace || e.seeding && e.isSeed(p.id) && now.Sub(p.found) < seedLive {
+			if now.Sub(p.found) < memberGrace || e.seeding && p.seed && now.Sub(p.found) < seedLive {
 				snap.Peers = append(snap.Peers, PeerView{ID: p.id, Member: true})
 			}
 			continue
@@ -94,6 +95,7 @@ func (e *engine) snapshot(have []bool) Snapshot {
 		pv := PeerView{
 			ID: p.id, Has: p.have.Chunks, Fetching: p.have.Fetching, Active: p.active, Rate: p.rate,
 			Busy: now.Before(p.busyUntil), SlowStart: p.rate == 0, Member: !p.complete,
+			Complete: p.complete, Seed: p.seed,
 		}
 		if !p.idleSince.IsZero() {
 			// Between answers, not up to now: a peer too loaded to answer lately is not
@@ -103,8 +105,7 @@ func (e *engine) snapshot(have []bool) Snapshot {
 		}
 		snap.Peers = append(snap.Peers, pv)
 	}
-	// Map iteration order is random; the policy breaks ties by order, so fix it.
-	slices.SortFunc(snap.Peers, func(a, b PeerView) int { return cmp.Compare(a.ID, b.ID) })
+	// In the order of their IDs (peerList): the policy breaks some ties by order.
 	return snap
 }
 

@@ -15,8 +15,9 @@ import (
 // PeerView is what the downloader knows of one peer holding (part of) the blob.
 type PeerView struct {
 	ID string
-	// Has marks the verified chunks the peer can serve now.
-	Has []bool
+	// Has marks the verified chunks the peer can serve now; Complete says it marks them all.
+	Has      []bool
+	Complete bool
 	// Fetching marks chunks the peer is fetching right now, from anywhere; nil if unknown.
 	// The policy leaves such chunks to the peer instead of asking the origin for them.
 	Fetching []bool
@@ -38,6 +39,11 @@ type PeerView struct {
 	// the first answer in a row that showed it idle to the latest; 0 if it is fetching now
 	// or has not been seen long enough to tell.
 	OriginIdle time.Duration
+	// Seed marks one of the blob's seeds (Snapshot.Fetchers when they are known): it is
+	// asked for a chunk only when no other peer holding it has a free slot. Every chunk
+	// starts at a seed, and every member hears from the seeds most often, so left to speed
+	// alone most requests of the swarm would go to the seeds.
+	Seed bool
 }
 
 // Inflight is one outstanding request.
@@ -142,10 +148,6 @@ func (p Policy) Next(s Snapshot) []Request {
 
 	inflight := make([]int, n) // requests outstanding per chunk
 	originBusy := 0
-	slots := make(map[string]int, len(s.Peers))
-	for _, pv := range s.Peers {
-		slots[pv.ID] = p.PerPeer - p.load(pv)
-	}
 	for _, f := range s.Inflight {
 		if f.Chunk >= 0 && f.Chunk < n {
 			inflight[f.Chunk]++
@@ -163,7 +165,12 @@ func (p Policy) Next(s Snapshot) []Request {
 	}
 	holders := make([]int, n)   // peers that hold each chunk
 	fetching := make([]bool, n) // some peer is fetching it
+	whole := 0                  // peers that hold every chunk, counted apart
 	for _, pv := range s.Peers {
+		if pv.Complete && len(pv.Has) == n {
+			whole++
+			continue
+		}
 		for c := range min(n, len(pv.Has)) {
 			if pv.Has[c] {
 				holders[c]++
@@ -196,25 +203,27 @@ func (p Policy) Next(s Snapshot) []Request {
 			}
 		}
 	}
-	var rest []int
+	// Rarest first, ties in index order: a counting sort, as holders are at most the peers.
+	byHolders := make([][]int, len(s.Peers)+1)
 	for c := range n {
 		if wanted[c] && !inWindow[c] {
-			rest = append(rest, c)
+			byHolders[holders[c]] = append(byHolders[holders[c]], c)
 		}
 	}
-	slices.SortStableFunc(rest, func(a, b int) int {
-		return cmp.Or(cmp.Compare(holders[a], holders[b]), cmp.Compare(a, b))
-	})
-	order = append(order, rest...)
+	for _, cs := range byHolders {
+		order = append(order, cs...)
+	}
+	for c := range holders {
+		holders[c] += whole
+	}
 
 	var reqs []Request
-	assigned := make(map[string]int)
+	pick := p.picker(s)
 	var forOrigin []int
 	for _, c := range order {
-		if id, ok := p.bestPeer(s.Peers, c, slots, assigned); ok {
+		if id, ok := pick.best(s.Peers, c); ok {
 			reqs = append(reqs, Request{Chunk: c, Peer: id})
-			slots[id]--
-			assigned[id]++
+			pick.take(id)
 			continue
 		}
 		// The origin is the last resort per chunk: only for what no peer has or is
@@ -245,7 +254,7 @@ func (p Policy) Next(s Snapshot) []Request {
 
 	// Endgame: nothing left to ask for but slow requests; ask another peer too.
 	if len(order) == 0 {
-		reqs = append(reqs, p.endgame(s, slots, assigned)...)
+		reqs = append(reqs, p.endgame(s, pick)...)
 	}
 	return reqs
 }
@@ -262,40 +271,107 @@ func (p Policy) load(pv PeerView) int {
 	return pv.Active
 }
 
-// bestPeer picks, among peers holding chunk c with a free slot, the one expected to deliver
-// soonest: highest rate per outstanding request, unknown rates treated as average.
-func (p Policy) bestPeer(peers []PeerView, c int, slots, assigned map[string]int) (string, bool) {
+// picker chooses which peer to ask for a chunk, for one call of Next, and counts the
+// requests it hands out against each peer's free slots.
+type picker struct {
+	p   Policy
+	avg float64 // the mean of the known rates, taken for peers whose rate is not known
+	// ties orders peers of equal score, differently at each node and for each chunk, so
+	// that nodes that know the same holders equally well do not all ask the same one.
+	// Computed when first needed.
+	self string
+	ties map[string]rendezvous.Seed
+	// slots is each peer's free request slots, assigned the requests handed out, and open
+	// the number of peers with a slot free: at 0 no chunk can go to a peer.
+	slots, assigned map[string]int
+	open            int
+}
+
+func (p Policy) picker(s Snapshot) *picker {
+	k := &picker{p: p, self: s.Self, ties: make(map[string]rendezvous.Seed),
+		slots: make(map[string]int, len(s.Peers)), assigned: make(map[string]int)}
 	known, sum := 0, 0.0
-	for _, pv := range peers {
+	for _, pv := range s.Peers {
 		if pv.Rate > 0 {
 			known++
 			sum += pv.Rate
 		}
+		k.slots[pv.ID] = p.PerPeer - p.load(pv)
+		if k.slots[pv.ID] > 0 {
+			k.open++
+		}
 	}
-	avg := 1.0
+	k.avg = 1.0
 	if known > 0 {
-		avg = sum / float64(known)
+		k.avg = sum / float64(known)
 	}
-	best, bestScore := "", -1.0
+	return k
+}
+
+// best picks, among peers holding chunk c with a free slot, the one expected to deliver
+// soonest: highest rate per outstanding request, unknown rates treated as average. Seeds
+// come last: one is picked only when no other peer can be.
+func (k *picker) best(peers []PeerView, c int) (string, bool) {
+	if k.open == 0 {
+		return "", false
+	}
+	if id, ok := k.bestOf(peers, c, false); ok {
+		return id, true
+	}
+	return k.bestOf(peers, c, true)
+}
+
+// bestOf is best among the seeds or among the other peers.
+func (k *picker) bestOf(peers []PeerView, c int, seeds bool) (string, bool) {
+	best, bestScore, bestTie := "", -1.0, uint64(0)
 	for _, pv := range peers {
-		if c >= len(pv.Has) || !pv.Has[c] || slots[pv.ID] <= 0 {
+		if pv.Seed != seeds || c >= len(pv.Has) || !pv.Has[c] || k.slots[pv.ID] <= 0 {
 			continue
 		}
 		rate := pv.Rate
 		if rate <= 0 {
-			rate = avg
+			rate = k.avg
 		}
-		score := rate / float64(p.load(pv)+assigned[pv.ID]+1)
-		if score > bestScore || score == bestScore && pv.ID < best {
-			best, bestScore = pv.ID, score
+		score := rate / float64(k.p.load(pv)+k.assigned[pv.ID]+1)
+		if score < bestScore {
+			continue
+		}
+		if score > bestScore {
+			best, bestScore, bestTie = pv.ID, score, 0
+			continue
+		}
+		if bestTie == 0 {
+			bestTie = k.tie(best, c)
+		}
+		if tie := k.tie(pv.ID, c); tie > bestTie || tie == bestTie && pv.ID < best {
+			best, bestTie = pv.ID, tie
 		}
 	}
 	return best, best != ""
 }
 
+// tie is peer id's place for chunk c among peers of equal score; 0 means not computed.
+func (k *picker) tie(id string, c int) uint64 {
+	seed, ok := k.ties[id]
+	if !ok {
+		seed = rendezvous.SeedOf(k.self, id)
+		k.ties[id] = seed
+	}
+	return max(seed.Weight(uint64(c)), 1)
+}
+
+// take counts a request handed to peer id.
+func (k *picker) take(id string) {
+	k.slots[id]--
+	k.assigned[id]++
+	if k.slots[id] == 0 {
+		k.open--
+	}
+}
+
 // endgame re-requests chunks whose only outstanding requests are old, from a different peer;
 // each such request is a duplicate.
-func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
+func (p Policy) endgame(s Snapshot, pick *picker) []Request {
 	n := len(s.Have)
 	fresh := make([]bool, n) // has a request younger than EndgameAge
 	asked := make([][]string, n)
@@ -323,10 +399,9 @@ func (p Policy) endgame(s Snapshot, slots, assigned map[string]int) []Request {
 		candidates := slices.DeleteFunc(slices.Clone(s.Peers), func(pv PeerView) bool {
 			return slices.Contains(asked[c], pv.ID)
 		})
-		if id, ok := p.bestPeer(candidates, c, slots, assigned); ok {
+		if id, ok := pick.best(candidates, c); ok {
 			reqs = append(reqs, Request{Chunk: c, Peer: id})
-			slots[id]--
-			assigned[id]++
+			pick.take(id)
 			dups++
 		}
 	}

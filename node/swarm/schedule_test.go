@@ -54,7 +54,22 @@ func TestPolicyNext(t *testing.T) {
 			name:   "peers hold everything: nothing from the origin, per-peer cap kept",
 			policy: Policy{PerPeer: 2},
 			snap:   Snapshot{Have: bits(6), Peers: []PeerView{{ID: "a", Has: all(6)}, {ID: "b", Has: all(6)}}},
-			want:   []Request{{0, "a"}, {1, "b"}, {2, "a"}, {3, "b"}},
+			want:   []Request{{0, "a"}, {1, "b"}, {2, "b"}, {3, "a"}},
+		},
+		{
+			name:   "seeds are asked only what no other peer can give",
+			policy: Policy{PerPeer: 1},
+			snap: Snapshot{Have: bits(3), Peers: []PeerView{
+				{ID: "a", Has: all(3), Seed: true, Rate: 100}, {ID: "b", Has: bits(3, 0, 1), Rate: 1},
+			}},
+			want: []Request{{2, "a"}, {0, "b"}},
+		},
+		{
+			name: "rarest first with a complete holder",
+			snap: Snapshot{Have: bits(3), Peers: []PeerView{
+				{ID: "a", Has: all(3), Complete: true}, {ID: "b", Has: bits(3, 0)},
+			}},
+			want: []Request{{1, "a"}, {2, "a"}, {0, "b"}},
 		},
 		{
 			name: "rarest first",
@@ -173,6 +188,27 @@ func TestPolicyNext(t *testing.T) {
 				t.Errorf("Next() = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestPolicyTiesSpread checks that nodes which know the same holders equally well do not
+// all ask the same one: a holder every node would ask first becomes a hot spot.
+func TestPolicyTiesSpread(t *testing.T) {
+	t.Parallel()
+	peers := []PeerView{{ID: "a", Has: all(1)}, {ID: "b", Has: all(1)}, {ID: "c", Has: all(1)}, {ID: "d", Has: all(1)}}
+	asked := map[string]int{}
+	const nodes = 400
+	for i := range nodes {
+		reqs := Policy{}.Next(Snapshot{Have: bits(1), Peers: peers, Self: fmt.Sprintf("node-%d", i)})
+		if len(reqs) != 1 || reqs[0].Peer == "" {
+			t.Fatalf("node %d: Next() = %v, want one request to a peer", i, reqs)
+		}
+		asked[reqs[0].Peer]++
+	}
+	for _, pv := range peers {
+		if n := asked[pv.ID]; n < nodes/4/2 || n > nodes/4*2 {
+			t.Errorf("peer %s asked by %d of %d nodes, want about %d: %v", pv.ID, n, nodes, nodes/4, asked)
+		}
 	}
 }
 

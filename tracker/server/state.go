@@ -42,10 +42,11 @@ const (
 	// for: well within what one core answers (3,000-5,000 requests a second), leaving room
 	// for leases. With more downloading nodes than that, each is told to announce less often.
 	DefaultAnnounceRate = 1000
-	bootstrapPeers      = 16 // members' addresses /bootstrap adds to the tracker's own
-	holderShare         = 4  // at most 3/4 of a member list goes to complete holders
-	fetcherPool         = 16 // a swarm's fetchers are chosen among its first members
-	progressBuckets     = 8  // downloaders within 1/8 of each other's progress are equals
+	bootstrapPeers      = 16                     // members' addresses /bootstrap adds to the tracker's own
+	holderShare         = 4                      // at most 3/4 of a member list goes to complete holders
+	fetcherPool         = 16                     // a swarm's fetchers are chosen among its first members
+	progressBuckets     = 8                      // downloaders within 1/8 of each other's progress are equals
+	pickScan            = 4 * tracker.MaxMembers // members looked at to choose a member list
 	maxSweepInterval    = time.Second
 )
 
@@ -120,6 +121,8 @@ type swarm struct {
 	// were chosen (see fetchersOf); joined numbers the members in the order they joined.
 	fetchers []string
 	joined   uint64
+	// list holds the members in no order, for sampling (member.pos is each one's place).
+	list []*member
 }
 
 type member struct {
@@ -131,6 +134,7 @@ type member struct {
 	seen       time.Time
 	ttl        time.Duration // while downloading: DownloadTTL, or three announce intervals
 	seq        uint64        // the order it joined the swarm in
+	pos        int           // its index in swarm.list
 }
 
 type lease struct {
@@ -324,8 +328,9 @@ func (s *State) join(now time.Time, p *peerEntry, b tracker.BlobState, interval 
 		}
 		sw.joined++
 		// Counted as a download below unless it joins complete.
-		m = &member{peer: p, seq: sw.joined, complete: true}
+		m = &member{peer: p, seq: sw.joined, complete: true, pos: len(sw.list)}
 		sw.members[p.id] = m
+		sw.list = append(sw.list, m)
 		s.members++
 		p.blobs++
 	}
@@ -363,6 +368,10 @@ func (s *State) leave(d digest.Digest, peer string) {
 		return
 	}
 	delete(sw.members, peer)
+	last := sw.list[len(sw.list)-1]
+	sw.list[m.pos], last.pos = last, m.pos
+	sw.list[len(sw.list)-1] = nil
+	sw.list = sw.list[:len(sw.list)-1]
 	s.members--
 	m.peer.blobs--
 	if !m.complete {
@@ -386,11 +395,13 @@ func (s *State) leave(d digest.Digest, peer string) {
 	}
 }
 
-// pick chooses up to n live members of d's swarm other than self: complete holders first
-// (a random sample, at most 3/4 of the list while there are downloaders), then downloaders
-// by progress, random among those within 1/progressBuckets of each other. Downloaders are
-// always included when there are any: in a rollout they are most of the swarm, and each
-// already holds chunks the others lack.
+// pick chooses up to n live members of d's swarm other than self: the fetchers, then
+// complete holders (a random sample, at most 3/4 of the list while there are downloaders),
+// then downloaders by progress, random among those within 1/progressBuckets of each other.
+// Downloaders are always included when there are any: in a rollout they are most of the
+// swarm, and each already holds chunks the others lack. In a swarm of more than pickScan
+// members the choice is made among pickScan of them taken at random, so that an announce
+// costs the same however large the swarm.
 func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []string, n int) []tracker.Member {
 	out := []tracker.Member{}
 	sw := s.swarms[d]
@@ -409,8 +420,8 @@ func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []str
 	var holders []*member
 	var buckets [progressBuckets][]*member
 	downloaders := 0
-	for id, m := range sw.members {
-		if id == self || !m.live(now) || slices.Contains(fetchers, id) {
+	for _, m := range sw.sample(pickScan) {
+		if m.peer.id == self || !m.live(now) || slices.Contains(fetchers, m.peer.id) {
 			continue
 		}
 		if m.complete {
@@ -438,6 +449,20 @@ func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []str
 		nd -= min(nd, len(buckets[b]))
 	}
 	return out
+}
+
+// sample returns k of the swarm's members taken at random (all of them if it has no more),
+// reordering its list.
+func (sw *swarm) sample(k int) []*member {
+	if k >= len(sw.list) {
+		return sw.list
+	}
+	for i := range k {
+		j := i + rand.IntN(len(sw.list)-i)
+		sw.list[i], sw.list[j] = sw.list[j], sw.list[i]
+		sw.list[i].pos, sw.list[j].pos = i, j
+	}
+	return sw.list[:k]
 }
 
 // sample returns k random elements of ms (all of them if k >= len(ms)), reordering ms.

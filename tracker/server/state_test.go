@@ -497,3 +497,56 @@ func TestStateAnnounceInterval(t *testing.T) {
 		t.Fatalf("interval %v with 1,500 downloaders at 100/s, want %v", got, tracker.MaxAnnounceDownload)
 	}
 }
+
+// TestStateLargeSwarm checks the member lists of a swarm larger than one announce looks at:
+// every list is full, without self or repeats, holds downloaders as well as holders, and
+// reaches across the swarm; members that leave are never named again.
+func TestStateLargeSwarm(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{MaxSwarmMembers: 5000}, newFakeClock().Now)
+	const members = 2000
+	for i := range members {
+		b := downloading(blobA, int64(i%10)<<20)
+		if i%2 == 0 {
+			b = holding(blobA)
+		}
+		announce(t, s, fmt.Sprintf("p%04d", i), b)
+	}
+	for i := 0; i < members; i += 4 {
+		announce(t, s, fmt.Sprintf("p%04d", i), tracker.BlobState{Digest: blobA, Gone: true})
+	}
+	named := map[string]bool{}
+	for range 50 {
+		res := announce(t, s, "p0001", downloading(blobA, 1<<20))
+		ms := res.Swarms[0].Members
+		if len(ms) != tracker.MaxMembers {
+			t.Fatalf("%d members, want %d", len(ms), tracker.MaxMembers)
+		}
+		seen, holders := map[string]bool{}, 0
+		for _, m := range ms {
+			var i int
+			if _, err := fmt.Sscanf(m.Peer, "p%04d", &i); err != nil || m.Peer == "p0001" || seen[m.Peer] || i%4 == 0 {
+				t.Fatalf("member %q: self, repeated, gone or unknown", m.Peer)
+			}
+			seen[m.Peer], named[m.Peer] = true, true
+			if m.Complete {
+				holders++
+			}
+		}
+		if holders == 0 || holders > tracker.MaxMembers*3/4 {
+			t.Fatalf("%d holders of %d members, want some and at most 3/4", holders, len(ms))
+		}
+	}
+	if len(named) < members/4 {
+		t.Errorf("%d members named over 50 lists, want lists spread across the %d", len(named), members*3/4)
+	}
+	sw := s.swarms[blobA]
+	for i, m := range sw.list {
+		if m.pos != i || sw.members[m.peer.id] != m {
+			t.Fatalf("list[%d] = %s at pos %d: list and members disagree", i, m.peer.id, m.pos)
+		}
+	}
+	if len(sw.list) != len(sw.members) {
+		t.Errorf("list holds %d, members %d", len(sw.list), len(sw.members))
+	}
+}
