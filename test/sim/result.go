@@ -163,10 +163,14 @@ func (w *world) result() *Result {
 		byUpload := slices.Clone(w.nodes)
 		slices.SortFunc(byUpload, func(a, b *node) int { return cmp.Compare(b.uploaded.Load(), a.uploaded.Load()) })
 		for _, n := range byUpload[:min(5, len(byUpload))] {
-			r.UploadTop = append(r.UploadTop, TopUpload{
+			top := TopUpload{
 				Upload:     float64(n.uploaded.Load()) / mean,
 				FromOrigin: float64(n.fromOrigin.Load()) / float64(image),
-			})
+			}
+			if !n.done.IsZero() {
+				top.Done = n.done.Sub(n.start).Seconds() / r.Bound
+			}
+			r.UploadTop = append(r.UploadTop, top)
 		}
 	}
 	if w.tracker != nil {
@@ -179,6 +183,8 @@ func (w *world) result() *Result {
 type TopUpload struct {
 	Upload     float64 `json:"upload_ratio"`
 	FromOrigin float64 `json:"from_origin_ratio"`
+	// Done is when the node had the whole image, against the bound; 0 if it did not.
+	Done float64 `json:"done_ratio,omitempty"`
 }
 
 // quantile is the q-quantile of sorted xs by the nearest rank; NaN if empty.

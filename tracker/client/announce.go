@@ -171,7 +171,7 @@ func (c *Client) validMembers(ms []tracker.Member) []tracker.Member {
 		if m.Peer == c.self || seen[m.Peer] {
 			continue
 		}
-		addrs, err := c.peerAddrs(m)
+		addrs, err := c.opts.PeerAddrs(m.Peer, m.Addrs)
 		if err != nil {
 			c.log.Debug("tracker member skipped", "peer", m.Peer, "err", err)
 			continue
@@ -183,20 +183,6 @@ func (c *Client) validMembers(ms []tracker.Member) []tracker.Member {
 		out = append(out, tracker.Member{Peer: m.Peer, Addrs: addrs, Done: max(m.Done, 0), Complete: m.Complete})
 	}
 	return out
-}
-
-// peerAddrs is Options.PeerAddrs of m, from the last answer that gave m the same addresses
-// if there is one.
-func (c *Client) peerAddrs(m tracker.Member) ([]string, error) {
-	key := m.Peer + "\n" + strings.Join(m.Addrs, "\n")
-	if addrs, ok := c.checked.Get(key); ok {
-		return addrs, nil
-	}
-	addrs, err := c.opts.PeerAddrs(m.Peer, m.Addrs)
-	if err == nil {
-		c.checked.Add(key, addrs)
-	}
-	return addrs, err
 }
 
 // Members returns the latest members the trackers gave for the download of d, merged.

@@ -21,7 +21,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -49,8 +48,6 @@ const (
 	// idleConnsPerTracker is how many connections to each tracker the default client keeps
 	// open between requests.
 	idleConnsPerTracker = 16
-	// checkedMembers is how many members' checked addresses are kept (Client.checked).
-	checkedMembers = 4096
 )
 
 // Options configure New.
@@ -97,9 +94,6 @@ type Client struct {
 	up       atomic.Bool
 
 	restarted chan struct{}
-	// checked remembers what PeerAddrs made of a member's addresses, by its ID and its
-	// addresses as given: every answer names mostly the same members again.
-	checked *lru.Cache[string, []string]
 
 	mu       sync.Mutex
 	members  map[digest.Digest]map[*endpoint]swarmAnswer // the latest answer of each tracker for downloads
@@ -157,11 +151,6 @@ func New(o Options) (*Client, error) {
 			Help: "Requests to trackers, by operation (announce, lease, bootstrap) and result (ok, refused, error).",
 		}, []string{"op", "result"}),
 	}
-	checked, err := lru.New[string, []string](checkedMembers)
-	if err != nil {
-		panic(err) // only for a size below 1
-	}
-	c.checked = checked
 	if c.http == nil {
 		// A node has several lease and announce requests out at once; net/http's default
 		// of two idle connections per host would open a new one for most of them.
