@@ -36,6 +36,19 @@ var (
 	ErrSize = errors.New("chunk size out of range")
 )
 
+// BusyError is a busy answer that names other peers to ask: those the holder sent the chunk
+// to just now, which hold it or are about to. errors.Is(err, ErrBusy) holds for it.
+type BusyError struct {
+	Others []string
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("%v, sent just now to %d others", ErrBusy, len(e.Others))
+}
+
+// Is makes a BusyError an ErrBusy.
+func (e *BusyError) Is(target error) bool { return target == ErrBusy }
+
 // CheckSize reports whether size is a chunk size a fleet may use.
 func CheckSize(size int64) error {
 	if size < MinSize || size > MaxSize {

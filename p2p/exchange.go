@@ -438,8 +438,10 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		return req, 0, refuse(s, statusBusy, nil)
 	}
 	defer e.endUpload()
-	if e.repeats != nil && !e.repeats.Take(req.digest, req.index) {
-		return req, 0, refuse(s, statusBusy, errRepeated)
+	if e.repeats != nil {
+		if ok, others := e.repeats.Take(req.digest, req.index, string(remote)); !ok {
+			return req, 0, refuseReferring(s, others)
+		}
 	}
 	cw := &chunkWriter{
 		ctx:     ctx,
@@ -523,6 +525,21 @@ func refuse(s network.Stream, status byte, cause error) error {
 		return fmt.Errorf("write status: %w", err)
 	}
 	return &refusal{status: status, cause: cause}
+}
+
+// refuseReferring answers busy to a GET of a chunk sent to others just now, naming them.
+func refuseReferring(s network.Stream, others []string) error {
+	w := bufio.NewWriter(s)
+	if err := w.WriteByte(statusBusy); err != nil {
+		return err
+	}
+	if err := writeReferrals(w, others); err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("write status: %w", err)
+	}
+	return &refusal{status: statusBusy, cause: errRepeated}
 }
 
 // chunkWriter frames a chunk for the wire. The header goes out with the

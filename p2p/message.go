@@ -10,6 +10,7 @@ import (
 	"math"
 	"slices"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/chunk"
@@ -39,7 +40,14 @@ import (
 // registry), statusBusy asks again later.
 //
 // Response: a status byte. Only statusOK has a body, and nothing may follow
-// the body.
+// the body; except that statusBusy to a GET may be followed by referrals, the
+// peers the server sent that chunk to just now (a node that does not send them
+// closes the stream after the status, and one that does not read them ignores
+// them):
+//
+//	count   uvarint  1..maxReferrals
+//	idlen   uvarint  count times, 1..maxPeerIDLen, each followed by
+//	id      idlen bytes, a libp2p peer ID in its binary form
 //
 // HAVE body:
 //
@@ -98,12 +106,16 @@ const (
 	// memory grows with the bytes a peer actually sends, not with the counts
 	// it claims.
 	readBatch = 4 << 10
+	// maxReferrals bounds the peers a busy answer names; maxPeerIDLen a binary peer ID
+	// (a multihash of at most a SHA-512 digest, or an identity hash of a small key).
+	maxReferrals = 8
+	maxPeerIDLen = 128
 )
 
 // byteReader is what the decoders read from: a bufio.Reader in practice.
 type byteReader interface {
 	io.Reader
-	io.ByteReader
+	io.ByteScanner
 }
 
 // request is one chunk protocol request.
@@ -451,6 +463,81 @@ func decodeStatus(r byteReader) error {
 	}
 }
 
+// writeReferrals writes the referrals that follow a busy answer to a GET: up to
+// maxReferrals of ids, binary peer IDs; nothing when there are none.
+func writeReferrals(w *bufio.Writer, ids []string) error {
+	ids = ids[:min(len(ids), maxReferrals)]
+	if len(ids) == 0 {
+		return nil
+	}
+	b := binary.AppendUvarint(nil, uint64(len(ids)))
+	for _, id := range ids {
+		if len(id) == 0 || len(id) > maxPeerIDLen {
+			return fmt.Errorf("encode referral: peer ID of %d bytes", len(id))
+		}
+		b = binary.AppendUvarint(b, uint64(len(id)))
+		b = append(b, id...)
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// readReferrals reads what follows a busy answer to a GET: the binary peer IDs it
+// names, as peer IDs; none when the stream ends after the status.
+func readReferrals(r byteReader) ([][]byte, error) {
+	if _, err := r.ReadByte(); err == io.EOF {
+		return nil, nil
+	} else if err != nil {
+		return nil, truncated("referrals", err)
+	}
+	if err := r.UnreadByte(); err != nil {
+		return nil, fmt.Errorf("referrals: %w", err)
+	}
+	count, err := readUvarint(r, "referral count", maxReferrals)
+	if err != nil {
+		return nil, err
+	}
+	if count == 0 {
+		return nil, fmt.Errorf("%w: referral count 0", chunk.ErrProtocol)
+	}
+	ids := make([][]byte, 0, count)
+	for range count {
+		n, err := readUvarint(r, "referral length", maxPeerIDLen)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("%w: empty referral", chunk.ErrProtocol)
+		}
+		id := make([]byte, n)
+		if _, err := io.ReadFull(r, id); err != nil {
+			return nil, truncated("referral", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, expectEOF(r)
+}
+
+// busyWith is the error of a busy answer to a GET, with the peers it refers to.
+func busyWith(r byteReader) error {
+	raw, err := readReferrals(r)
+	if err != nil {
+		return err
+	}
+	if len(raw) == 0 {
+		return chunk.ErrBusy
+	}
+	be := &chunk.BusyError{}
+	for _, b := range raw {
+		id, err := peer.IDFromBytes(b)
+		if err != nil {
+			return fmt.Errorf("%w: referral: %w", chunk.ErrProtocol, err)
+		}
+		be.Others = append(be.Others, id.String())
+	}
+	return be
+}
+
 // readHave reads a complete HAVE response.
 func readHave(r byteReader) (chunk.Have, error) {
 	if err := decodeStatus(r); err != nil {
@@ -463,7 +550,9 @@ func readHave(r byteReader) (chunk.Have, error) {
 // arrives. A chunk shorter or longer than announced is an chunk.ErrProtocol.
 // On any error w may have received part of the chunk.
 func readChunk(r byteReader, w io.Writer) (int64, error) {
-	if err := decodeStatus(r); err != nil {
+	if err := decodeStatus(r); errors.Is(err, chunk.ErrBusy) {
+		return 0, busyWith(r)
+	} else if err != nil {
 		return 0, err
 	}
 	n, err := readUvarint(r, "chunk length", chunk.MaxSize)

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/chunk"
@@ -468,4 +470,57 @@ func FuzzReadChunk(f *testing.F) {
 			t.Fatalf("readChunk(%x) = %d bytes, want 1..%d", in, n, len(in))
 		}
 	})
+}
+
+// TestBusyReferrals: the peers a busy answer names come back as peer IDs; a busy answer with
+// none is plain ErrBusy (as an older node sends it); malformed ones break the protocol.
+func TestBusyReferrals(t *testing.T) {
+	t.Parallel()
+	a, b := testPeerID(t), testPeerID(t)
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	if err := w.WriteByte(statusBusy); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeReferrals(w, []string{string(a), string(b)}); err != nil {
+		t.Fatalf("writeReferrals = %v", err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := readChunk(reader(buf.Bytes()), io.Discard)
+	var busy *chunk.BusyError
+	if !errors.As(err, &busy) || !slices.Equal(busy.Others, []string{a.String(), b.String()}) {
+		t.Fatalf("readChunk = %v, want busy naming %s and %s", err, a, b)
+	}
+	if _, err := readChunk(reader([]byte{statusBusy}), io.Discard); err != chunk.ErrBusy {
+		t.Errorf("busy alone: readChunk = %v, want %v", err, chunk.ErrBusy)
+	}
+	id := []byte(a)
+	for name, in := range map[string][]byte{
+		"count 0":          {statusBusy, 0},
+		"too many":         {statusBusy, maxReferrals + 1},
+		"empty ID":         append([]byte{statusBusy, 1, 0}, id...),
+		"truncated ID":     append([]byte{statusBusy, 1, byte(len(id) + 1)}, id...),
+		"not a peer ID":    {statusBusy, 1, 3, 'a', 'b', 'c'},
+		"bytes after them": append(append([]byte{statusBusy, 1, byte(len(id))}, id...), 0),
+	} {
+		if _, err := readChunk(reader(in), io.Discard); !errors.Is(err, chunk.ErrProtocol) {
+			t.Errorf("%s: readChunk = %v, want %v", name, err, chunk.ErrProtocol)
+		}
+	}
+}
+
+// testPeerID is a fresh Ed25519 peer ID.
+func testPeerID(t *testing.T) peer.ID {
+	t.Helper()
+	_, pub, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

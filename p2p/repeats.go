@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -29,8 +30,13 @@ type RepeatLimit struct {
 	window time.Duration
 
 	mu    sync.Mutex
-	sent  map[repeatKey][]time.Time // when each chunk was sent within the window
+	sent  map[repeatKey][]sending // each chunk's sends within the window, oldest first
 	swept time.Time
+}
+
+type sending struct {
+	at time.Time
+	to string
 }
 
 type repeatKey struct {
@@ -40,11 +46,13 @@ type repeatKey struct {
 
 // NewRepeatLimit allows each chunk max sends within window.
 func NewRepeatLimit(max int, window time.Duration) *RepeatLimit {
-	return &RepeatLimit{max: max, window: window, sent: make(map[repeatKey][]time.Time)}
+	return &RepeatLimit{max: max, window: window, sent: make(map[repeatKey][]sending)}
 }
 
-// Take reports whether chunk index of d may be sent now, and if so counts it as sent.
-func (l *RepeatLimit) Take(d digest.Digest, index int) bool {
+// Take reports whether chunk index of d may be sent to peer to now, and if so counts it as
+// sent. When it may not, others are the peers it was sent to within the window, the
+// latest first: the asker can take it from them.
+func (l *RepeatLimit) Take(d digest.Digest, index int, to string) (ok bool, others []string) {
 	now := time.Now()
 	k := repeatKey{d, index}
 	l.mu.Lock()
@@ -52,25 +60,30 @@ func (l *RepeatLimit) Take(d digest.Digest, index int) bool {
 	if now.Sub(l.swept) >= l.window {
 		l.sweep(now)
 	}
-	times := l.sent[k]
+	sends := l.sent[k]
 	i := 0
-	for i < len(times) && now.Sub(times[i]) >= l.window {
+	for i < len(sends) && now.Sub(sends[i].at) >= l.window {
 		i++
 	}
-	times = times[i:]
-	if len(times) >= l.max {
-		l.sent[k] = times
-		return false
+	sends = sends[i:]
+	if len(sends) >= l.max {
+		l.sent[k] = sends
+		for j := len(sends) - 1; j >= 0; j-- {
+			if sends[j].to != to && !slices.Contains(others, sends[j].to) {
+				others = append(others, sends[j].to)
+			}
+		}
+		return false, others
 	}
-	l.sent[k] = append(times, now)
-	return true
+	l.sent[k] = append(sends, sending{at: now, to: to})
+	return true, nil
 }
 
 // sweep drops the chunks not sent within the window, so the map holds only recent ones.
 func (l *RepeatLimit) sweep(now time.Time) {
 	l.swept = now
 	for k, times := range l.sent {
-		if now.Sub(times[len(times)-1]) >= l.window {
+		if now.Sub(times[len(times)-1].at) >= l.window {
 			delete(l.sent, k)
 		}
 	}

@@ -3,6 +3,7 @@ package p2p
 import (
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -18,14 +19,19 @@ func TestRepeatLimit(t *testing.T) {
 		a, b := digest.FromString("a"), digest.FromString("b")
 		take := func(d digest.Digest, i int, want bool, when string) {
 			t.Helper()
-			if got := l.Take(d, i); got != want {
+			if got, _ := l.Take(d, i, "x"); got != want {
 				t.Errorf("%s: Take(%.12s, %d) = %v, want %v", when, d, i, got, want)
 			}
 		}
-		take(a, 0, true, "first send")
+		l.Take(a, 0, "p1")
 		time.Sleep(RepeatWindow / 2)
-		take(a, 0, true, "second send")
-		take(a, 0, false, "third within the window")
+		l.Take(a, 0, "p2")
+		if ok, others := l.Take(a, 0, "p3"); ok || !slices.Equal(others, []string{"p2", "p1"}) {
+			t.Errorf("third within the window: Take = %v, %q; want false and the peers it went to, latest first", ok, others)
+		}
+		if ok, others := l.Take(a, 0, "p1"); ok || !slices.Equal(others, []string{"p2"}) {
+			t.Errorf("asked again by p1: Take = %v, %q; want false and only the other peer", ok, others)
+		}
 		// Other chunks, of the blob or another, are counted apart.
 		take(a, 1, true, "another chunk")
 		take(b, 0, true, "another blob's chunk")
@@ -35,7 +41,7 @@ func TestRepeatLimit(t *testing.T) {
 		take(a, 0, false, "again within the window")
 		// Chunks not sent for a window are forgotten.
 		time.Sleep(2 * RepeatWindow)
-		l.Take(b, 1)
+		l.Take(b, 1, "x")
 		l.mu.Lock()
 		n := len(l.sent)
 		l.mu.Unlock()
@@ -43,6 +49,38 @@ func TestRepeatLimit(t *testing.T) {
 			t.Errorf("%d chunks remembered after a quiet window, want only the one just sent", n)
 		}
 	})
+}
+
+// TestExchangeReferrals: a busy answer for a chunk sent often lately names the peers it
+// went to, which the asker can take it from.
+func TestExchangeReferrals(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	data := randomBytes(t, 2*chunk.MinSize)
+	d := store.add(data, chunk.MinSize, nil)
+	server := newTestHost(t, HostOptions{})
+	newTestExchange(t, server, ExchangeOptions{Store: store, MaxRepeats: 2})
+	ctx := testContext(t)
+	var clients []*Exchange
+	var ids []string
+	for range 3 {
+		h := newTestHost(t, HostOptions{})
+		if err := h.Connect(ctx, addrInfo(t, server)); err != nil {
+			t.Fatalf("Connect = %v", err)
+		}
+		clients = append(clients, newTestExchange(t, h, ExchangeOptions{}))
+		ids = append(ids, h.ID().String())
+	}
+	for i := range 2 {
+		if _, err := clients[i].GetChunk(ctx, server.ID().String(), d, 0, io.Discard); err != nil {
+			t.Fatalf("GetChunk by client %d = %v", i, err)
+		}
+	}
+	_, err := clients[2].GetChunk(ctx, server.ID().String(), d, 0, io.Discard)
+	var busy *chunk.BusyError
+	if !errors.As(err, &busy) || !errors.Is(err, chunk.ErrBusy) || !slices.Equal(busy.Others, []string{ids[1], ids[0]}) {
+		t.Fatalf("GetChunk by a third = %v, want busy naming %v", err, []string{ids[1], ids[0]})
+	}
 }
 
 // TestExchangeRepeats: a node sends one chunk at most MaxRepeats times within

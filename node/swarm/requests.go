@@ -223,6 +223,10 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 			p.busy++
 			p.busyUntil = e.clock.Now().Add(busyBackoff.Delay(p.busy))
 		}
+		var referred *chunk.BusyError
+		if errors.As(err, &referred) {
+			e.referred(req.chunk, referred.Others)
+		}
 		return
 	case errors.Is(err, chunk.ErrNotHeld):
 		// Its bitmap was stale: forget that chunk until the next answer.
@@ -248,6 +252,24 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 		if p.fails++; p.fails >= peerFailures || e.dl.Banned(p.id) {
 			e.forget(p)
 		}
+	}
+}
+
+// referred follows a busy answer that named the peers a chunk was sent to just now: each
+// is taken to hold it (a request that comes too early is answered "not held", which
+// unmarks it) and is asked what it holds ahead of the other peers due. Those it does not
+// know yet it starts tracking. Without this, the swarm learns of a chunk's new holders only
+// as fast as its budgeted polls, and meanwhile keeps asking the first holders.
+func (e *engine) referred(c int, ids []string) {
+	for _, id := range ids {
+		if p := e.peers[id]; p != nil {
+			if c < len(p.have.Chunks) && !e.dl.Banned(id) {
+				p.have.Chunks[c] = true
+			}
+			p.lastPoll = time.Time{}
+			continue
+		}
+		e.admit(id)
 	}
 }
 

@@ -48,6 +48,8 @@ type member struct {
 	haveDelay time.Duration
 	lateOf    int64
 	haves     atomic.Int64
+	// refer, if set, answers every chunk request busy, naming these peers to ask instead.
+	refer []string
 }
 
 func newMemFleet() *memFleet {
@@ -182,6 +184,9 @@ func (v memView) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 	m := v.f.member(peer)
 	if m == nil || m.down.Load() {
 		return 0, errPeerDown
+	}
+	if m.refer != nil {
+		return 0, &chunk.BusyError{Others: m.refer}
 	}
 	var buf bytes.Buffer
 	if b, err := m.st.Open(d); err == nil {
@@ -400,6 +405,29 @@ func TestSwarmWarm(t *testing.T) {
 	r.Close()
 	if sent := o.sentBytes() - before; sent != 0 {
 		t.Errorf("origin sent %d bytes for a blob a peer held, want 0", sent)
+	}
+}
+
+// TestSwarmReferrals: a holder that answers busy naming the peers it sent the chunks to
+// sends the asker to them, though no lookup names them.
+func TestSwarmReferrals(t *testing.T) {
+	t.Parallel()
+	data, d, o, f, a := heldBlob(t, "a", 20*64<<10+77)
+	f.add(t, "b", o).seed(t, data)
+	f.mu.Lock()
+	f.providers[d] = []string{"a"}
+	f.mu.Unlock()
+	a.refer = []string{"b"}
+	before := o.sentBytes()
+	c := f.add(t, "c", o)
+	if got, err := c.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("c read %d bytes, %v", len(got), err)
+	}
+	if sent := f.member("b").sent.Load(); sent != int64(len(data)) {
+		t.Errorf("b, the referred peer, sent %d bytes, want %d", sent, len(data))
+	}
+	if sent := o.sentBytes() - before; sent != 0 {
+		t.Errorf("origin sent %d bytes, want 0", sent)
 	}
 }
 

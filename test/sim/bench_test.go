@@ -21,6 +21,7 @@ var (
 	benchJSON  = flag.String("sim.json", "", "write the bench results to this JSON file")
 	benchSlots = flag.Int("sim.slots", 0, "upload slots per node")
 	benchReps  = flag.Int("sim.repeats", 0, "times a node sends one chunk within p2p.RepeatWindow (0: p2p.DefaultMaxRepeats, -1: no limit)")
+	benchWin   = flag.Duration("sim.repeatwindow", 0, "the span -sim.repeats counts over (0: p2p.RepeatWindow)")
 	benchPlot  = flag.String("sim.plot", "", "draw the bench results' completion-time CDFs into this PNG file")
 	benchGC    = flag.Int("sim.gogc", 400, "the bench runs' GC percent (GOGC) unless GOGC is set: a fleet holds little heap but many goroutines, whose stacks every collection scans")
 	benchLimit = flag.Int("sim.memlimit", 12, "the bench runs' soft memory limit in GiB unless GOMEMLIMIT is set (0: none), which bounds what -sim.gogc lets the heap grow to")
@@ -32,7 +33,7 @@ var (
 func scenarios(nodes int) []Config {
 	var out []Config
 	for _, mode := range []string{"dht", "tracker"} {
-		base := Config{Nodes: nodes, Tracker: mode == "tracker", UploadSlots: *benchSlots, MaxRepeats: *benchReps}
+		base := Config{Nodes: nodes, Tracker: mode == "tracker", UploadSlots: *benchSlots, MaxRepeats: *benchReps, RepeatWindow: *benchWin}
 		add := func(name string, c Config) {
 			c.Name = fmt.Sprintf("%s-%s-%d", name, mode, nodes)
 			out = append(out, c)

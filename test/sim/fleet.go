@@ -294,11 +294,13 @@ func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 		}
 		defer p.uploading.Add(-1)
 	}
-	if p.repeats != nil && !p.repeats.Take(d, index) {
-		if err := sleep(ctx, m.w.cfg.Latency); err != nil {
-			return 0, err
+	if p.repeats != nil {
+		if ok, others := p.repeats.Take(d, index, m.n.id); !ok {
+			if err := sleep(ctx, m.w.cfg.Latency); err != nil {
+				return 0, err
+			}
+			return 0, fmt.Errorf("chunk %d of %s from %s: %w", index, d, peer, &chunk.BusyError{Others: others})
 		}
-		return 0, fmt.Errorf("chunk %d of %s from %s, sent to others just now: %w", index, d, peer, chunk.ErrBusy)
 	}
 	var buf bytes.Buffer
 	if _, err := p.serve.ReadChunk(ctx, d, index, &buf); err != nil {
@@ -309,6 +311,9 @@ func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 	}
 	vbytes := int64(buf.Len()) * m.w.scale
 	p.uploaded.Add(vbytes)
+	if _, ok := p.originChunks.Load(chunkKey{d, index}); ok {
+		p.upOrigin.Add(vbytes)
+	}
 	if err := sleepUntil(ctx, transfer(p.up, m.n.down, vbytes).Add(m.w.cfg.Latency)); err != nil {
 		return 0, err
 	}

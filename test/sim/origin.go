@@ -59,6 +59,7 @@ func (c originClient) GetBlob(ctx context.Context, _, _ string, d digest.Digest,
 	vbytes := length * c.o.w.scale
 	c.o.sent.Add(vbytes)
 	c.n.fromOrigin.Add(vbytes)
+	c.n.originChunks.Store(chunkKey{d, int(offset / c.o.w.cfg.RealChunk)}, true)
 	if err := sleepUntil(ctx, transfer(&c.o.up, c.n.down, vbytes)); err != nil {
 		return nil, 0, err
 	}

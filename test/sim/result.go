@@ -164,8 +164,9 @@ func (w *world) result() *Result {
 		slices.SortFunc(byUpload, func(a, b *node) int { return cmp.Compare(b.uploaded.Load(), a.uploaded.Load()) })
 		for _, n := range byUpload[:min(5, len(byUpload))] {
 			top := TopUpload{
-				Upload:     float64(n.uploaded.Load()) / mean,
-				FromOrigin: float64(n.fromOrigin.Load()) / float64(image),
+				Upload:       float64(n.uploaded.Load()) / mean,
+				OriginChunks: float64(n.upOrigin.Load()) / mean,
+				FromOrigin:   float64(n.fromOrigin.Load()) / float64(image),
 			}
 			if !n.done.IsZero() {
 				top.Done = n.done.Sub(n.start).Seconds() / r.Bound
@@ -183,6 +184,8 @@ func (w *world) result() *Result {
 type TopUpload struct {
 	Upload     float64 `json:"upload_ratio"`
 	FromOrigin float64 `json:"from_origin_ratio"`
+	// OriginChunks is its upload of the chunks it took from the origin, over the mean upload.
+	OriginChunks float64 `json:"origin_chunks_upload_ratio"`
 	// Done is when the node had the whole image, against the bound; 0 if it did not.
 	Done float64 `json:"done_ratio,omitempty"`
 }

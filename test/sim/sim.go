@@ -75,6 +75,8 @@ type Config struct {
 	// MaxRepeats is how many times a node sends one chunk within p2p.RepeatWindow, as
 	// p2p.Exchange does (p2p.DefaultMaxRepeats; -1: no limit).
 	MaxRepeats int
+	// RepeatWindow is the span MaxRepeats counts over (p2p.RepeatWindow).
+	RepeatWindow time.Duration
 	// Tracker adds a tracker; TrackerService is its time per request (200 µs).
 	Tracker        bool
 	TrackerService time.Duration
@@ -124,6 +126,7 @@ func (c Config) withDefaults() Config {
 	if c.UploadSlots == 0 {
 		c.UploadSlots = p2p.DefaultMaxUploads
 	}
+	defD(&c.RepeatWindow, p2p.RepeatWindow)
 	if c.MaxRepeats == 0 {
 		c.MaxRepeats = p2p.DefaultMaxRepeats
 	}
@@ -164,17 +167,25 @@ type node struct {
 	client  *trackerclient.Client
 	stats   counters
 
-	uploaded   atomic.Int64     // virtual bytes sent to peers
-	fromOrigin atomic.Int64     // virtual bytes taken from the origin
-	uploading  atomic.Int64     // chunk requests being served
-	repeats    *p2p.RepeatLimit // nil: no limit
-	dead       atomic.Bool
-	cancel     context.CancelFunc
+	uploaded     atomic.Int64     // virtual bytes sent to peers
+	fromOrigin   atomic.Int64     // virtual bytes taken from the origin
+	originChunks sync.Map         // chunkKey -> true: the chunks it took from the origin
+	upOrigin     atomic.Int64     // virtual bytes of those sent to peers
+	uploading    atomic.Int64     // chunk requests being served
+	repeats      *p2p.RepeatLimit // nil: no limit
+	dead         atomic.Bool
+	cancel       context.CancelFunc
 
 	start, done time.Time
 	err         error
 	retries     int   // pulls of a layer that failed and were tried again
 	retryErr    error // the first of their errors
+}
+
+// chunkKey names one chunk of one blob.
+type chunkKey struct {
+	d     digest.Digest
+	index int
 }
 
 // world is everything one rollout shares.
@@ -348,7 +359,7 @@ func (w *world) newNode(ctx context.Context, i int, dir string, rng *rand.Rand) 
 	})
 	n.serve = fleet.NewChunkServer(n.store, n.dl, w.cfg.RealChunk, prometheus.NewCounter(prometheus.CounterOpts{Name: "uploaded"}), nil)
 	if w.cfg.MaxRepeats > 0 {
-		n.repeats = p2p.NewRepeatLimit(w.cfg.MaxRepeats, p2p.RepeatWindow)
+		n.repeats = p2p.NewRepeatLimit(w.cfg.MaxRepeats, w.cfg.RepeatWindow)
 	}
 	return n, nil
 }

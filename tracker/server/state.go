@@ -110,6 +110,7 @@ type peerEntry struct {
 	seen      time.Time
 	blobs     int // swarms it is a member of
 	downloads int // of which not complete
+	fetches   int // of which it is named a fetcher
 }
 
 type swarm struct {
@@ -279,9 +280,9 @@ func (s *State) fetchersOf(now time.Time, d digest.Digest) []string {
 		return nil
 	}
 	if sw.joined <= fetcherPool {
-		sw.fetchers = nil
+		sw.setFetchers(nil)
 	}
-	sw.fetchers = slices.DeleteFunc(sw.fetchers, func(id string) bool { return !s.liveMember(sw, id, now) })
+	sw.setFetchers(slices.DeleteFunc(slices.Clone(sw.fetchers), func(id string) bool { return !s.liveMember(sw, id, now) }))
 	if len(sw.fetchers) < tracker.Fetchers && len(sw.members) > len(sw.fetchers) {
 		var pool []*member
 		for id, m := range sw.members {
@@ -291,13 +292,34 @@ func (s *State) fetchersOf(now time.Time, d digest.Digest) []string {
 		}
 		slices.SortFunc(pool, func(a, b *member) int { return cmp.Compare(a.seq, b.seq) })
 		pool = pool[:min(len(pool), fetcherPool)]
+		// Members that fetch fewer other blobs first, so that one node does not fetch most
+		// of an image's layers; then by the key's weight.
 		weight := func(m *member) uint64 { return rendezvous.Weight(string(d), m.peer.id, 0) }
-		slices.SortFunc(pool, func(a, b *member) int { return cmp.Compare(weight(b), weight(a)) })
+		slices.SortFunc(pool, func(a, b *member) int {
+			return cmp.Or(cmp.Compare(a.peer.fetches, b.peer.fetches), cmp.Compare(weight(b), weight(a)))
+		})
+		chosen := slices.Clone(sw.fetchers)
 		for _, m := range pool[:min(len(pool), tracker.Fetchers-len(sw.fetchers))] {
-			sw.fetchers = append(sw.fetchers, m.peer.id)
+			chosen = append(chosen, m.peer.id)
 		}
+		sw.setFetchers(chosen)
 	}
 	return slices.Clone(sw.fetchers)
+}
+
+// setFetchers names ids the swarm's fetchers, counting each peer's fetches.
+func (sw *swarm) setFetchers(ids []string) {
+	for _, id := range sw.fetchers {
+		if m := sw.members[id]; m != nil {
+			m.peer.fetches--
+		}
+	}
+	sw.fetchers = ids
+	for _, id := range sw.fetchers {
+		if m := sw.members[id]; m != nil {
+			m.peer.fetches++
+		}
+	}
 }
 
 // join records p's state of blob b; false means it is new and there is no room for it.
@@ -366,6 +388,9 @@ func (s *State) leave(d digest.Digest, peer string) {
 	m := sw.members[peer]
 	if m == nil {
 		return
+	}
+	if slices.Contains(sw.fetchers, peer) {
+		sw.setFetchers(slices.DeleteFunc(slices.Clone(sw.fetchers), func(id string) bool { return id == peer }))
 	}
 	delete(sw.members, peer)
 	last := sw.list[len(sw.list)-1]

@@ -462,6 +462,33 @@ func TestStateFetchers(t *testing.T) {
 	}
 }
 
+// TestStateFetchersSpread: the layers of one image, joined by the same members in the same
+// order, get different fetchers, so no node fetches most of the image.
+func TestStateFetchersSpread(t *testing.T) {
+	t.Parallel()
+	s := NewState(Limits{}, newFakeClock().Now)
+	var blobs []tracker.BlobState
+	for i := range 4 {
+		blobs = append(blobs, downloading(digest.FromString(fmt.Sprint("layer", i)), 0))
+	}
+	for i := range 20 {
+		announce(t, s, fmt.Sprintf("p%02d", i), blobs...)
+	}
+	res := announce(t, s, "p00", blobs...)
+	named := map[string]int{}
+	for _, sw := range res.Swarms {
+		if len(sw.Fetchers) != tracker.Fetchers {
+			t.Fatalf("%s: fetchers %v, want %d", sw.Digest, sw.Fetchers, tracker.Fetchers)
+		}
+		for _, f := range sw.Fetchers {
+			named[f]++
+		}
+	}
+	if len(named) != len(blobs)*tracker.Fetchers {
+		t.Errorf("fetchers of the four layers: %v, want each node named for one layer at most", named)
+	}
+}
+
 func TestStateAnnounceInterval(t *testing.T) {
 	t.Parallel()
 	clock := newFakeClock()
