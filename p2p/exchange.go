@@ -521,25 +521,24 @@ func (r *refusal) Unwrap() error { return r.cause }
 // refuse answers s with status. It returns a *refusal carrying cause, or
 // the write error when the answer could not be sent.
 func refuse(s network.Stream, status byte, cause error) error {
-	if _, err := s.Write([]byte{status}); err != nil {
+	return refuseWith(s, []byte{status}, cause)
+}
+
+// refuseWith is refuse with msg, a status and what may follow it.
+func refuseWith(s network.Stream, msg []byte, cause error) error {
+	if _, err := s.Write(msg); err != nil {
 		return fmt.Errorf("write status: %w", err)
 	}
-	return &refusal{status: status, cause: cause}
+	return &refusal{status: msg[0], cause: cause}
 }
 
 // refuseReferring answers busy to a GET of a chunk sent to others just now, naming them.
 func refuseReferring(s network.Stream, others []string) error {
-	w := bufio.NewWriter(s)
-	if err := w.WriteByte(statusBusy); err != nil {
-		return err
+	msg, err := appendReferrals([]byte{statusBusy}, others)
+	if err != nil {
+		msg = []byte{statusBusy} // busy alone is still a valid answer
 	}
-	if err := writeReferrals(w, others); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return fmt.Errorf("write status: %w", err)
-	}
-	return &refusal{status: statusBusy, cause: errRepeated}
+	return refuseWith(s, msg, errRepeated)
 }
 
 // chunkWriter frames a chunk for the wire. The header goes out with the

@@ -463,23 +463,22 @@ func decodeStatus(r byteReader) error {
 	}
 }
 
-// writeReferrals writes the referrals that follow a busy answer to a GET: up to
+// appendReferrals appends the referrals that follow a busy answer to a GET to b: up to
 // maxReferrals of ids, binary peer IDs; nothing when there are none.
-func writeReferrals(w *bufio.Writer, ids []string) error {
+func appendReferrals(b []byte, ids []string) ([]byte, error) {
 	ids = ids[:min(len(ids), maxReferrals)]
 	if len(ids) == 0 {
-		return nil
+		return b, nil
 	}
-	b := binary.AppendUvarint(nil, uint64(len(ids)))
+	b = binary.AppendUvarint(b, uint64(len(ids)))
 	for _, id := range ids {
 		if len(id) == 0 || len(id) > maxPeerIDLen {
-			return fmt.Errorf("encode referral: peer ID of %d bytes", len(id))
+			return nil, fmt.Errorf("encode referral: peer ID of %d bytes", len(id))
 		}
 		b = binary.AppendUvarint(b, uint64(len(id)))
 		b = append(b, id...)
 	}
-	_, err := w.Write(b)
-	return err
+	return b, nil
 }
 
 // readReferrals reads what follows a busy answer to a GET: the binary peer IDs it

@@ -477,18 +477,11 @@ func FuzzReadChunk(f *testing.F) {
 func TestBusyReferrals(t *testing.T) {
 	t.Parallel()
 	a, b := testPeerID(t), testPeerID(t)
-	var buf bytes.Buffer
-	w := bufio.NewWriter(&buf)
-	if err := w.WriteByte(statusBusy); err != nil {
-		t.Fatal(err)
+	msg, err := appendReferrals([]byte{statusBusy}, []string{string(a), string(b)})
+	if err != nil {
+		t.Fatalf("appendReferrals = %v", err)
 	}
-	if err := writeReferrals(w, []string{string(a), string(b)}); err != nil {
-		t.Fatalf("writeReferrals = %v", err)
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	_, err := readChunk(reader(buf.Bytes()), io.Discard)
+	_, err = readChunk(reader(msg), io.Discard)
 	var busy *chunk.BusyError
 	if !errors.As(err, &busy) || !slices.Equal(busy.Others, []string{a.String(), b.String()}) {
 		t.Fatalf("readChunk = %v, want busy naming %s and %s", err, a, b)

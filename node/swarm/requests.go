@@ -263,8 +263,8 @@ func (e *engine) finishRequest(req *chunkReq, n int64, err error) {
 func (e *engine) referred(c int, ids []string) {
 	for _, id := range ids {
 		if p := e.peers[id]; p != nil {
-			if c < len(p.have.Chunks) && !e.dl.Banned(id) {
-				p.have.Chunks[c] = true
+			if c < len(p.have.Chunks) {
+				p.have.Chunks[c] = true // a banned peer is left out of every snapshot
 			}
 			p.lastPoll = time.Time{}
 			continue

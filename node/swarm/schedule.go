@@ -276,9 +276,9 @@ func (p Policy) load(pv PeerView) int {
 type picker struct {
 	p   Policy
 	avg float64 // the mean of the known rates, taken for peers whose rate is not known
-	// ties orders peers of equal score, differently at each node and for each chunk, so
-	// that nodes that know the same holders equally well do not all ask the same one.
-	// Computed when first needed.
+	// ties orders peers of equal score, differently at each node (self) and for each chunk,
+	// so that nodes that know the same holders equally well do not all ask the same one;
+	// each peer's key is computed when first needed.
 	self string
 	ties map[string]rendezvous.Seed
 	// slots is each peer's free request slots, assigned the requests handed out, and open

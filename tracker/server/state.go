@@ -282,7 +282,9 @@ func (s *State) fetchersOf(now time.Time, d digest.Digest) []string {
 	if sw.joined <= fetcherPool {
 		sw.setFetchers(nil)
 	}
-	sw.setFetchers(slices.DeleteFunc(slices.Clone(sw.fetchers), func(id string) bool { return !s.liveMember(sw, id, now) }))
+	if live := slices.DeleteFunc(slices.Clone(sw.fetchers), func(id string) bool { return !s.liveMember(sw, id, now) }); len(live) != len(sw.fetchers) {
+		sw.setFetchers(live)
+	}
 	if len(sw.fetchers) < tracker.Fetchers && len(sw.members) > len(sw.fetchers) {
 		var pool []*member
 		for id, m := range sw.members {
@@ -464,11 +466,11 @@ func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []str
 	nd := min(downloaders, n-nh)
 	nh = min(len(holders), n-nd)
 
-	for _, m := range sample(holders, nh) {
+	for _, m := range sample(holders, nh, nil) {
 		appendMember(m)
 	}
 	for b := progressBuckets - 1; b >= 0 && nd > 0; b-- {
-		for _, m := range sample(buckets[b], nd) {
+		for _, m := range sample(buckets[b], nd, nil) {
 			appendMember(m)
 		}
 		nd -= min(nd, len(buckets[b]))
@@ -479,25 +481,22 @@ func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []str
 // sample returns k of the swarm's members taken at random (all of them if it has no more),
 // reordering its list.
 func (sw *swarm) sample(k int) []*member {
-	if k >= len(sw.list) {
-		return sw.list
-	}
-	for i := range k {
-		j := i + rand.IntN(len(sw.list)-i)
-		sw.list[i], sw.list[j] = sw.list[j], sw.list[i]
-		sw.list[i].pos, sw.list[j].pos = i, j
-	}
-	return sw.list[:k]
+	return sample(sw.list, k, func(m *member, i int) { m.pos = i })
 }
 
-// sample returns k random elements of ms (all of them if k >= len(ms)), reordering ms.
-func sample(ms []*member, k int) []*member {
+// sample returns k random elements of ms (all of them if k >= len(ms)), reordering ms;
+// moved, if set, is told of each element's new place.
+func sample(ms []*member, k int, moved func(m *member, i int)) []*member {
 	if k >= len(ms) {
 		return ms
 	}
 	for i := range k {
 		j := i + rand.IntN(len(ms)-i)
 		ms[i], ms[j] = ms[j], ms[i]
+		if moved != nil {
+			moved(ms[i], i)
+			moved(ms[j], j)
+		}
 	}
 	return ms[:k]
 }
