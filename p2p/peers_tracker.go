@@ -18,7 +18,7 @@ func PeerAddrs(id string, addrs []string) ([]string, error) {
 	}
 	var out []string
 	for _, s := range addrs {
-		if _, err := transportOf(s, pid); err == nil {
+		if _, err := transportOf(s, pid, id); err == nil {
 			out = append(out, s)
 		}
 	}
@@ -35,7 +35,7 @@ func (n *Network) AddAddrs(peerID string, addrs []string) {
 	}
 	var mas []ma.Multiaddr
 	for _, s := range addrs {
-		if transport, err := transportOf(s, pid); err == nil {
+		if transport, err := transportOf(s, pid, peerID); err == nil {
 			mas = append(mas, transport)
 		}
 	}

@@ -163,7 +163,17 @@ func (p Policy) Next(s Snapshot) []Request {
 	case s.OriginSlowStart:
 		originCap = 1
 	}
-	holders := make([]int, n)   // peers that hold each chunk
+	// Chunks to get: reader windows first, in order; then the rest, rarest first. Only
+	// those are looked up in the peers' bitmaps: late in a download, most chunks are held
+	// or asked for already.
+	wanted := make([]bool, n)
+	var want []int
+	for c := range n {
+		if wanted[c] = !s.Have[c] && inflight[c] == 0; wanted[c] {
+			want = append(want, c)
+		}
+	}
+	holders := make([]int, n)   // peers that hold each wanted chunk
 	fetching := make([]bool, n) // some peer is fetching it
 	whole := 0                  // peers that hold every chunk, counted apart
 	for _, pv := range s.Peers {
@@ -171,13 +181,11 @@ func (p Policy) Next(s Snapshot) []Request {
 			whole++
 			continue
 		}
-		for c := range min(n, len(pv.Has)) {
-			if pv.Has[c] {
+		for _, c := range want {
+			if c < len(pv.Has) && pv.Has[c] {
 				holders[c]++
 			}
-		}
-		for c := range min(n, len(pv.Fetching)) {
-			if pv.Fetching[c] {
+			if c < len(pv.Fetching) && pv.Fetching[c] {
 				fetching[c] = true
 			}
 		}
@@ -188,12 +196,7 @@ func (p Policy) Next(s Snapshot) []Request {
 		}
 	}
 
-	// Chunks to get: reader windows first, in order; then the rest, rarest first.
-	wanted := make([]bool, n)
 	var order []int
-	for c := range n {
-		wanted[c] = !s.Have[c] && inflight[c] == 0
-	}
 	inWindow := make([]bool, n)
 	for _, r := range s.Readers {
 		for c := max(r, 0); c < min(r+p.Window, n); c++ {
@@ -205,15 +208,15 @@ func (p Policy) Next(s Snapshot) []Request {
 	}
 	// Rarest first, ties in index order: a counting sort, as holders are at most the peers.
 	byHolders := make([][]int, len(s.Peers)+1)
-	for c := range n {
-		if wanted[c] && !inWindow[c] {
+	for _, c := range want {
+		if !inWindow[c] {
 			byHolders[holders[c]] = append(byHolders[holders[c]], c)
 		}
 	}
 	for _, cs := range byHolders {
 		order = append(order, cs...)
 	}
-	for c := range holders {
+	for _, c := range want {
 		holders[c] += whole
 	}
 
@@ -221,9 +224,8 @@ func (p Policy) Next(s Snapshot) []Request {
 	pick := p.picker(s)
 	var forOrigin []int
 	for _, c := range order {
-		if id, ok := pick.best(s.Peers, c); ok {
-			reqs = append(reqs, Request{Chunk: c, Peer: id})
-			pick.take(id)
+		if i := pick.best(c, nil); i >= 0 {
+			reqs = append(reqs, pick.take(i, c))
 			continue
 		}
 		// The origin is the last resort per chunk: only for what no peer has or is
@@ -272,32 +274,36 @@ func (p Policy) load(pv PeerView) int {
 }
 
 // picker chooses which peer to ask for a chunk, for one call of Next, and counts the
-// requests it hands out against each peer's free slots.
+// requests it hands out against each peer's free slots. Peers are known by their place in
+// the snapshot's Peers.
 type picker struct {
-	p   Policy
-	avg float64 // the mean of the known rates, taken for peers whose rate is not known
+	p     Policy
+	peers []PeerView
+	avg   float64 // the mean of the known rates, taken for peers whose rate is not known
 	// ties orders peers of equal score, differently at each node (self) and for each chunk,
 	// so that nodes that know the same holders equally well do not all ask the same one;
-	// each peer's key is computed when first needed.
+	// each peer's key is computed when first needed (tied says which are).
 	self string
-	ties map[string]rendezvous.Seed
+	ties []rendezvous.Seed
+	tied []bool
 	// slots is each peer's free request slots, assigned the requests handed out, and open
 	// the number of peers with a slot free: at 0 no chunk can go to a peer.
-	slots, assigned map[string]int
+	slots, assigned []int
 	open            int
 }
 
 func (p Policy) picker(s Snapshot) *picker {
-	k := &picker{p: p, self: s.Self, ties: make(map[string]rendezvous.Seed),
-		slots: make(map[string]int, len(s.Peers)), assigned: make(map[string]int)}
+	n := len(s.Peers)
+	k := &picker{p: p, peers: s.Peers, self: s.Self, ties: make([]rendezvous.Seed, n), tied: make([]bool, n),
+		slots: make([]int, n), assigned: make([]int, n)}
 	known, sum := 0, 0.0
-	for _, pv := range s.Peers {
+	for i, pv := range s.Peers {
 		if pv.Rate > 0 {
 			known++
 			sum += pv.Rate
 		}
-		k.slots[pv.ID] = p.PerPeer - p.load(pv)
-		if k.slots[pv.ID] > 0 {
+		k.slots[i] = p.PerPeer - p.load(pv)
+		if k.slots[i] > 0 {
 			k.open++
 		}
 	}
@@ -308,65 +314,67 @@ func (p Policy) picker(s Snapshot) *picker {
 	return k
 }
 
-// best picks, among peers holding chunk c with a free slot, the one expected to deliver
-// soonest: highest rate per outstanding request, unknown rates treated as average. Seeds
-// come last: one is picked only when no other peer can be.
-func (k *picker) best(peers []PeerView, c int) (string, bool) {
+// best picks, among peers holding chunk c with a free slot and not in skip, the one
+// expected to deliver soonest: highest rate per outstanding request, unknown rates treated
+// as average. Seeds come last: one is picked only when no other peer can be. It returns
+// the peer's place, or -1.
+func (k *picker) best(c int, skip []string) int {
 	if k.open == 0 {
-		return "", false
+		return -1
 	}
-	if id, ok := k.bestOf(peers, c, false); ok {
-		return id, true
+	if i := k.bestOf(c, false, skip); i >= 0 {
+		return i
 	}
-	return k.bestOf(peers, c, true)
+	return k.bestOf(c, true, skip)
 }
 
 // bestOf is best among the seeds or among the other peers.
-func (k *picker) bestOf(peers []PeerView, c int, seeds bool) (string, bool) {
-	best, bestScore, bestTie := "", -1.0, uint64(0)
-	for _, pv := range peers {
-		if pv.Seed != seeds || c >= len(pv.Has) || !pv.Has[c] || k.slots[pv.ID] <= 0 {
+func (k *picker) bestOf(c int, seeds bool, skip []string) int {
+	best, bestScore, bestTie := -1, -1.0, uint64(0)
+	for i := range k.peers {
+		pv := &k.peers[i]
+		if pv.Seed != seeds || c >= len(pv.Has) || !pv.Has[c] || k.slots[i] <= 0 || slices.Contains(skip, pv.ID) {
 			continue
 		}
 		rate := pv.Rate
 		if rate <= 0 {
 			rate = k.avg
 		}
-		score := rate / float64(k.p.load(pv)+k.assigned[pv.ID]+1)
+		score := rate / float64(k.p.load(*pv)+k.assigned[i]+1)
 		if score < bestScore {
 			continue
 		}
 		if score > bestScore {
-			best, bestScore, bestTie = pv.ID, score, 0
+			best, bestScore, bestTie = i, score, 0
 			continue
 		}
 		if bestTie == 0 {
 			bestTie = k.tie(best, c)
 		}
-		if tie := k.tie(pv.ID, c); tie > bestTie || tie == bestTie && pv.ID < best {
-			best, bestTie = pv.ID, tie
+		if tie := k.tie(i, c); tie > bestTie || tie == bestTie && pv.ID < k.peers[best].ID {
+			best, bestTie = i, tie
 		}
 	}
-	return best, best != ""
+	return best
 }
 
-// tie is peer id's place for chunk c among peers of equal score; 0 means not computed.
-func (k *picker) tie(id string, c int) uint64 {
-	seed, ok := k.ties[id]
-	if !ok {
-		seed = rendezvous.SeedOf(k.self, id)
-		k.ties[id] = seed
+// tie is peer i's place for chunk c among peers of equal score; 0 means not computed.
+func (k *picker) tie(i, c int) uint64 {
+	if !k.tied[i] {
+		k.ties[i] = rendezvous.SeedOf(k.self, k.peers[i].ID)
+		k.tied[i] = true
 	}
-	return max(seed.Weight(uint64(c)), 1)
+	return max(k.ties[i].Weight(uint64(c)), 1)
 }
 
-// take counts a request handed to peer id.
-func (k *picker) take(id string) {
-	k.slots[id]--
-	k.assigned[id]++
-	if k.slots[id] == 0 {
+// take counts a request for chunk c handed to peer i.
+func (k *picker) take(i, c int) Request {
+	k.slots[i]--
+	k.assigned[i]++
+	if k.slots[i] == 0 {
 		k.open--
 	}
+	return Request{Chunk: c, Peer: k.peers[i].ID}
 }
 
 // endgame re-requests chunks whose only outstanding requests are old, from a different peer;
@@ -396,12 +404,8 @@ func (p Policy) endgame(s Snapshot, pick *picker) []Request {
 		if s.Have[c] || fresh[c] || len(asked[c]) == 0 {
 			continue
 		}
-		candidates := slices.DeleteFunc(slices.Clone(s.Peers), func(pv PeerView) bool {
-			return slices.Contains(asked[c], pv.ID)
-		})
-		if id, ok := pick.best(candidates, c); ok {
-			reqs = append(reqs, Request{Chunk: c, Peer: id})
-			pick.take(id)
+		if i := pick.best(c, asked[c]); i >= 0 {
+			reqs = append(reqs, pick.take(i, c))
 			dups++
 		}
 	}

@@ -406,3 +406,35 @@ func TestPolicyFetchers(t *testing.T) {
 		t.Errorf("seed s0 takes %d of %d chunks, want about half", len(got), n)
 	}
 }
+
+// BenchmarkPolicyNext is one decision of a download of 64 chunks among 32 peers that hold
+// random halves of it, with this node holding none, half, or all but a few of the chunks.
+func BenchmarkPolicyNext(b *testing.B) {
+	const n, peers = 64, 32
+	rng := rand.New(rand.NewPCG(1, 2))
+	snap := func(held float64) Snapshot {
+		s := Snapshot{Have: make([]bool, n), Self: "self", Salt: "sha256:x"}
+		for c := range n {
+			s.Have[c] = rng.Float64() < held
+		}
+		for i := range peers {
+			pv := PeerView{ID: fmt.Sprintf("peer-%02d", i), Has: make([]bool, n), Member: true, Rate: float64(1 + i%4)}
+			for c := range n {
+				pv.Has[c] = rng.Float64() < 0.5
+			}
+			s.Peers = append(s.Peers, pv)
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name string
+		held float64
+	}{{"start", 0}, {"half", 0.5}, {"end", 0.95}} {
+		s := snap(tc.held)
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				Policy{}.Next(s)
+			}
+		})
+	}
+}
