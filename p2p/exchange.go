@@ -75,6 +75,9 @@ type ExchangeOptions struct {
 	// requests for it are answered busy (see RepeatLimit). 0 means DefaultMaxRepeats, -1
 	// no limit.
 	MaxRepeats int
+	// MaxWatches is how many WATCH streams the node serves at once, to all peers together
+	// (each peer up to MaxStreams besides its requests); 0 means DefaultMaxWatches.
+	MaxWatches int
 	// UploadLimit caps the chunk bytes per second sent to all peers
 	// together; 0 means unlimited.
 	UploadLimit float64
@@ -96,20 +99,24 @@ type Exchange struct {
 	h          host.Host
 	maxStreams int
 	maxUploads int
+	maxWatches int
 	repeats    *RepeatLimit  // nil when unlimited
 	limiter    *rate.Limiter // nil when unlimited
 	timeout    time.Duration
 	log        *slog.Logger
 
-	mu       sync.Mutex
-	store    ChunkStore                           // nil until Serve
-	onHave   func(peerID string, d digest.Digest) // nil when unset
-	fetch    FetchFunc                            // nil: FETCH requests are refused
-	closed   bool
-	perPeer  map[peer.ID]int
-	uploads  int // GET requests being answered
-	inflight map[network.Stream]context.CancelFunc
-	wg       sync.WaitGroup
+	mu      sync.Mutex
+	store   ChunkStore                           // nil until Serve
+	onHave  func(peerID string, d digest.Digest) // nil when unset
+	fetch   FetchFunc                            // nil: FETCH requests are refused
+	closed  bool
+	perPeer map[peer.ID]int
+	uploads int // GET requests being answered
+	watches int // WATCH streams open
+	// peerWatches is each peer's open WATCH streams, which perPeer does not count.
+	peerWatches map[peer.ID]int
+	inflight    map[network.Stream]context.CancelFunc
+	wg          sync.WaitGroup
 }
 
 // NewExchange returns an exchange on h that serves o.Store, when given, at once. The
@@ -125,12 +132,17 @@ func NewExchange(h host.Host, o ExchangeOptions) (*Exchange, error) {
 		log:        o.Logger,
 		perPeer:    make(map[peer.ID]int),
 		inflight:   make(map[network.Stream]context.CancelFunc),
+
+		peerWatches: make(map[peer.ID]int),
 	}
 	if e.maxStreams <= 0 {
 		e.maxStreams = DefaultMaxStreams
 	}
 	if e.maxUploads = o.MaxUploads; e.maxUploads <= 0 {
 		e.maxUploads = DefaultMaxUploads
+	}
+	if e.maxWatches = o.MaxWatches; e.maxWatches <= 0 {
+		e.maxWatches = DefaultMaxWatches
 	}
 	if e.timeout <= 0 {
 		e.timeout = DefaultExchangeTimeout
@@ -246,7 +258,12 @@ func (e *Exchange) GetChunk(ctx context.Context, peerID string, d digest.Digest,
 
 // request sends req to peerID on a fresh stream and hands the response to
 // read. The stream is reset when ctx ends, so read never outlives it.
-func (e *Exchange) request(ctx context.Context, peerID string, req request, read func(byteReader) error) (err error) {
+func (e *Exchange) request(ctx context.Context, peerID string, req request, read func(byteReader) error) error {
+	return e.requestStream(ctx, peerID, req, func(_ network.Stream, r byteReader) error { return read(r) })
+}
+
+// requestStream is request with read given the stream too.
+func (e *Exchange) requestStream(ctx context.Context, peerID string, req request, read func(network.Stream, byteReader) error) (err error) {
 	if err := checkDigest(req.digest); err != nil {
 		return err
 	}
@@ -306,14 +323,14 @@ func (e *Exchange) request(ctx context.Context, peerID string, req request, read
 	return nil
 }
 
-func (e *Exchange) exchange(s network.Stream, msg []byte, read func(byteReader) error) error {
+func (e *Exchange) exchange(s network.Stream, msg []byte, read func(network.Stream, byteReader) error) error {
 	if _, err := s.Write(msg); err != nil {
 		return fmt.Errorf("send request: %w", err)
 	}
 	if err := s.CloseWrite(); err != nil {
 		return fmt.Errorf("send request: %w", err)
 	}
-	return read(bufio.NewReader(s))
+	return read(s, bufio.NewReader(s))
 }
 
 // handle serves one inbound request. Every path ends by closing or
@@ -411,8 +428,11 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 	if req.typ == msgFetch {
 		return req, 0, e.serveFetch(s, remote, req, fetch)
 	}
-	if req.typ == msgHave && onHave != nil {
+	if (req.typ == msgHave || req.typ == msgWatch) && onHave != nil {
 		onHave(remote.String(), req.digest)
+	}
+	if req.typ == msgWatch {
+		return req, 0, e.serveWatch(ctx, s, remote, req, store)
 	}
 	have, ok := store.Have(req.digest, req.typ == msgHave)
 	if !ok {

@@ -26,10 +26,10 @@ import (
 //
 // Request:
 //
-//	type    byte     msgHave (1), msgGet (2) or msgFetch (3)
+//	type    byte     msgHave (1), msgGet (2), msgFetch (3) or msgWatch (4)
 //	dlen    uvarint  length of the digest string, 1..maxDigestLen
 //	digest  dlen bytes, e.g. "sha256:0123..."; only sha256 and sha512
-//	index   uvarint  chunk index, < chunk.MaxCount; always 0 for msgHave and msgFetch
+//	index   uvarint  chunk index, < chunk.MaxCount; always 0 but for msgGet
 //	rlen    uvarint  msgFetch only: length of the registry, 1..maxNameLen
 //	reg     rlen bytes, the registry the blob comes from, as in the ns parameter
 //	plen    uvarint  msgFetch only: length of the repository, 1..maxNameLen
@@ -38,6 +38,15 @@ import (
 // A FETCH asks a seed of the blob to fetch it; statusOK (it is fetching it, or holds it)
 // has no body, statusNotHeld refuses (the node is not a seed of it, or does not serve that
 // registry), statusBusy asks again later.
+//
+// A WATCH is a HAVE answered again and again on the same stream: a HAVE response at once,
+// then another each time what the node holds of the blob changes, and the last one
+// repeated when nothing changed for WatchKeepalive, so a silent stream is a frozen peer.
+// Every response carries the first one's size and chunk size. The stream ends, closed by
+// the server, after a response that is not statusOK, after one with every chunk held
+// (with its chunk list), and after WatchLifetime, when a watcher that still wants news
+// asks again. A node that does not know WATCH resets the stream unanswered; its peers poll
+// it with HAVE instead.
 //
 // Response: a status byte. Only statusOK has a body, and nothing may follow
 // the body; except that statusBusy to a GET may be followed by referrals, the
@@ -75,6 +84,7 @@ const (
 	msgHave  byte = 1
 	msgGet   byte = 2
 	msgFetch byte = 3
+	msgWatch byte = 4
 )
 
 // Bits of the HAVE body's flags byte.
@@ -145,7 +155,7 @@ func checkDigest(d digest.Digest) error {
 // the digest's validity is the caller's concern, so that tests can send
 // invalid ones.
 func appendRequest(b []byte, req request) ([]byte, error) {
-	if req.typ != msgHave && req.typ != msgGet && req.typ != msgFetch {
+	if req.typ < msgHave || req.typ > msgWatch {
 		return nil, fmt.Errorf("encode request: unknown type %d", req.typ)
 	}
 	if len(req.digest) == 0 || len(req.digest) > maxDigestLen {
@@ -177,7 +187,7 @@ func decodeRequest(r byteReader) (request, error) {
 	if err != nil {
 		return request{}, truncated("request type", err)
 	}
-	if typ != msgHave && typ != msgGet && typ != msgFetch {
+	if typ < msgHave || typ > msgWatch {
 		return request{}, fmt.Errorf("%w: request type %d", chunk.ErrProtocol, typ)
 	}
 	n, err := readUvarint(r, "digest length", maxDigestLen)
@@ -338,6 +348,19 @@ func writeHave(w *bufio.Writer, h chunk.Have) error {
 
 // decodeHave reads a HAVE body up to the end of the stream.
 func decodeHave(r byteReader) (chunk.Have, error) {
+	h, err := decodeHaveBody(r)
+	if err != nil {
+		return chunk.Have{}, err
+	}
+	if err := expectEOF(r); err != nil {
+		return chunk.Have{}, err
+	}
+	return h, nil
+}
+
+// decodeHaveBody is decodeHave up to the body's end, for a WATCH, whose answers follow
+// each other.
+func decodeHaveBody(r byteReader) (chunk.Have, error) {
 	size, err := readUvarint(r, "size", math.MaxInt64)
 	if err != nil {
 		return chunk.Have{}, err
@@ -394,9 +417,6 @@ func decodeHave(r byteReader) (chunk.Have, error) {
 			}
 			h.ChunkList = append(h.ChunkList, digest.NewDigestFromBytes(digest.SHA256, raw[:]))
 		}
-	}
-	if err := expectEOF(r); err != nil {
-		return chunk.Have{}, err
 	}
 	return h, nil
 }

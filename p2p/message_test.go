@@ -32,6 +32,7 @@ func TestRequestRoundTrip(t *testing.T) {
 	tests := []request{
 		{typ: msgHave, digest: testDigest},
 		{typ: msgHave, digest: testDigest512},
+		{typ: msgWatch, digest: testDigest},
 		{typ: msgGet, digest: testDigest, index: 0},
 		{typ: msgGet, digest: testDigest, index: 300},
 		{typ: msgGet, digest: testDigest512, index: chunk.MaxCount - 1},
@@ -90,6 +91,8 @@ func TestDecodeRequestInvalid(t *testing.T) {
 		{name: "missing index", in: frame(msgGet, uint64(len(d)), d, 0)[:1+1+len(d)]},
 		{name: "index too large", in: frame(msgGet, uint64(len(d)), d, chunk.MaxCount)},
 		{name: "have with index", in: frame(msgHave, uint64(len(d)), d, 3)},
+		{name: "watch with index", in: frame(msgWatch, uint64(len(d)), d, 3)},
+		{name: "type zero", in: frame(0, uint64(len(d)), d, 0)},
 		{name: "overlong varint", in: append([]byte{msgGet}, bytes.Repeat([]byte{0xff}, 11)...)},
 		{name: "non-minimal varint", in: append([]byte{msgGet, 0x80 | byte(len(d)), 0x00}, d...)},
 	}

@@ -17,7 +17,10 @@ import (
 	"github.com/shoal-dev/shoal/p2p"
 )
 
-var _ p2p.ChunkStore = chunkServer{}
+var (
+	_ p2p.ChunkStore     = chunkServer{}
+	_ p2p.ChangeNotifier = chunkServer{}
+)
 
 // NewChunkServer returns what a member answers peers' HAVE and GET requests with: the
 // committed blobs of st (with their chunk lists of chunkSize) and dl's running downloads,
@@ -62,6 +65,10 @@ func (c chunkServer) Have(d digest.Digest, withList bool) (chunk.Have, bool) {
 	}
 	return c.downloader.Progress(d)
 }
+
+// Changes is the running download's (swarm.Downloader.Changes): a committed blob does not
+// change.
+func (c chunkServer) Changes(d digest.Digest) <-chan struct{} { return c.downloader.Changes(d) }
 
 // chunkList returns the stored chunk list of a committed blob, computing it (and checking the
 // blob's digest on the way) the first time.

@@ -74,11 +74,14 @@ type Member struct {
 	// sent counts the requests the node's downloads send to the fleet, by kind: the
 	// control plane's cost per node, next to the chunks themselves.
 	sent *prometheus.CounterVec
+	// answers counts what the node's watches of peers brought.
+	answers prometheus.Counter
 }
 
 // Request kinds counted in shoal_p2p_requests_total.
 const (
 	sentHave    = "have"    // HAVE: what a peer holds of a blob
+	sentWatch   = "watch"   // WATCH: the same, told again at each change on one stream
 	sentChunk   = "chunk"   // GET of one chunk
 	sentProvide = "provide" // DHT announce of a blob
 	sentFind    = "find"    // lookup of a blob's holders (tracker and DHT)
@@ -101,14 +104,18 @@ func New(o Options) *Member {
 		needPeer:  len(o.Bootstrap) > 0 || o.BootstrapDNS != "" || o.Trackers,
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_p2p_requests_total",
-			Help: "Requests the node's downloads sent to the fleet, by kind: have, chunk, provide, find, seeds, fetch.",
+			Help: "Requests the node's downloads sent to the fleet, by kind: have, watch, chunk, provide, find, seeds, fetch.",
 		}, []string{"kind"}),
+		answers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_p2p_watch_answers_total",
+			Help: "Answers the node's watches of peers brought: each says what a peer holds of a blob, unasked.",
+		}),
 	}
-	for _, k := range []string{sentHave, sentChunk, sentProvide, sentFind, sentSeeds, sentFetch} {
+	for _, k := range []string{sentHave, sentWatch, sentChunk, sentProvide, sentFind, sentSeeds, sentFetch} {
 		m.sent.WithLabelValues(k)
 	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(m.sent, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		o.Registerer.MustRegister(m.sent, m.answers, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "shoal_p2p_peers", Help: "Peers connected now.",
 		}, func() float64 { return float64(m.net.Peers()) }))
 	}

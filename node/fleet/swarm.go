@@ -13,6 +13,7 @@ import (
 
 var (
 	_ swarm.Fleet        = (*Member)(nil)
+	_ swarm.Watcher      = (*Member)(nil)
 	_ swarm.OriginLeaser = leasing{}
 	_ swarm.Seeder       = leasing{}
 )
@@ -58,6 +59,14 @@ func (m *Member) FindProviders(ctx context.Context, d digest.Digest, fresh bool)
 func (m *Member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.Have, error) {
 	m.sent.WithLabelValues(sentHave).Inc()
 	return m.net.Exchange.Have(ctx, peer, d)
+}
+
+func (m *Member) WatchHave(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have)) error {
+	m.sent.WithLabelValues(sentWatch).Inc()
+	return m.net.Exchange.WatchHave(ctx, peer, d, func(h chunk.Have) {
+		m.answers.Inc()
+		fn(h)
+	})
 }
 
 func (m *Member) GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error) {

@@ -19,7 +19,9 @@ type peerState struct {
 	have      chunk.Have // the last answer; Chunks is nil before the first
 	complete  bool
 	polling   bool
-	lastPoll  time.Time
+	watching  bool      // a watch of the peer is open (Watcher): its answers come unasked
+	noWatch   bool      // a watch of the peer failed before its first answer: it is polled
+	lastPoll  time.Time // when the last poll or watch began
 	fails     int
 	active    int
 	answered  time.Time // the last answer showing the peer's download running (or held)
@@ -45,6 +47,15 @@ func (p *peerState) observe(h chunk.Have, now time.Time) {
 	case p.idleSince.IsZero():
 		p.idleSince = now
 	}
+}
+
+// heard is when the peer was last heard from: now while a watch of it that has answered
+// runs, since it would have said if anything changed.
+func (p *peerState) heard(now time.Time) time.Time {
+	if p.watching && p.have.Chunks != nil {
+		return now
+	}
+	return p.answered
 }
 
 // discover announces the download, finds the peers holding or fetching the blob, and learns
@@ -179,7 +190,7 @@ func (e *engine) seedLive(now time.Time) bool {
 		p := e.peers[id]
 		switch {
 		case p == nil: // this node, or one not tracked
-		case p.asking, !p.answered.IsZero() && now.Sub(later(p.answered, e.progress)) < seedLive:
+		case p.asking, !p.answered.IsZero() && now.Sub(later(p.heard(now), e.progress)) < seedLive:
 			// Asked, or heard from lately, or at least once while bytes still arrive.
 			return true
 		case p.answered.IsZero() && !p.asked && now.Sub(later(e.seedsAt, e.progress)) < seedLive:
@@ -331,6 +342,26 @@ func (e *engine) usable(h chunk.Have, size int64) bool {
 	return h.ChunkSize == e.cs && (size < 0 || h.Size == size)
 }
 
+// ask learns what peer p holds now, while the download runs: with a watch if the fleet and
+// the peer take them, else with a poll.
+func (e *engine) ask(ctx context.Context, p *peerState) {
+	if e.watcher == nil || p.noWatch {
+		e.poll(ctx, p)
+		return
+	}
+	p.watching = true
+	p.lastPoll = e.clock.Now()
+	id := p.id
+	e.spawn(func() event {
+		answers := 0
+		err := e.watcher.WatchHave(ctx, id, e.job.digest, func(h chunk.Have) {
+			answers++
+			e.notify(haveAnswer{peer: id, have: h})
+		})
+		return watchEnded{peer: id, answers: answers, err: err}
+	})
+}
+
 // poll asks peer p what it holds now, while the download runs.
 func (e *engine) poll(ctx context.Context, p *peerState) {
 	p.polling = true
@@ -346,7 +377,7 @@ func (e *engine) poll(ctx context.Context, p *peerState) {
 
 // forget stops using a peer; a later lookup may bring it back.
 func (e *engine) forget(p *peerState) {
-	if p.active == 0 && !p.polling {
+	if p.active == 0 && !p.polling && !p.watching {
 		e.dropPeer(p.id)
 		return
 	}

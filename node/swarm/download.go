@@ -27,9 +27,13 @@ type Download struct {
 	registry string
 	repo     string
 
-	mu       sync.Mutex
-	changed  chan struct{} // closed and replaced whenever progress, size or state changes
-	size     int64         // -1 until known
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever progress, size or state changes
+	// held is closed and replaced whenever what peers are told of the download changes: a
+	// chunk completes, one starts or stops being fetched from the origin, the size becomes
+	// known, the download ends. Unlike changed, bytes landing inside a chunk leave it be.
+	held     chan struct{}
+	size     int64 // -1 until known
 	partial  *store.Partial
 	blob     *store.Blob               // set once committed; readers switch to it
 	fill     []int64                   // bytes written from the start of each chunk
@@ -58,7 +62,7 @@ type Download struct {
 
 func newDownload(d digest.Digest, registry, repo string) *Download {
 	return &Download{
-		digest: d, registry: registry, repo: repo, size: -1, changed: make(chan struct{}), refs: 1,
+		digest: d, registry: registry, repo: repo, size: -1, changed: make(chan struct{}), held: make(chan struct{}), refs: 1,
 		readers: make(map[<-chan struct{}]int64),
 		wake:    make(chan struct{}, 1),
 		ended:   make(chan struct{}),
@@ -81,6 +85,20 @@ func (job *Download) notifyLocked() {
 	job.changed = make(chan struct{})
 }
 
+// heldLocked wakes every waiter, and every watcher of what is held. Callers hold mu.
+func (job *Download) heldLocked() {
+	job.notifyLocked()
+	close(job.held)
+	job.held = make(chan struct{})
+}
+
+// heldChanged returns a channel closed once what peers are told of the download changes.
+func (job *Download) heldChanged() <-chan struct{} {
+	job.mu.Lock()
+	defer job.mu.Unlock()
+	return job.held
+}
+
 // start records the blob's size and the partial file the fetch writes to.
 func (job *Download) start(p *store.Partial) {
 	job.mu.Lock()
@@ -97,7 +115,7 @@ func (job *Download) start(p *store.Partial) {
 			job.fill[i] = chunk.Len(job.size, cs, i)
 		}
 	}
-	job.notifyLocked()
+	job.heldLocked()
 }
 
 // startCommitted serves a blob that was already committed.
@@ -108,7 +126,7 @@ func (job *Download) startCommitted(b *store.Blob) {
 	job.blob = b
 	job.verified = true
 	job.done = true
-	job.notifyLocked()
+	job.heldLocked()
 }
 
 // writeStream writes p at off for request id, which streams chunk c from the origin, and
@@ -133,8 +151,10 @@ func (job *Download) writeStream(c int, id uint64, p []byte, off int64) (bool, e
 	full := job.fill[c] == n
 	if full {
 		job.owner[c] = 0
+		job.heldLocked()
+	} else {
+		job.notifyLocked()
 	}
-	job.notifyLocked()
 	job.mu.Unlock()
 	if full {
 		if err := job.partial.MarkChunk(c); err != nil {
@@ -319,7 +339,10 @@ func (job *Download) unclaim(c int, id uint64) {
 func (job *Download) setFetching(c int, on bool) {
 	job.mu.Lock()
 	defer job.mu.Unlock()
-	job.fetching[c] = on
+	if job.fetching[c] != on {
+		job.fetching[c] = on
+		job.heldLocked()
+	}
 }
 
 // writeOwned writes p at off, inside chunk c, if request id still owns the chunk.
@@ -351,7 +374,7 @@ func (job *Download) complete(c int, id uint64, sum digest.Digest) error {
 	job.owner[c] = 0
 	job.fill[c] = chunk.Len(job.size, job.partial.ChunkSize(), c)
 	job.sums[c] = sum
-	job.notifyLocked()
+	job.heldLocked()
 	job.mu.Unlock()
 	return job.partial.MarkChunk(c)
 }
@@ -380,7 +403,7 @@ func (job *Download) takeOver(c int, id uint64, data []byte, sum digest.Digest) 
 	job.mu.Lock()
 	job.fill[c] = n
 	job.sums[c] = sum
-	job.notifyLocked()
+	job.heldLocked()
 	job.mu.Unlock()
 	return job.partial.MarkChunk(c)
 }
@@ -462,7 +485,7 @@ func (job *Download) fail(err error) {
 	if job.err == nil && !job.done {
 		job.err = err
 	}
-	job.notifyLocked()
+	job.heldLocked()
 }
 
 // markVerified releases the blob's last bytes to client readers.
@@ -481,7 +504,7 @@ func (job *Download) commit(b *store.Blob) {
 	job.partial = nil
 	job.verified = true
 	job.done = true
-	job.notifyLocked()
+	job.heldLocked()
 }
 
 // acquire adds a reference; it fails once the download has ended badly, so a new reader starts

@@ -418,6 +418,22 @@ func (dl *Downloader) Progress(d digest.Digest) (chunk.Have, bool) {
 	return h, true
 }
 
+// closedChan is what Changes returns when no download runs: nothing will change that a
+// watcher would not learn of at once by looking again.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Changes returns a channel closed once what Progress reports of d changes: a chunk
+// completes, starts or stops being fetched from the origin, or the download ends. With no
+// download of d running, the channel is closed already. Ask before Progress, so that no
+// change falls between the two.
+func (dl *Downloader) Changes(d digest.Digest) <-chan struct{} {
+	download := dl.lookup(d)
+	if download == nil {
+		return closedChan
+	}
+	return download.heldChanged()
+}
+
 // ReadChunk copies chunk i of a running download of d to w, if that chunk is complete.
 func (dl *Downloader) ReadChunk(d digest.Digest, i int, w io.Writer) (int64, error) {
 	download := dl.lookup(d)

@@ -223,6 +223,31 @@ func (ev haveAnswer) apply(ctx context.Context, e *engine) {
 	}
 }
 
+// watchEnded is a watch's end (Watcher) after answers answers.
+type watchEnded struct {
+	peer    string
+	answers int
+	err     error
+}
+
+func (ev watchEnded) apply(ctx context.Context, e *engine) {
+	p := e.peers[ev.peer]
+	if p == nil {
+		return
+	}
+	p.watching = false
+	// The next watch or poll comes pollEvery after this one's end.
+	p.lastPoll = e.clock.Now()
+	switch {
+	case ev.err == nil:
+		return
+	case ev.answers == 0 && !errors.Is(ev.err, chunk.ErrNotHeld) && !errors.Is(ev.err, chunk.ErrBusy) && ctx.Err() == nil:
+		// Most likely a node that does not take watches: it is polled from now on.
+		p.noWatch = true
+	}
+	haveAnswer{peer: ev.peer, err: ev.err}.apply(ctx, e)
+}
+
 // originAnswered: the origin answered the first of this download's requests, so the
 // others may start. The request goes on; its end is a requestDone.
 type originAnswered struct{}

@@ -69,6 +69,7 @@ type engine struct {
 	// seedsSince is when the first began, seedsAt when the seeds last changed; seedsLooking
 	// is set while a lookup (or its retry) is pending.
 	seeder       Seeder
+	watcher      Watcher // nil: peers are polled
 	seeds        []string
 	seedsKnown   bool
 	seeding      bool
@@ -100,6 +101,9 @@ func newEngine(dl *Downloader, job *Download, log *slog.Logger) *engine {
 	}
 	if sd, ok := e.fleet.(Seeder); ok {
 		e.seeder = sd
+	}
+	if w, ok := e.fleet.(Watcher); ok {
+		e.watcher = w
 	}
 	return e
 }
@@ -306,7 +310,7 @@ func (e *engine) pollDue(ctx context.Context, now time.Time) {
 	var due []*peerState
 	for _, p := range e.peerList() {
 		switch {
-		case p.polling || p.complete:
+		case p.polling || p.watching || p.complete:
 		case p.seed:
 			// Outside the budget: while the seeds answer, the others leave the origin to
 			// them, so they must be heard from every seedPollEvery; and a seed splits the
@@ -317,7 +321,7 @@ func (e *engine) pollDue(ctx context.Context, now time.Time) {
 				every = pollEvery
 			}
 			if now.Sub(p.lastPoll) >= every {
-				e.poll(ctx, p)
+				e.ask(ctx, p)
 			}
 		case budget > 0 && now.Sub(p.lastPoll) >= pollEvery:
 			due = append(due, p)
@@ -330,7 +334,7 @@ func (e *engine) pollDue(ctx context.Context, now time.Time) {
 		if !e.dl.polls.AllowN(now, 1) {
 			return
 		}
-		e.poll(ctx, p)
+		e.ask(ctx, p)
 	}
 }
 

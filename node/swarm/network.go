@@ -40,6 +40,17 @@ type Fleet interface {
 	GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error)
 }
 
+// Watcher may be implemented by a Fleet: a watched peer tells what it holds of a blob each
+// time that changes, on one stream, so a download need not poll it (p2p.Exchange.WatchHave).
+type Watcher interface {
+	// WatchHave calls fn with each of peer's answers on d, from the calling goroutine, until
+	// the watch ends: nil when the peer ended it (it holds d whole, or the watch's lifetime
+	// ran out), an error wrapping chunk.ErrNotHeld or chunk.ErrBusy when it refused, another
+	// error when it does not take watches or failed. A watch that hears nothing for a few
+	// seconds ends with an error: while one runs, the peer's last answer is still true.
+	WatchHave(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have)) error
+}
+
 // OriginLeaser may be implemented by a Fleet that has a tracker: before a chunk is fetched
 // from the origin, the fleet's tracker is asked for a lease on it, so that at most one node
 // fetches a given chunk from the origin at a time across the whole fleet (without one, nodes

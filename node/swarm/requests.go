@@ -101,7 +101,7 @@ func (e *engine) snapshot(have []bool) Snapshot {
 			// Between answers, not up to now: a peer too loaded to answer lately is not
 			// known to be idle, and taking its share would fetch those chunks twice. One
 			// that stopped answering is forgotten after peerFailures, and its share with it.
-			pv.OriginIdle = p.answered.Sub(p.idleSince)
+			pv.OriginIdle = p.heard(now).Sub(p.idleSince)
 		}
 		snap.Peers = append(snap.Peers, pv)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
+	"github.com/shoal-dev/shoal/p2p"
 )
 
 // memFleet connects Downloaders in memory: each member's Have and GetChunk are answered by
@@ -31,6 +32,7 @@ type memFleet struct {
 	providers map[digest.Digest][]string
 	leases    *memLeases // a tracker's origin leases; nil for a fleet without a tracker
 	seeds     *memSeeds  // the blobs' seeds, for a fleet without a tracker; nil: none
+	watch     bool       // members watch each other (Watcher) rather than poll
 }
 
 type member struct {
@@ -50,6 +52,14 @@ type member struct {
 	haves     atomic.Int64
 	// refer, if set, answers every chunk request busy, naming these peers to ask instead.
 	refer []string
+	// noWatch makes the member refuse watches as a node that does not know them does;
+	// watches counts those opened to it, watchedBy says by whom, and pollsAfter counts the
+	// HAVE polls it got from a member that had tried to watch it.
+	noWatch    atomic.Bool
+	watches    atomic.Int64
+	watchMu    sync.Mutex
+	watchedBy  map[string]bool
+	pollsAfter atomic.Int64
 }
 
 func newMemFleet() *memFleet {
@@ -73,6 +83,8 @@ func (f *memFleet) addWithCapacity(t *testing.T, id string, o Origin, capacity i
 	m.flip.Store(-1)
 	var view Fleet = memView{f, id}
 	switch {
+	case f.watch:
+		view = watchingView{memView{f, id}}
 	case f.leases != nil:
 		view = leasingView{memView{f, id}}
 	case f.seeds != nil:
@@ -142,6 +154,11 @@ func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 		return chunk.Have{}, errPeerDown
 	}
 	h, err := v.have(m, d)
+	m.watchMu.Lock()
+	if m.watchedBy[v.id] {
+		m.pollsAfter.Add(1)
+	}
+	m.watchMu.Unlock()
 	if n := m.haves.Add(1); m.haveDelay > 0 && (m.lateOf == 0 || n%(m.lateOf+1) != 1) {
 		// Made, then sent late: the answer is as old as the delay when it arrives.
 		select {
@@ -208,6 +225,59 @@ func (v memView) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 	n, err := w.Write(data)
 	m.sent.Add(int64(n))
 	return int64(n), err
+}
+
+// watchingView is a memView whose member watches its peers, served by the exchange's own
+// loop (p2p.ServeWatch) over the peer's store and downloads.
+type watchingView struct{ memView }
+
+var errNoWatch = errors.New("peer does not take watches")
+
+func (v watchingView) WatchHave(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have)) error {
+	m := v.f.member(peer)
+	if m == nil || m.down.Load() {
+		return errPeerDown
+	}
+	m.watches.Add(1)
+	m.watchMu.Lock()
+	if m.watchedBy == nil {
+		m.watchedBy = make(map[string]bool)
+	}
+	m.watchedBy[v.id] = true
+	m.watchMu.Unlock()
+	if m.noWatch.Load() {
+		return errNoWatch
+	}
+	answers := 0
+	err := p2p.ServeWatch(ctx, memChunks{v.memView, m}, d, p2p.WatchTiming{}, func(h chunk.Have) error {
+		if m.down.Load() {
+			return errPeerDown
+		}
+		answers++
+		fn(h)
+		return nil
+	})
+	if errors.Is(err, chunk.ErrNotHeld) && answers > 0 {
+		return nil
+	}
+	return err
+}
+
+// memChunks is what a member answers watches from.
+type memChunks struct {
+	v memView
+	m *member
+}
+
+func (c memChunks) Have(d digest.Digest, _ bool) (chunk.Have, bool) {
+	h, err := c.v.have(c.m, d)
+	return h, err == nil
+}
+
+func (c memChunks) Changes(d digest.Digest) <-chan struct{} { return c.m.dl.Changes(d) }
+
+func (c memChunks) ReadChunk(context.Context, digest.Digest, int, io.Writer) (int64, error) {
+	return 0, errors.New("not served here")
 }
 
 // memLeases is a tracker's lease table in memory: one holder per chunk at a time, for ttl
@@ -459,6 +529,54 @@ func TestSwarmCold(t *testing.T) {
 	t.Logf("origin sent %.2fx the blob to 6 members", ratio)
 	if ratio > 1.25 {
 		t.Errorf("origin sent %.2fx the blob, want <= 1.25x", ratio)
+	}
+}
+
+// TestSwarmWatch: members that watch each other learn what the others hold without a single
+// poll, and still split the origin's work.
+func TestSwarmWatch(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 64*64<<10)
+	o := newFakeOrigin(data)
+	o.rate = 8 << 20
+	f := newMemFleet()
+	f.watch = true
+	coldPull(t, f, 6, o, data)
+	ratio := float64(o.sentBytes()) / float64(len(data))
+	var polls, after, watches int64
+	for _, m := range f.members {
+		polls += m.haves.Load()
+		after += m.pollsAfter.Load()
+		watches += m.watches.Load()
+	}
+	t.Logf("origin sent %.2fx the blob to 6 members; %d watches, %d polls (%d after a watch)", ratio, watches, polls, after)
+	if ratio > 1.25 {
+		t.Errorf("origin sent %.2fx the blob, want <= 1.25x", ratio)
+	}
+	// Discovery asks each peer once or twice before the download starts; from then on
+	// the watches tell.
+	if watches == 0 || after != 0 {
+		t.Errorf("%d watches, and %d polls after a watch, among members that all take watches", watches, after)
+	}
+}
+
+// TestSwarmWatchRefused: a member that does not take watches is polled instead.
+func TestSwarmWatchRefused(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 16*64<<10)
+	o := newFakeOrigin(data)
+	o.rate = 2 << 20
+	f := newMemFleet()
+	f.watch = true
+	coldPull(t, f, 4, o, data, func(m *member) { m.noWatch.Store(m.id == "m0") })
+	old := f.member("m0")
+	if old.pollsAfter.Load() == 0 {
+		t.Errorf("a member refusing watches was not polled after %d refused watches", old.watches.Load())
+	}
+	for _, m := range f.members {
+		if m != old && m.pollsAfter.Load() != 0 {
+			t.Errorf("%s, which takes watches, was polled %d times after a watch", m.id, m.pollsAfter.Load())
+		}
 	}
 }
 

@@ -34,8 +34,8 @@ func TestCrowd(t *testing.T) {
 			if ro.PeerBytes < 8*ro.ImageBytes {
 				t.Errorf("%s: nodes took %d bytes from peers, want at least half the fleet's %d", f.Mode, ro.PeerBytes, 16*ro.ImageBytes)
 			}
-			if ro.PerNodeSecond["have"] <= 0 || ro.PerNodeSecond["chunk"] <= 0 {
-				t.Errorf("%s: requests per node-second %v: the nodes count no HAVE or chunk requests", f.Mode, ro.PerNodeSecond)
+			if ro.PerNodeSecond["watch"] <= 0 || ro.PerNodeSecond["chunk"] <= 0 {
+				t.Errorf("%s: requests per node-second %v: the nodes count no WATCH or chunk requests", f.Mode, ro.PerNodeSecond)
 			}
 			if f.Mode == crowd.Tracker && ro.PerNodeSecond["lease"] <= 0 {
 				t.Errorf("tracker: requests per node-second %v: no lease requests counted", ro.PerNodeSecond)

@@ -22,6 +22,7 @@ var (
 	benchSlots = flag.Int("sim.slots", 0, "upload slots per node")
 	benchReps  = flag.Int("sim.repeats", 0, "times a node sends one chunk within p2p.RepeatWindow (0: p2p.DefaultMaxRepeats, -1: no limit)")
 	benchWin   = flag.Duration("sim.repeatwindow", 0, "the span -sim.repeats counts over (0: p2p.RepeatWindow)")
+	benchWatch = flag.Duration("sim.watchevery", 0, "the least time between two answers of a watch (0: p2p.WatchEvery)")
 	benchPlot  = flag.String("sim.plot", "", "draw the bench results' completion-time CDFs into this PNG file")
 	benchGC    = flag.Int("sim.gogc", 400, "the bench runs' GC percent (GOGC) unless GOGC is set: a fleet holds little heap but many goroutines, whose stacks every collection scans")
 	benchLimit = flag.Int("sim.memlimit", 12, "the bench runs' soft memory limit in GiB unless GOMEMLIMIT is set (0: none), which bounds what -sim.gogc lets the heap grow to")
@@ -33,7 +34,7 @@ var (
 func scenarios(nodes int) []Config {
 	var out []Config
 	for _, mode := range []string{"dht", "tracker"} {
-		base := Config{Nodes: nodes, Tracker: mode == "tracker", UploadSlots: *benchSlots, MaxRepeats: *benchReps, RepeatWindow: *benchWin}
+		base := Config{Nodes: nodes, Tracker: mode == "tracker", UploadSlots: *benchSlots, MaxRepeats: *benchReps, RepeatWindow: *benchWin, WatchEvery: *benchWatch}
 		add := func(name string, c Config) {
 			c.Name = fmt.Sprintf("%s-%s-%d", name, mode, nodes)
 			out = append(out, c)
@@ -83,9 +84,9 @@ func runTimed(t *testing.T, cfg Config) *Result {
 
 // summary is one line of a result.
 func summary(r *Result) string {
-	return fmt.Sprintf("%-22s origin %.3fx from %d nodes  p50 %.2fx p99 %.2fx max %.2fx of %.1f s  incomplete %d dead %d retries %d  upload max %.1fx mean  per node/s: have %.1f chunk %.1f lookup %.2f announce %.2f lease %.2f  tracker peak %d/s  (%.0f s, %.0f CPU-s)",
+	return fmt.Sprintf("%-22s origin %.3fx from %d nodes  p50 %.2fx p99 %.2fx max %.2fx of %.1f s  incomplete %d dead %d retries %d  upload max %.1fx mean  per node/s: have %.1f watch %.1f (answers %.1f) chunk %.1f lookup %.2f announce %.2f lease %.2f  tracker peak %d/s  (%.0f s, %.0f CPU-s)",
 		r.Name, r.OriginRatio, r.OriginNodes, r.P50Ratio, r.P99Ratio, r.MaxRatio, r.Bound, r.Incomplete, r.Dead, r.Retries, r.UploadMax,
-		r.PerNodeSecond.Haves, r.PerNodeSecond.ChunkRequests, r.PerNodeSecond.Lookups, r.PerNodeSecond.Announces, r.PerNodeSecond.Leases,
+		r.PerNodeSecond.Haves, r.PerNodeSecond.Watches, r.PerNodeSecond.WatchAnswers, r.PerNodeSecond.ChunkRequests, r.PerNodeSecond.Lookups, r.PerNodeSecond.Announces, r.PerNodeSecond.Leases,
 		r.TrackerPeak, r.Wall, r.CPU)
 }
 

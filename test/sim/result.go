@@ -66,7 +66,11 @@ type Result struct {
 
 // Rates are requests per node per second.
 type Rates struct {
-	Haves          float64 `json:"have"`
+	Haves float64 `json:"have"`
+	// Watches are the watches opened (p2p.Exchange.WatchHave), WatchAnswers the answers
+	// they brought.
+	Watches        float64 `json:"watch"`
+	WatchAnswers   float64 `json:"watch_answer"`
 	ChunkRequests  float64 `json:"chunk"`
 	Lookups        float64 `json:"lookup"`
 	Provides       float64 `json:"provide"`
@@ -119,6 +123,8 @@ func (w *world) result() *Result {
 			last = stop
 		}
 		c.Haves += n.stats.Haves.Load()
+		c.Watches += n.stats.Watches.Load()
+		c.WatchAnswers += n.stats.WatchAnswers.Load()
 		c.ChunkRequests += n.stats.ChunkRequests.Load()
 		c.Lookups += n.stats.Lookups.Load()
 		c.Provides += n.stats.Provides.Load()
@@ -146,8 +152,9 @@ func (w *world) result() *Result {
 	r.Rollout = last.Sub(first).Seconds()
 	if s := pulling.Seconds(); s > 0 {
 		r.PerNodeSecond = Rates{
-			Haves: float64(c.Haves) / s, ChunkRequests: float64(c.ChunkRequests) / s,
-			Lookups: float64(c.Lookups) / s, Provides: float64(c.Provides) / s,
+			Haves: float64(c.Haves) / s, Watches: float64(c.Watches) / s, WatchAnswers: float64(c.WatchAnswers) / s,
+			ChunkRequests: float64(c.ChunkRequests) / s,
+			Lookups:       float64(c.Lookups) / s, Provides: float64(c.Provides) / s,
 			OriginRequests: float64(c.OriginRequests) / s,
 			Announces:      float64(c.Announces) / s, Leases: float64(c.Leases) / s,
 		}

@@ -77,6 +77,8 @@ type Config struct {
 	MaxRepeats int
 	// RepeatWindow is the span MaxRepeats counts over (p2p.RepeatWindow).
 	RepeatWindow time.Duration
+	// WatchEvery is the least time between two answers of a watch (p2p.WatchEvery).
+	WatchEvery time.Duration
 	// Tracker adds a tracker; TrackerService is its time per request (200 µs).
 	Tracker        bool
 	TrackerService time.Duration
@@ -127,6 +129,7 @@ func (c Config) withDefaults() Config {
 		c.UploadSlots = p2p.DefaultMaxUploads
 	}
 	defD(&c.RepeatWindow, p2p.RepeatWindow)
+	defD(&c.WatchEvery, p2p.WatchEvery)
 	if c.MaxRepeats == 0 {
 		c.MaxRepeats = p2p.DefaultMaxRepeats
 	}
@@ -147,11 +150,11 @@ func (c Config) withDefaults() Config {
 
 // Stats counts one node's requests.
 type Stats struct {
-	Haves, ChunkRequests, Lookups, Provides, OriginRequests, Announces, Leases, SeedAsks int64
+	Haves, Watches, WatchAnswers, ChunkRequests, Lookups, Provides, OriginRequests, Announces, Leases, SeedAsks int64
 }
 
 type counters struct {
-	Haves, ChunkRequests, Lookups, Provides, OriginRequests, Announces, Leases, SeedAsks atomic.Int64
+	Haves, Watches, WatchAnswers, ChunkRequests, Lookups, Provides, OriginRequests, Announces, Leases, SeedAsks atomic.Int64
 }
 
 // node is one simulated machine.

@@ -152,7 +152,7 @@ func print(w io.Writer, r report) {
 			fmt.Fprintf(w, "  %-22s %7.3fx %8.2f %8.2f %8.2f %8.2f %9.1f %8.2f%% %7.0f%%\n", ro.Setting, ro.OriginAmplification,
 				ro.P50Seconds, ro.P90Seconds, ro.MaxSeconds, ro.BoundSeconds, ro.CPUSecondsPerGB, 100*ro.ControlCorePerNode, 100*ro.MachineBusy)
 			var parts []string
-			for _, k := range []string{"have", "chunk", "find", "provide", "seeds", "fetch", "announce", "lease"} {
+			for _, k := range []string{"have", "watch", "watch_answer", "chunk", "find", "provide", "seeds", "fetch", "announce", "lease"} {
 				if v, ok := ro.PerNodeSecond[k]; ok {
 					parts = append(parts, fmt.Sprintf("%s %.2f", k, v))
 				}

@@ -22,9 +22,10 @@ import (
 const pullTimeout = 5 * time.Minute
 
 // counted are the request kinds a rollout reports per node and second: the node's
-// shoal_p2p_requests_total kinds, then the tracker client's operations.
+// shoal_p2p_requests_total kinds, the answers its watches brought
+// (shoal_p2p_watch_answers_total, as "watch_answer"), then the tracker client's operations.
 var (
-	p2pKinds     = []string{"have", "chunk", "find", "provide", "seeds", "fetch"}
+	p2pKinds     = []string{"have", "watch", "chunk", "find", "provide", "seeds", "fetch"}
 	trackerKinds = []string{"announce", "lease"}
 )
 
@@ -40,6 +41,7 @@ func requestCounts(ctx context.Context, nodes []*harness.Node) (map[string]float
 		for _, k := range p2pKinds {
 			sum[k] += m.Sum("shoal_p2p_requests_total", harness.Labels{"kind": k})
 		}
+		sum["watch_answer"] += m.Sum("shoal_p2p_watch_answers_total", nil)
 		for _, k := range trackerKinds {
 			sum[k] += m.Sum("shoal_tracker_requests_total", harness.Labels{"op": k})
 		}
