@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/chunk"
+	"github.com/shoal-dev/shoal/internal/backoff"
 )
 
 // A WATCH pushes what a node holds of a blob to a peer downloading it, instead of the peer
@@ -217,7 +218,7 @@ func ServeWatch(ctx context.Context, store ChunkStore, d digest.Digest, timing W
 			return nil
 		}
 		// Changes within timing.Every of an answer wait for the next one.
-		if err := sleepCtx(ctx, time.Until(lastSent.Add(timing.Every))); err != nil {
+		if err := backoff.Sleep(ctx, time.Until(lastSent.Add(timing.Every))); err != nil {
 			return err
 		}
 		keepalive := time.NewTimer(time.Until(lastSent.Add(WatchKeepalive)))
@@ -237,19 +238,4 @@ func ServeWatch(ctx context.Context, store ChunkStore, d digest.Digest, timing W
 func sameHave(a, b chunk.Have) bool {
 	return a.Size == b.Size && a.ChunkSize == b.ChunkSize && slices.Equal(a.Chunks, b.Chunks) &&
 		slices.Equal(a.Fetching, b.Fetching)
-}
-
-// sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
