@@ -47,6 +47,13 @@ const (
 	askAmong   = 10
 )
 
+// Results of shoal_dht_find_duration_seconds.
+const (
+	findFound    = "found"
+	findNone     = "none"
+	findTimedOut = "timeout"
+)
+
 // Kinds of shoal_dht_walks_total.
 const (
 	walkClosest   = "closest"

@@ -64,6 +64,11 @@ const (
 // unless renewed: holders must announce again well within it.
 const RecordLifetime = 4 * time.Hour
 
+// ErrLookupTimeout reports a FindProviders lookup that ran out of FindTimeout before any
+// member answered it, having found nobody: not knowing who holds a blob is not knowing that
+// nobody does, and a caller should look again rather than take the blob from its origin.
+var ErrLookupTimeout = errors.New("lookup ran out of time before any member answered")
+
 // ErrNoBootstrapPeer reports that bootstrap peers were given but none of them
 // could be reached, or none that could speaks the same DHT.
 var ErrNoBootstrapPeer = errors.New("no bootstrap peer reachable")
@@ -167,7 +172,7 @@ func NewRouter(h host.Host, o RouterOptions) (*Router, error) {
 	}
 	r.findSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "shoal_dht_find_duration_seconds",
-		Help:    "Time of DHT provider lookups that reached the network, by whether they found a holder.",
+		Help:    "Time of DHT provider lookups that reached the network, by result: found (a holder), none (the network answered: nobody), timeout (no answer in time).",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 	}, []string{"result"})
 	r.walks = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -386,7 +391,8 @@ func ClosestTo(d digest.Digest, ids []string) ([]string, error) {
 // FindProviders returns up to MaxProviders other peers that announced d. It
 // returns as soon as the DHT lookup completes, so a blob nobody holds is a
 // quick empty answer in a small fleet, and never waits longer than
-// FindTimeout; what was found by then is returned without an error.
+// FindTimeout; what was found by then is returned without an error, and
+// nothing found by then with ErrLookupTimeout.
 // Non-empty results are cached for CacheTTL. Empty ones are not: during a
 // rollout a provider typically appears moments after the first miss.
 func (r *Router) FindProviders(ctx context.Context, d digest.Digest) ([]Peer, error) {
@@ -449,6 +455,11 @@ func (r *Router) find(ctx context.Context, d digest.Digest, useCache bool) ([]Pe
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("find providers of %s: %w", d, err)
 	}
+	if len(peers) == 0 && errors.Is(qctx.Err(), context.DeadlineExceeded) {
+		r.findSeconds.WithLabelValues(findTimedOut).Observe(time.Since(start).Seconds())
+		r.log.Debug("providers lookup ran out of time", "digest", d, "duration", time.Since(start))
+		return nil, fmt.Errorf("find providers of %s: %w", d, ErrLookupTimeout)
+	}
 	return r.found(d, start, peers), nil
 }
 
@@ -459,9 +470,9 @@ func (r *Router) found(d digest.Digest, start time.Time, peers []Peer) []Peer {
 		rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
 		peers = peers[:r.maxProviders]
 	}
-	result := "found"
+	result := findFound
 	if len(peers) == 0 {
-		result = "none"
+		result = findNone
 	}
 	r.findSeconds.WithLabelValues(result).Observe(time.Since(start).Seconds())
 	r.log.Debug("providers found", "digest", d, "peers", len(peers), "duration", time.Since(start))

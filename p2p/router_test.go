@@ -129,6 +129,23 @@ func TestRouterMissIsFast(t *testing.T) {
 	}
 }
 
+// TestRouterLookupTimeout: a lookup that runs out of time before any member answered is an
+// error, not "nobody holds it", while one the network answered with nobody is not.
+func TestRouterLookupTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	routers := newMockRouters(t, 3, RouterOptions{FindTimeout: time.Nanosecond})
+	d := digest.FromString("nobody could say who has this")
+	got, err := routers[0].FindProviders(ctx, d)
+	if !errors.Is(err, ErrLookupTimeout) || len(got) != 0 {
+		t.Fatalf("FindProviders past its timeout = %v, %v, want none and ErrLookupTimeout", got, err)
+	}
+	patient := newMockRouters(t, 3, RouterOptions{})
+	if got, err := patient[0].FindProviders(ctx, d); err != nil || len(got) != 0 {
+		t.Fatalf("FindProviders answered by the network = %v, %v, want none and no error", got, err)
+	}
+}
+
 func TestRouterMaxProviders(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)

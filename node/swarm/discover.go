@@ -99,14 +99,18 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 				return 0, err
 			}
 		}
-		if !e.anyPeer() {
-			if wait := start.Add(settle).Sub(e.clock.Now()); wait > 0 {
-				t := e.clock.Timer(wait)
-				err := e.await(ctx, func() bool { return false }, t.C)
-				t.Stop()
-				if err != nil {
-					return 0, err
-				}
+		// A lookup that could not answer (a loaded fleet, or one whose members are slow) is
+		// no word that nobody holds the blob: it is made again, for lookupPatience at most,
+		// before the origin is taken to be the only source.
+		for tries := 0; !e.anyPeer() && (tries == 0 || e.findFail && e.clock.Since(start) < lookupPatience); tries++ {
+			// The first waits out the settle since the download began, later ones as long
+			// again.
+			from := start
+			if tries > 0 {
+				from = e.clock.Now()
+			}
+			if err := e.pause(ctx, from.Add(settle).Sub(e.clock.Now())); err != nil {
+				return 0, err
 			}
 			if err := e.findNow(ctx); err != nil {
 				return 0, err
@@ -145,6 +149,16 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 		return 0, e.head.err
 	}
 	return e.head.size, nil
+}
+
+// pause applies events for d, or until ctx ends.
+func (e *engine) pause(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := e.clock.Timer(d)
+	defer t.Stop()
+	return e.await(ctx, func() bool { return false }, t.C)
 }
 
 // findSeeds looks up the blob's seeds after delay; seedsFound takes the answer in.

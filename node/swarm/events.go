@@ -57,6 +57,7 @@ type discovered struct {
 
 func (ev discovered) apply(ctx context.Context, e *engine) {
 	e.finding = false
+	e.findFail = ev.err != nil && len(ev.found) == 0
 	if ev.err != nil {
 		e.log.Debug("lookup failed", "err", ev.err)
 	}

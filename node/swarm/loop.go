@@ -37,6 +37,7 @@ type engine struct {
 	reqs      map[*chunkReq]struct{}
 	nextID    uint64
 	finding   bool
+	findFail  bool // the last discovery lookup failed and found no one (see lookupPatience)
 	lastFind  time.Time
 	findWait  time.Duration // between lookups: findEvery, longer while they find no one new
 	progress  time.Time     // when a byte last arrived

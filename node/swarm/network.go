@@ -107,9 +107,16 @@ const (
 	// some; each that finds no one new doubles the wait, up to findMax.
 	findEvery = time.Second
 	findMax   = 8 * time.Second
-	// haveTimeout bounds one HAVE request; provideTimeout the announce before discovery.
+	// lookupPatience is how long after its start a download whose lookups fail, finding no
+	// one, looks again (every settle after each) before it takes the origin for the only
+	// source: an error is not "nobody holds it".
+	lookupPatience = 10 * time.Second
+	// haveTimeout bounds one HAVE request; provideTimeout the announce a download makes as
+	// it starts, beside its first lookup: in a loaded fleet the walk to the blob's closest
+	// members takes seconds, and an announce cut short leaves the others unable to find
+	// this node until it commits (the download's end cuts it short anyway).
 	haveTimeout    = 2 * time.Second
-	provideTimeout = time.Second
+	provideTimeout = 10 * time.Second
 	// headGrace is how long the origin may take to confirm a size peers gave.
 	headGrace = 500 * time.Millisecond
 	// maxPeers is the most peers one download keeps track of; with enoughPeers, its

@@ -33,6 +33,8 @@ type memFleet struct {
 	leases    *memLeases // a tracker's origin leases; nil for a fleet without a tracker
 	seeds     *memSeeds  // the blobs' seeds, for a fleet without a tracker; nil: none
 	watch     bool       // members watch each other (Watcher) rather than poll
+	// lookupFails is how many of the next lookups fail, as a loaded DHT's run out of time.
+	lookupFails atomic.Int64
 }
 
 type member struct {
@@ -122,7 +124,10 @@ type memView struct {
 	id string
 }
 
-var errPeerDown = errors.New("peer unreachable")
+var (
+	errPeerDown      = errors.New("peer unreachable")
+	errLookupTimeout = errors.New("lookup ran out of time before any member answered")
+)
 
 func (v memView) Self() string    { return v.id }
 func (v memView) Connected() bool { return true }
@@ -137,6 +142,9 @@ func (v memView) Provide(ctx context.Context, d digest.Digest) error {
 }
 
 func (v memView) FindProviders(ctx context.Context, d digest.Digest, fresh bool) ([]string, error) {
+	if v.f.lookupFails.Add(-1) >= 0 {
+		return nil, errLookupTimeout
+	}
 	v.f.mu.Lock()
 	defer v.f.mu.Unlock()
 	var out []string
@@ -475,6 +483,26 @@ func TestSwarmWarm(t *testing.T) {
 	r.Close()
 	if sent := o.sentBytes() - before; sent != 0 {
 		t.Errorf("origin sent %d bytes for a blob a peer held, want 0", sent)
+	}
+}
+
+// TestSwarmLookupsFail: lookups that fail (a loaded fleet's ran out of time) are made again
+// rather than taken for "nobody holds it": the blob a member holds comes from it, not from
+// the origin.
+func TestSwarmLookupsFail(t *testing.T) {
+	t.Parallel()
+	data, d, o, f, _ := heldBlob(t, "a", 20*64<<10+77)
+	before := o.sentBytes()
+	f.lookupFails.Store(3)
+	m := f.add(t, "b", o)
+	if got, err := m.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v", len(got), err)
+	}
+	if left := f.lookupFails.Load(); left >= 0 {
+		t.Fatalf("%d failed lookups left: the download did not look again", left+1)
+	}
+	if sent := o.sentBytes() - before; sent != 0 {
+		t.Errorf("origin sent %d bytes of a blob a peer held: failed lookups were taken for \"nobody\"", sent)
 	}
 }
 

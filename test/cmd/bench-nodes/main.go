@@ -136,7 +136,7 @@ func checks(r *crowd.Result) []check {
 	}
 	if l := r.Lookup; l != nil {
 		cs = append(cs, check{"DHT check: asks for another node's blob that found a holder",
-			fmt.Sprintf("%d of %d (%d reached the origin, %d failed; %d of %d lookups found none)", l.Asked-l.OriginGets-l.Failed, l.Asked, l.OriginGets, l.Failed, l.FoundNone, l.Lookups),
+			fmt.Sprintf("%d of %d (%d reached the origin, %d failed; of %d lookups %d found none, %d ran out of time)", l.Asked-l.OriginGets-l.Failed, l.Asked, l.OriginGets, l.Failed, l.Lookups, l.FoundNone, l.TimedOut),
 			"all", l.OriginGets == 0 && l.Failed == 0})
 	}
 	return cs

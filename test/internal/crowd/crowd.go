@@ -149,10 +149,12 @@ type LookupResult struct {
 	Blobs int `json:"blobs"` // one per node, pulled by it alone first
 	// Asked is how many times a node asked for another node's blob; OriginGets how many of
 	// those reached the origin (0 when every lookup found a holder); FoundNone the DHT
-	// lookups in that phase that found no holder.
+	// lookups in that phase the network answered with no holder, TimedOut those that ran
+	// out of time before any member answered.
 	Asked      int     `json:"asked"`
 	OriginGets int     `json:"origin_gets"`
 	FoundNone  uint64  `json:"lookups_found_none"`
+	TimedOut   uint64  `json:"lookups_timed_out"`
 	Lookups    uint64  `json:"lookups"`
 	Seconds    float64 `json:"seconds"`
 	Failed     int     `json:"failed"`
@@ -298,8 +300,8 @@ func (e *env) runFleet(ctx context.Context, mode string) (_ *Fleet, _ *LookupRes
 		if lookup, err = e.lookups(ctx, f); err != nil {
 			return nil, nil, err
 		}
-		e.log("%s: DHT check, %d blobs, %d asks: %d reached the origin, %d of %d lookups found no holder, %d failed",
-			mode, lookup.Blobs, lookup.Asked, lookup.OriginGets, lookup.FoundNone, lookup.Lookups, lookup.Failed)
+		e.log("%s: DHT check, %d blobs, %d asks: %d reached the origin, of %d lookups %d found no holder and %d ran out of time, %d failed",
+			mode, lookup.Blobs, lookup.Asked, lookup.OriginGets, lookup.Lookups, lookup.FoundNone, lookup.TimedOut, lookup.Failed)
 	}
 	return out, lookup, nil
 }

@@ -235,18 +235,19 @@ func (e *env) lookups(ctx context.Context, f *fleet) (*LookupResult, error) {
 		return nil, err
 	}
 	e.proxy.Reset()
-	finds := func() (found, none uint64, err error) {
+	finds := func() (found, none, late uint64, err error) {
 		for i, node := range f.nodes {
 			m, err := node.Metrics(ctx)
 			if err != nil {
-				return 0, 0, fmt.Errorf("node %d: %w", i, err)
+				return 0, 0, 0, fmt.Errorf("node %d: %w", i, err)
 			}
 			found += m.Count("shoal_dht_find_duration_seconds", harness.Labels{"result": "found"})
 			none += m.Count("shoal_dht_find_duration_seconds", harness.Labels{"result": "none"})
+			late += m.Count("shoal_dht_find_duration_seconds", harness.Labels{"result": "timeout"})
 		}
-		return found, none, nil
+		return found, none, late, nil
 	}
-	found0, none0, err := finds()
+	found0, none0, late0, err := finds()
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +266,7 @@ func (e *env) lookups(ctx context.Context, f *fleet) (*LookupResult, error) {
 	}
 	wg.Wait()
 	r.Seconds = time.Since(begin).Seconds()
-	found1, none1, err := finds()
+	found1, none1, late1, err := finds()
 	if err != nil {
 		return nil, err
 	}
@@ -276,7 +277,8 @@ func (e *env) lookups(ctx context.Context, f *fleet) (*LookupResult, error) {
 	}
 	r.OriginGets = e.proxy.Total(harness.KindBlob).GETs
 	r.FoundNone = none1 - none0
-	r.Lookups = found1 - found0 + r.FoundNone
+	r.TimedOut = late1 - late0
+	r.Lookups = found1 - found0 + r.FoundNone + r.TimedOut
 	return r, nil
 }
 
