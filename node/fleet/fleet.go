@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,11 @@ import (
 // lifetime of a DHT record, so records of what it holds never lapse, while those of blobs it
 // evicted do.
 const reprovideInterval = p2p.RecordLifetime / 4
+
+// announcers is how many announces of one node run at once: a node committing an image's
+// layers together announces them together, each as slow as its walk to the blob's closest
+// members, and a re-announce of everything held does not hold up what just arrived.
+const announcers = 4
 
 // rejoinEvery is how often a node without fleet peers tries its bootstrap peers again.
 const rejoinEvery = 10 * time.Second
@@ -173,6 +179,33 @@ func (m *Member) Run(ctx context.Context) error {
 	m.joined.Store(true)
 	m.log.Info("joined the fleet", "peer", m.net.ID(), "peers", m.net.RoutingPeers())
 
+	// Announces run in the background, announcers at a time; Run returns once they ended.
+	var running sync.WaitGroup
+	defer running.Wait()
+	slots := make(chan struct{}, announcers)
+	provide := func(d digest.Digest) {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		running.Go(func() {
+			defer func() { <-slots }()
+			m.provide(ctx, d)
+		})
+	}
+	// One re-announce of everything held at a time, beside the announces of new blobs.
+	var reproviding atomic.Bool
+	reprovideAll := func() {
+		if !reproviding.CompareAndSwap(false, true) {
+			return
+		}
+		running.Go(func() {
+			defer reproviding.Store(false)
+			m.reprovide(ctx, provide)
+		})
+	}
+
 	reprovide := time.NewTicker(reprovideInterval)
 	defer reprovide.Stop()
 	// A node alone cannot announce anything: when its first peer arrives (it started first,
@@ -181,18 +214,18 @@ func (m *Member) Run(ctx context.Context) error {
 	defer watch.Stop()
 	alone := m.net.RoutingPeers() == 0
 	lastJoin := time.Now()
-	m.reprovide(ctx)
+	reprovideAll()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case d := <-m.announce:
-			m.provide(ctx, d)
+			provide(d)
 		case <-watch.C:
 			now := m.net.RoutingPeers() == 0
 			if alone && !now {
 				m.log.Info("fleet peers found, announcing held blobs", "peers", m.net.RoutingPeers())
-				m.reprovide(ctx)
+				reprovideAll()
 			}
 			alone = now
 			if alone && time.Since(lastJoin) > rejoinEvery {
@@ -203,7 +236,7 @@ func (m *Member) Run(ctx context.Context) error {
 				}
 			}
 		case <-reprovide.C:
-			m.reprovide(ctx)
+			reprovideAll()
 		}
 	}
 }
@@ -257,15 +290,15 @@ func (m *Member) joinThroughTracker(ctx context.Context) error {
 	return nil
 }
 
-// reprovide announces every blob in the store.
-func (m *Member) reprovide(ctx context.Context) {
+// reprovide announces every blob in the store through provide.
+func (m *Member) reprovide(ctx context.Context, provide func(digest.Digest)) {
 	var held []digest.Digest
 	m.store.Walk(func(info store.Info) bool {
 		held = append(held, info.Digest)
 		return ctx.Err() == nil
 	})
 	for _, d := range held {
-		m.provide(ctx, d)
+		provide(d)
 	}
 	m.log.Debug("announced held blobs", "blobs", len(held))
 	// Blobs committed outside a fleet have no chunk list yet; working it out now (which also
