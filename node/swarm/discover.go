@@ -15,24 +15,25 @@ import (
 
 // peerState is what one download knows of one peer.
 type peerState struct {
-	id        string
-	have      chunk.Have // the last answer; Chunks is nil before the first
-	complete  bool
-	polling   bool
-	watching  bool      // a watch of the peer is open (Watcher): its answers come unasked
-	noWatch   bool      // a watch of the peer failed before its first answer: it is polled
-	lastPoll  time.Time // when the last poll or watch began
-	fails     int
-	active    int
-	answered  time.Time // the last answer showing the peer's download running (or held)
-	asked     bool      // a seed this download asked to fetch the blob
-	asking    bool      // that request is still out
-	rate      float64   // bytes per second, smoothed
-	busyUntil time.Time
-	busy      int       // busy answers in a row
-	idleSince time.Time // first answer in a row showing nothing fetched from the origin
-	found     time.Time // when this download learned of the peer
-	seed      bool      // one of the blob's seeds, as last looked up
+	id         string
+	have       chunk.Have // the last answer; Chunks is nil before the first
+	complete   bool
+	polling    bool
+	watching   bool      // a watch of the peer is open (Watcher): its answers come unasked
+	watchHeard bool      // that watch has answered: the peer was heard from since it began
+	noWatch    bool      // a watch of the peer failed before its first answer: it is polled
+	lastPoll   time.Time // when the last poll or watch began
+	fails      int
+	active     int
+	answered   time.Time // the last answer showing the peer's download running (or held)
+	asked      bool      // a seed this download asked to fetch the blob
+	asking     bool      // that request is still out
+	rate       float64   // bytes per second, smoothed
+	busyUntil  time.Time
+	busy       int       // busy answers in a row
+	idleSince  time.Time // first answer in a row showing nothing fetched from the origin
+	found      time.Time // when this download learned of the peer
+	seed       bool      // one of the blob's seeds, as last looked up
 }
 
 // observe records a peer's answer.
@@ -50,9 +51,11 @@ func (p *peerState) observe(h chunk.Have, now time.Time) {
 }
 
 // heard is when the peer was last heard from: now while a watch of it that has answered
-// runs, since it would have said if anything changed.
+// runs, since it would have said if anything changed (and the watch ends when the peer is
+// silent for p2p.WatchSilence). A watch that has not answered yet says nothing: a frozen or
+// dead peer takes a new stream, and only the request's timeout ends it.
 func (p *peerState) heard(now time.Time) time.Time {
-	if p.watching && p.have.Chunks != nil {
+	if p.watching && p.watchHeard && p.have.Chunks != nil {
 		return now
 	}
 	return p.answered
@@ -363,7 +366,7 @@ func (e *engine) ask(ctx context.Context, p *peerState) {
 		e.poll(ctx, p)
 		return
 	}
-	p.watching = true
+	p.watching, p.watchHeard = true, false
 	p.lastPoll = e.clock.Now()
 	id := p.id
 	e.spawn(func() event {

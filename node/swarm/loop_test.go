@@ -12,6 +12,7 @@ import (
 	"github.com/benbjohnson/clock"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/shoal-dev/shoal/chunk"
 	"github.com/shoal-dev/shoal/node/store"
 )
 
@@ -108,4 +109,25 @@ func TestOriginBackoffFollowsTheClock(t *testing.T) {
 		}
 		t.Fatalf("no retry 400 ms after the failure on the download's clock; origin offsets %v", o.offsets())
 	})
+}
+
+// TestPeerHeard: a watch that has answered counts as hearing from the peer now; one that has
+// not answered yet (a frozen or dead peer takes a new stream) does not.
+func TestPeerHeard(t *testing.T) {
+	t.Parallel()
+	last := time.Unix(1000, 0)
+	now := last.Add(20 * time.Second)
+	p := &peerState{id: "p"}
+	p.observe(chunk.Have{Size: 1, ChunkSize: 1, Chunks: []bool{false}}, last)
+	if got := p.heard(now); !got.Equal(last) {
+		t.Errorf("polled peer heard %v, want its last answer %v", got, last)
+	}
+	p.watching, p.watchHeard = true, false
+	if got := p.heard(now); !got.Equal(last) {
+		t.Errorf("peer with a watch not yet answered heard %v, want its last answer %v", got, last)
+	}
+	p.watchHeard = true
+	if got := p.heard(now); !got.Equal(now) {
+		t.Errorf("peer with an answered watch heard %v, want now %v", got, now)
+	}
 }

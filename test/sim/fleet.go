@@ -283,7 +283,10 @@ func (m *member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 // ends as a real one would, after p2p.WatchSilence.
 func (m *member) WatchHave(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have)) error {
 	m.n.stats.Watches.Add(1)
-	p, err := m.reach(ctx, peer)
+	// As the exchange's watch: its first answer, like every other, has WatchSilence to come.
+	rctx, cancel := context.WithTimeout(ctx, p2p.WatchSilence)
+	p, err := m.reach(rctx, peer)
+	cancel()
 	if err != nil {
 		return err
 	}
