@@ -15,25 +15,24 @@ import (
 
 // peerState is what one download knows of one peer.
 type peerState struct {
-	id         string
-	have       chunk.Have // the last answer; Chunks is nil before the first
-	complete   bool
-	polling    bool
-	watching   bool      // a watch of the peer is open (Watcher): its answers come unasked
-	watchHeard bool      // that watch has answered: the peer was heard from since it began
-	noWatch    bool      // a watch of the peer failed before its first answer: it is polled
-	lastPoll   time.Time // when the last poll or watch began
-	fails      int
-	active     int
-	answered   time.Time // the last answer showing the peer's download running (or held)
-	asked      bool      // a seed this download asked to fetch the blob
-	asking     bool      // that request is still out
-	rate       float64   // bytes per second, smoothed
-	busyUntil  time.Time
-	busy       int       // busy answers in a row
-	idleSince  time.Time // first answer in a row showing nothing fetched from the origin
-	found      time.Time // when this download learned of the peer
-	seed       bool      // one of the blob's seeds, as last looked up
+	id        string
+	have      chunk.Have // the last answer; Chunks is nil before the first
+	complete  bool
+	polling   bool
+	watching  bool      // a watch of the peer is open (Watcher): its answers come unasked
+	noWatch   bool      // a watch of the peer failed before its first answer: it is polled
+	lastPoll  time.Time // when the last poll or watch began
+	fails     int
+	active    int
+	answered  time.Time // the last answer showing the peer's download running (or held)
+	asked     bool      // a seed this download asked to fetch the blob
+	asking    bool      // that request is still out
+	rate      float64   // bytes per second, smoothed
+	busyUntil time.Time
+	busy      int       // busy answers in a row
+	idleSince time.Time // first answer in a row showing nothing fetched from the origin
+	found     time.Time // when this download learned of the peer
+	seed      bool      // one of the blob's seeds, as last looked up
 }
 
 // observe records a peer's answer.
@@ -53,9 +52,10 @@ func (p *peerState) observe(h chunk.Have, now time.Time) {
 // heard is when the peer was last heard from: now while a watch of it that has answered
 // runs, since it would have said if anything changed (and the watch ends when the peer is
 // silent for p2p.WatchSilence). A watch that has not answered yet says nothing: a frozen or
-// dead peer takes a new stream, and only the request's timeout ends it.
+// dead peer takes a new stream, and only the request's timeout ends it. (A watch begins at
+// lastPoll; an answer since then is one of its own.)
 func (p *peerState) heard(now time.Time) time.Time {
-	if p.watching && p.watchHeard && p.have.Chunks != nil {
+	if p.watching && p.have.Chunks != nil && !p.answered.Before(p.lastPoll) {
 		return now
 	}
 	return p.answered
@@ -95,10 +95,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 		if e.seeder != nil {
 			// The first origin request waits for the seeds: a node that is not one leaves
 			// the origin to them.
-			t := e.clock.Timer(seedsTimeout)
-			err := e.await(ctx, func() bool { return e.seedsKnown }, t.C)
-			t.Stop()
-			if err != nil {
+			if err := e.awaitFor(ctx, func() bool { return e.seedsKnown }, seedsTimeout); err != nil {
 				return 0, err
 			}
 		}
@@ -112,7 +109,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 			if tries > 0 {
 				from = e.clock.Now()
 			}
-			if err := e.pause(ctx, from.Add(settle).Sub(e.clock.Now())); err != nil {
+			if err := e.awaitFor(ctx, func() bool { return false }, from.Add(settle).Sub(e.clock.Now())); err != nil {
 				return 0, err
 			}
 			if err := e.findNow(ctx); err != nil {
@@ -123,10 +120,7 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 	if size, votes, ok := e.peerSize(); ok {
 		// A peer's word on the size is taken only when the origin cannot confirm it soon: a
 		// lying peer must not size the partial file (and evict the cache for it).
-		t := e.clock.Timer(headGrace)
-		err := e.await(ctx, headIn, t.C)
-		t.Stop()
-		if err != nil {
+		if err := e.awaitFor(ctx, headIn, headGrace); err != nil {
 			return 0, err
 		}
 		var headErr error
@@ -154,14 +148,14 @@ func (e *engine) discover(ctx context.Context) (int64, error) {
 	return e.head.size, nil
 }
 
-// pause applies events for d, or until ctx ends.
-func (e *engine) pause(ctx context.Context, d time.Duration) error {
+// awaitFor is await for at most d of the download's clock (nothing if d <= 0).
+func (e *engine) awaitFor(ctx context.Context, done func() bool, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
 	t := e.clock.Timer(d)
 	defer t.Stop()
-	return e.await(ctx, func() bool { return false }, t.C)
+	return e.await(ctx, done, t.C)
 }
 
 // findSeeds looks up the blob's seeds after delay; seedsFound takes the answer in.
@@ -366,7 +360,7 @@ func (e *engine) ask(ctx context.Context, p *peerState) {
 		e.poll(ctx, p)
 		return
 	}
-	p.watching, p.watchHeard = true, false
+	p.watching = true
 	p.lastPoll = e.clock.Now()
 	id := p.id
 	e.spawn(func() event {

@@ -196,7 +196,6 @@ func (ev haveAnswer) apply(ctx context.Context, e *engine) {
 	switch {
 	case ev.err == nil && e.usable(ev.have, e.job.size):
 		p.observe(ev.have, e.clock.Now())
-		p.watchHeard = p.watching
 	case ev.err == nil:
 		e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
 		e.dropPeer(p.id)

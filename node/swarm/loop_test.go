@@ -122,11 +122,11 @@ func TestPeerHeard(t *testing.T) {
 	if got := p.heard(now); !got.Equal(last) {
 		t.Errorf("polled peer heard %v, want its last answer %v", got, last)
 	}
-	p.watching, p.watchHeard = true, false
+	p.watching, p.lastPoll = true, last.Add(time.Second) // a new watch, not answered yet
 	if got := p.heard(now); !got.Equal(last) {
 		t.Errorf("peer with a watch not yet answered heard %v, want its last answer %v", got, last)
 	}
-	p.watchHeard = true
+	p.observe(chunk.Have{Size: 1, ChunkSize: 1, Chunks: []bool{false}}, last.Add(2*time.Second))
 	if got := p.heard(now); !got.Equal(now) {
 		t.Errorf("peer with an answered watch heard %v, want now %v", got, now)
 	}
