@@ -185,53 +185,92 @@ var errBadHave = errors.New("store's answer cannot be sent")
 // held, or once timing.Lifetime has passed, and an error wrapping chunk.ErrNotHeld when
 // store has nothing of d (before the first answer, or since the last).
 func ServeWatch(ctx context.Context, store ChunkStore, d digest.Digest, timing WatchTiming, send func(chunk.Have) error) error {
-	timing = timing.withDefaults()
 	notifier, _ := store.(ChangeNotifier)
-	start := time.Now()
-	end := time.NewTimer(timing.Lifetime)
-	defer end.Stop()
-	var last chunk.Have
-	var lastSent time.Time
+	w := NewWatchServer(timing, time.Now())
 	for {
 		var changed <-chan struct{}
 		if notifier != nil {
 			changed = notifier.Changes(d)
 		}
-		h, ok := store.Have(d, false)
-		if !ok {
-			return fmt.Errorf("watch %s: %w", d, chunk.ErrNotHeld)
+		h, answer, done, err := w.Look(time.Now(), func(list bool) (chunk.Have, bool) { return store.Have(d, list) })
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", d, err)
 		}
-		whole := !slices.Contains(h.Chunks, false)
-		if whole {
-			// The last answer carries the chunk list, as a HAVE of a complete blob does.
-			if h, ok = store.Have(d, true); !ok {
-				return fmt.Errorf("watch %s: %w", d, chunk.ErrNotHeld)
-			}
-		}
-		if lastSent.IsZero() || whole || !sameHave(h, last) || time.Since(lastSent) >= WatchKeepalive {
+		if answer {
 			if err := send(h); err != nil {
 				return err
 			}
-			last, lastSent = h, time.Now()
+			w.Sent(h, time.Now())
 		}
-		if whole || time.Since(start) >= timing.Lifetime {
+		if done {
 			return nil
 		}
 		// Changes within timing.Every of an answer wait for the next one.
-		if err := backoff.Sleep(ctx, time.Until(lastSent.Add(timing.Every))); err != nil {
+		change, deadline := w.Next()
+		if err := backoff.Sleep(ctx, time.Until(change)); err != nil {
 			return err
 		}
-		keepalive := time.NewTimer(time.Until(lastSent.Add(WatchKeepalive)))
+		next := time.NewTimer(time.Until(deadline))
 		select {
 		case <-changed:
-		case <-keepalive.C:
-		case <-end.C:
+		case <-next.C:
 		case <-ctx.Done():
-			keepalive.Stop()
+			next.Stop()
 			return ctx.Err()
 		}
-		keepalive.Stop()
+		next.Stop()
 	}
+}
+
+// A WatchServer makes one watch's decisions, as ServeWatch does, for a caller that runs
+// the waiting itself (one loop serving many watches): Look at the blob each time it may
+// have changed, no sooner than Next's change time, and at Next's deadline at the latest;
+// after sending an answer Look gave, report it with Sent.
+type WatchServer struct {
+	timing   WatchTiming
+	start    time.Time
+	last     chunk.Have
+	lastSent time.Time
+}
+
+// NewWatchServer starts a watch's decisions at now.
+func NewWatchServer(timing WatchTiming, now time.Time) *WatchServer {
+	return &WatchServer{timing: timing.withDefaults(), start: now}
+}
+
+// Look decides at now, given have (what the store holds of the blob, with its chunk list
+// if list is set), whether an answer h is due and whether the watch is over once it has
+// been sent. err wraps chunk.ErrNotHeld when the store has nothing of the blob.
+func (w *WatchServer) Look(now time.Time, have func(list bool) (chunk.Have, bool)) (h chunk.Have, answer, done bool, err error) {
+	h, ok := have(false)
+	if !ok {
+		return chunk.Have{}, false, true, chunk.ErrNotHeld
+	}
+	whole := !slices.Contains(h.Chunks, false)
+	if whole {
+		// The last answer carries the chunk list, as a HAVE of a complete blob does.
+		if h, ok = have(true); !ok {
+			return chunk.Have{}, false, true, chunk.ErrNotHeld
+		}
+	}
+	answer = w.lastSent.IsZero() || whole || !sameHave(h, w.last) || now.Sub(w.lastSent) >= WatchKeepalive
+	return h, answer, whole || now.Sub(w.start) >= w.timing.Lifetime, nil
+}
+
+// Sent records that answer h went out at now.
+func (w *WatchServer) Sent(h chunk.Have, now time.Time) { w.last, w.lastSent = h, now }
+
+// Next returns the earliest time a change may be answered, and the time of the next look
+// if nothing changes: a keepalive, or the watch's end.
+func (w *WatchServer) Next() (change, deadline time.Time) {
+	return w.lastSent.Add(w.timing.Every), minTime(w.lastSent.Add(WatchKeepalive), w.start.Add(w.timing.Lifetime))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // sameHave reports whether a and b say the same of which chunks are held and fetched.

@@ -69,7 +69,10 @@ func runTimed(t *testing.T, cfg Config) *Result {
 	var r *Result
 	if *benchMem != "" {
 		stop := watchHeap(t, profilePath(*benchMem, cfg.Name))
-		defer func() { r.PeakHeap, r.PeakGoroutines = stop() }()
+		defer func() {
+			m := stop()
+			r.PeakHeap, r.PeakStacks, r.PeakGoroutines = m.heap, m.stacks, m.goroutines
+		}()
 	}
 	synctest.Test(t, func(t *testing.T) {
 		cfg.Dir = t.TempDir()
@@ -119,7 +122,7 @@ func TestBench(t *testing.T) {
 			r := runTimed(t, cfg)
 			t.Log(summary(r))
 			if r.PeakHeap > 0 {
-				t.Logf("%s: peak live heap %.2f GB, %d goroutines at most", r.Name, float64(r.PeakHeap)/1e9, r.PeakGoroutines)
+				t.Logf("%s: peak live heap %.2f GB, stacks %.2f GB, %d goroutines at most", r.Name, float64(r.PeakHeap)/1e9, float64(r.PeakStacks)/1e9, r.PeakGoroutines)
 			}
 			results = append(results, r)
 		}

@@ -278,9 +278,10 @@ func (m *member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 	return h, nil
 }
 
-// WatchHave serves the watch with the exchange's own loop (p2p.ServeWatch) over p's chunk
-// server; each answer takes a link latency. A peer that dies goes silent, and the watch
-// ends as a real one would, after p2p.WatchSilence.
+// WatchHave serves the watch with the exchange's own decisions (p2p.WatchServer) over p's
+// chunk server, from the loop serving all of p's watches of d (watch.go); each answer takes
+// a link latency. A peer that dies goes silent, and the watch ends as a real one would,
+// after p2p.WatchSilence.
 func (m *member) WatchHave(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have)) error {
 	m.n.stats.Watches.Add(1)
 	// As the exchange's watch: its first answer, like every other, has WatchSilence to come.
@@ -294,27 +295,7 @@ func (m *member) WatchHave(ctx context.Context, peer string, d digest.Digest, fn
 	if err := sleep(ctx, m.w.cfg.Latency); err != nil {
 		return err
 	}
-	answers := 0
-	err = p2p.ServeWatch(ctx, p.serve, d, p2p.WatchTiming{Every: m.w.cfg.WatchEvery}, func(h chunk.Have) error {
-		if p.dead.Load() {
-			_ = sleep(ctx, p2p.WatchSilence)
-			return fmt.Errorf("peer %s: %w", peer, errUnreachable)
-		}
-		answers++
-		m.n.stats.WatchAnswers.Add(1)
-		if err := sleep(ctx, m.w.cfg.Latency); err != nil {
-			return err
-		}
-		fn(h)
-		return nil
-	})
-	if errors.Is(err, chunk.ErrNotHeld) && answers > 0 {
-		return nil // gone since the last answer: the watcher learns it by asking again
-	}
-	if err != nil {
-		return fmt.Errorf("watch %s at %s: %w", d, peer, err)
-	}
-	return nil
+	return m.serveWatch(ctx, p, peer, d, fn)
 }
 
 func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error) {

@@ -21,29 +21,29 @@ func profilePath(file, name string) string {
 // watchHeap samples the heap every few real seconds, outside the bubble, and writes a heap
 // profile to file whenever the live heap passes its highest so far by a tenth, and a
 // goroutine profile to file.goroutine likewise. The function it returns stops the sampling
-// and gives the peak live heap in bytes and the most goroutines seen.
-func watchHeap(t *testing.T, file string) func() (uint64, int) {
+// and gives the peaks seen.
+func watchHeap(t *testing.T, file string) func() memPeaks {
 	t.Helper()
-	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"}}
 	var (
-		mu         sync.Mutex
-		peak       uint64
-		goroutines int
+		mu   sync.Mutex
+		peak memPeaks
 	)
 	sample := func() {
 		metrics.Read(samples)
-		live := samples[0].Value.Uint64()
+		live, stacks := samples[0].Value.Uint64(), samples[1].Value.Uint64()
 		g := runtime.NumGoroutine()
 		mu.Lock()
 		defer mu.Unlock()
-		if g > goroutines*11/10 {
+		if g > peak.goroutines*11/10 {
 			writeProfile(t, file+".goroutine", "goroutine")
 		}
-		goroutines = max(goroutines, g)
-		if live > peak*11/10 {
+		peak.goroutines = max(peak.goroutines, g)
+		if live > peak.heap*11/10 {
 			writeProfile(t, file, "heap")
 		}
-		peak = max(peak, live)
+		peak.heap = max(peak.heap, live)
+		peak.stacks = max(peak.stacks, stacks)
 	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -59,13 +59,19 @@ func watchHeap(t *testing.T, file string) func() (uint64, int) {
 			}
 		}
 	})
-	return func() (uint64, int) {
+	return func() memPeaks {
 		close(done)
 		wg.Wait()
 		mu.Lock()
 		defer mu.Unlock()
-		return peak, goroutines
+		return peak
 	}
+}
+
+// memPeaks are the most live heap and goroutine stack bytes seen, and the most goroutines.
+type memPeaks struct {
+	heap, stacks uint64
+	goroutines   int
 }
 
 // writeProfile writes the named runtime profile to file.

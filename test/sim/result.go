@@ -58,9 +58,11 @@ type Result struct {
 	// Wall and CPU are the real seconds the simulation took, and the CPU seconds it used.
 	Wall float64 `json:"wall_s"`
 	CPU  float64 `json:"cpu_s"`
-	// PeakHeap is the most live heap seen (bytes) and PeakGoroutines the most goroutines,
-	// sampled every few seconds when -sim.memprofile is set.
+	// PeakHeap is the most live heap seen (bytes), PeakStacks the most goroutine stack
+	// bytes and PeakGoroutines the most goroutines, sampled every few seconds when
+	// -sim.memprofile is set.
 	PeakHeap       uint64 `json:"peak_heap_bytes,omitempty"`
+	PeakStacks     uint64 `json:"peak_stack_bytes,omitempty"`
 	PeakGoroutines int    `json:"peak_goroutines,omitempty"`
 }
 

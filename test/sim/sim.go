@@ -179,6 +179,9 @@ type node struct {
 	dead         atomic.Bool
 	cancel       context.CancelFunc
 
+	hubsMu sync.Mutex
+	hubs   map[digest.Digest]*watchHub // the watches it serves, by blob
+
 	start, done time.Time
 	err         error
 	retries     int   // pulls of a layer that failed and were tried again
