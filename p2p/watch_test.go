@@ -211,3 +211,67 @@ func TestExchangeWatchHostilePeer(t *testing.T) {
 		})
 	}
 }
+
+// WatchServer's decisions, as ServeWatch and the simulator's loop of many watches take
+// them: the first look answers; an unchanged blob is answered again only at the
+// keepalive; a change is answered no sooner than Every after the last answer; the whole
+// blob is answered with its chunk list and ends the watch; so does the lifetime, or a blob
+// no longer held.
+func TestWatchServer(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	w := NewWatchServer(WatchTiming{Every: 250 * time.Millisecond, Lifetime: 10 * time.Second}, t0)
+	h := chunk.Have{Size: 3, ChunkSize: 1, Chunks: []bool{true, false, false}}
+	held := true
+	have := func(list bool) (chunk.Have, bool) {
+		out := h
+		if list {
+			out.ChunkList = []digest.Digest{"a", "b", "c"}
+		}
+		return out, held
+	}
+	look := func(at time.Duration) (chunk.Have, bool, bool, error) {
+		t.Helper()
+		return w.Look(t0.Add(at), have)
+	}
+
+	a, answer, done, err := look(0)
+	if err != nil || !answer || done || !slices.Equal(a.Chunks, h.Chunks) {
+		t.Fatalf("first look: %v answer %v done %v err %v", a.Chunks, answer, done, err)
+	}
+	w.Sent(a, t0)
+	change, deadline := w.Next()
+	if want := t0.Add(250 * time.Millisecond); !change.Equal(want) {
+		t.Errorf("change time %v, want %v", change, want)
+	}
+	if want := t0.Add(WatchKeepalive); !deadline.Equal(want) {
+		t.Errorf("deadline %v, want the keepalive %v", deadline, want)
+	}
+	if _, answer, done, _ := look(time.Second); answer || done {
+		t.Errorf("unchanged blob: answer %v done %v, want neither", answer, done)
+	}
+	if _, answer, _, _ := look(WatchKeepalive); !answer {
+		t.Error("unchanged blob at the keepalive: no answer")
+	}
+
+	h.Chunks = []bool{true, true, false}
+	a, answer, done, _ = look(WatchKeepalive + time.Millisecond)
+	if !answer || done {
+		t.Fatalf("changed blob: answer %v done %v", answer, done)
+	}
+	w.Sent(a, t0.Add(WatchKeepalive))
+
+	h.Chunks = []bool{true, true, true}
+	a, answer, done, _ = look(WatchKeepalive + 300*time.Millisecond)
+	if !answer || !done || len(a.ChunkList) != 3 {
+		t.Fatalf("whole blob: answer %v done %v list %d, want an answer with the list that ends the watch", answer, done, len(a.ChunkList))
+	}
+
+	h.Chunks = []bool{true, false, false}
+	if _, _, done, _ := look(10 * time.Second); !done {
+		t.Error("past its lifetime: the watch goes on")
+	}
+	held = false
+	if _, _, done, err := look(time.Second); !done || !errors.Is(err, chunk.ErrNotHeld) {
+		t.Errorf("blob gone: done %v err %v, want chunk.ErrNotHeld", done, err)
+	}
+}
