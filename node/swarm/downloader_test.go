@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -23,19 +24,20 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeOrigin serves blobs from memory and can misbehave on request.
 type fakeOrigin struct {
-	mu       sync.Mutex
-	blobs    map[digest.Digest][]byte
-	calls    []int64 // offsets asked for
-	sent     int64   // body bytes handed out
-	heads    int
-	cutOnce  int64 // if > 0, the first transfer breaks after this many bytes
-	tamper   bool  // flip a byte in the middle
-	down     bool
-	gate     chan struct{} // if set, bodies of requests from gateFrom on wait for it...
-	gateFrom int64
-	holdAt   int64 // ...after this many bytes
-	rate     int64 // if > 0, bytes per second over all bodies together
-	limiter  *rate.Limiter
+	mu        sync.Mutex
+	blobs     map[digest.Digest][]byte
+	calls     []int64 // offsets asked for
+	sent      int64   // body bytes handed out
+	heads     int
+	cutOnce   int64 // if > 0, the first transfer breaks after this many bytes
+	stallOnce int64 // if > 0, the first transfer stops sending after this many bytes, until its request is cancelled
+	tamper    bool  // flip a byte in the middle
+	down      bool
+	gate      chan struct{} // if set, bodies of requests from gateFrom on wait for it...
+	gateFrom  int64
+	holdAt    int64 // ...after this many bytes
+	rate      int64 // if > 0, bytes per second over all bodies together
+	limiter   *rate.Limiter
 }
 
 // countingReader counts the body bytes the origin actually sent.
@@ -122,6 +124,10 @@ func (o *fakeOrigin) GetBlob(ctx context.Context, registry, repo string, d diges
 		r = io.MultiReader(io.LimitReader(r, o.cutOnce), errReader{io.ErrUnexpectedEOF})
 		o.cutOnce = 0
 	}
+	if o.stallOnce > 0 {
+		r = io.MultiReader(io.LimitReader(r, o.stallOnce), stalledReader{ctx})
+		o.stallOnce = 0
+	}
 	if o.rate > 0 {
 		if o.limiter == nil {
 			o.limiter = rate.NewLimiter(rate.Limit(o.rate), 16<<10)
@@ -138,6 +144,15 @@ func (o *fakeOrigin) offsets() []int64 {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return append([]int64(nil), o.calls...)
+}
+
+// stalledReader is a body that sends nothing more, as a half-open stream: a read returns
+// only when the request is cancelled.
+type stalledReader struct{ ctx context.Context }
+
+func (s stalledReader) Read([]byte) (int, error) {
+	<-s.ctx.Done()
+	return 0, s.ctx.Err()
 }
 
 type errReader struct{ err error }
@@ -314,6 +329,32 @@ func TestBrokenTransferResumesWithRange(t *testing.T) {
 	if !slices.Contains(offs, offs[0]+30<<10) || o.sentBytes() != int64(len(data)) {
 		t.Errorf("origin offsets = %v and %d bytes sent; want a resume at %d and each byte once", offs, o.sentBytes(), offs[0]+30<<10)
 	}
+}
+
+// An origin response that stops sending mid-chunk is cut after originIdle and the chunk
+// asked for again from where it stopped: the download waits neither for its stall timeout
+// nor for the stream, and no byte is fetched twice.
+func TestStalledOriginResumes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		data := randomBlob(t, 500<<10)
+		d := digest.FromBytes(data)
+		o := newFakeOrigin(data)
+		o.stallOnce = 30 << 10
+		dl, _ := harness(t, o, t.TempDir())
+
+		start := time.Now()
+		got, err := readAll(t, dl, d)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read = %d bytes, %v; want the blob", len(got), err)
+		}
+		if took := time.Since(start); took < originIdle || took > originIdle+5*time.Second {
+			t.Errorf("took %v, want a little over originIdle (%v)", took, originIdle)
+		}
+		offs := o.offsets()
+		if !slices.Contains(offs, offs[0]+30<<10) || o.sentBytes() != int64(len(data)) {
+			t.Errorf("origin offsets = %v and %d bytes sent; want a resume at %d and each byte once", offs, o.sentBytes(), offs[0]+30<<10)
+		}
+	})
 }
 
 func TestReaderLeavingDoesNotCancel(t *testing.T) {

@@ -123,6 +123,9 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// errOriginStalled is an origin response that sent nothing for originIdle.
+var errOriginStalled = errors.New("origin response stalled")
+
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // fetchOrigin streams the missing part of one chunk from the origin into the partial file;
@@ -162,7 +165,19 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 	// request was out it was no promise, and they could take it (the tracker arbitrates).
 	// endRequest clears it.
 	e.job.setFetching(req.chunk, true)
-	body, _, err := e.dl.opts.Origin.GetBlob(ctx, e.job.registry, e.job.repo, e.job.digest, off, end-off)
+	// A response that stops sending (a half-open stream, a stalled proxy) is cut after
+	// originIdle: while it runs, the chunk is promised to the fleet as fetching, and its
+	// lease renewed, so every other node waits for it.
+	ictx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	idle := e.clock.AfterFunc(originIdle, func() { stop(errOriginStalled) })
+	defer idle.Stop()
+	defer func() {
+		if err != nil && errors.Is(context.Cause(ictx), errOriginStalled) {
+			err = fmt.Errorf("chunk %d: %w after %v", req.chunk, errOriginStalled, originIdle)
+		}
+	}()
+	body, _, err := e.dl.opts.Origin.GetBlob(ictx, e.job.registry, e.job.repo, e.job.digest, off, end-off)
 	if err != nil {
 		return 0, err
 	}
@@ -180,6 +195,7 @@ func (e *engine) fetchOrigin(ctx context.Context, req *chunkReq, first bool) (_ 
 		// waiting for a full buffer from a slow origin.
 		n, rerr := body.Read(buf)
 		if n > 0 {
+			idle.Reset(originIdle)
 			if int64(n) > end-off {
 				return total, fmt.Errorf("origin sent more than the %d bytes asked for", end-start)
 			}

@@ -117,6 +117,9 @@ const (
 	// this node until it commits (the download's end cuts it short anyway).
 	haveTimeout    = 2 * time.Second
 	provideTimeout = 10 * time.Second
+	// originIdle is how long an origin response may send nothing before it is cut and
+	// asked for again from where it stopped.
+	originIdle = 15 * time.Second
 	// headGrace is how long the origin may take to confirm a size peers gave.
 	headGrace = 500 * time.Millisecond
 	// maxPeers is the most peers one download keeps track of; with enoughPeers, its
