@@ -179,8 +179,9 @@ type node struct {
 	dead         atomic.Bool
 	cancel       context.CancelFunc
 
-	hubsMu sync.Mutex
-	hubs   map[digest.Digest]*watchHub // the watches it serves, by blob
+	hubsMu  sync.Mutex
+	hubs    map[digest.Digest]*watchHub // the watches it serves, by blob
+	watches atomic.Int64                // how many
 
 	start, done time.Time
 	err         error

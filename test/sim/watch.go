@@ -1,9 +1,11 @@
 package sim
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,9 +18,12 @@ import (
 // A node serves the watches of one blob from one loop (a watchHub) that makes each watch's
 // decisions with p2p.WatchServer, the exchange's own, instead of a loop per watch as
 // p2p.ServeWatch runs: a fleet of 10,000 nodes holds over a million watches, and a watcher
-// waiting in a shallow frame costs a quarter of the stack of one inside ServeWatch.
+// waiting in a shallow frame costs about half the stack of one inside ServeWatch.
 
-// watchHub serves every watch of one blob at one node.
+// watchHub serves every watch of one blob at one node. Each round it looks only at the
+// watches due: new ones, those whose deadline (keepalive or end) came, and, once the blob
+// changed, those whose last answer is timing.Every old. A change counts for a watch if it
+// came after the watch's last look (epoch).
 type watchHub struct {
 	n     *node
 	d     digest.Digest
@@ -26,8 +31,16 @@ type watchHub struct {
 	lat   time.Duration // one way, for each answer
 	poke  chan struct{} // a watch was added or cancelled
 
-	mu   sync.Mutex
-	subs []*watchSub
+	mu     sync.Mutex
+	count  int         // watches held
+	added  []*watchSub // not looked at yet
+	gone   []*watchSub // cancelled by their watchers
+	epoch  uint64      // changes seen
+	clean  bool        // some watch was looked at since the last change
+	ready  map[*watchSub]struct{}
+	early  subHeap // by change time: answered less than every ago
+	late   subHeap // by deadline: every watch
+	rounds uint64
 }
 
 // watchSub is one watch.
@@ -36,23 +49,61 @@ type watchSub struct {
 	hub    *watchHub
 	fn     func(chunk.Have)
 	srv    *p2p.WatchServer
-	dirty  bool // the blob may have changed since the last look (or none yet)
-	gone   bool // the watcher cancelled it
+	seen   uint64 // the hub's epoch at the last look
+	ver    int    // bumped at each look: heap entries of an older one are stale
+	round  uint64 // the last round it was due in
+	over   bool   // ended (ended is closed)
 	ended  chan struct{}
-	err    error // why it ended, once ended is closed
-	silent bool  // the node died: the watcher hears nothing more, then errUnreachable
-	sent   int
+	err    error          // why it ended, once ended is closed
+	silent bool           // the node died: the watcher hears nothing more, then errUnreachable
 	wg     sync.WaitGroup // answers on their way
 }
 
+// subEntry is one watch's place in a subHeap, as of its version ver.
+type subEntry struct {
+	at  time.Time
+	s   *watchSub
+	ver int
+}
+
+type subHeap []subEntry
+
+func (h subHeap) Len() int           { return len(h) }
+func (h subHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h subHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *subHeap) Push(x any)        { *h = append(*h, x.(subEntry)) }
+func (h *subHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// top returns the earliest entry still current, dropping stale ones.
+func (h *subHeap) top() (subEntry, bool) {
+	for h.Len() > 0 {
+		e := (*h)[0]
+		if !e.s.over && e.ver == e.s.ver {
+			return e, true
+		}
+		heap.Pop(h)
+	}
+	return subEntry{}, false
+}
+
 // watch adds a watch of d at n for a watcher whose context is ctx, calling fn with each
-// answer, and returns it.
+// answer, and returns it; nil when n serves p2p.DefaultMaxWatches already, as the exchange
+// refuses a watch past its limit.
 func (n *node) watch(ctx context.Context, d digest.Digest, every, lat time.Duration, fn func(chunk.Have)) *watchSub {
-	s := &watchSub{ctx: ctx, fn: fn, srv: p2p.NewWatchServer(p2p.WatchTiming{Every: every}, time.Now()), dirty: true, ended: make(chan struct{})}
+	if n.watches.Add(1) > p2p.DefaultMaxWatches {
+		n.watches.Add(-1)
+		return nil
+	}
+	s := &watchSub{ctx: ctx, fn: fn, srv: p2p.NewWatchServer(p2p.WatchTiming{Every: every}, time.Now()), ended: make(chan struct{})}
 	n.hubsMu.Lock()
 	h := n.hubs[d]
 	if h == nil {
-		h = &watchHub{n: n, d: d, every: every, lat: lat, poke: make(chan struct{}, 1)}
+		h = &watchHub{n: n, d: d, every: every, lat: lat, poke: make(chan struct{}, 1), ready: make(map[*watchSub]struct{})}
 		if n.hubs == nil {
 			n.hubs = make(map[digest.Digest]*watchHub)
 		}
@@ -61,7 +112,8 @@ func (n *node) watch(ctx context.Context, d digest.Digest, every, lat time.Durat
 	}
 	s.hub = h
 	h.mu.Lock()
-	h.subs = append(h.subs, s)
+	h.added = append(h.added, s)
+	h.count++
 	h.mu.Unlock()
 	n.hubsMu.Unlock()
 	h.wake()
@@ -78,7 +130,7 @@ func (h *watchHub) wake() {
 // cancel ends s for its watcher.
 func (s *watchSub) cancel() {
 	s.hub.mu.Lock()
-	s.gone = true
+	s.hub.gone = append(s.hub.gone, s)
 	s.hub.mu.Unlock()
 	s.hub.wake()
 }
@@ -87,89 +139,155 @@ func (s *watchSub) cancel() {
 // change channel is taken before each round of looks, so no change falls between them.
 func (h *watchHub) run() {
 	notifier, _ := h.n.serve.(p2p.ChangeNotifier)
-	have := func(list bool) (chunk.Have, bool) { return h.n.serve.Have(h.d, list) }
+	changed := false
 	for {
-		var changed <-chan struct{}
+		var ch <-chan struct{}
 		if notifier != nil {
-			changed = notifier.Changes(h.d)
+			ch = notifier.Changes(h.d)
 		}
-		now := time.Now()
-		wait, anyClean, left := h.look(now, have)
+		wait, listen, left := h.round(time.Now(), h.haves(), changed)
 		if !left && h.close() {
 			return
 		}
-		if !anyClean {
-			// Every watch has a change pending already: only its time can come.
-			changed = nil
+		if !listen {
+			// Every watch has a change to answer already: only its time can come.
+			ch = nil
 		}
-		timer := time.NewTimer(time.Until(wait))
+		var timer <-chan time.Time
+		var t *time.Timer
+		if !wait.IsZero() {
+			t = time.NewTimer(time.Until(wait))
+			timer = t.C
+		}
+		changed = false
 		select {
-		case <-changed:
-			h.mu.Lock()
-			for _, s := range h.subs {
-				s.dirty = true
-			}
-			h.mu.Unlock()
-		case <-timer.C:
+		case <-ch:
+			changed = true
+		case <-timer:
 		case <-h.poke:
 		}
-		timer.Stop()
+		if t != nil {
+			t.Stop()
+		}
 	}
 }
 
-// look makes the decisions due at now for each watch and ends those that are over. It
-// returns when the next is due if nothing changes, whether some watch would take a change
-// now, and whether any watch is left.
-func (h *watchHub) look(now time.Time, have func(bool) (chunk.Have, bool)) (wait time.Time, anyClean, left bool) {
+// haves returns what the node holds of the blob, asked of its chunk server at most once
+// each way (with and without the chunk list) for one round of looks.
+func (h *watchHub) haves() func(bool) (chunk.Have, bool) {
+	type answer struct {
+		h    chunk.Have
+		ok   bool
+		done bool
+	}
+	var cached [2]answer
+	return func(list bool) (chunk.Have, bool) {
+		i := 0
+		if list {
+			i = 1
+		}
+		if !cached[i].done {
+			h, ok := h.n.serve.Have(h.d, list)
+			cached[i] = answer{h, ok, true}
+		}
+		return cached[i].h, cached[i].ok
+	}
+}
+
+// round makes the decisions due at now (changed: the blob changed since the last round)
+// and ends the watches that are over. It returns when the next is due if nothing changes
+// (zero: none), whether a change would make one due, and whether any watch is left.
+func (h *watchHub) round(now time.Time, have func(bool) (chunk.Have, bool), changed bool) (wait time.Time, listen, left bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	kept := h.subs[:0]
-	for _, s := range h.subs {
-		if s.gone {
+	h.rounds++
+	var due []*watchSub
+	add := func(s *watchSub) {
+		if !s.over && s.round != h.rounds {
+			s.round = h.rounds
+			due = append(due, s)
+		}
+	}
+	for _, s := range h.gone {
+		if !s.over {
 			h.end(s, context.Canceled)
+		}
+	}
+	h.gone = h.gone[:0]
+	if changed {
+		h.epoch++
+		h.clean = false
+		for s := range h.ready {
+			add(s)
+		}
+		clear(h.ready)
+	}
+	for _, s := range h.added {
+		add(s)
+	}
+	h.added = h.added[:0]
+	for {
+		e, ok := h.early.top()
+		if !ok || e.at.After(now) {
+			break
+		}
+		heap.Pop(&h.early)
+		if e.s.seen < h.epoch {
+			add(e.s)
+		} else {
+			h.ready[e.s] = struct{}{}
+		}
+	}
+	for {
+		e, ok := h.late.top()
+		if !ok || e.at.After(now) {
+			break
+		}
+		heap.Pop(&h.late)
+		add(e.s)
+	}
+	for _, s := range due {
+		if h.n.dead.Load() {
+			s.silent = true
+			h.end(s, fmt.Errorf("peer %s: %w", h.n.id, errUnreachable))
 			continue
 		}
+		if done, err := h.decide(s, now, have); done {
+			h.end(s, err)
+			continue
+		}
+		// Looked at: due again at its deadline, or at its change time if the blob changes.
+		s.seen, h.clean = h.epoch, true
+		s.ver++
+		delete(h.ready, s)
 		change, deadline := s.srv.Next()
-		if s.sent > 0 && now.Before(deadline) && (!s.dirty || now.Before(change)) {
-			// Nothing to look at yet.
+		if change.After(now) {
+			heap.Push(&h.early, subEntry{change, s, s.ver})
 		} else {
-			if h.n.dead.Load() {
-				s.silent = true
-				h.end(s, fmt.Errorf("peer %s: %w", h.n.id, errUnreachable))
-				continue
-			}
-			if done, err := h.decide(s, now, have); done {
-				h.end(s, err)
-				continue
-			}
-			change, deadline = s.srv.Next()
+			h.ready[s] = struct{}{}
 		}
-		kept = append(kept, s)
-		next := deadline
-		if s.dirty && change.Before(next) {
-			next = change
-		}
-		if wait.IsZero() || next.Before(wait) {
-			wait = next
-		}
-		anyClean = anyClean || !s.dirty
+		heap.Push(&h.late, subEntry{deadline, s, s.ver})
 	}
-	clear(h.subs[len(kept):])
-	h.subs = kept
-	return wait, anyClean, len(kept) > 0
+	if e, ok := h.early.top(); ok {
+		wait = e.at
+	}
+	if e, ok := h.late.top(); ok && (wait.IsZero() || e.at.Before(wait)) {
+		wait = e.at
+	}
+	return wait, h.clean, h.count > 0
 }
 
 // decide looks at the blob for s and sends the answer due, if any, after a link latency;
 // it reports whether s is over, and why if not by its own end.
 func (h *watchHub) decide(s *watchSub, now time.Time, have func(bool) (chunk.Have, bool)) (done bool, err error) {
 	a, answer, done, err := s.srv.Look(now, have)
-	s.dirty = false
 	if err != nil {
 		return true, fmt.Errorf("watch %s: %w", h.d, err)
 	}
 	if answer {
-		s.sent++
 		s.srv.Sent(a, now.Add(h.lat))
+		// Each watcher gets its own copy, as one decoded from the wire: engines change theirs.
+		a := chunk.Have{Size: a.Size, ChunkSize: a.ChunkSize, Chunks: slices.Clone(a.Chunks), Fetching: slices.Clone(a.Fetching), ChunkList: a.ChunkList}
 		s.wg.Go(func() {
 			if sleep(s.ctx, h.lat) == nil {
 				s.fn(a)
@@ -181,8 +299,11 @@ func (h *watchHub) decide(s *watchSub, now time.Time, have func(bool) (chunk.Hav
 
 // end ends s with err; callers hold h.mu.
 func (h *watchHub) end(s *watchSub, err error) {
-	s.err = err
+	s.over, s.err = true, err
 	close(s.ended)
+	delete(h.ready, s)
+	h.count--
+	h.n.watches.Add(-1)
 }
 
 // close removes the hub from its node if it still has no watch, and reports whether it did.
@@ -191,7 +312,7 @@ func (h *watchHub) close() bool {
 	defer h.n.hubsMu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.subs) > 0 {
+	if h.count > 0 {
 		return false
 	}
 	delete(h.n.hubs, h.d)
@@ -206,6 +327,12 @@ func (m *member) serveWatch(ctx context.Context, p *node, peer string, d digest.
 		m.n.stats.WatchAnswers.Add(1)
 		fn(h)
 	})
+	if s == nil {
+		if err := sleep(ctx, m.w.cfg.Latency); err != nil {
+			return err
+		}
+		return fmt.Errorf("watch %s at %s: %w", d, peer, chunk.ErrBusy)
+	}
 	var err error
 	select {
 	case <-s.ended:
