@@ -25,11 +25,10 @@ import (
 // changed, those whose last answer is timing.Every old. A change counts for a watch if it
 // came after the watch's last look (epoch).
 type watchHub struct {
-	n     *node
-	d     digest.Digest
-	every time.Duration // p2p.WatchTiming.Every
-	lat   time.Duration // one way, for each answer
-	poke  chan struct{} // a watch was added or cancelled
+	n    *node
+	d    digest.Digest
+	lat  time.Duration // one way, for each answer
+	poke chan struct{} // a watch was added or cancelled
 
 	mu     sync.Mutex
 	count  int         // watches held
@@ -103,7 +102,7 @@ func (n *node) watch(ctx context.Context, d digest.Digest, every, lat time.Durat
 	n.hubsMu.Lock()
 	h := n.hubs[d]
 	if h == nil {
-		h = &watchHub{n: n, d: d, every: every, lat: lat, poke: make(chan struct{}, 1), ready: make(map[*watchSub]struct{})}
+		h = &watchHub{n: n, d: d, lat: lat, poke: make(chan struct{}, 1), ready: make(map[*watchSub]struct{})}
 		if n.hubs == nil {
 			n.hubs = make(map[digest.Digest]*watchHub)
 		}
