@@ -20,14 +20,22 @@ import (
 // until every routing table holds all other peers.
 func newMockRouters(t *testing.T, n int, o RouterOptions) []*Router {
 	t.Helper()
-	mn, err := mocknet.FullMeshConnected(n)
+	// The hosts connect only once every router serves the DHT protocol,
+	// as a node dials its bootstrap peers only after its router is up:
+	// connected first, a router that starts before its peer's has only
+	// the peer's identify push to learn of it, and a lost push leaves
+	// the peer out of its table until the next refresh.
+	mn, err := mocknet.FullMeshLinked(n)
 	if err != nil {
-		t.Fatalf("FullMeshConnected(%d) = %v", n, err)
+		t.Fatalf("FullMeshLinked(%d) = %v", n, err)
 	}
 	t.Cleanup(func() { mn.Close() })
 	routers := make([]*Router, n)
 	for i, h := range mn.Hosts() {
 		routers[i] = newTestRouter(t, h, o)
+	}
+	if err := mn.ConnectAllButSelf(); err != nil {
+		t.Fatalf("ConnectAllButSelf = %v", err)
 	}
 	for _, r := range routers {
 		waitForTableSize(t, r, n-1)
