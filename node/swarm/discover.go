@@ -21,6 +21,7 @@ type peerState struct {
 	polling   bool
 	watching  bool      // a watch of the peer is open (Watcher): its answers come unasked
 	noWatch   bool      // a watch of the peer failed before its first answer: it is polled
+	watchBusy time.Time // until then the peer is polled: it refused a watch as busy
 	lastPoll  time.Time // when the last poll or watch began
 	fails     int
 	active    int
@@ -356,7 +357,7 @@ func (e *engine) usable(h chunk.Have, size int64) bool {
 // ask learns what peer p holds now, while the download runs: with a watch if the fleet and
 // the peer take them, else with a poll.
 func (e *engine) ask(ctx context.Context, p *peerState) {
-	if e.watcher == nil || p.noWatch {
+	if e.watcher == nil || p.noWatch || e.clock.Now().Before(p.watchBusy) {
 		e.poll(ctx, p)
 		return
 	}

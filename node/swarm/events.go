@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"time"
 
 	"github.com/shoal-dev/shoal/chunk"
 )
@@ -242,7 +243,13 @@ func (ev watchEnded) apply(ctx context.Context, e *engine) {
 	switch {
 	case ev.err == nil:
 		return
-	case ev.answers == 0 && !errors.Is(ev.err, chunk.ErrNotHeld) && !errors.Is(ev.err, chunk.ErrBusy) && ctx.Err() == nil:
+	case ev.answers == 0 && errors.Is(ev.err, chunk.ErrBusy):
+		// It serves all the watches it takes: polled for a while, it is still heard from,
+		// and asked at once, as a watch would have answered now.
+		p.watchBusy = p.lastPoll.Add(watchBusyWait)
+		p.lastPoll = time.Time{}
+		return
+	case ev.answers == 0 && !errors.Is(ev.err, chunk.ErrNotHeld) && ctx.Err() == nil:
 		// Most likely a node that does not take watches: it is polled from now on.
 		p.noWatch = true
 	}

@@ -317,9 +317,14 @@ func (e *engine) pollDue(ctx context.Context, now time.Time) {
 			// them, so they must be heard from every seedPollEvery; and a seed splits the
 			// origin's work with the other seeds by what they fetch, so it asks them as
 			// often as any peer.
+			// One whose watches are full is watched by most of the fleet, and polled by
+			// the rest less often: enough to hear it within seedLive.
 			every := seedPollEvery
-			if e.seeding {
+			switch {
+			case e.seeding:
 				every = pollEvery
+			case now.Before(p.watchBusy):
+				every = seedBusyPollEvery
 			}
 			if now.Sub(p.lastPoll) >= every {
 				e.ask(ctx, p)

@@ -103,6 +103,10 @@ const (
 	pollEvery = 250 * time.Millisecond
 	// pollBudget caps the HAVE polls a node sends a second, over all its downloads.
 	pollBudget = 32
+	// watchBusyWait is how long a peer that refused a watch as busy (it serves as many as
+	// it takes: a seed of a large fleet is watched by every member) is polled instead, its
+	// bitmap still heard, before a watch of it is tried again.
+	watchBusyWait = 10 * time.Second
 	// findEvery is how often a running download looks for new holders, while lookups find
 	// some; each that finds no one new doubles the wait, up to findMax.
 	findEvery = time.Second
@@ -145,13 +149,15 @@ const (
 	// last byte from peers if that is later, other members still leave the origin to the
 	// seeds, and while the seeds are not known, how long after the download began (or
 	// until the lookup running then ends); past it, with no seed live, they fetch
-	// themselves.
+	// themselves. seedPollEvery is how often the others ask a seed what it holds, and
+	// seedBusyPollEvery how often they poll one that refused their watch as busy.
 	seedsTimeout       = 2 * time.Second
 	seedsLookupTimeout = 10 * time.Second
 	seedsRetry         = time.Second
 	seedsRecheck       = 2 * time.Second
 	seedLive           = 10 * time.Second
 	seedPollEvery      = time.Second
+	seedBusyPollEvery  = 3 * time.Second
 )
 
 // ErrNoTracker is what LeaseOrigin returns, wrapped, when no tracker is up.

@@ -54,10 +54,12 @@ type member struct {
 	haves     atomic.Int64
 	// refer, if set, answers every chunk request busy, naming these peers to ask instead.
 	refer []string
-	// noWatch makes the member refuse watches as a node that does not know them does;
+	// noWatch makes the member refuse watches as a node that does not know them does
+	// (busyWatch, as one serving all the watches it takes);
 	// watches counts those opened to it, watchedBy says by whom, and pollsAfter counts the
 	// HAVE polls it got from a member that had tried to watch it.
 	noWatch    atomic.Bool
+	busyWatch  atomic.Bool // refuse watches as busy, as a node serving all it takes does
 	watches    atomic.Int64
 	watchMu    sync.Mutex
 	watchedBy  map[string]bool
@@ -255,6 +257,9 @@ func (v watchingView) WatchHave(ctx context.Context, peer string, d digest.Diges
 	m.watchMu.Unlock()
 	if m.noWatch.Load() {
 		return errNoWatch
+	}
+	if m.busyWatch.Load() {
+		return fmt.Errorf("peer %s: %w", peer, chunk.ErrBusy)
 	}
 	answers := 0
 	err := p2p.ServeWatch(ctx, memChunks{v.memView, m}, d, p2p.WatchTiming{}, func(h chunk.Have) error {
@@ -605,6 +610,28 @@ func TestSwarmWatchRefused(t *testing.T) {
 		if m != old && m.pollsAfter.Load() != 0 {
 			t.Errorf("%s, which takes watches, was polled %d times after a watch", m.id, m.pollsAfter.Load())
 		}
+	}
+}
+
+// TestSwarmWatchBusy: a member refusing watches as busy is polled instead for a while, not
+// asked for a watch again at every poll's turn and never heard from.
+func TestSwarmWatchBusy(t *testing.T) {
+	t.Parallel()
+	data := randomBlob(t, 32*64<<10)
+	o := newFakeOrigin(data)
+	o.rate = 1 << 20
+	f := newMemFleet()
+	f.watch = true
+	coldPull(t, f, 4, o, data, func(m *member) { m.busyWatch.Store(m.id == "m0") })
+	busy := f.member("m0")
+	watches, polls := busy.watches.Load(), busy.pollsAfter.Load()
+	t.Logf("the busy member got %d watches and %d polls after one", watches, polls)
+	if polls == 0 {
+		t.Errorf("a member refusing watches as busy was not polled after %d refused watches", watches)
+	}
+	// The download takes 2 s, well within watchBusyWait: one watch from each other member.
+	if watches > 3 {
+		t.Errorf("a member refusing watches as busy got %d watches from 3 members in 2 s, want one each", watches)
 	}
 }
 
