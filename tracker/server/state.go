@@ -133,6 +133,7 @@ type member struct {
 	fromOrigin int64
 	fromPeers  int64
 	seen       time.Time
+	completed  time.Time     // when it was first seen complete
 	ttl        time.Duration // while downloading: DownloadTTL, or three announce intervals
 	seq        uint64        // the order it joined the swarm in
 	pos        int           // its index in swarm.list
@@ -362,6 +363,9 @@ func (s *State) join(now time.Time, p *peerEntry, b tracker.BlobState, interval 
 	if m.complete != b.Complete {
 		s.downloading(p, !b.Complete)
 	}
+	if b.Complete && (!m.complete || m.completed.IsZero()) {
+		m.completed = now
+	}
 	m.done, m.complete, m.fromOrigin, m.fromPeers, m.seen = b.Done, b.Complete, b.FromOrigin, b.FromPeers, now
 	m.ttl = 3 * interval
 	return true
@@ -423,12 +427,15 @@ func (s *State) leave(d digest.Digest, peer string) {
 }
 
 // pick chooses up to n live members of d's swarm other than self: the fetchers, then
-// complete holders (a random sample, at most 3/4 of the list while there are downloaders),
-// then downloaders by progress, random among those within 1/progressBuckets of each other.
-// Downloaders are always included when there are any: in a rollout they are most of the
-// swarm, and each already holds chunks the others lack. In a swarm of more than pickScan
-// members the choice is made among pickScan of them taken at random, so that an announce
-// costs the same however large the swarm.
+// complete holders (at most 3/4 of the list while there are downloaders) and downloaders
+// taken in turn. Holders come latest-completed first: in a rolling update the first to hold
+// the blob would otherwise be asked by every batch after them, and upload several times what
+// the last do. Downloaders come by progress, random among those within 1/progressBuckets of
+// each other. Downloaders are always included when there are any: in a rollout they are most
+// of the swarm, and each already holds chunks the others lack; and as a node tracks only the
+// first members of the list, the two kinds are mixed all along it. In a swarm of more than
+// pickScan members the choice is made among pickScan of them taken at random, so that an
+// announce costs the same however large the swarm.
 func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []string, n int) []tracker.Member {
 	out := []tracker.Member{}
 	sw := s.swarms[d]
@@ -466,14 +473,22 @@ func (s *State) pick(now time.Time, d digest.Digest, self string, fetchers []str
 	nd := min(downloaders, n-nh)
 	nh = min(len(holders), n-nd)
 
-	for _, m := range sample(holders, nh, nil) {
-		appendMember(m)
+	// Stable: holders that completed at once stay in the sample's random order.
+	slices.SortStableFunc(holders, func(a, b *member) int { return b.completed.Compare(a.completed) })
+	holders = holders[:nh]
+	downs := make([]*member, 0, nd)
+	for b := progressBuckets - 1; b >= 0 && len(downs) < nd; b-- {
+		downs = append(downs, sample(buckets[b], nd-len(downs), nil)...)
 	}
-	for b := progressBuckets - 1; b >= 0 && nd > 0; b-- {
-		for _, m := range sample(buckets[b], nd, nil) {
-			appendMember(m)
+	// In turn, in proportion: each prefix of the list holds both kinds as the whole does.
+	for h, dn := 0, 0; h < len(holders) || dn < len(downs); {
+		if dn >= len(downs) || h < len(holders) && h*len(downs) <= dn*len(holders) {
+			appendMember(holders[h])
+			h++
+			continue
 		}
-		nd -= min(nd, len(buckets[b]))
+		appendMember(downs[dn])
+		dn++
 	}
 	return out
 }

@@ -185,6 +185,57 @@ func TestStatePickPrefersProgress(t *testing.T) {
 	}
 }
 
+// TestStatePickLatestHolders: in a rolling update the holders listed are those that
+// completed last, not the first batch again and again, and every prefix of the list (a node
+// tracks only its first members) mixes holders and downloaders.
+func TestStatePickLatestHolders(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	s := NewState(Limits{}, clk.Now)
+	// Eight batches of twenty (with the next batch, fewer than one announce looks at): each
+	// downloads, then completes, a second after the one before.
+	for b := range 8 {
+		for i := range 20 {
+			announce(t, s, fmt.Sprintf("b%d-%02d", b, i), downloading(blobA, testSize/2))
+		}
+		clk.Add(time.Second)
+		for i := range 20 {
+			announce(t, s, fmt.Sprintf("b%d-%02d", b, i), holding(blobA))
+		}
+	}
+	for i := range 20 {
+		announce(t, s, fmt.Sprintf("new-%02d", i), downloading(blobA, int64(i)*testSize/40))
+	}
+	res := announce(t, s, "me", downloading(blobA, 0))
+	fetchers := len(res.Swarms[0].Fetchers)
+	ms := res.Swarms[0].Members[fetchers:]
+	batchOf := func(m tracker.Member) int {
+		var b, i int
+		if _, err := fmt.Sscanf(m.Peer, "b%d-%d", &b, &i); err != nil {
+			t.Fatalf("holder %q: not one of the batches", m.Peer)
+		}
+		return b
+	}
+	holders, downloaders := 0, 0
+	for i, m := range ms {
+		if m.Complete {
+			holders++
+			// 160 holders: the 36 listed are the last batch and most of the one before.
+			if b := batchOf(m); b < 6 && !slices.Contains(res.Swarms[0].Fetchers, m.Peer) {
+				t.Errorf("member %d is %s, of batch %d: want the latest batches' holders", i, m.Peer, b)
+			}
+		} else {
+			downloaders++
+		}
+		if n := i + 1; n >= 8 && (holders == 0 || downloaders == 0) {
+			t.Fatalf("the first %d members are %d holders and %d downloaders, want both", n, holders, downloaders)
+		}
+	}
+	if holders == 0 || downloaders == 0 {
+		t.Errorf("%d holders and %d downloaders listed, want both", holders, downloaders)
+	}
+}
+
 func TestStateConflictRecordsNothing(t *testing.T) {
 	t.Parallel()
 	s := NewState(Limits{}, newFakeClock().Now)
