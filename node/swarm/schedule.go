@@ -290,6 +290,9 @@ type picker struct {
 	// the number of peers with a slot free: at 0 no chunk can go to a peer.
 	slots, assigned []int
 	open            int
+	// held says a peer other than the seeds holds the whole blob: the seeds are then left
+	// alone, as every member of the swarm knows them.
+	held bool
 }
 
 func (p Policy) picker(s Snapshot) *picker {
@@ -303,6 +306,9 @@ func (p Policy) picker(s Snapshot) *picker {
 			sum += pv.Rate
 		}
 		k.slots[i] = p.PerPeer - p.load(pv)
+		if pv.Complete && !pv.Seed && len(pv.Has) == len(s.Have) {
+			k.held = true
+		}
 		if k.slots[i] > 0 {
 			k.open++
 		}
@@ -316,14 +322,20 @@ func (p Policy) picker(s Snapshot) *picker {
 
 // best picks, among peers holding chunk c with a free slot and not in skip, the one
 // expected to deliver soonest: highest rate per outstanding request, unknown rates treated
-// as average. Seeds come last: one is picked only when no other peer can be. It returns
-// the peer's place, or -1.
+// as average. Seeds come last: one is picked only when no other peer can be, and none once
+// another peer holds the whole blob (a rolling update: every node knows the seeds, which
+// as everyone's fallback would upload at their link's rate all through it, several times
+// what the others do; the chunk waits for a slot instead). It returns the peer's place, or
+// -1.
 func (k *picker) best(c int, skip []string) int {
 	if k.open == 0 {
 		return -1
 	}
 	if i := k.bestOf(c, false, skip); i >= 0 {
 		return i
+	}
+	if k.held {
+		return -1
 	}
 	return k.bestOf(c, true, skip)
 }

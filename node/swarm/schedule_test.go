@@ -65,6 +65,15 @@ func TestPolicyNext(t *testing.T) {
 			want: []Request{{2, "a"}, {0, "b"}},
 		},
 		{
+			name:   "with a whole holder besides the seeds, the seeds are left alone",
+			policy: Policy{PerPeer: 1},
+			snap: Snapshot{Have: bits(3), Peers: []PeerView{
+				{ID: "a", Has: all(3), Complete: true, Seed: true, Rate: 100},
+				{ID: "b", Has: all(3), Complete: true, Rate: 1}, {ID: "c", Has: bits(3, 1), Rate: 1},
+			}},
+			want: []Request{{0, "b"}, {1, "c"}},
+		},
+		{
 			name: "rarest first with a complete holder",
 			snap: Snapshot{Have: bits(3), Peers: []PeerView{
 				{ID: "a", Has: all(3), Complete: true}, {ID: "b", Has: bits(3, 0)},
