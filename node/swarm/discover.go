@@ -5,7 +5,10 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/shoal-dev/shoal/chunk"
 )
@@ -364,14 +367,30 @@ func (e *engine) ask(ctx context.Context, p *peerState) {
 	p.watching = true
 	p.lastPoll = e.clock.Now()
 	id := p.id
-	e.spawn(func() event {
-		answers := 0
-		err := e.watcher.WatchHave(ctx, id, e.job.digest, func(h chunk.Have) {
-			answers++
-			e.notify(haveAnswer{peer: id, have: h})
-		})
-		return watchEnded{peer: id, answers: answers, err: err}
+	// Counted from the watch's goroutines, read at its end.
+	var answers atomic.Int64
+	e.running++
+	startWatch(e.watcher).StartWatch(ctx, id, e.job.digest, func(h chunk.Have) {
+		answers.Add(1)
+		e.notify(haveAnswer{peer: id, have: h})
+	}, func(err error) {
+		e.events <- report{ev: watchEnded{peer: id, answers: int(answers.Load()), err: err}, last: true}
 	})
+}
+
+// startWatch is w as a WatchStarter: itself if it is one, else each watch in a goroutine of
+// its own.
+func startWatch(w Watcher) WatchStarter {
+	if ws, ok := w.(WatchStarter); ok {
+		return ws
+	}
+	return blockingWatcher{w}
+}
+
+type blockingWatcher struct{ Watcher }
+
+func (w blockingWatcher) StartWatch(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have), end func(error)) {
+	go func() { end(w.WatchHave(ctx, peer, d, fn)) }()
 }
 
 // poll asks peer p what it holds now, while the download runs.

@@ -51,6 +51,15 @@ type Watcher interface {
 	WatchHave(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have)) error
 }
 
+// WatchStarter may be implemented by a Watcher that carries watches without a goroutine of
+// the caller's waiting through each: StartWatch returns at once, calls fn with each answer as
+// WatchHave would, and then end once, from a goroutine of its own that end may block, with
+// what WatchHave would have returned. (The fleet simulator's nodes do: at 10,000 nodes the
+// watches were most of its goroutines, and their stacks most of its memory.)
+type WatchStarter interface {
+	StartWatch(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have), end func(error))
+}
+
 // OriginLeaser may be implemented by a Fleet that has a tracker: before a chunk is fetched
 // from the origin, the fleet's tracker is asked for a lease on it, so that at most one node
 // fetches a given chunk from the origin at a time across the whole fleet (without one, nodes

@@ -283,19 +283,32 @@ func (m *member) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 // a link latency. A peer that dies goes silent, and the watch ends as a real one would,
 // after p2p.WatchSilence.
 func (m *member) WatchHave(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have)) error {
+	done := make(chan error, 1)
+	m.StartWatch(ctx, peer, d, fn, func(err error) { done <- err })
+	return <-done
+}
+
+// StartWatch is WatchHave without the caller's goroutine: only the watch's start, a
+// latency long, runs in one.
+func (m *member) StartWatch(ctx context.Context, peer string, d digest.Digest, fn func(chunk.Have), end func(error)) {
 	m.n.stats.Watches.Add(1)
-	// As the exchange's watch: its first answer, like every other, has WatchSilence to come.
-	rctx, cancel := context.WithTimeout(ctx, p2p.WatchSilence)
-	p, err := m.reach(rctx, peer)
-	cancel()
-	if err != nil {
-		return err
-	}
-	p.dl.Hint(m.n.id, d)
-	if err := sleep(ctx, m.w.cfg.Latency); err != nil {
-		return err
-	}
-	return m.serveWatch(ctx, p, peer, d, fn)
+	go func() {
+		// As the exchange's watch: its first answer, like every other, has WatchSilence to
+		// come.
+		rctx, cancel := context.WithTimeout(ctx, p2p.WatchSilence)
+		p, err := m.reach(rctx, peer)
+		cancel()
+		if err != nil {
+			end(err)
+			return
+		}
+		p.dl.Hint(m.n.id, d)
+		if err := sleep(ctx, m.w.cfg.Latency); err != nil {
+			end(err)
+			return
+		}
+		m.serveWatch(ctx, p, peer, d, fn, end)
+	}()
 }
 
 func (m *member) GetChunk(ctx context.Context, peer string, d digest.Digest, index int, w io.Writer) (int64, error) {
