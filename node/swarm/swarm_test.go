@@ -593,16 +593,27 @@ func TestSwarmWatch(t *testing.T) {
 	}
 }
 
+// refusingPull has four watching members pull a cold blob of that many 64 KiB chunks through an
+// origin at rate, m0 set up by refuse, and returns the fleet and m0.
+func refusingPull(t *testing.T, chunks int, rate int64, refuse func(*member)) (*memFleet, *member) {
+	t.Helper()
+	data := randomBlob(t, chunks*64<<10)
+	o := newFakeOrigin(data)
+	o.rate = rate
+	f := newMemFleet()
+	f.watch = true
+	coldPull(t, f, 4, o, data, func(m *member) {
+		if m.id == "m0" {
+			refuse(m)
+		}
+	})
+	return f, f.member("m0")
+}
+
 // TestSwarmWatchRefused: a member that does not take watches is polled instead.
 func TestSwarmWatchRefused(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 16*64<<10)
-	o := newFakeOrigin(data)
-	o.rate = 2 << 20
-	f := newMemFleet()
-	f.watch = true
-	coldPull(t, f, 4, o, data, func(m *member) { m.noWatch.Store(m.id == "m0") })
-	old := f.member("m0")
+	f, old := refusingPull(t, 16, 2<<20, func(m *member) { m.noWatch.Store(true) })
 	if old.pollsAfter.Load() == 0 {
 		t.Errorf("a member refusing watches was not polled after %d refused watches", old.watches.Load())
 	}
@@ -617,13 +628,7 @@ func TestSwarmWatchRefused(t *testing.T) {
 // asked for a watch again at every poll's turn and never heard from.
 func TestSwarmWatchBusy(t *testing.T) {
 	t.Parallel()
-	data := randomBlob(t, 32*64<<10)
-	o := newFakeOrigin(data)
-	o.rate = 1 << 20
-	f := newMemFleet()
-	f.watch = true
-	coldPull(t, f, 4, o, data, func(m *member) { m.busyWatch.Store(m.id == "m0") })
-	busy := f.member("m0")
+	_, busy := refusingPull(t, 32, 1<<20, func(m *member) { m.busyWatch.Store(true) })
 	watches, polls := busy.watches.Load(), busy.pollsAfter.Load()
 	t.Logf("the busy member got %d watches and %d polls after one", watches, polls)
 	if polls == 0 {
