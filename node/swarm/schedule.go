@@ -297,6 +297,14 @@ type picker struct {
 
 func (p Policy) picker(s Snapshot) *picker {
 	n := len(s.Peers)
+	// A peer with a request out for longer than EndgameAge may be frozen or dead: it does
+	// not keep the seeds from being asked.
+	stale := map[string]bool{}
+	for _, f := range s.Inflight {
+		if f.Peer != "" && f.Age >= p.EndgameAge {
+			stale[f.Peer] = true
+		}
+	}
 	k := &picker{p: p, peers: s.Peers, self: s.Self, ties: make([]rendezvous.Seed, n), tied: make([]bool, n),
 		slots: make([]int, n), assigned: make([]int, n)}
 	known, sum := 0, 0.0
@@ -306,7 +314,7 @@ func (p Policy) picker(s Snapshot) *picker {
 			sum += pv.Rate
 		}
 		k.slots[i] = p.PerPeer - p.load(pv)
-		if pv.Complete && !pv.Seed && len(pv.Has) == len(s.Have) {
+		if pv.Complete && !pv.Seed && len(pv.Has) == len(s.Have) && !stale[pv.ID] {
 			k.held = true
 		}
 		if k.slots[i] > 0 {
@@ -323,10 +331,10 @@ func (p Policy) picker(s Snapshot) *picker {
 // best picks, among peers holding chunk c with a free slot and not in skip, the one
 // expected to deliver soonest: highest rate per outstanding request, unknown rates treated
 // as average. Seeds come last: one is picked only when no other peer can be, and none once
-// another peer holds the whole blob (a rolling update: every node knows the seeds, which
-// as everyone's fallback would upload at their link's rate all through it, several times
-// what the others do; the chunk waits for a slot instead). It returns the peer's place, or
-// -1.
+// another peer holds the whole blob and has no request out for EndgameAge (a rolling update:
+// every node knows the seeds, which as everyone's fallback would upload at their link's rate
+// all through it, several times what the others do; the chunk waits for a slot instead). It
+// returns the peer's place, or -1.
 func (k *picker) best(c int, skip []string) int {
 	if k.open == 0 {
 		return -1

@@ -74,6 +74,15 @@ func TestPolicyNext(t *testing.T) {
 			want: []Request{{0, "b"}, {1, "c"}},
 		},
 		{
+			name:   "a whole holder whose request is old does not keep the seeds from being asked",
+			policy: Policy{PerPeer: 1},
+			snap: Snapshot{Have: bits(3), Inflight: []Inflight{{Chunk: 0, Peer: "b", Age: 3 * time.Second}}, Peers: []PeerView{
+				{ID: "a", Has: all(3), Complete: true, Seed: true, Rate: 100},
+				{ID: "b", Has: all(3), Complete: true, Active: 1, Rate: 1},
+			}},
+			want: []Request{{1, "a"}},
+		},
+		{
 			name: "rarest first with a complete holder",
 			snap: Snapshot{Have: bits(3), Peers: []PeerView{
 				{ID: "a", Has: all(3), Complete: true}, {ID: "b", Has: bits(3, 0)},
