@@ -290,23 +290,19 @@ type picker struct {
 	// the number of peers with a slot free: at 0 no chunk can go to a peer.
 	slots, assigned []int
 	open            int
-	// held says a peer other than the seeds holds the whole blob: the seeds are then left
-	// alone, as every member of the swarm knows them.
-	held bool
+	// held says a peer other than the seeds holds the whole blob and has no request out
+	// for EndgameAge: the seeds are then left alone, as every member of the swarm knows
+	// them. It is worked out (from inflight and n, the chunk count) only when a chunk would
+	// go to a seed, which most calls never come to; heldKnown says it has been.
+	inflight        []Inflight
+	n               int
+	held, heldKnown bool
 }
 
 func (p Policy) picker(s Snapshot) *picker {
 	n := len(s.Peers)
-	// A peer with a request out for longer than EndgameAge may be frozen or dead: it does
-	// not keep the seeds from being asked.
-	stale := map[string]bool{}
-	for _, f := range s.Inflight {
-		if f.Peer != "" && f.Age >= p.EndgameAge {
-			stale[f.Peer] = true
-		}
-	}
 	k := &picker{p: p, peers: s.Peers, self: s.Self, ties: make([]rendezvous.Seed, n), tied: make([]bool, n),
-		slots: make([]int, n), assigned: make([]int, n)}
+		slots: make([]int, n), assigned: make([]int, n), inflight: s.Inflight, n: len(s.Have)}
 	known, sum := 0, 0.0
 	for i, pv := range s.Peers {
 		if pv.Rate > 0 {
@@ -314,9 +310,6 @@ func (p Policy) picker(s Snapshot) *picker {
 			sum += pv.Rate
 		}
 		k.slots[i] = p.PerPeer - p.load(pv)
-		if pv.Complete && !pv.Seed && len(pv.Has) == len(s.Have) && !stale[pv.ID] {
-			k.held = true
-		}
 		if k.slots[i] > 0 {
 			k.open++
 		}
@@ -342,10 +335,31 @@ func (k *picker) best(c int, skip []string) int {
 	if i := k.bestOf(c, false, skip); i >= 0 {
 		return i
 	}
-	if k.held {
+	if k.wholeElsewhere() {
 		return -1
 	}
 	return k.bestOf(c, true, skip)
+}
+
+// wholeElsewhere reports whether a peer other than the seeds holds the whole blob and has no
+// request out for EndgameAge (one that has may be frozen or dead, and does not keep the
+// seeds from being asked).
+func (k *picker) wholeElsewhere() bool {
+	if k.heldKnown {
+		return k.held
+	}
+	k.heldKnown = true
+	for _, pv := range k.peers {
+		if !pv.Complete || pv.Seed || len(pv.Has) != k.n {
+			continue
+		}
+		stale := slices.ContainsFunc(k.inflight, func(f Inflight) bool { return f.Peer == pv.ID && f.Age >= k.p.EndgameAge })
+		if !stale {
+			k.held = true
+			break
+		}
+	}
+	return k.held
 }
 
 // bestOf is best among the seeds or among the other peers.
