@@ -88,4 +88,7 @@ type Have struct {
 	// verified against its digest; nil otherwise. A receiver checks chunks against it but
 	// must not trust it blindly: the final blob digest check is what proves it.
 	ChunkList []digest.Digest
+	// Peers are peers that asked the node about the blob lately, newest first: most likely
+	// downloading it too. A hint, like Fetching; nil if none.
+	Peers []string
 }

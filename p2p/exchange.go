@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,7 +25,13 @@ import (
 
 // ChunkProtocol is the libp2p protocol through which nodes ask each other
 // what they hold of a blob and fetch its chunks. message.go has the format.
-const ChunkProtocol protocol.ID = "/shoal/chunk/1.0.0"
+// chunkProtocolV1 is its first version, without the peers of a HAVE answer:
+// a node serves both and asks in the newer one its peer takes, so nodes of
+// both versions work together while a fleet is upgraded.
+const (
+	ChunkProtocol   protocol.ID = "/shoal/chunk/1.1.0"
+	chunkProtocolV1 protocol.ID = "/shoal/chunk/1.0.0"
+)
 
 // Defaults of ExchangeOptions.
 const (
@@ -184,6 +191,7 @@ func (e *Exchange) Serve(store ChunkStore, onHave func(peerID string, d digest.D
 	}
 	e.store, e.onHave = store, onHave
 	e.h.SetStreamHandler(ChunkProtocol, e.handle)
+	e.h.SetStreamHandler(chunkProtocolV1, e.handle)
 	return nil
 }
 
@@ -214,6 +222,7 @@ func (e *Exchange) Fetch(ctx context.Context, peerID string, d digest.Digest, re
 // their handlers to return. Outbound requests are not affected.
 func (e *Exchange) Close() error {
 	e.h.RemoveStreamHandler(ChunkProtocol)
+	e.h.RemoveStreamHandler(chunkProtocolV1)
 	e.mu.Lock()
 	e.closed = true
 	for s, cancel := range e.inflight {
@@ -289,7 +298,7 @@ func (e *Exchange) requestStream(ctx context.Context, peerID string, req request
 		}
 	}()
 
-	s, err := e.h.NewStream(ctx, pid, ChunkProtocol)
+	s, err := e.h.NewStream(ctx, pid, ChunkProtocol, chunkProtocolV1)
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
 			return fmt.Errorf("open stream: %w", cerr)
@@ -446,7 +455,7 @@ func (e *Exchange) serve(ctx context.Context, s network.Stream, remote peer.ID) 
 		if err := w.WriteByte(statusOK); err != nil {
 			return req, 0, err
 		}
-		if err := writeHave(w, have); err != nil {
+		if err := writeHave(w, peersFor(s, remote, have)); err != nil {
 			return req, 0, err
 		}
 		return req, 0, w.Flush()
@@ -550,6 +559,20 @@ func refuseWith(s network.Stream, msg []byte, cause error) error {
 		return fmt.Errorf("write status: %w", err)
 	}
 	return &refusal{status: msg[0], cause: cause}
+}
+
+// peersFor is h as sent to remote on s: without remote among its peers, and without any
+// peers over chunkProtocolV1, which does not carry them.
+func peersFor(s network.Stream, remote peer.ID, h chunk.Have) chunk.Have {
+	if s.Protocol() != ChunkProtocol {
+		h.Peers = nil
+		return h
+	}
+	self := remote.String()
+	if slices.Contains(h.Peers, self) {
+		h.Peers = slices.DeleteFunc(slices.Clone(h.Peers), func(id string) bool { return id == self })
+	}
+	return h
 }
 
 // refuseReferring answers busy to a GET of a chunk sent to others just now, naming them.

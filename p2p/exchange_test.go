@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -772,4 +773,84 @@ func processCPU(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestExchangeHavePeers checks that a HAVE answer names the store's peers to a node asking
+// over ChunkProtocol, leaving the asker out, and names none over the first version.
+func TestExchangeHavePeers(t *testing.T) {
+	t.Parallel()
+	store := newFakeStore()
+	d := store.add(randomBytes(t, 3*chunk.MinSize), chunk.MinSize, []int{0})
+	ch, sh := connectedHosts(t)
+	other := testPeerID(t)
+	b := store.blobs[d]
+	b.have = withPeers(b.have, ch.ID(), other)
+	store.blobs[d] = b
+	newTestExchange(t, sh, ExchangeOptions{Store: store})
+	client := newTestExchange(t, ch, ExchangeOptions{})
+	ctx := testContext(t)
+	want := []string{other.String()}
+
+	got, err := client.Have(ctx, sh.ID().String(), d)
+	if err != nil || !slices.Equal(got.Peers, want) {
+		t.Fatalf("Have = peers %q, %v, want %q", got.Peers, err, want)
+	}
+	var watched []string
+	wctx, stop := context.WithCancel(ctx)
+	err = client.WatchHave(wctx, sh.ID().String(), d, func(h chunk.Have) {
+		watched = h.Peers
+		stop()
+	})
+	if !slices.Equal(watched, want) {
+		t.Fatalf("WatchHave = first peers %q (%v), want %q", watched, err, want)
+	}
+
+	// A node of the first version asks over chunkProtocolV1 and is named no one.
+	s, err := ch.NewStream(ctx, sh.ID(), chunkProtocolV1)
+	if err != nil {
+		t.Fatalf("NewStream(%s) = %v", chunkProtocolV1, err)
+	}
+	defer s.Reset()
+	if err := s.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	req, err := appendRequest(nil, request{typ: msgHave, digest: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(req); err != nil {
+		t.Fatalf("Write = %v", err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	old, err := readHave(bufio.NewReader(s))
+	if err != nil || old.Peers != nil || !slices.Equal(old.Chunks, b.have.Chunks) {
+		t.Fatalf("HAVE over %s = %+v, %v, want chunks %v and no peers", chunkProtocolV1, old, err, b.have.Chunks)
+	}
+}
+
+// TestExchangeAsksFirstVersion checks that a node serving only the first version of the
+// chunk protocol is still asked, in that version.
+func TestExchangeAsksFirstVersion(t *testing.T) {
+	t.Parallel()
+	ch, sh := connectedHosts(t)
+	h := newHave(randomBytes(t, 2*chunk.MinSize), chunk.MinSize, []int{1})
+	sh.SetStreamHandler(chunkProtocolV1, func(s network.Stream) {
+		defer s.Close()
+		if _, err := io.Copy(io.Discard, s); err != nil {
+			s.Reset()
+			return
+		}
+		w := bufio.NewWriter(s)
+		_ = w.WriteByte(statusOK)
+		if err := writeHave(w, h); err != nil || w.Flush() != nil {
+			s.Reset()
+		}
+	})
+	client := newTestExchange(t, ch, ExchangeOptions{})
+	got, err := client.Have(testContext(t), sh.ID().String(), testDigest)
+	if err != nil || !equalHave(got, h) {
+		t.Fatalf("Have from a first-version node = %+v, %v, want %+v", got, err, h)
+	}
 }

@@ -66,8 +66,9 @@ import (
 //	           bit i (byte i/8, bit i%8 from the least significant) set when
 //	           chunk i can be served; unused high bits of the last byte are 0
 //	flags      byte     bit 0 (flagChunkList) when chunkList follows, bit 1
-//	           (flagFetching) when fetching follows; any other bit, or both
-//	           together (a complete holder fetches nothing), is an error
+//	           (flagFetching) when fetching follows, bit 2 (flagPeers) when
+//	           peers follows; any other bit, or the first two together (a
+//	           complete holder fetches nothing), is an error
 //	fetching   ceil(count/8) bytes, only with flagFetching, laid out like
 //	           bitmap: bit i set when the node is fetching chunk i from the
 //	           origin registry now; never set for a chunk set in bitmap, and
@@ -75,6 +76,9 @@ import (
 //	           flagFetching clear
 //	chunkList  count*32 bytes, only with flagChunkList (every bit of bitmap
 //	           set): the raw SHA-256 of every chunk in order
+//	peers      only with flagPeers, and only over ChunkProtocol (1.1.0, not
+//	           1.0.0): the peers that asked the node about the blob lately,
+//	           newest first, laid out as a busy answer's referrals
 //
 // GET body:
 //
@@ -91,6 +95,7 @@ const (
 const (
 	flagChunkList byte = 1 << 0
 	flagFetching  byte = 1 << 1
+	flagPeers     byte = 1 << 2
 )
 
 const (
@@ -322,6 +327,13 @@ func writeHave(w *bufio.Writer, h chunk.Have) error {
 	if slices.Contains(h.Fetching, true) {
 		flags |= flagFetching
 	}
+	peers, err := appendReferrals(nil, binaryPeerIDs(h.Peers))
+	if err != nil {
+		return fmt.Errorf("encode have: %w", err)
+	}
+	if len(peers) > 0 {
+		flags |= flagPeers
+	}
 	if err := w.WriteByte(flags); err != nil {
 		return err
 	}
@@ -329,9 +341,6 @@ func writeHave(w *bufio.Writer, h chunk.Have) error {
 		if err := writeBitmap(w, h.Fetching); err != nil {
 			return err
 		}
-	}
-	if h.ChunkList == nil {
-		return nil
 	}
 	var raw [32]byte
 	for _, d := range h.ChunkList {
@@ -343,7 +352,23 @@ func writeHave(w *bufio.Writer, h chunk.Have) error {
 			return err
 		}
 	}
-	return nil
+	_, err = w.Write(peers)
+	return err
+}
+
+// binaryPeerIDs returns the binary form of the peer IDs ids (as peer.ID.String gives
+// them), at most maxReferrals, leaving out any that does not parse.
+func binaryPeerIDs(ids []string) []string {
+	var out []string
+	for _, s := range ids {
+		if len(out) == maxReferrals {
+			break
+		}
+		if id, err := peer.Decode(s); err == nil && len(id) <= maxPeerIDLen {
+			out = append(out, string(id))
+		}
+	}
+	return out
 }
 
 // decodeHave reads a HAVE body up to the end of the stream.
@@ -384,9 +409,9 @@ func decodeHaveBody(r byteReader) (chunk.Have, error) {
 		return chunk.Have{}, truncated("flags", err)
 	}
 	switch {
-	case flags&^(flagChunkList|flagFetching) != 0:
+	case flags&^(flagChunkList|flagFetching|flagPeers) != 0:
 		return chunk.Have{}, fmt.Errorf("%w: flags %#02x", chunk.ErrProtocol, flags)
-	case flags == flagChunkList|flagFetching:
+	case flags&(flagChunkList|flagFetching) == flagChunkList|flagFetching:
 		return chunk.Have{}, fmt.Errorf("%w: chunk list and fetching bitmap together", chunk.ErrProtocol)
 	}
 	if flags&flagFetching != 0 {
@@ -416,6 +441,11 @@ func decodeHaveBody(r byteReader) (chunk.Have, error) {
 				return chunk.Have{}, truncated("chunk list", err)
 			}
 			h.ChunkList = append(h.ChunkList, digest.NewDigestFromBytes(digest.SHA256, raw[:]))
+		}
+	}
+	if flags&flagPeers != 0 {
+		if h.Peers, err = readPeers(r); err != nil {
+			return chunk.Have{}, err
 		}
 	}
 	return h, nil
@@ -512,29 +542,61 @@ func readReferrals(r byteReader) ([][]byte, error) {
 	if err := r.UnreadByte(); err != nil {
 		return nil, fmt.Errorf("referrals: %w", err)
 	}
-	count, err := readUvarint(r, "referral count", maxReferrals)
+	ids, err := readPeerIDs(r, "referral")
+	if err != nil {
+		return nil, err
+	}
+	return ids, expectEOF(r)
+}
+
+// readPeerIDs reads a count and that many binary peer IDs, as a busy answer's referrals
+// and a HAVE body's peers carry them; what names them in errors.
+func readPeerIDs(r byteReader, what string) ([][]byte, error) {
+	count, err := readUvarint(r, what+" count", maxReferrals)
 	if err != nil {
 		return nil, err
 	}
 	if count == 0 {
-		return nil, fmt.Errorf("%w: referral count 0", chunk.ErrProtocol)
+		return nil, fmt.Errorf("%w: %s count 0", chunk.ErrProtocol, what)
 	}
 	ids := make([][]byte, 0, count)
 	for range count {
-		n, err := readUvarint(r, "referral length", maxPeerIDLen)
+		n, err := readUvarint(r, what+" length", maxPeerIDLen)
 		if err != nil {
 			return nil, err
 		}
 		if n == 0 {
-			return nil, fmt.Errorf("%w: empty referral", chunk.ErrProtocol)
+			return nil, fmt.Errorf("%w: empty %s", chunk.ErrProtocol, what)
 		}
 		id := make([]byte, n)
 		if _, err := io.ReadFull(r, id); err != nil {
-			return nil, truncated("referral", err)
+			return nil, truncated(what, err)
 		}
 		ids = append(ids, id)
 	}
-	return ids, expectEOF(r)
+	return ids, nil
+}
+
+// readPeers reads a HAVE body's peers, as peer IDs in their string form.
+func readPeers(r byteReader) ([]string, error) {
+	raw, err := readPeerIDs(r, "peer")
+	if err != nil {
+		return nil, err
+	}
+	return peerIDStrings(raw, "peer")
+}
+
+// peerIDStrings parses binary peer IDs into their string form.
+func peerIDStrings(raw [][]byte, what string) ([]string, error) {
+	out := make([]string, 0, len(raw))
+	for _, b := range raw {
+		id, err := peer.IDFromBytes(b)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", chunk.ErrProtocol, what, err)
+		}
+		out = append(out, id.String())
+	}
+	return out, nil
 }
 
 // busyWith is the error of a busy answer to a GET, with the peers it refers to.
@@ -546,15 +608,11 @@ func busyWith(r byteReader) error {
 	if len(raw) == 0 {
 		return chunk.ErrBusy
 	}
-	be := &chunk.BusyError{}
-	for _, b := range raw {
-		id, err := peer.IDFromBytes(b)
-		if err != nil {
-			return fmt.Errorf("%w: referral: %w", chunk.ErrProtocol, err)
-		}
-		be.Others = append(be.Others, id.String())
+	others, err := peerIDStrings(raw, "referral")
+	if err != nil {
+		return err
 	}
-	return be
+	return &chunk.BusyError{Others: others}
 }
 
 // readHave reads a complete HAVE response.

@@ -158,12 +158,23 @@ func equalHave(a, b chunk.Have) bool {
 	return a.Size == b.Size && a.ChunkSize == b.ChunkSize &&
 		slices.Equal(a.Chunks, b.Chunks) && slices.Equal(a.ChunkList, b.ChunkList) &&
 		(a.ChunkList == nil) == (b.ChunkList == nil) &&
-		slices.Equal(a.Fetching, b.Fetching) && (a.Fetching == nil) == (b.Fetching == nil)
+		slices.Equal(a.Fetching, b.Fetching) && (a.Fetching == nil) == (b.Fetching == nil) &&
+		slices.Equal(a.Peers, b.Peers)
+}
+
+// withPeers returns a copy of h naming peers.
+func withPeers(h chunk.Have, peers ...peer.ID) chunk.Have {
+	h.Peers = nil
+	for _, id := range peers {
+		h.Peers = append(h.Peers, id.String())
+	}
+	return h
 }
 
 func TestHaveRoundTrip(t *testing.T) {
 	t.Parallel()
 	data := bytes.Repeat([]byte("0123456789abcdef"), 20<<10) // 320 KiB
+	a, b := testPeerID(t), testPeerID(t)
 	tests := []struct {
 		name string
 		have chunk.Have
@@ -177,6 +188,9 @@ func TestHaveRoundTrip(t *testing.T) {
 		{name: "fetching", have: withFetching(newHave(data, chunk.MinSize, []int{0, 2}), 1, 3)},
 		{name: "fetching all", have: withFetching(newHave(data, chunk.MinSize, []int{}), 0, 1, 2, 3, 4)},
 		{name: "nine chunks fetching", have: withFetching(newHave(make([]byte, 9*chunk.MinSize), chunk.MinSize, []int{0}), 8)},
+		{name: "complete with peers", have: withPeers(newHave(data, chunk.MinSize, nil), a, b)},
+		{name: "partial with a peer", have: withPeers(newHave(data, chunk.MinSize, []int{1}), a)},
+		{name: "fetching with peers", have: withPeers(withFetching(newHave(data, chunk.MinSize, []int{0}), 3), b, a)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -267,7 +281,7 @@ func TestReadHaveInvalid(t *testing.T) {
 		{name: "missing bitmap", in: three, want: chunk.ErrProtocol},
 		{name: "bits past the end", in: append(slices.Clone(three), 0x0f, 0), want: chunk.ErrProtocol},
 		{name: "missing flags", in: append(slices.Clone(three), 0x07), want: chunk.ErrProtocol},
-		{name: "unknown flag", in: append(slices.Clone(three), 0x07, 4), want: chunk.ErrProtocol},
+		{name: "unknown flag", in: append(slices.Clone(three), 0x07, 8), want: chunk.ErrProtocol},
 		{name: "high flag", in: append(slices.Clone(three), 0x03, 0x80), want: chunk.ErrProtocol},
 		{name: "list and fetching", in: append(append(slices.Clone(three), 0x07, 3), make([]byte, 96)...), want: chunk.ErrProtocol},
 		{name: "list and fetching bitmap", in: append(append(slices.Clone(three), 0x03, 3, 0x04), make([]byte, 96)...), want: chunk.ErrProtocol},
@@ -289,6 +303,45 @@ func TestReadHaveInvalid(t *testing.T) {
 				t.Errorf("readHave(%x) = %+v, %v, want %v", tt.in, got, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestHavePeers checks what a HAVE body names of its peers: the valid ones, at most
+// maxReferrals, as the sender has them, and that a malformed list is an error.
+func TestHavePeers(t *testing.T) {
+	t.Parallel()
+	h := newHave(make([]byte, 3*chunk.MinSize), chunk.MinSize, []int{1})
+	var ids []peer.ID
+	for range maxReferrals + 2 {
+		ids = append(ids, testPeerID(t))
+	}
+	many := withPeers(h, ids...)
+	many.Peers = append([]string{"not a peer ID"}, many.Peers...)
+	got, err := readHave(reader(encodeHave(t, many)))
+	if want := withPeers(h, ids[:maxReferrals]...); err != nil || !equalHave(got, want) {
+		t.Errorf("readHave(encoded %d peers and junk) = %+v, %v, want %+v", len(ids), got, err, want)
+	}
+	if got := encodeHave(t, withPeers(h)); !bytes.Equal(got, encodeHave(t, h)) {
+		t.Errorf("writeHave(no peers) = %x, want it without the peers flag", got)
+	}
+
+	body := encodeHave(t, h) // status, size, chunk size, bitmap, flags
+	flagged := slices.Clone(body)
+	flagged[len(flagged)-1] |= flagPeers
+	id := []byte(ids[0])
+	for name, peers := range map[string][]byte{
+		"missing":          nil,
+		"count 0":          {0},
+		"too many":         {maxReferrals + 1},
+		"empty ID":         {1, 0},
+		"truncated ID":     append([]byte{1, byte(len(id) + 1)}, id...),
+		"not a peer ID":    {1, 3, 'a', 'b', 'c'},
+		"bytes after them": append(append([]byte{1, byte(len(id))}, id...), 0),
+	} {
+		in := append(slices.Clone(flagged), peers...)
+		if got, err := readHave(reader(in)); !errors.Is(err, chunk.ErrProtocol) {
+			t.Errorf("peers %s: readHave = %+v, %v, want %v", name, got, err, chunk.ErrProtocol)
+		}
 	}
 }
 

@@ -160,7 +160,7 @@ func (e *Exchange) serveWatch(ctx context.Context, s network.Stream, remote peer
 		if err := w.WriteByte(statusOK); err != nil {
 			return err
 		}
-		if err := writeHave(w, h); err != nil {
+		if err := writeHave(w, peersFor(s, remote, h)); err != nil {
 			return err
 		}
 		return w.Flush()
