@@ -47,7 +47,16 @@ const chunkListTimeout = time.Minute
 
 // Have describes what the node holds of d. Committed blobs have every chunk and their chunk
 // list; running downloads the chunks written so far and those being fetched from the origin.
+// Either names the peers that asked about d lately.
 func (c chunkServer) Have(d digest.Digest, withList bool) (chunk.Have, bool) {
+	h, ok := c.have(d, withList)
+	if ok {
+		h.Peers = c.downloader.Askers(d)
+	}
+	return h, ok
+}
+
+func (c chunkServer) have(d digest.Digest, withList bool) (chunk.Have, bool) {
 	if info, err := c.store.Stat(d); err == nil {
 		var list []digest.Digest
 		if withList {

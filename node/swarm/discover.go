@@ -291,6 +291,14 @@ func (e *engine) admit(id string) bool {
 	return true
 }
 
+// admitAll admits the peers a peer named as asking about the blob lately (chunk.Have.Peers):
+// most likely downloading it now, they are asked what they hold at the next tick.
+func (e *engine) admitAll(ids []string) {
+	for _, id := range ids {
+		e.admit(id)
+	}
+}
+
 // dropPeer stops tracking peer id.
 func (e *engine) dropPeer(id string) {
 	delete(e.peers, id)

@@ -71,6 +71,8 @@ type Downloader struct {
 
 	// polls is the node's budget of HAVE polls, shared by its downloads.
 	polls *rate.Limiter
+	// askers are the peers that asked about each blob lately (askers.go).
+	askers *askers
 }
 
 type metrics struct {
@@ -147,6 +149,7 @@ func New(opts Options) *Downloader {
 		active:  make(map[digest.Digest]*Download),
 		bans:    make(map[string]time.Time),
 		polls:   rate.NewLimiter(pollBudget, pollBudget),
+		askers:  newAskers(),
 	}
 }
 
@@ -191,11 +194,19 @@ func (dl *Downloader) chunkFailure(reason string) {
 }
 
 // Hint tells the download of d, if one runs, that peer asked about d: it is most likely
-// fetching it too, so the two can trade chunks. It never blocks.
+// fetching it too, so the two can trade chunks. The peer is also one of d's askers, named
+// to the others who ask (Askers). It never blocks.
 func (dl *Downloader) Hint(peer string, d digest.Digest) {
+	dl.askers.add(d, peer, dl.clock.Now())
 	if download := dl.lookup(d); download != nil {
 		download.hint(peer)
 	}
+}
+
+// Askers returns the peers that asked about d in the last askersFor, newest first, at most
+// maxAskers: what the node names to those who ask what it holds of d (chunk.Have.Peers).
+func (dl *Downloader) Askers(d digest.Digest) []string {
+	return dl.askers.list(d, dl.clock.Now())
 }
 
 // ErrStopped is returned by Open once Run has returned.

@@ -89,6 +89,7 @@ func (ev probed) apply(ctx context.Context, e *engine) {
 	switch {
 	case ev.err == nil:
 		p.observe(ev.have, p.lastPoll)
+		e.admitAll(ev.have.Peers)
 	case errors.Is(ev.err, chunk.ErrNotHeld) && p.seed && !e.seeding:
 		e.askSeed(ctx, p)
 	}
@@ -197,6 +198,7 @@ func (ev haveAnswer) apply(ctx context.Context, e *engine) {
 	switch {
 	case ev.err == nil && e.usable(ev.have, e.job.size):
 		p.observe(ev.have, e.clock.Now())
+		e.admitAll(ev.have.Peers)
 	case ev.err == nil:
 		e.log.Debug("peer disagrees on the blob's size or chunk size, ignored", "peer", p.id, "size", ev.have.Size, "chunkSize", ev.have.ChunkSize)
 		e.dropPeer(p.id)

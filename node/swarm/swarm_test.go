@@ -54,6 +54,8 @@ type member struct {
 	haves     atomic.Int64
 	// refer, if set, answers every chunk request busy, naming these peers to ask instead.
 	refer []string
+	// chunkDelay is how long it takes to send a chunk, as a loaded peer does.
+	chunkDelay time.Duration
 	// noWatch makes the member refuse watches as a node that does not know them does
 	// (busyWatch, as one serving all the watches it takes);
 	// watches counts those opened to it, watchedBy says by whom, and pollsAfter counts the
@@ -180,8 +182,18 @@ func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 	return h, err
 }
 
+// have is what m answers v of d, naming the peers that asked m about d lately, as the
+// node's chunk server does.
 func (v memView) have(m *member, d digest.Digest) (chunk.Have, error) {
 	m.dl.Hint(v.id, d)
+	h, err := v.holding(m, d)
+	if err == nil {
+		h.Peers = m.dl.Askers(d)
+	}
+	return h, err
+}
+
+func (v memView) holding(m *member, d digest.Digest) (chunk.Have, error) {
 	if b, err := m.st.Open(d); err == nil {
 		defer b.Close()
 		data := make([]byte, b.Size())
@@ -227,6 +239,13 @@ func (v memView) GetChunk(ctx context.Context, peer string, d digest.Digest, ind
 		}
 	} else if _, err := m.dl.ReadChunk(d, index, &buf); err != nil {
 		return 0, fmt.Errorf("%w: %w", chunk.ErrNotHeld, err)
+	}
+	if m.chunkDelay > 0 {
+		select {
+		case <-time.After(m.chunkDelay):
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 	}
 	data := buf.Bytes()
 	if int64(index) == m.flip.Load() {
@@ -528,6 +547,33 @@ func TestSwarmReferrals(t *testing.T) {
 	}
 	if sent := f.member("b").sent.Load(); sent != int64(len(data)) {
 		t.Errorf("b, the referred peer, sent %d bytes, want %d", sent, len(data))
+	}
+	if sent := o.sentBytes() - before; sent != 0 {
+		t.Errorf("origin sent %d bytes, want 0", sent)
+	}
+}
+
+// TestSwarmPeersNamed: a download learns of the peers its peers name as asking about the
+// blob lately (chunk.Have.Peers), and takes chunks from them, though no lookup finds them.
+func TestSwarmPeersNamed(t *testing.T) {
+	t.Parallel()
+	data, d, o, f, a := heldBlob(t, "a", 40*64<<10+77)
+	f.add(t, "b", o).seed(t, data)
+	f.mu.Lock()
+	f.providers[d] = []string{"a"}
+	f.mu.Unlock()
+	a.chunkDelay = 20 * time.Millisecond
+	a.dl.Hint("b", d)
+	if got := a.dl.Askers(d); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("a's askers of the blob = %q, want b", got)
+	}
+	before := o.sentBytes()
+	c := f.add(t, "c", o)
+	if got, err := c.read(t, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("c read %d bytes, %v", len(got), err)
+	}
+	if sent := f.member("b").sent.Load(); sent == 0 {
+		t.Errorf("b, named by a, sent nothing")
 	}
 	if sent := o.sentBytes() - before; sent != 0 {
 		t.Errorf("origin sent %d bytes, want 0", sent)
