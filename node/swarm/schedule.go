@@ -176,14 +176,20 @@ func (p Policy) Next(s Snapshot) []Request {
 	holders := make([]int, n)   // peers that hold each wanted chunk
 	fetching := make([]bool, n) // some peer is fetching it
 	whole := 0                  // peers that hold every chunk, counted apart
+	// Peers still downloading the blob hold a wanted chunk (partialHolds), one of them not
+	// busy (partialFree): whole holders get fewer requests (see best).
+	partialHolds, partialFree := false, false
 	for _, pv := range s.Peers {
 		if pv.Complete && len(pv.Has) == n {
 			whole++
 			continue
 		}
+		free := !pv.Seed && !pv.Busy
 		for _, c := range want {
 			if c < len(pv.Has) && pv.Has[c] {
 				holders[c]++
+				partialHolds = partialHolds || !pv.Seed
+				partialFree = partialFree || free
 			}
 			if c < len(pv.Fetching) && pv.Fetching[c] {
 				fetching[c] = true
@@ -206,9 +212,12 @@ func (p Policy) Next(s Snapshot) []Request {
 			}
 		}
 	}
-	// Rarest first, ties in index order: a counting sort, as holders are at most the peers.
+	// Rarest first, ties in the node's own order (Rank): a counting sort, as holders are at
+	// most the peers. In index order, the nodes of a rolling update's batch, which start at
+	// once and know of no chunk among themselves, would all take the same chunks from the
+	// earlier batches at the same time, and have nothing to give each other.
 	byHolders := make([][]int, len(s.Peers)+1)
-	for _, c := range want {
+	for _, c := range p.ranked(want) {
 		if !inWindow[c] {
 			byHolders[holders[c]] = append(byHolders[holders[c]], c)
 		}
@@ -222,6 +231,12 @@ func (p Policy) Next(s Snapshot) []Request {
 
 	var reqs []Request
 	pick := p.picker(s)
+	switch {
+	case partialFree:
+		pick.wholeCap = wholeAtOnce
+	case partialHolds:
+		pick.wholeCap = p.PerPeer
+	}
 	var forOrigin []int
 	for _, c := range order {
 		if i := pick.best(c, nil); i >= 0 {
@@ -261,6 +276,39 @@ func (p Policy) Next(s Snapshot) []Request {
 	return reqs
 }
 
+// ranked returns the chunks cs (in index order) in Rank's order; cs itself without a Rank
+// for them all.
+func (p Policy) ranked(cs []int) []int {
+	n := len(p.Rank)
+	if n == 0 || len(cs) == 0 || cs[len(cs)-1] >= n {
+		return cs
+	}
+	at := make([]int, n) // at[r] is 1 + the chunk of cs ranked r, 0 if none
+	for _, c := range cs {
+		if r := p.Rank[c]; r >= 0 && r < n {
+			at[r] = c + 1
+		}
+	}
+	out := make([]int, 0, len(cs))
+	for _, c := range at {
+		if c > 0 {
+			out = append(out, c-1)
+		}
+	}
+	if len(out) != len(cs) { // Rank is not a permutation
+		return cs
+	}
+	return out
+}
+
+// wholeAtOnce is how many requests may be out to whole holders at once while a peer still
+// downloading the blob, not busy, holds a chunk this node lacks: one keeps a link busy when
+// whole holders are all there is to ask (a chunk crosses a link in far more time than a
+// request takes to arrive), and leaves the rest of it to what the downloading peers have.
+// At 1,000 simulated nodes rolled out a tenth at a time without a tracker, the busiest node
+// uploaded 3.2x the mean with a cap of 4, 3.0x with 2, 2.9x with 1.
+const wholeAtOnce = 1
+
 // load is how many of a peer's PerPeer slots count as taken: a busy peer has none free, and
 // one in slow start only one until it delivered, whatever is outstanding.
 func (p Policy) load(pv PeerView) int {
@@ -297,6 +345,10 @@ type picker struct {
 	inflight        []Inflight
 	n               int
 	held, heldKnown bool
+	// toWhole counts the requests out to whole holders (not seeds), those handed out
+	// included, and wholeCap caps it (0: no cap): while a peer still downloading the blob
+	// holds a chunk this node wants, wholeAtOnce if one such peer is not busy, else PerPeer.
+	toWhole, wholeCap int
 }
 
 func (p Policy) picker(s Snapshot) *picker {
@@ -313,6 +365,9 @@ func (p Policy) picker(s Snapshot) *picker {
 		if k.slots[i] > 0 {
 			k.open++
 		}
+		if k.tierOf(&s.Peers[i]) == tierWhole {
+			k.toWhole += pv.Active
+		}
 	}
 	k.avg = 1.0
 	if known > 0 {
@@ -323,22 +378,51 @@ func (p Policy) picker(s Snapshot) *picker {
 
 // best picks, among peers holding chunk c with a free slot and not in skip, the one
 // expected to deliver soonest: highest rate per outstanding request, unknown rates treated
-// as average. Seeds come last: one is picked only when no other peer can be, and none once
-// another peer holds the whole blob and has no request out for EndgameAge (a rolling update:
-// every node knows the seeds, which as everyone's fallback would upload at their link's rate
-// all through it, several times what the others do; the chunk waits for a slot instead). It
-// returns the peer's place, or -1.
+// as average. Peers still downloading the blob come first, then those holding it whole, then
+// the seeds. While a downloading peer holds a chunk this node wants, whole holders get at
+// most wholeAtOnce requests at once, or PerPeer if all such peers are busy (as in a
+// rollout's tail, where everyone asks the last few). In a rolling update the nodes of a
+// batch thus take what they can from each other: asked alike, the holders of earlier batches
+// would each serve every later batch, and the first batch would upload several times what
+// the last does. A seed is picked only when no other peer can be, and none once another peer
+// holds the whole blob and has no request out for EndgameAge (every node knows the seeds,
+// which as everyone's fallback would upload at their link's rate all through a rolling
+// update; the chunk waits for a slot instead). It returns the peer's place, or -1.
 func (k *picker) best(c int, skip []string) int {
 	if k.open == 0 {
 		return -1
 	}
-	if i := k.bestOf(c, false, skip); i >= 0 {
+	if i := k.bestOf(c, tierPartial, skip); i >= 0 {
 		return i
+	}
+	if k.wholeCap == 0 || k.toWhole < k.wholeCap {
+		if i := k.bestOf(c, tierWhole, skip); i >= 0 {
+			return i
+		}
 	}
 	if k.wholeElsewhere() {
 		return -1
 	}
-	return k.bestOf(c, true, skip)
+	return k.bestOf(c, tierSeed, skip)
+}
+
+// tier is the rank of a peer's turn in best: lower is asked first.
+type tier int
+
+const (
+	tierPartial tier = iota // downloading the blob too
+	tierWhole               // holding every chunk
+	tierSeed                // one of the blob's seeds
+)
+
+func (k *picker) tierOf(pv *PeerView) tier {
+	switch {
+	case pv.Seed:
+		return tierSeed
+	case pv.Complete && len(pv.Has) == k.n:
+		return tierWhole
+	}
+	return tierPartial
 }
 
 // wholeElsewhere reports whether a peer other than the seeds holds the whole blob and has no
@@ -349,8 +433,9 @@ func (k *picker) wholeElsewhere() bool {
 		return k.held
 	}
 	k.heldKnown = true
-	for _, pv := range k.peers {
-		if !pv.Complete || pv.Seed || len(pv.Has) != k.n {
+	for i := range k.peers {
+		pv := &k.peers[i]
+		if k.tierOf(pv) != tierWhole {
 			continue
 		}
 		stale := slices.ContainsFunc(k.inflight, func(f Inflight) bool { return f.Peer == pv.ID && f.Age >= k.p.EndgameAge })
@@ -362,12 +447,12 @@ func (k *picker) wholeElsewhere() bool {
 	return k.held
 }
 
-// bestOf is best among the seeds or among the other peers.
-func (k *picker) bestOf(c int, seeds bool, skip []string) int {
+// bestOf is best among the peers of one tier.
+func (k *picker) bestOf(c int, t tier, skip []string) int {
 	best, bestScore, bestTie := -1, -1.0, uint64(0)
 	for i := range k.peers {
 		pv := &k.peers[i]
-		if pv.Seed != seeds || c >= len(pv.Has) || !pv.Has[c] || k.slots[i] <= 0 || slices.Contains(skip, pv.ID) {
+		if c >= len(pv.Has) || !pv.Has[c] || k.slots[i] <= 0 || k.tierOf(pv) != t || slices.Contains(skip, pv.ID) {
 			continue
 		}
 		rate := pv.Rate
@@ -403,6 +488,9 @@ func (k *picker) tie(i, c int) uint64 {
 
 // take counts a request for chunk c handed to peer i.
 func (k *picker) take(i, c int) Request {
+	if k.tierOf(&k.peers[i]) == tierWhole {
+		k.toWhole++
+	}
 	k.slots[i]--
 	k.assigned[i]++
 	if k.slots[i] == 0 {

@@ -87,7 +87,56 @@ func TestPolicyNext(t *testing.T) {
 			snap: Snapshot{Have: bits(3), Peers: []PeerView{
 				{ID: "a", Has: all(3), Complete: true}, {ID: "b", Has: bits(3, 0)},
 			}},
-			want: []Request{{1, "a"}, {2, "a"}, {0, "b"}},
+			want: []Request{{1, "a"}, {0, "b"}},
+		},
+		{
+			name: "peers still downloading are asked before whole holders",
+			snap: Snapshot{Have: bits(4), Peers: []PeerView{
+				{ID: "w", Has: all(4), Complete: true, Rate: 100}, {ID: "p", Has: bits(4, 1, 2), Rate: 1},
+			}},
+			want: []Request{{0, "w"}, {1, "p"}, {2, "p"}},
+		},
+		{
+			name:   "while a downloading peer holds a chunk we lack, whole holders get one request at once",
+			policy: Policy{PerPeer: 2},
+			snap: Snapshot{Have: bits(6), Peers: []PeerView{
+				{ID: "w1", Has: all(6), Complete: true, Rate: 10}, {ID: "w2", Has: all(6), Complete: true, Rate: 1},
+				{ID: "p", Has: bits(6, 5)},
+			}},
+			want: []Request{{0, "w1"}, {5, "p"}},
+		},
+		{
+			name:   "the cap on whole holders counts what is out to them",
+			policy: Policy{PerPeer: 2},
+			snap: Snapshot{Have: bits(6), Inflight: []Inflight{{Chunk: 0, Peer: "w2", Age: time.Millisecond}}, Peers: []PeerView{
+				{ID: "w1", Has: all(6), Complete: true, Rate: 10}, {ID: "w2", Has: all(6), Complete: true, Rate: 1, Active: 1},
+				{ID: "p", Has: bits(6, 5)},
+			}},
+			want: []Request{{5, "p"}},
+		},
+		{
+			name:   "a busy downloading peer leaves whole holders a peer's worth of requests",
+			policy: Policy{PerPeer: 2},
+			snap: Snapshot{Have: bits(6), Peers: []PeerView{
+				{ID: "w1", Has: all(6), Complete: true, Rate: 10}, {ID: "w2", Has: all(6), Complete: true, Rate: 1},
+				{ID: "p", Has: bits(6, 5), Busy: true},
+			}},
+			want: []Request{{0, "w1"}, {1, "w1"}},
+		},
+		{
+			name:   "a downloading peer holding only what we have does not cap whole holders",
+			policy: Policy{PerPeer: 2},
+			snap: Snapshot{Have: bits(6, 5), Peers: []PeerView{
+				{ID: "w1", Has: all(6), Complete: true, Rate: 10}, {ID: "w2", Has: all(6), Complete: true, Rate: 1},
+				{ID: "p", Has: bits(6, 5)},
+			}},
+			want: []Request{{0, "w1"}, {1, "w1"}, {2, "w2"}, {3, "w2"}},
+		},
+		{
+			name:   "ties in rarity go in the node's own order",
+			policy: Policy{PerPeer: 2, Rank: []int{3, 2, 1, 0}},
+			snap:   Snapshot{Have: bits(4), Peers: []PeerView{{ID: "a", Has: all(4)}}},
+			want:   []Request{{3, "a"}, {2, "a"}},
 		},
 		{
 			name: "rarest first",
