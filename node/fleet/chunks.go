@@ -46,17 +46,11 @@ type chunkServer struct {
 const chunkListTimeout = time.Minute
 
 // Have describes what the node holds of d. Committed blobs have every chunk and their chunk
-// list; running downloads the chunks written so far and those being fetched from the origin.
-// Either names the peers that asked about d lately.
+// list, and name the peers that asked about d lately (a rolling update's nodes find each
+// other through the holders they all ask; in a cold rollout, with no holder yet, the lookups
+// and the peers' own asks suffice, and naming more would only add watches); running
+// downloads the chunks written so far and those being fetched from the origin.
 func (c chunkServer) Have(d digest.Digest, withList bool) (chunk.Have, bool) {
-	h, ok := c.have(d, withList)
-	if ok {
-		h.Peers = c.downloader.Askers(d)
-	}
-	return h, ok
-}
-
-func (c chunkServer) have(d digest.Digest, withList bool) (chunk.Have, bool) {
 	if info, err := c.store.Stat(d); err == nil {
 		var list []digest.Digest
 		if withList {
@@ -70,7 +64,7 @@ func (c chunkServer) have(d digest.Digest, withList bool) (chunk.Have, bool) {
 		for i := range chunks {
 			chunks[i] = true
 		}
-		return chunk.Have{Size: info.Size, ChunkSize: c.chunkSize, Chunks: chunks, ChunkList: list}, true
+		return chunk.Have{Size: info.Size, ChunkSize: c.chunkSize, Chunks: chunks, ChunkList: list, Peers: c.downloader.Askers(d)}, true
 	}
 	return c.downloader.Progress(d)
 }

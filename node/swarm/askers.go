@@ -10,9 +10,9 @@ import (
 )
 
 // The askers of a blob are the peers that asked this node about it lately, most likely
-// downloading it. A node names them in what it answers of the blob (chunk.Have.Peers), so the
-// nodes downloading one blob at once find each other through the holders they all ask, as
-// BitTorrent's peer exchange does. In a rolling update the batch's nodes then take most of the
+// downloading it. A node holding the blob whole names them in what it answers of it
+// (chunk.Have.Peers), so the nodes downloading one blob at once find each other through the
+// holders they all ask, as BitTorrent's peer exchange does. In a rolling update the batch's nodes then take most of the
 // image from each other: the DHT's answers are random samples of the holders, and a node that
 // knew only those would take its image from the earlier batches alike, the first batch
 // serving every later one.

@@ -204,7 +204,7 @@ func (dl *Downloader) Hint(peer string, d digest.Digest) {
 }
 
 // Askers returns the peers that asked about d in the last askersFor, newest first, at most
-// maxAskers: what the node names to those who ask what it holds of d (chunk.Have.Peers).
+// maxAskers: what a node holding d whole names to those who ask about it (chunk.Have.Peers).
 func (dl *Downloader) Askers(d digest.Digest) []string {
 	return dl.askers.list(d, dl.clock.Now())
 }

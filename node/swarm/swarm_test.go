@@ -182,18 +182,10 @@ func (v memView) Have(ctx context.Context, peer string, d digest.Digest) (chunk.
 	return h, err
 }
 
-// have is what m answers v of d, naming the peers that asked m about d lately, as the
-// node's chunk server does.
+// have is what m answers v of d; for a blob it holds whole, naming the peers that asked m
+// about it lately, as the node's chunk server does.
 func (v memView) have(m *member, d digest.Digest) (chunk.Have, error) {
 	m.dl.Hint(v.id, d)
-	h, err := v.holding(m, d)
-	if err == nil {
-		h.Peers = m.dl.Askers(d)
-	}
-	return h, err
-}
-
-func (v memView) holding(m *member, d digest.Digest) (chunk.Have, error) {
 	if b, err := m.st.Open(d); err == nil {
 		defer b.Close()
 		data := make([]byte, b.Size())
@@ -210,6 +202,7 @@ func (v memView) holding(m *member, d digest.Digest) (chunk.Have, error) {
 				h.ChunkList = append(h.ChunkList, digest.FromBytes(data[off:min(off+h.ChunkSize, b.Size())]))
 			}
 		}
+		h.Peers = m.dl.Askers(d)
 		return h, nil
 	}
 	h, ok := m.dl.Progress(d)
