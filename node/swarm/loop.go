@@ -260,6 +260,7 @@ func (e *engine) loop(ctx context.Context) error {
 	}
 	// This node's own order of origin fetches, so nodes fetching at once rarely collide.
 	e.policy.Rank = rand.Perm(len(e.job.haveChunks()))
+	e.policy.WholeAtOnce = int(max(1, wholeInFlight/e.cs))
 	tick := e.clock.Ticker(tickEvery)
 	defer tick.Stop()
 	// The policy is asked at once when a request ends or a reader waits; news of the peers

@@ -113,6 +113,10 @@ type Policy struct {
 	// the chunk indices, so nodes fetching from the origin at once rarely pick the same
 	// chunk. Nil means index order.
 	Rank []int
+	// WholeAtOnce caps the requests out to whole holders while a peer still downloading the
+	// blob, not busy, holds a chunk this node lacks (default 1; see best). The engine sets it
+	// to wholeInFlight's worth of chunks.
+	WholeAtOnce int
 }
 
 func (p Policy) withDefaults() Policy {
@@ -130,6 +134,9 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.StealAfter <= 0 {
 		p.StealAfter = time.Second
+	}
+	if p.WholeAtOnce <= 0 {
+		p.WholeAtOnce = 1
 	}
 	return p
 }
@@ -233,9 +240,9 @@ func (p Policy) Next(s Snapshot) []Request {
 	pick := p.picker(s)
 	switch {
 	case partialFree:
-		pick.wholeCap = wholeAtOnce
+		pick.wholeCap = p.WholeAtOnce
 	case partialHolds:
-		pick.wholeCap = p.PerPeer
+		pick.wholeCap = max(p.PerPeer, p.WholeAtOnce)
 	}
 	var forOrigin []int
 	for _, c := range order {
@@ -301,13 +308,13 @@ func (p Policy) ranked(cs []int) []int {
 	return out
 }
 
-// wholeAtOnce is how many requests may be out to whole holders at once while a peer still
-// downloading the blob, not busy, holds a chunk this node lacks: one keeps a link busy when
-// whole holders are all there is to ask (a chunk crosses a link in far more time than a
-// request takes to arrive), and leaves the rest of it to what the downloading peers have.
-// At 1,000 simulated nodes rolled out a tenth at a time without a tracker, the busiest node
-// uploaded 3.2x the mean with a cap of 4, 3.0x with 2, 2.9x with 1.
-const wholeAtOnce = 1
+// wholeInFlight is how many bytes of requests may be out to whole holders at once while a
+// peer still downloading the blob, not busy, holds a chunk this node lacks
+// (Policy.WholeAtOnce, at least one chunk): about what keeps a link busy when whole holders
+// are all there is to ask, leaving the rest of it to what the downloading peers have. At
+// 1,000 simulated nodes rolled out a tenth at a time without a tracker (4 MiB chunks), the
+// busiest node uploaded 3.2x the mean with a cap of 4 chunks, 3.0x with 2, 2.9x with 1.
+const wholeInFlight = 4 << 20
 
 // load is how many of a peer's PerPeer slots count as taken: a busy peer has none free, and
 // one in slow start only one until it delivered, whatever is outstanding.
@@ -347,7 +354,8 @@ type picker struct {
 	held, heldKnown bool
 	// toWhole counts the requests out to whole holders (not seeds), those handed out
 	// included, and wholeCap caps it (0: no cap): while a peer still downloading the blob
-	// holds a chunk this node wants, wholeAtOnce if one such peer is not busy, else PerPeer.
+	// holds a chunk this node wants, WholeAtOnce if one such peer is not busy, else at least
+	// PerPeer.
 	toWhole, wholeCap int
 }
 
@@ -380,7 +388,7 @@ func (p Policy) picker(s Snapshot) *picker {
 // expected to deliver soonest: highest rate per outstanding request, unknown rates treated
 // as average. Peers still downloading the blob come first, then those holding it whole, then
 // the seeds. While a downloading peer holds a chunk this node wants, whole holders get at
-// most wholeAtOnce requests at once, or PerPeer if all such peers are busy (as in a
+// most WholeAtOnce requests at once, or PerPeer (if more) when all such peers are busy (as in a
 // rollout's tail, where everyone asks the last few). In a rolling update the nodes of a
 // batch thus take what they can from each other: asked alike, the holders of earlier batches
 // would each serve every later batch, and the first batch would upload several times what
