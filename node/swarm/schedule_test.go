@@ -106,6 +106,15 @@ func TestPolicyNext(t *testing.T) {
 			want: []Request{{0, "w1"}, {5, "p"}},
 		},
 		{
+			name:   "smaller chunks: whole holders get more requests at once",
+			policy: Policy{PerPeer: 2, WholeAtOnce: 3},
+			snap: Snapshot{Have: bits(6), Peers: []PeerView{
+				{ID: "w1", Has: all(6), Complete: true, Rate: 10}, {ID: "w2", Has: all(6), Complete: true, Rate: 1},
+				{ID: "p", Has: bits(6, 5)},
+			}},
+			want: []Request{{0, "w1"}, {1, "w1"}, {2, "w2"}, {5, "p"}},
+		},
+		{
 			name:   "the cap on whole holders counts what is out to them",
 			policy: Policy{PerPeer: 2},
 			snap: Snapshot{Have: bits(6), Inflight: []Inflight{{Chunk: 0, Peer: "w2", Age: time.Millisecond}}, Peers: []PeerView{
