@@ -17,6 +17,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	"github.com/opencontainers/go-digest"
 
@@ -282,24 +284,7 @@ func TestExchangeOnHave(t *testing.T) {
 	}
 	// An invalid digest never reaches the hook; it must be sent raw, as
 	// Have checks digests before sending.
-	s, err := ch.NewStream(ctx, sh.ID(), ChunkProtocol)
-	if err != nil {
-		t.Fatalf("NewStream = %v", err)
-	}
-	defer s.Reset()
-	if err := s.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	req, err := appendRequest(nil, request{typ: msgHave, digest: "sha256:zz"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Write(req); err != nil {
-		t.Fatalf("Write = %v", err)
-	}
-	if err := s.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
+	s := sendRaw(t, ctx, ch, sh.ID(), ChunkProtocol, request{typ: msgHave, digest: "sha256:zz"})
 	if got, err := io.ReadAll(s); err != nil || !bytes.Equal(got, []byte{statusError}) {
 		t.Fatalf("response to an invalid digest = %x, %v, want %x", got, err, []byte{statusError})
 	}
@@ -806,24 +791,7 @@ func TestExchangeHavePeers(t *testing.T) {
 	}
 
 	// A node of the first version asks over chunkProtocolV1 and is named no one.
-	s, err := ch.NewStream(ctx, sh.ID(), chunkProtocolV1)
-	if err != nil {
-		t.Fatalf("NewStream(%s) = %v", chunkProtocolV1, err)
-	}
-	defer s.Reset()
-	if err := s.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	req, err := appendRequest(nil, request{typ: msgHave, digest: d})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Write(req); err != nil {
-		t.Fatalf("Write = %v", err)
-	}
-	if err := s.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
+	s := sendRaw(t, ctx, ch, sh.ID(), chunkProtocolV1, request{typ: msgHave, digest: d})
 	old, err := readHave(bufio.NewReader(s))
 	if err != nil || old.Peers != nil || !slices.Equal(old.Chunks, b.have.Chunks) {
 		t.Fatalf("HAVE over %s = %+v, %v, want chunks %v and no peers", chunkProtocolV1, old, err, b.have.Chunks)
@@ -853,4 +821,29 @@ func TestExchangeAsksFirstVersion(t *testing.T) {
 	if err != nil || !equalHave(got, h) {
 		t.Fatalf("Have from a first-version node = %+v, %v, want %+v", got, err, h)
 	}
+}
+
+// sendRaw opens a stream from h to server over proto and sends req unchecked, as a client
+// of that version would, closing its write side; the stream is reset when the test ends.
+func sendRaw(t *testing.T, ctx context.Context, h host.Host, server peer.ID, proto protocol.ID, req request) network.Stream {
+	t.Helper()
+	s, err := h.NewStream(ctx, server, proto)
+	if err != nil {
+		t.Fatalf("NewStream(%s) = %v", proto, err)
+	}
+	t.Cleanup(func() { s.Reset() })
+	if err := s.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := appendRequest(nil, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(msg); err != nil {
+		t.Fatalf("Write = %v", err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -527,11 +527,7 @@ func TestSwarmLookupsFail(t *testing.T) {
 // sends the asker to them, though no lookup names them.
 func TestSwarmReferrals(t *testing.T) {
 	t.Parallel()
-	data, d, o, f, a := heldBlob(t, "a", 20*64<<10+77)
-	f.add(t, "b", o).seed(t, data)
-	f.mu.Lock()
-	f.providers[d] = []string{"a"}
-	f.mu.Unlock()
+	data, d, o, f, a := hiddenHolder(t, 20*64<<10+77)
 	a.refer = []string{"b"}
 	before := o.sentBytes()
 	c := f.add(t, "c", o)
@@ -546,15 +542,22 @@ func TestSwarmReferrals(t *testing.T) {
 	}
 }
 
-// TestSwarmPeersNamed: a download learns of the peers its peers name as asking about the
-// blob lately (chunk.Have.Peers), and takes chunks from them, though no lookup finds them.
-func TestSwarmPeersNamed(t *testing.T) {
-	t.Parallel()
-	data, d, o, f, a := heldBlob(t, "a", 40*64<<10+77)
+// hiddenHolder is heldBlob held by a and b, but found in lookups at a only.
+func hiddenHolder(t *testing.T, size int) ([]byte, digest.Digest, *fakeOrigin, *memFleet, *member) {
+	t.Helper()
+	data, d, o, f, a := heldBlob(t, "a", size)
 	f.add(t, "b", o).seed(t, data)
 	f.mu.Lock()
 	f.providers[d] = []string{"a"}
 	f.mu.Unlock()
+	return data, d, o, f, a
+}
+
+// TestSwarmPeersNamed: a download learns of the peers its peers name as asking about the
+// blob lately (chunk.Have.Peers), and takes chunks from them, though no lookup finds them.
+func TestSwarmPeersNamed(t *testing.T) {
+	t.Parallel()
+	data, d, o, f, a := hiddenHolder(t, 40*64<<10+77)
 	a.chunkDelay = 20 * time.Millisecond
 	a.dl.Hint("b", d)
 	if got := a.dl.Askers(d); !slices.Equal(got, []string{"b"}) {
