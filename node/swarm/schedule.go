@@ -313,7 +313,8 @@ func (p Policy) ranked(cs []int) []int {
 // (Policy.WholeAtOnce, at least one chunk): about what keeps a link busy when whole holders
 // are all there is to ask, leaving the rest of it to what the downloading peers have. At
 // 1,000 simulated nodes rolled out a tenth at a time without a tracker (4 MiB chunks), the
-// busiest node uploaded 3.2x the mean with a cap of 4 chunks, 3.0x with 2, 2.9x with 1.
+// busiest node uploaded 3.1-3.2x the mean with it, against 3.3x before; docs/BENCHMARKS.md
+// has the other caps tried.
 const wholeInFlight = 4 << 20
 
 // load is how many of a peer's PerPeer slots count as taken: a busy peer has none free, and
@@ -357,12 +358,14 @@ type picker struct {
 	// holds a chunk this node wants, WholeAtOnce if one such peer is not busy, else at least
 	// PerPeer.
 	toWhole, wholeCap int
+	// tiers is each peer's turn in best (tierOf), worked out once.
+	tiers []tier
 }
 
 func (p Policy) picker(s Snapshot) *picker {
 	n := len(s.Peers)
 	k := &picker{p: p, peers: s.Peers, self: s.Self, ties: make([]rendezvous.Seed, n), tied: make([]bool, n),
-		slots: make([]int, n), assigned: make([]int, n), inflight: s.Inflight, n: len(s.Have)}
+		slots: make([]int, n), assigned: make([]int, n), inflight: s.Inflight, n: len(s.Have), tiers: make([]tier, n)}
 	known, sum := 0, 0.0
 	for i, pv := range s.Peers {
 		if pv.Rate > 0 {
@@ -373,7 +376,7 @@ func (p Policy) picker(s Snapshot) *picker {
 		if k.slots[i] > 0 {
 			k.open++
 		}
-		if k.tierOf(&s.Peers[i]) == tierWhole {
+		if k.tiers[i] = k.tierOf(&s.Peers[i]); k.tiers[i] == tierWhole {
 			k.toWhole += pv.Active
 		}
 	}
@@ -443,7 +446,7 @@ func (k *picker) wholeElsewhere() bool {
 	k.heldKnown = true
 	for i := range k.peers {
 		pv := &k.peers[i]
-		if k.tierOf(pv) != tierWhole {
+		if k.tiers[i] != tierWhole {
 			continue
 		}
 		stale := slices.ContainsFunc(k.inflight, func(f Inflight) bool { return f.Peer == pv.ID && f.Age >= k.p.EndgameAge })
@@ -460,7 +463,7 @@ func (k *picker) bestOf(c int, t tier, skip []string) int {
 	best, bestScore, bestTie := -1, -1.0, uint64(0)
 	for i := range k.peers {
 		pv := &k.peers[i]
-		if c >= len(pv.Has) || !pv.Has[c] || k.slots[i] <= 0 || k.tierOf(pv) != t || slices.Contains(skip, pv.ID) {
+		if k.tiers[i] != t || c >= len(pv.Has) || !pv.Has[c] || k.slots[i] <= 0 || slices.Contains(skip, pv.ID) {
 			continue
 		}
 		rate := pv.Rate
@@ -496,7 +499,7 @@ func (k *picker) tie(i, c int) uint64 {
 
 // take counts a request for chunk c handed to peer i.
 func (k *picker) take(i, c int) Request {
-	if k.tierOf(&k.peers[i]) == tierWhole {
+	if k.tiers[i] == tierWhole {
 		k.toWhole++
 	}
 	k.slots[i]--
